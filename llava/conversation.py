@@ -1,0 +1,65 @@
+"""Prompt templates of LLaVA's conversation modes (`vicuna_v1` is LLaVA-1.5's default).
+
+    vicuna_v1: "<system> USER: <image>\nWhat is this? ASSISTANT:"
+    plain:     "<image>\nWhat is this?\n"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from llava.errors import InputError
+
+VICUNA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
+
+@dataclass
+class Conversation:
+    system: str
+    roles: tuple[str, str]
+    style: str  # "two": "<role>: <message><sep>" turns; "plain": messages joined by sep
+    sep: str = " "
+    sep2: str = "</s>"  # closes an assistant turn in "two" style
+    messages: list[list[str | None]] = field(default_factory=list)
+
+    def append_message(self, role: str, message: str | None) -> None:
+        self.messages.append([role, message])
+
+    def get_prompt(self) -> str:
+        separators = (self.sep, self.sep2)
+        if self.style == "two":
+            prompt = self.system + self.sep
+            for i, (role, message) in enumerate(self.messages):
+                prompt += f"{role}: {message}{separators[i % 2]}" if message else f"{role}:"
+            return prompt
+        if self.style == "plain":
+            return self.system + "".join(message + self.sep for _, message in self.messages if message)
+        raise ValueError(f"unknown conversation style '{self.style}'")
+
+    def copy(self) -> "Conversation":
+        return dataclasses.replace(self, messages=[list(m) for m in self.messages])
+
+
+conv_templates = {
+    "vicuna_v1": Conversation(system=VICUNA_SYSTEM, roles=("USER", "ASSISTANT"), style="two"),
+    "llava_v1": Conversation(system=VICUNA_SYSTEM, roles=("USER", "ASSISTANT"), style="two"),
+    "plain": Conversation(system="", roles=("", ""), style="plain", sep="\n", sep2="\n"),
+}
+conv_templates["v1"] = conv_templates["vicuna_v1"]
+default_conversation = conv_templates["vicuna_v1"]
+
+
+def build_prompt(question: str, conv_mode: str = "vicuna_v1", with_image: bool = True) -> str:
+    """One user turn (with `<image>\\n` in front when an image goes with it), ready for the assistant."""
+    if conv_mode not in conv_templates:
+        raise InputError(f"unknown conversation mode '{conv_mode}' (available: {', '.join(sorted(conv_templates))})")
+    if with_image and "<image>" not in question:
+        question = "<image>\n" + question
+    conv = conv_templates[conv_mode].copy()
+    conv.append_message(conv.roles[0], question)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()

@@ -1,0 +1,330 @@
+"""Llama decoder (Vicuna-1.5 / LLaVA-1.5's LLM) with a seam for in-LLM token pruning.
+
+Reproduces transformers' `LlamaModel` + `lm_head` numerically (tested to 1e-4 in
+fp32): RMSNorm, rotary embeddings computed from explicit position ids (default,
+linear and llama3 rope scaling), grouped-query attention through SDPA, SiLU MLP.
+
+What it adds, all in `LlamaDecoder.forward`'s one loop over layers:
+
+- **The pruning seam.** Before layer k, an `InLLMPruning` (see below) returns
+  which tokens to keep, from the last query row of layer k-1's attention. That
+  row is recomputed from layer k-1's query and keys in O(N d), so SDPA stays on
+  in every layer. In *inplace* mode the hidden states, position ids and key
+  mask are gathered to the kept tokens (re-packed with left padding, so each
+  sample in a batch keeps its own set) and layers k.. run on fewer tokens; in
+  *mask* mode every row stays and the dropped keys are masked.
+- **A ragged KV cache.** Each layer caches its own keys with its own key mask,
+  so layers < k hold N tokens and layers >= k hold N' tokens. Decoding appends
+  one token to every layer; positions continue the unpruned numbering.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    rope_type: str = "default"  # "default" | "linear" | "llama3"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0  # llama3 only
+    rope_high_freq_factor: float = 4.0  # llama3 only
+    rope_original_max_position_embeddings: int = 8192  # llama3 only
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+
+
+LLAMA_PRESETS = {
+    "vicuna-7b-v1.5": LlamaConfig(),
+    "vicuna-13b-v1.5": LlamaConfig(
+        hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40, num_kv_heads=40
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache and the pruning seam's interface
+
+
+@dataclass
+class LayerCache:
+    keys: torch.Tensor  # (B, Hkv, T, hd), after RoPE
+    values: torch.Tensor  # (B, Hkv, T, hd)
+    key_mask: torch.Tensor  # (B, T) bool: True where the cached token is real (not padding, not pruned)
+
+
+@dataclass
+class KVCache:
+    """Per-layer caches whose lengths may differ (pruned layers hold fewer tokens)."""
+
+    layers: list[LayerCache]
+    next_position: torch.Tensor  # (B,) position id of the next token: continues the unpruned numbering
+
+    def seq_lens(self) -> list[int]:
+        return [layer.keys.shape[2] for layer in self.layers]
+
+
+class InLLMPruning(Protocol):
+    """What the decoder asks of an in-LLM pruner (built per forward by llava_arch from a LayerPruner).
+
+    `layer` = k: scores come from layer k-1, layers k.. see the kept tokens.
+    `keep_mask(attention, key_mask)` gets the last query row of layer k-1's attention,
+    (B, H, N) fp32 (None if `needs_scores` is False), and returns (B, N) bool, True = keep.
+    """
+
+    layer: int
+    mode: str  # "inplace" | "mask"
+    needs_scores: bool
+
+    def keep_mask(self, attention: torch.Tensor | None, key_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class DecoderOutput:
+    hidden: torch.Tensor  # (B, N', D) after the final norm
+    key_mask: torch.Tensor  # (B, N') True where the row is a real token
+    cache: KVCache | None
+    keep_mask: torch.Tensor | None  # (B, N) in the input's layout, when pruning ran
+    seq_lens: list[int]  # tokens per layer (padded length; per-sample real counts come from key masks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_inverse_frequencies(config: LlamaConfig) -> torch.Tensor:
+    """Inverse frequencies (hd/2,) with the checkpoint's rope scaling applied."""
+    hd = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    if config.rope_type == "default":
+        return inv_freq
+    if config.rope_type == "linear":
+        return inv_freq / config.rope_factor
+    if config.rope_type == "llama3":
+        old_context = config.rope_original_max_position_embeddings
+        low_wavelen = old_context / config.rope_low_freq_factor
+        high_wavelen = old_context / config.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / config.rope_factor, inv_freq)
+        smooth = (old_context / wavelen - config.rope_low_freq_factor) / (
+            config.rope_high_freq_factor - config.rope_low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / config.rope_factor + smooth * scaled
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(is_medium, smoothed, scaled)
+    raise ValueError(f"unsupported rope scaling type '{config.rope_type}' (supported: default, linear, llama3)")
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def attention_mask(key_mask: torch.Tensor, q_len: int) -> torch.Tensor | None:
+    """Boolean SDPA mask (B, 1, Q, K) for queries at the last `q_len` of `K` key slots.
+
+    A query sees earlier-or-same slots whose key is real. Padding rows also see
+    themselves, so no softmax row is empty (their outputs are never read).
+    Returns None when plain causal attention is exact (no padding, no pruned keys).
+    """
+    K = key_mask.shape[1]
+    if bool(key_mask.all()) and q_len in (1, K):
+        return None
+    q_index = torch.arange(K - q_len, K, device=key_mask.device)[:, None]  # (Q, 1)
+    k_index = torch.arange(K, device=key_mask.device)[None, :]  # (1, K)
+    visible = (k_index <= q_index) & (key_mask[:, None, :] | (k_index == q_index))  # (B, Q, K)
+    return visible[:, None]
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        d, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, Q, D)
+        cos: torch.Tensor,  # (B, Q, hd)
+        sin: torch.Tensor,
+        key_mask: torch.Tensor,  # (B, K) over past + new tokens
+        mask: torch.Tensor | None,  # (B, 1, Q, K) from attention_mask(key_mask, Q); None = causal
+        past: LayerCache | None,
+        want_last_row: bool,
+    ) -> tuple[torch.Tensor, LayerCache, torch.Tensor | None]:
+        B, Q, _ = x.shape
+        q = self.q_proj(x).view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, Q, hd)
+        k = self.k_proj(x).view(B, Q, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, Q, hd)
+        v = self.v_proj(x).view(B, Q, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, Q, hd)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if past is not None:
+            k = torch.cat([past.keys, k], dim=2)  # (B, Hkv, K, hd)
+            v = torch.cat([past.values, v], dim=2)
+        cache = LayerCache(keys=k, values=v, key_mask=key_mask)
+
+        groups = self.num_heads // self.num_kv_heads
+        k_all = k.repeat_interleave(groups, dim=1) if groups > 1 else k  # (B, H, K, hd)
+        v_all = v.repeat_interleave(groups, dim=1) if groups > 1 else v
+        is_causal = mask is None and Q > 1
+        out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=is_causal)  # (B, H, Q, hd)
+        out = self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))  # (B, Q, D)
+
+        last_row = None
+        if want_last_row:
+            # FastV's score: the last query's attention over every key, fp32, O(K d).
+            logits = q[:, :, -1:].float() @ k_all.float().transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, 1, K)
+            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+            last_row = logits.softmax(dim=-1)[:, :, 0]  # (B, H, K)
+        return out, cache, last_row
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        d, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(d, m, bias=bias)
+        self.up_proj = nn.Linear(d, m, bias=bias)
+        self.down_proj = nn.Linear(m, d, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, x, cos, sin, key_mask, mask, past, want_last_row):
+        attn, cache, last_row = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, mask, past, want_last_row)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, cache, last_row
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder
+
+
+def pack_kept(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """keep (B, N) bool -> (index (B, N'), key_mask (B, N')): kept rows re-packed with left padding.
+
+    Padding slots point at row 0 and are False in the returned mask.
+    """
+    counts = keep.sum(dim=1)  # (B,)
+    width = int(counts.max())
+    slots = torch.arange(width, device=keep.device)[None, :]  # (1, N')
+    packed_mask = slots >= (width - counts)[:, None]  # (B, N')
+    index = torch.zeros(keep.shape[0], width, dtype=torch.long, device=keep.device)
+    index[packed_mask] = keep.nonzero()[:, 1]  # row-major order fills each sample's slots in order
+    return index, packed_mask
+
+
+class LlamaDecoder(nn.Module):
+    """Llama's embeddings + decoder layers + final norm (transformers' LlamaModel names).
+
+    The lm_head lives with the LLaVA model, which decides which rows need logits.
+    """
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq.float()  # (B, N, hd/2)
+        angles = torch.cat([freqs, freqs], dim=-1)  # (B, N, hd)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def forward(
+        self,
+        embeds: torch.Tensor,  # (B, N, D)
+        key_mask: torch.Tensor,  # (B, N) bool, True = real token
+        positions: torch.Tensor,  # (B, N) long
+        cache: KVCache | None = None,
+        pruning: InLLMPruning | None = None,
+        use_cache: bool = True,
+    ) -> DecoderOutput:
+        """Run every layer; prune before layer `pruning.layer` if a pruner is given (prefill only)."""
+        if pruning is not None and cache is not None:
+            raise ValueError("in-LLM pruning runs at prefill; decoding steps reuse the pruned cache")
+        x = embeds
+        q_len = x.shape[1]
+        cos, sin = self.rope(positions, x.dtype)
+        # Layers that share a key mask (all layers before the pruning layer, all after it) share one
+        # tensor object, so the SDPA mask is built once per group, not once per layer.
+        layer_key_mask, mask, past_mask_seen = key_mask, attention_mask(key_mask, q_len), None
+        keep, new_layers, seq_lens = None, [], []
+        for index, layer in enumerate(self.layers):
+            past = cache.layers[index] if cache is not None else None
+            if past is not None and past.key_mask is not past_mask_seen:
+                past_mask_seen = past.key_mask
+                layer_key_mask = torch.cat([past.key_mask, key_mask], dim=1)  # (B, T + Q)
+                mask = attention_mask(layer_key_mask, q_len)
+            want_last_row = pruning is not None and pruning.needs_scores and index == pruning.layer - 1
+            x, layer_cache, last_row = layer(x, cos, sin, layer_key_mask, mask, past, want_last_row)
+            new_layers.append(layer_cache)
+            seq_lens.append(x.shape[1])
+
+            if pruning is not None and index == pruning.layer - 1:
+                keep = pruning.keep_mask(last_row, key_mask) & key_mask  # (B, N)
+                if pruning.mode == "inplace":
+                    index_kept, key_mask = pack_kept(keep)  # (B, N'), (B, N')
+                    gather = lambda t: t.gather(1, index_kept[..., None].expand(-1, -1, t.shape[-1]))
+                    x, cos, sin = gather(x), gather(cos), gather(sin)  # (B, N', D), (B, N', hd) x2
+                    q_len = x.shape[1]
+                elif pruning.mode == "mask":
+                    key_mask = keep
+                else:
+                    raise ValueError(f"unknown pruning mode '{pruning.mode}'")
+                layer_key_mask, mask = key_mask, attention_mask(key_mask, q_len)
+
+        new_cache = None
+        if use_cache:
+            next_position = positions[:, -1] + 1 if cache is None else cache.next_position + positions.shape[1]
+            new_cache = KVCache(layers=new_layers, next_position=next_position)
+        return DecoderOutput(
+            hidden=self.norm(x), key_mask=key_mask, cache=new_cache, keep_mask=keep, seq_lens=seq_lens
+        )

@@ -1,0 +1,133 @@
+"""Interfaces between the model and the pruning methods (pure tensor code: no model imports).
+
+Two seams, as DESIGN.md describes:
+
+- `VisionPruner` acts per image (or crop) on the vision tower's output, before the
+  LLM. It declares which CLIP layers' CLS-attention probes it needs and whether it
+  selects before or after the projector; it returns a `Kept`.
+- `LayerPruner` acts inside the LLM: before decoder layer `k`, from the last query
+  row of layer k-1's attention, it picks the image tokens of each visual span to
+  keep. The model owns everything else (gathering, masks, caches, positions).
+
+Budgets: `keep` is a count of visual tokens kept per image; `ratio` is always the
+fraction *dropped* (FastV's R).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from llava.errors import InputError
+
+
+@dataclass
+class VisualSpan:
+    """Where one image's tokens sit in a sample's (padded) sequence, and which patches they are."""
+
+    start: int  # index of the first visual token in the sequence
+    length: int  # visual tokens entering the LLM for this image
+    grid: tuple[int, int]  # patch grid of the image before pruning, e.g. (24, 24)
+    patch_index: torch.Tensor  # (length,) original raster index of every token; -1 for a merged/extra token
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@dataclass
+class VisionInputs:
+    """What a VisionPruner sees for one image."""
+
+    features: torch.Tensor  # (P, D) patch features of the select layer (CLS removed), before the projector
+    cls_attention: dict[int, torch.Tensor]  # layer -> (H, P) fp32 CLS row over patches
+    keys: dict[int, torch.Tensor]  # layer -> (1 + P, D) keys of that layer
+    grid: tuple[int, int]
+    image_index: int  # position of the image in the batch's image list (for error messages)
+
+
+@dataclass
+class Kept:
+    """A VisionPruner's answer for one image."""
+
+    indices: torch.Tensor  # (T,) original patch indices, in the order the tokens enter the LLM
+    features: torch.Tensor | None = None  # (T', D) when the method merges/creates features itself
+
+
+def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores, ties broken towards the lower index, returned in raster order."""
+    order = torch.sort(scores.float(), descending=True, stable=True).indices
+    return order[:k].sort().values
+
+
+def check_budget(keep: int, available: int, what: str) -> None:
+    if keep > available:
+        raise InputError(f"keep={keep} is larger than the {available} visual tokens in {what}")
+
+
+@dataclass(frozen=True)
+class MethodArgs:
+    """Base of every method's arguments dataclass; subclasses validate in __post_init__."""
+
+
+class PruningMethod(ABC):
+    """A registered method: `name`, its `Args` dataclass, and `args` once built."""
+
+    name: ClassVar[str]
+    Args: ClassVar[type[MethodArgs]]
+    summary: ClassVar[str] = ""
+
+    def __init__(self, args: MethodArgs):
+        self.args = args
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string, e.g. 'fastv:k=2,keep=288'."""
+        from llava.model.pruning.registry import format_spec
+
+        return format_spec(self)
+
+    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int) -> None:
+        """Check the arguments against a model; raise InputError naming the problem."""
+
+    def budget(self, tokens_per_image: int) -> int | None:
+        """Visual tokens per image this method promises to keep (None when adaptive)."""
+        return tokens_per_image
+
+
+class VisionPruner(PruningMethod):
+    before_projector: ClassVar[bool] = True
+
+    def attention_layers(self, vision_layers: int, select_layer: int) -> tuple[int, ...]:
+        """0-based CLIP layers whose CLS probe this method needs; `select_layer` is 0-based too."""
+        return ()
+
+    @abstractmethod
+    def select(self, inputs: VisionInputs) -> Kept: ...
+
+
+class LayerPruner(PruningMethod):
+    mode: str = "inplace"
+    reselect_every_step: bool = False
+
+    @property
+    @abstractmethod
+    def layer(self) -> int:
+        """k: scores come from layer k-1's attention, layers k.. run on the kept tokens."""
+
+    @abstractmethod
+    def select(self, attention: torch.Tensor, spans: list[VisualSpan]) -> list[torch.Tensor]:
+        """attention (H, N) fp32: one sample's last-query row at layer k-1 -> per span, sorted local indices kept."""
+
+
+@dataclass
+class PruneStats:
+    """What pruning did in one forward, per sample."""
+
+    visual_tokens: list[list[int]] = field(default_factory=list)  # per sample, per image: tokens entering the LLM
+    kept: list[list[list[int]]] = field(default_factory=list)  # per sample, per image: original patch indices
+    kept_in_llm: list[list[list[int]]] | None = None  # in-LLM pruning: patch indices kept after layer k
+    seq_lens: list[list[int]] = field(default_factory=list)  # per sample, per layer: real tokens the layer ran on

@@ -1,0 +1,83 @@
+"""FastV (Chen et al., arXiv 2403.06764): drop the image tokens the last token attends to least.
+
+Score of image token i = mean over heads of the attention probability from the
+last query token to token i at layer k-1 (fp32, causal softmax over all keys).
+Per image, the top `keep` tokens stay (ties towards the lower index), in their
+original order; text and system tokens always stay. Layers k.. see the kept set.
+
+The model computes the attention row (one query, O(N d)) and gathers the kept
+tokens; this file holds only the rule. Batches: each sample is scored on its own
+row (the released code used row 0 for the whole batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from llava.errors import InputError
+from llava.model.pruning.base import LayerPruner, MethodArgs, VisualSpan, check_budget, top_k_indices
+from llava.model.pruning.registry import register
+
+
+@dataclass(frozen=True)
+class FastVArgs(MethodArgs):
+    k: int = 2  # prune before decoder layer k, scoring with layer k-1's attention
+    keep: int | None = None  # image tokens kept per image
+    ratio: float | None = None  # fraction of image tokens dropped (FastV's R); kept = round(L * (1 - R))
+    mode: Literal["inplace", "mask"] = "inplace"
+    reselect_every_step: bool = False  # no KV cache: re-prune at every decoding step, as the released code
+
+    def __post_init__(self):
+        if (self.keep is None) == (self.ratio is None):
+            raise InputError("fastv needs exactly one budget: keep=N (image tokens kept) or ratio=R (fraction dropped)")
+        if self.keep is not None and self.keep < 0:
+            raise InputError(f"fastv:keep must be >= 0, got {self.keep}")
+        if self.ratio is not None and not 0.0 <= self.ratio <= 1.0:
+            raise InputError(f"fastv:ratio is the fraction dropped and must be in [0, 1], got {self.ratio}")
+        if self.k < 1:
+            raise InputError(f"fastv:k={self.k} must be at least 1")
+
+
+@register
+class FastV(LayerPruner):
+    name = "fastv"
+    Args = FastVArgs
+    summary = "in-LLM: after layer k-1, keep the image tokens the last token attends to most"
+
+    @property
+    def layer(self) -> int:
+        return self.args.k
+
+    @property
+    def mode(self) -> str:
+        return self.args.mode
+
+    @property
+    def reselect_every_step(self) -> bool:
+        return self.args.reselect_every_step
+
+    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int) -> None:
+        if not 1 <= self.args.k <= llm_layers - 1:
+            raise InputError(f"fastv:k={self.args.k} is outside 1..{llm_layers - 1} for this {llm_layers}-layer LLM")
+        if self.args.keep is not None:
+            check_budget(self.args.keep, tokens_per_image, "each image")
+
+    def kept_count(self, length: int) -> int:
+        if self.args.ratio is not None:
+            return round(length * (1 - self.args.ratio))
+        return self.args.keep
+
+    def budget(self, tokens_per_image: int) -> int:
+        return self.kept_count(tokens_per_image)
+
+    def select(self, attention: torch.Tensor, spans: list[VisualSpan]) -> list[torch.Tensor]:
+        scores = attention.mean(dim=0)  # (N,) mean over heads
+        kept = []
+        for number, span in enumerate(spans):
+            keep = self.kept_count(span.length)
+            check_budget(keep, span.length, f"image {number} of the sample")
+            kept.append(top_k_indices(scores[span.start : span.end], keep))
+        return kept

@@ -1,0 +1,113 @@
+"""The one place methods are registered, and the parser of method spec strings.
+
+A spec is `name` or `name:key=value,key=value`, e.g. `fastv:k=2,keep=288`,
+`fastervlm:keep=58`, `random:keep=64,seed=0`. Values are converted to the types
+of the method's `Args` dataclass, which validates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+
+from llava.errors import InputError
+from llava.model.pruning.base import PruningMethod
+
+_METHODS: dict[str, type[PruningMethod]] = {}
+
+
+def register(cls: type[PruningMethod]) -> type[PruningMethod]:
+    if cls.name in _METHODS:
+        raise ValueError(f"pruning method '{cls.name}' is registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    _load_builtin_methods()
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[PruningMethod]:
+    _load_builtin_methods()
+    if name not in _METHODS:
+        raise InputError(f"unknown method '{name}'{_did_you_mean(name, _METHODS)} (available: {', '.join(sorted(_METHODS))})")
+    return _METHODS[name]
+
+
+def parse_method(spec: str | None) -> PruningMethod:
+    """'fastv:k=2,keep=288' -> a FastV instance with validated arguments. None or '' means 'none'."""
+    spec = (spec or "none").strip()
+    name, _, params = spec.partition(":")
+    cls = method_class(name.strip())
+    fields = {f.name: f for f in dataclasses.fields(cls.Args)}
+    hints = typing.get_type_hints(cls.Args)
+    values = {}
+    for item in filter(None, (p.strip() for p in params.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise InputError(f"method parameter '{item}' in '{spec}' must be written key=value")
+        if key not in fields:
+            raise InputError(
+                f"unknown parameter '{key}' for method '{cls.name}'{_did_you_mean(key, fields)}"
+                f" (parameters: {', '.join(fields) or 'none'})"
+            )
+        values[key] = _convert(raw.strip(), hints[key], f"{cls.name}:{key}")
+    try:
+        args = cls.Args(**values)
+    except TypeError as error:  # a required field left out
+        missing = [f.name for f in fields.values() if f.name not in values and _is_required(f)]
+        raise InputError(f"method '{cls.name}' needs {', '.join(missing)} (e.g. {cls.name}:{missing[0]}=...)") from error
+    return cls(args)
+
+
+def format_spec(method: PruningMethod) -> str:
+    """Canonical spec: the name plus every argument that differs from its default."""
+    parts = []
+    for f in dataclasses.fields(method.args):
+        value = getattr(method.args, f.name)
+        if _is_required(f) or value != f.default:
+            parts.append(f"{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+    return method.name + (":" + ",".join(parts) if parts else "")
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _convert(raw: str, hint, where: str):
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if raw.lower() == "none" and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        if typing.get_origin(option) is typing.Literal:
+            if raw in typing.get_args(option):
+                return raw
+            raise InputError(f"{where} must be one of {', '.join(typing.get_args(option))}, got '{raw}'")
+        if option is bool:
+            if raw.lower() in ("true", "1", "yes"):
+                return True
+            if raw.lower() in ("false", "0", "no"):
+                return False
+            raise InputError(f"{where} must be true or false, got '{raw}'")
+        try:
+            return option(raw)
+        except ValueError:
+            continue
+    kinds = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
+    raise InputError(f"{where} must be {kinds}, got '{raw}'")
+
+
+def _load_builtin_methods() -> None:
+    """Importing the method modules registers them (once; Python caches the imports)."""
+    from llava.model.pruning import baselines, fastervlm, fastv  # noqa: F401

@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from tests import helpers
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory):
+    """A random tiny llava-hf checkpoint (CLIP 3 layers at 112 px = 64 patches; Llama 3 layers, GQA 4/2)."""
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    helpers.make_tiny_llava(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_reference(tiny_llava_dir):
+    """transformers' own LlavaForConditionalGeneration loaded from the same folder (fp32)."""
+    from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_llava_dir):
+    """(tokenizer, model, image_processor, context_len) through our real loader."""
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(str(tiny_llava_dir))

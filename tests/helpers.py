@@ -1,0 +1,131 @@
+"""Builders for the tests: tiny random LLaVA checkpoints made with transformers, in both layouts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_TOKEN_INDEX = -200
+WORDS = (
+    "a chat between curious human and an artificial intelligence assistant the gives helpful detailed "
+    "polite answers to human's questions user assistant what is in this image describe it colour shape "
+    "how many are there red green blue yes no left right top bottom word read"
+).split()
+
+
+def make_tokenizer(vocab_size: int):
+    """A word-level tokenizer with <unk>=0 <s>=1 </s>=2 <pad>=3 and BOS added, as Llama's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    symbols = list(":.,?'!\n") + [str(d) for d in range(10)]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(specials + symbols + WORDS + [w.upper() for w in WORDS]))}
+    assert len(vocab) < vocab_size - 1, "vocab_size too small for the test words"
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+
+
+def tiny_configs(image_size=112, vision_layers=3, text_layers=3, num_kv_heads=2, vocab_size=320, **text):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers, num_attention_heads=4,
+        image_size=image_size, patch_size=14, projection_dim=16,
+    )
+    text_config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=text_layers, num_attention_heads=4,
+        num_key_value_heads=num_kv_heads, vocab_size=vocab_size, max_position_embeddings=1024,
+        rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=3, **text,
+    )
+    return LlavaConfig(vision_config=vision, text_config=text_config, image_token_index=vocab_size - 1)
+
+
+def make_tiny_llava(folder: Path, seed: int = 0, **config_overrides):
+    """Save a random LlavaForConditionalGeneration + tokenizer + processor config; return the HF model."""
+    from transformers import LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = tiny_configs(**config_overrides)
+    model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():  # larger-than-default weights, so attention is far from uniform
+        for name, p in model.named_parameters():
+            if p.dim() > 1 and "embed" not in name:
+                p.mul_(3.0)
+    model.save_pretrained(folder)
+    make_tokenizer(config.text_config.vocab_size).save_pretrained(folder)
+    size = config.vision_config.image_size
+    (Path(folder) / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": {"height": size, "width": size}, "size": {"shortest_edge": size},
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_center_crop": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "resample": 3, "rescale_factor": 1 / 255, "image_processor_type": "CLIPImageProcessor",
+    }))
+    return model
+
+
+def to_original_layout(hf_folder: Path, out: Path, clip_out: Path) -> None:
+    """Rewrite a llava-hf folder into liuhaotian/llava-v1.5 keys plus a separate CLIP folder (.bin)."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((hf_folder / "config.json").read_text())
+    weights = load_file(str(hf_folder / "model.safetensors"))
+    llm, clip = {}, {}
+    for key, value in weights.items():
+        if key.startswith("language_model.lm_head."):
+            llm[key.replace("language_model.", "", 1)] = value
+        elif key.startswith("language_model.model."):
+            llm[key.replace("language_model.model.", "model.", 1)] = value
+        elif key.startswith("multi_modal_projector.linear_1."):
+            llm[key.replace("multi_modal_projector.linear_1.", "model.mm_projector.0.")] = value
+        elif key.startswith("multi_modal_projector.linear_2."):
+            llm[key.replace("multi_modal_projector.linear_2.", "model.mm_projector.2.")] = value
+        elif key.startswith("vision_tower."):
+            clip[key.replace("vision_tower.", "vision_model.", 1)] = value
+        else:
+            raise AssertionError(key)
+    out.mkdir(parents=True, exist_ok=True)
+    clip_out.mkdir(parents=True, exist_ok=True)
+    save_file(llm, str(out / "model.safetensors"))
+    torch.save(clip, clip_out / "pytorch_model.bin")
+    vision = dict(cfg["vision_config"], model_type="clip_vision_model")
+    (clip_out / "config.json").write_text(json.dumps(vision))
+    shutil.copy(hf_folder / "preprocessor_config.json", clip_out / "preprocessor_config.json")
+    text = cfg["text_config"]
+    original = dict(text, model_type="llava_llama", architectures=["LlavaLlamaForCausalLM"])
+    original.update(
+        mm_vision_tower=str(clip_out), mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch", mm_hidden_size=vision["hidden_size"], image_aspect_ratio="pad",
+        mm_use_im_start_end=False, mm_use_im_patch_token=False,
+    )
+    (out / "config.json").write_text(json.dumps(original))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (hf_folder / name).exists():
+            shutil.copy(hf_folder / name, out / name)
+
+
+def random_images(n: int, seed: int = 0, sizes=((160, 120), (90, 140), (112, 112), (200, 80))) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (sizes[i % len(sizes)][1], sizes[i % len(sizes)][0], 3), dtype=np.uint8))
+            for i in range(n)]
+
+
+def hf_input_ids(prompts: list[list[int]], num_patches: int, image_token_id: int, pad_id: int = 3):
+    """Our -200 prompts -> transformers' input_ids (image token repeated) with left padding + mask."""
+    expanded = [sum(([image_token_id] * num_patches if t == IMAGE_TOKEN_INDEX else [t] for t in ids), []) for ids in prompts]
+    width = max(len(e) for e in expanded)
+    input_ids = torch.full((len(expanded), width), pad_id)
+    mask = torch.zeros(len(expanded), width, dtype=torch.long)
+    for b, e in enumerate(expanded):
+        input_ids[b, width - len(e):] = torch.tensor(e)
+        mask[b, width - len(e):] = 1
+    return input_ids, mask
