@@ -1,0 +1,124 @@
+"""`fastv`: one command, one plain function per subcommand.
+
+    fastv run --model-path P --image IMG --prompt TEXT [--method SPEC] [--json]
+    fastv methods                       list the registered pruning methods and their parameters
+    fastv bench-prefill [...]           prefill time: ours vs transformers, pruned vs unpruned (fastv/latency.py)
+
+Errors the user can fix print one line, `error: ...`, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from llava.errors import CheckpointError, InputError
+
+METHOD_HELP = (
+    "pruning method spec, name:key=value,... e.g. 'fastervlm:keep=58' (keep = visual tokens kept per image), "
+    "'fastv:k=2,keep=144' or 'fastv:k=2,ratio=0.75' (ratio = fraction of image tokens DROPPED), "
+    "'random:keep=64,seed=0', 'none'. See `fastv methods`."
+)
+
+
+def run(
+    model_path: str,
+    image: str | None,
+    prompt: str,
+    method: str = "none",
+    conv_mode: str = "vicuna_v1",
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    device: str = "cpu",
+    vision_tower: str | None = None,
+    as_json: bool = False,
+) -> dict:
+    """Answer one question about one image and report what pruning kept and how long it took."""
+    from llava.mm_utils import load_image
+    from llava.model.pruning.registry import parse_method
+    from llava.pipeline import LlavaPipeline, Request
+
+    parse_method(method)  # fail on a bad spec before loading a model
+    picture = load_image(image) if image else None
+    if not prompt.strip():
+        raise InputError("the prompt is empty")
+    if "<image>" in prompt:
+        raise InputError("write the prompt without '<image>': the image goes in front of it, as in LLaVA-1.5")
+    pipe = LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device, vision_tower=vision_tower)
+    (answer,) = pipe.answer([Request(image=picture, text=prompt)], max_new_tokens=max_new_tokens, temperature=temperature)
+    result = {"method": pipe.method_spec, **dataclasses.asdict(answer)}
+    result["answer"] = result.pop("text")
+    if as_json:
+        print(json.dumps(result))
+    else:
+        tokens_per_image = pipe.model.config.tokens_per_image
+        visual = ", ".join(str(n) for n in answer.visual_tokens) or "0 (no image)"
+        print(f"answer: {answer.text}")
+        print(f"method: {pipe.method_spec}")
+        print(f"visual tokens entering the LLM: {visual} (of {tokens_per_image} per image)")
+        if answer.kept and len(answer.kept[0]) != (answer.visual_tokens or [0])[0]:
+            print(f"visual tokens kept after in-LLM pruning: {', '.join(str(len(k)) for k in answer.kept)}")
+        print(f"prefill (time to first token): {answer.prefill_s:.3f} s, total: {answer.total_s:.3f} s")
+    return result
+
+
+def methods() -> None:
+    """Print every registered method with its parameters and defaults."""
+    from llava.model.pruning.registry import available_methods, method_class
+
+    for name in available_methods():
+        cls = method_class(name)
+        params = []
+        for f in dataclasses.fields(cls.Args):
+            default = "" if f.default is dataclasses.MISSING else f"={f.default}"
+            params.append(f"{f.name}{default}")
+        print(f"{name:10s} {cls.summary}")
+        print(f"{'':10s} parameters: {', '.join(params) or '(none)'}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastv", description="Training-free visual-token pruning for LLaVA.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="answer a question about an image, with a pruning method")
+    p.add_argument("--model-path", required=True, help="llava-hf or original LLaVA checkpoint folder")
+    p.add_argument("--image", help="image file (omit for a text-only prompt)")
+    p.add_argument("--prompt", required=True, help="the question, without <image>")
+    p.add_argument("--method", default="none", help=METHOD_HELP)
+    p.add_argument("--conv-mode", default="vicuna_v1", help="conversation template (vicuna_v1, llava_v1, plain)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--vision-tower", help="CLIP folder for original-LLaVA checkpoints (overrides mm_vision_tower)")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
+
+    sub.add_parser("methods", help="list the pruning methods and their parameters")
+
+    from fastv import latency
+
+    latency.add_arguments(sub.add_parser("bench-prefill", help=latency.__doc__.splitlines()[0]))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(_parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        if command == "run":
+            run(**args)
+        elif command == "methods":
+            methods()
+        elif command == "bench-prefill":
+            from fastv import latency
+
+            latency.main(**args)
+    except (InputError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Prefill latency: our model vs transformers' LlavaForConditionalGeneration (sdpa), and pruned vs unpruned.
+
+Builds a random LLaVA of the size asked for (random weights cost what real ones
+do), saves it, loads it both through our loader and through transformers, and
+times the prefill (vision tower + projector + LLM over the prompt + last-token
+logits) of the same inputs, interleaving the contestants round by round so drift
+in the machine's speed hits all of them alike. Reports medians and ratios measured
+in this one run; writes Markdown and JSON.
+
+    fastv bench-prefill --out results/cpu-prefill.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_METHODS = ("none", "fastv:k=2,keep=144", "fastervlm:keep=58")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vision-layers", type=int, default=12, help="CLIP layers (width 768, 12 heads, 336 px, patch 14)")
+    parser.add_argument("--text-layers", type=int, default=4, help="Llama layers (width 1024, 16 heads)")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="method specs to time")
+    parser.add_argument("--batch", type=int, default=1, help="images (and prompts) per forward")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--out", help="write the results as JSON here (and Markdown beside it)")
+
+
+def small_llava(folder: Path, vision_layers: int, text_layers: int) -> None:
+    """A random LLaVA-1.5-shaped model: CLIP-B-sized ViT at 336 px (576 patches) + a small Llama."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=vision_layers, num_attention_heads=12,
+        image_size=336, patch_size=14,
+    )
+    text = LlamaConfig(
+        hidden_size=1024, intermediate_size=2816, num_hidden_layers=text_layers, num_attention_heads=16,
+        num_key_value_heads=16, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5,
+    )
+    LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000)).save_pretrained(folder)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(folder)
+
+
+def _timer(device: torch.device):
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return now
+
+
+def main(
+    vision_layers: int = 12,
+    text_layers: int = 4,
+    methods: list[str] = DEFAULT_METHODS,
+    batch: int = 1,
+    repeats: int = 10,
+    warmup: int = 2,
+    device: str = "cpu",
+    dtype: str = "float32",
+    out: str | None = None,
+) -> dict:
+    from transformers import LlavaForConditionalGeneration
+
+    from llava.model.builder import load_pretrained_model
+
+    torch_dtype = getattr(torch, dtype)
+    dev = torch.device(device)
+    now = _timer(dev)
+    with tempfile.TemporaryDirectory() as tmp:
+        small_llava(Path(tmp), vision_layers, text_layers)
+        _, ours, _, _ = load_pretrained_model(tmp, device=device, dtype=torch_dtype)
+        reference = LlavaForConditionalGeneration.from_pretrained(tmp, dtype=torch_dtype, attn_implementation="sdpa")
+        reference = reference.to(dev).eval()
+
+    # A LLaVA-1.5-shaped prompt: 35 system/text tokens, the image, a short question.
+    prompt = [1] + list(range(100, 134)) + [-200] + list(range(200, 220))
+    prompts = [prompt] * batch
+    pixel_values = torch.randn(batch, 3, 336, 336, device=dev, dtype=torch_dtype)
+    hf_ids = torch.tensor([prompt[:35] + [32000] * 576 + prompt[36:]] * batch, device=dev)
+    hf_mask = torch.ones_like(hf_ids)
+
+    contestants = {"transformers (sdpa), unpruned": lambda: reference(
+        input_ids=hf_ids, attention_mask=hf_mask, pixel_values=pixel_values, use_cache=True, logits_to_keep=1)}
+    for spec in methods:
+        contestants[f"ours, {spec}"] = (lambda spec=spec: (ours.set_pruning(spec), ours(prompts, pixel_values))[1])
+
+    times: dict[str, list[float]] = {name: [] for name in contestants}
+    with torch.inference_mode():
+        for round_ in range(warmup + repeats):
+            for name, fn in contestants.items():
+                start = now()
+                fn()
+                elapsed = now() - start
+                if round_ >= warmup:
+                    times[name].append(elapsed)
+
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    ours_unpruned = medians.get("ours, none")
+    rows = []
+    for name, median in medians.items():
+        row = {"what": name, "median_s": median}
+        if name.startswith("ours") and ours_unpruned:
+            row["vs_ours_unpruned"] = median / ours_unpruned
+        rows.append(row)
+    if ours_unpruned:
+        rows[0]["vs_ours_unpruned"] = medians[rows[0]["what"]] / ours_unpruned
+        ours_vs_reference = ours_unpruned / medians["transformers (sdpa), unpruned"]
+    else:
+        ours_vs_reference = None
+    result = {
+        "machine": _machine(dev),
+        "torch": torch.__version__,
+        "model": f"random LLaVA: CLIP {vision_layers} layers x 768 @ 336 px (576 tokens), Llama {text_layers} layers x 1024",
+        "dtype": dtype, "batch": batch, "repeats": repeats, "warmup": warmup,
+        "rows": rows,
+        "ours_unpruned_over_transformers": ours_vs_reference,
+    }
+    table = to_markdown(result)
+    print(table)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        Path(out).with_suffix(".md").write_text(table + "\n")
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        f"Prefill latency, {result['model']}, batch {result['batch']}, {result['dtype']}, "
+        f"median of {result['repeats']} on {result['machine']} (torch {result['torch']})",
+        "",
+        "| what | prefill (ms) | / ours unpruned |",
+        "|---|---:|---:|",
+    ]
+    for row in result["rows"]:
+        ratio = f"{row['vs_ours_unpruned']:.3f}" if "vs_ours_unpruned" in row else ""
+        lines.append(f"| {row['what']} | {row['median_s'] * 1000:.1f} | {ratio} |")
+    if result["ours_unpruned_over_transformers"] is not None:
+        lines += ["", f"ours unpruned / transformers unpruned: {result['ours_unpruned_over_transformers']:.3f}"]
+    return "\n".join(lines)
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

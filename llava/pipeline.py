@@ -1,0 +1,90 @@
+"""LlavaPipeline: load once, answer batches of (image, question) requests. Used by the CLI and the evaluation.
+
+See docs/PIPELINE_API.md for the contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from llava.conversation import build_prompt
+from llava.generate import generate
+from llava.mm_utils import tokenizer_image_token
+from llava.model.builder import load_pretrained_model
+
+
+@dataclass
+class Request:
+    image: Image.Image | None
+    text: str  # the user turn, without <image>
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt: str
+    prompt_ids: list[int]  # -200 where each image's tokens go
+    visual_tokens: list[int]  # per image: tokens entering the LLM
+    kept: list[list[int]]  # per image: original patch indices kept (after layer k for in-LLM methods)
+    prefill_s: float
+    total_s: float
+
+
+class LlavaPipeline:
+    def __init__(self, tokenizer, model, image_processor, context_len: int, model_id: str, conv_mode: str):
+        self.tokenizer, self.model, self.image_processor = tokenizer, model, image_processor
+        self.context_len, self.model_id, self.conv_mode = context_len, model_id, conv_mode
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str,
+        method: str | None = None,
+        conv_mode: str = "vicuna_v1",
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        vision_tower: str | None = None,
+        load_8bit: bool = False,
+        load_4bit: bool = False,
+    ) -> "LlavaPipeline":
+        tokenizer, model, image_processor, context_len = load_pretrained_model(
+            model_path, device=device, dtype=dtype, pruning=method, vision_tower=vision_tower,
+            load_8bit=load_8bit, load_4bit=load_4bit,
+        )
+        return cls(tokenizer, model, image_processor, context_len, Path(model_path).name, conv_mode)
+
+    @property
+    def method_spec(self) -> str:
+        return self.model.pruning.spec
+
+    def answer(
+        self,
+        requests: list[Request],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        seed: int | None = 0,
+    ) -> list[Answer]:
+        """Answer every request in one batch (left-padded)."""
+        prompts = [build_prompt(r.text, self.conv_mode, with_image=r.image is not None) for r in requests]
+        prompt_ids = [tokenizer_image_token(p, self.tokenizer) for p in prompts]
+        images = [r.image for r in requests if r.image is not None]
+        pixel_values = self.image_processor(images).to(self.model.device) if images else None
+        out = generate(
+            self.model, prompt_ids, pixel_values, max_new_tokens=max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id, temperature=temperature, top_p=top_p, seed=seed,
+            context_len=self.context_len,
+        )
+        kept = out.stats.kept_in_llm or out.stats.kept
+        return [
+            Answer(
+                text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                prompt=prompt, prompt_ids=ids, visual_tokens=visual, kept=kept_b,
+                prefill_s=out.prefill_s, total_s=out.total_s,
+            )
+            for prompt, ids, tokens, visual, kept_b in zip(prompts, prompt_ids, out.tokens, out.stats.visual_tokens, kept)
+        ]
