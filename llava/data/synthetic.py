@@ -1,0 +1,650 @@
+"""Synthetic shapes-VQA: the task our own small LLaVA is trained and benchmarked on.
+
+No real LLaVA weights can be downloaded here, so the project trains a small
+LLaVA (CLIP-style ViT with a CLS token, mlp2x_gelu projector, Llama decoder,
+336x336 images) on a visual question answering task it generates itself, and
+uses the task's test split as a benchmark on which pruning choices matter.
+
+Each sample is one 336x336 RGB image and one question with a one-word answer:
+
+- the image holds 1 to 5 flat-coloured shapes (6 shapes x 6 colours x 2 sizes)
+  at non-overlapping positions on a muted background (gradient, faint stripes,
+  low-amplitude noise); some images also carry a short upper-case word or a
+  number printed in a light box (an OCR-like case);
+- the question is one of six types, each answerable from the image alone:
+
+  ==========  ===============================================  ==================
+  type        example question                                  answers
+  ==========  ===============================================  ==================
+  color       What color is the star?                           red, green, ...
+  shape       What shape is the red object?                     circle, star, ...
+  exist       Is there a blue circle?                           yes / no (50/50)
+  count       How many shapes are there? / How many stars ...   1 .. 5 (digits)
+  position    Is the red circle on the left or the right?       left/right/top/bottom
+  ocr         What word is written in the image?                the word, lower-case
+  ==========  ===============================================  ==================
+
+Unambiguity rules: an object named by shape alone ("the star") or by colour
+alone ("the red object") is the only one of that shape or colour; an object
+named by both ("the red circle") is the only such pair; a position is only
+asked when the object's whole box lies in one half, at least
+``POSITION_MARGIN`` px from the middle line; "shapes" counts the shapes, never
+the text box; an exist question answered "no" names a colour-shape pair that
+is absent (a hard negative: its colour or its shape is present when possible).
+
+Each sample also records ``patches``: the indices, on the ViT's 24x24 grid of
+14-px patches in raster order (``row * 24 + col``), of the patches that hold at
+least one pixel of the object(s) the question is about (of the text box for
+ocr questions; empty for an exist question answered "no"). Tests use them to
+check that a pruning method keeps the tokens that matter.
+
+Determinism: sample ``index`` of ``split`` is drawn from its own
+``numpy.random.default_rng(SPLIT_SEED_BASE[split] + index)``, so any sample is
+reproducible alone. The splits use disjoint seed ranges. The question type
+cycles with the index (``QUESTION_TYPES[index % 6]``) and exist answers
+alternate yes/no every cycle, so any 12 consecutive samples hold exactly two of
+each type and one yes and one no. Images are bit-identical for one numpy and
+Pillow install; the text is rendered with Pillow's built-in font
+(``ImageFont.load_default(size=...)``, nothing downloaded).
+
+Speed (measured on this project's 2-core CPU box, one core, Pillow 13,
+numpy 2.4): about 450 samples/s to generate in memory; ``write_split`` about
+110 samples/s including PNG encoding (about 190 KB per image).
+
+Usage::
+
+    python -m llava.data.synthetic --split test --n 500 --out playground/data/eval/shapes
+
+writes ``images/*.png``, ``questions.jsonl``, ``annotations.json``,
+``<split>.json`` (LLaVA's training conversations) and ``meta.json``; see
+``write_split``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import functools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+GENERATOR_VERSION = 1
+
+IMAGE_SIZE = 336
+PATCH_SIZE = 14
+GRID_SIZE = IMAGE_SIZE // PATCH_SIZE  # 24 patches per side, 576 in all
+
+COLORS = {
+    "red": (220, 40, 40),
+    "orange": (245, 140, 20),
+    "yellow": (235, 210, 30),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "purple": (150, 50, 190),
+}
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
+PLURALS = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
+SIZES = {"small": 15, "large": 28}  # half the side of the object's box, px
+COLOR_JITTER = 12  # each channel of an object's colour moves by up to this much
+
+OCR_WORDS = (
+    "cat", "dog", "sun", "map", "box", "key", "cup", "hat", "pen", "bus",
+    "car", "bag", "egg", "fox", "owl", "ant", "bee", "cow", "pig", "jam",
+    "tea", "ice", "oak", "sky", "tree", "fish", "bird", "book", "door", "lamp",
+    "milk", "ship", "boat", "cake", "frog", "moon", "rain", "rose", "sand", "snow",
+    "wind", "bell", "coin", "drum", "king", "lion", "nest", "road", "salt", "wolf",
+    "apple", "bread", "chair", "clock", "house", "light", "music", "plant", "river", "stone",
+    "table", "water", "zebra", "tiger", "piano", "robot", "queen", "mouse", "cloud", "grape",
+)
+OCR_NUMBER_RANGE = (10, 1000)  # numbers printed are drawn from [10, 1000)
+OCR_FONT_SIZE = 32
+OCR_PADDING = 6
+
+QUESTION_TYPES = ("color", "shape", "exist", "count", "position", "ocr")
+TEMPLATES = {
+    "color": "What color is the {shape}?",
+    "shape": "What shape is the {color} object?",
+    "exist": "Is there a {color} {shape}?",
+    "count_all": "How many shapes are there?",
+    "count_shape": "How many {plural} are there?",
+    "position_x": "Is the {color} {shape} on the left or the right?",
+    "position_y": "Is the {color} {shape} at the top or the bottom?",
+    "ocr_word": "What word is written in the image?",
+    "ocr_number": "What number is written in the image?",
+}
+# LLaVA-1.5's short-answer instruction, appended to every question on disk.
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+
+SPLIT_SEED_BASE = {"train": 0, "validation": 1_000_000_000, "test": 2_000_000_000}
+SPLIT_SIZE_LIMIT = 1_000_000_000  # indices of one split stay below this
+
+MAX_OBJECTS = 5
+TEXT_PROBABILITY = 0.3  # of an image carrying text when the question is not ocr
+NUMBER_PROBABILITY = 0.3  # of printed text being a number rather than a word
+PLACEMENT_MARGIN = 6  # px kept free between objects, the text box and the border
+POSITION_MARGIN = 8  # px between an object's box and the middle line
+TEXT_BOX_ID = 255  # label of the text box in the label map
+
+
+@dataclass
+class Sample:
+    """One image, one question and its one-word answer.
+
+    ``objects`` holds one dict per shape: ``shape``, ``color``, ``size``
+    ("small" / "large"), ``bbox`` ([x0, y0, x1, y1], px, end exclusive),
+    ``center`` ([x, y], px) and ``patches`` (the grid patches it touches).
+    ``targets`` are the indices in ``objects`` of the objects the question is
+    about; ``patches`` are the patches they touch (the text box's for ocr).
+    """
+
+    question_id: str
+    split: str
+    index: int
+    image: Image.Image
+    question: str
+    answer: str
+    question_type: str
+    objects: list[dict]
+    text: str | None
+    text_bbox: list[int] | None
+    targets: list[int]
+    patches: list[int]
+
+    @property
+    def prompt(self) -> str:
+        """The question as LLaVA's evaluation sends it: with the short-answer instruction."""
+        return f"{self.question}\n{SHORT_ANSWER_PROMPT}"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the question of one sample will be, fixed before its scene is drawn."""
+
+    question_type: str
+    want_yes: bool  # exist questions: the answer
+    count_all: bool  # count questions: "How many shapes" rather than "How many <shape>s"
+
+
+@dataclass
+class _Question:
+    text: str
+    answer: str
+    targets: list[int]
+
+
+# ----------------------------------------------------------------------------
+# Seeds and splits
+
+
+def sample_seed(split: str, index: int) -> int:
+    """The seed of sample ``index`` of ``split``; seed ranges of the splits are disjoint."""
+    if split not in SPLIT_SEED_BASE:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEED_BASE)}")
+    if not 0 <= index < SPLIT_SIZE_LIMIT:
+        raise ValueError(f"index {index} is outside [0, {SPLIT_SIZE_LIMIT})")
+    return SPLIT_SEED_BASE[split] + index
+
+
+def question_id(split: str, index: int) -> str:
+    return f"{split}_{index:07d}"
+
+
+def generate_split(split: str, n: int, start: int = 0) -> Iterator[Sample]:
+    """Samples ``start .. start + n - 1`` of ``split``, in order."""
+    for index in range(start, start + n):
+        yield make_sample(split, index)
+
+
+def make_sample(split: str, index: int) -> Sample:
+    """Sample ``index`` of ``split``, generated from its own seed alone."""
+    rng = np.random.default_rng(sample_seed(split, index))
+    question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]
+    # Two-way variants alternate every cycle of six samples, so that any
+    # 12 consecutive samples hold exactly one of each.
+    even_cycle = (index // len(QUESTION_TYPES)) % 2 == 0
+    plan = _Plan(question_type, want_yes=even_cycle, count_all=even_cycle)
+    while True:  # redraw the scene until it supports the question (rarely more than once)
+        objects, text, text_bbox = _sample_scene(rng, plan)
+        question = _ask(rng, plan, objects, text)
+        if question is not None:
+            break
+    image, labels = _render(rng, objects, text, text_bbox)
+    for k, obj in enumerate(objects):
+        obj["patches"] = _patches_of(labels, k + 1, obj["bbox"])
+    if question_type == "ocr":
+        patches = _patches_of(labels, TEXT_BOX_ID, text_bbox)
+    else:
+        patches = sorted({p for k in question.targets for p in objects[k]["patches"]})
+    return Sample(
+        question_id=question_id(split, index),
+        split=split,
+        index=index,
+        image=image,
+        question=question.text,
+        answer=question.answer,
+        question_type=question_type,
+        objects=objects,
+        text=text,
+        text_bbox=text_bbox,
+        targets=question.targets,
+        patches=patches,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Scenes: what is in the image and where
+
+
+def _sample_scene(rng: np.random.Generator, plan: _Plan):
+    """Objects (dicts without patches), text (or None) and the text box (or None)."""
+    while True:  # redraw until everything fits without overlap
+        shapes = _scene_shapes(rng, plan)
+        sizes = [str(s) for s in rng.choice(list(SIZES), len(shapes))]
+        with_text = plan.question_type == "ocr" or rng.random() < TEXT_PROBABILITY
+        text = _sample_text(rng) if with_text else None
+        box_sizes = [_text_box_size(text)] if text is not None else []
+        box_sizes += [(2 * SIZES[size] + 1,) * 2 for size in sizes]
+        boxes = _place_all(rng, box_sizes)
+        if boxes is not None:
+            break
+    text_bbox = boxes.pop(0) if text is not None else None
+    objects = []
+    for shape, size, (x0, y0, x1, y1) in zip(shapes, sizes, boxes):
+        objects.append({
+            "shape": shape,
+            "color": str(rng.choice(list(COLORS))),
+            "size": size,
+            "bbox": [x0, y0, x1, y1],
+            "center": [(x0 + x1 - 1) // 2, (y0 + y1 - 1) // 2],
+        })
+    return objects, text, text_bbox
+
+
+def _scene_shapes(rng: np.random.Generator, plan: _Plan) -> list[str]:
+    """The shapes of the scene's objects: 1 to 5, uniform, drawn with replacement.
+
+    Counting one named shape needs repeats, which uniform shapes rarely give:
+    for those questions the scene opens with 1 to 4 copies of one shape (the
+    shape asked about) followed by other shapes.
+    """
+    if plan.question_type == "count" and not plan.count_all:
+        counted = str(rng.choice(SHAPES))
+        copies = int(rng.integers(1, MAX_OBJECTS))
+        others = rng.choice([s for s in SHAPES if s != counted], int(rng.integers(0, MAX_OBJECTS - copies + 1)))
+        return [counted] * copies + [str(s) for s in others]
+    return [str(s) for s in rng.choice(SHAPES, int(rng.integers(1, MAX_OBJECTS + 1)))]
+
+
+def _sample_text(rng: np.random.Generator) -> str:
+    if rng.random() < NUMBER_PROBABILITY:
+        return str(int(rng.integers(*OCR_NUMBER_RANGE)))
+    return str(rng.choice(OCR_WORDS))
+
+
+def _place_all(rng, box_sizes: list[tuple[int, int]]) -> list[list[int]] | None:
+    """Non-overlapping boxes [x0, y0, x1, y1] of the given (width, height), or None."""
+    boxes = []
+    for width, height in box_sizes:
+        box = _place(rng, width, height, boxes)
+        if box is None:
+            return None
+        boxes.append(box)
+    return boxes
+
+
+def _place(rng, width: int, height: int, taken: list) -> list[int] | None:
+    """A box of the given size clear of ``taken`` and the border, or None after 50 tries."""
+    m = PLACEMENT_MARGIN
+    for _ in range(50):
+        x0 = int(rng.integers(m, IMAGE_SIZE - m - width + 1))
+        y0 = int(rng.integers(m, IMAGE_SIZE - m - height + 1))
+        box = [x0, y0, x0 + width, y0 + height]
+        if not any(_overlap(box, other, m) for other in taken):
+            return box
+    return None
+
+
+def _overlap(a: list[int], b: list[int], margin: int) -> bool:
+    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0]
+                or a[3] + margin <= b[1] or b[3] + margin <= a[1])
+
+
+# ----------------------------------------------------------------------------
+# Questions: one builder per type; None when the scene does not support it
+
+
+def _ask(rng, plan: _Plan, objects, text) -> _Question | None:
+    question_type = plan.question_type
+    if question_type == "color":
+        return _ask_color(rng, objects)
+    if question_type == "shape":
+        return _ask_shape(rng, objects)
+    if question_type == "exist":
+        return _ask_exist(rng, objects, plan.want_yes)
+    if question_type == "count":
+        return _ask_count(objects, plan.count_all)
+    if question_type == "position":
+        return _ask_position(rng, objects)
+    if question_type == "ocr":
+        return _ask_ocr(text)
+    raise ValueError(f"unknown question type {question_type!r}")
+
+
+def _unique(objects: list[dict], key) -> list[int]:
+    """Indices of the objects whose ``key(obj)`` no other object shares."""
+    values = [key(obj) for obj in objects]
+    return [k for k, value in enumerate(values) if values.count(value) == 1]
+
+
+def _ask_color(rng, objects) -> _Question | None:
+    candidates = _unique(objects, lambda o: o["shape"])
+    if not candidates:
+        return None
+    k = int(rng.choice(candidates))
+    return _Question(TEMPLATES["color"].format(shape=objects[k]["shape"]), objects[k]["color"], [k])
+
+
+def _ask_shape(rng, objects) -> _Question | None:
+    candidates = _unique(objects, lambda o: o["color"])
+    if not candidates:
+        return None
+    k = int(rng.choice(candidates))
+    return _Question(TEMPLATES["shape"].format(color=objects[k]["color"]), objects[k]["shape"], [k])
+
+
+def _ask_exist(rng, objects, want_yes: bool) -> _Question:
+    present = {(o["color"], o["shape"]) for o in objects}
+    if want_yes:
+        color, shape = sorted(present)[int(rng.integers(len(present)))]
+    else:
+        color, shape = _absent_pair(rng, objects, present)
+    targets = [k for k, o in enumerate(objects) if (o["color"], o["shape"]) == (color, shape)]
+    question = TEMPLATES["exist"].format(color=color, shape=shape)
+    return _Question(question, "yes" if want_yes else "no", targets)
+
+
+def _absent_pair(rng, objects, present: set) -> tuple[str, str]:
+    """An absent (colour, shape) pair; keeps one attribute of a present object when it can."""
+    anchor = objects[int(rng.integers(len(objects)))]
+    if rng.random() < 0.5:
+        pairs = [(anchor["color"], s) for s in SHAPES]
+    else:
+        pairs = [(c, anchor["shape"]) for c in COLORS]
+    pairs = [p for p in pairs if p not in present]
+    if not pairs:  # cannot happen with 5 objects and 6 values, kept for safety
+        pairs = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+    return pairs[int(rng.integers(len(pairs)))]
+
+
+def _ask_count(objects, count_all: bool) -> _Question:
+    if count_all:
+        return _Question(TEMPLATES["count_all"], str(len(objects)), list(range(len(objects))))
+    counted = objects[0]["shape"]  # _scene_shapes puts the counted shape first
+    targets = [k for k, o in enumerate(objects) if o["shape"] == counted]
+    return _Question(TEMPLATES["count_shape"].format(plural=PLURALS[counted]), str(len(targets)), targets)
+
+
+def _ask_position(rng, objects) -> _Question | None:
+    axis = "x" if rng.random() < 0.5 else "y"
+    candidates = [k for k in _unique(objects, lambda o: (o["color"], o["shape"]))
+                  if _side(objects[k]["bbox"], axis) is not None]
+    if not candidates:
+        return None
+    k = int(rng.choice(candidates))
+    obj = objects[k]
+    question = TEMPLATES[f"position_{axis}"].format(color=obj["color"], shape=obj["shape"])
+    return _Question(question, _side(obj["bbox"], axis), [k])
+
+
+def _side(bbox: list[int], axis: str) -> str | None:
+    """left/right (axis x) or top/bottom (axis y) when the box is clearly in one half."""
+    low, high = (bbox[0], bbox[2]) if axis == "x" else (bbox[1], bbox[3])
+    names = ("left", "right") if axis == "x" else ("top", "bottom")
+    middle = IMAGE_SIZE // 2
+    if high <= middle - POSITION_MARGIN:
+        return names[0]
+    if low >= middle + POSITION_MARGIN:
+        return names[1]
+    return None
+
+
+def _ask_ocr(text: str | None) -> _Question | None:
+    if text is None:
+        return None
+    template = TEMPLATES["ocr_number"] if text.isdigit() else TEMPLATES["ocr_word"]
+    return _Question(template, text.lower(), [])
+
+
+# ----------------------------------------------------------------------------
+# Rendering
+
+
+def _render(rng, objects, text, text_bbox) -> tuple[Image.Image, np.ndarray]:
+    """The RGB image and its label map: object k is drawn as k + 1, the text box as 255."""
+    image = Image.fromarray(_background(rng))
+    labels = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    draw, label_draw = ImageDraw.Draw(image), ImageDraw.Draw(labels)
+    if text is not None:
+        _draw_text(draw, text, text_bbox)
+        label_draw.rectangle(_inclusive(text_bbox), fill=TEXT_BOX_ID)
+    for k, obj in enumerate(objects):
+        jitter = rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, 3).tolist()
+        fill = tuple(min(255, max(0, c + j)) for c, j in zip(COLORS[obj["color"]], jitter))
+        half = SIZES[obj["size"]]
+        _draw_shape(draw, obj["shape"], *obj["center"], half, fill)
+        _draw_shape(label_draw, obj["shape"], *obj["center"], half, k + 1)
+    return image, np.asarray(labels)
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """A muted background: a two-tone gradient, faint stripes and luminance noise, (H, W, 3) uint8.
+
+    Its colours have saturation <= 0.25, the objects' >= 0.7: an object never
+    blends into the background.
+    """
+    hue = rng.random()
+    tone_a = _muted_color(rng, hue)
+    tone_b = _muted_color(rng, (hue + rng.uniform(-0.08, 0.08)) % 1.0)
+    gradient_angle, stripe_angle = rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
+    stripe_period, stripe_amplitude = rng.uniform(12, 40), rng.uniform(3, 8)  # px, levels
+
+    along = _ramp(gradient_angle)  # (H, W)
+    along = (along - along.min()) / (along.max() - along.min())  # 0 .. 1
+    stripes = stripe_amplitude * np.sin(_ramp(stripe_angle) * np.float32(2 * np.pi * IMAGE_SIZE / stripe_period))
+    noise = rng.random((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)  # 0 .. 1
+    luminance = stripes + 16 * noise - 8  # (H, W), the same on all channels; noise -8 .. 8 levels
+    # One channel at a time, in place: (H, W, 3) float temporaries cost ms each.
+    pixels = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    value = np.empty_like(along)
+    for channel in range(3):
+        np.multiply(along, tone_b[channel] - tone_a[channel], out=value)
+        value += luminance
+        value += tone_a[channel]
+        pixels[..., channel] = np.clip(value, 0, 255, out=value)
+    return pixels
+
+
+def _muted_color(rng: np.random.Generator, hue: float) -> np.ndarray:
+    """An RGB colour (3,) float32 in 0 .. 255, saturation 0.05-0.25, value 0.40-0.70."""
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.05, 0.25), rng.uniform(0.40, 0.70))
+    return np.array(rgb, dtype=np.float32) * 255
+
+
+def _ramp(angle: float) -> np.ndarray:
+    """x cos(angle) + y sin(angle) over the image, x and y in 0 .. 1, (H, W) float32."""
+    coords = np.arange(IMAGE_SIZE, dtype=np.float32) / IMAGE_SIZE
+    return np.float32(np.cos(angle)) * coords[None, :] + np.float32(np.sin(angle)) * coords[:, None]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, half: int, fill) -> None:
+    """Draw ``shape`` filling the box [cx - half, cx + half] x [cy - half, cy + half]."""
+    if shape == "circle":
+        draw.ellipse([cx - half, cy - half, cx + half, cy + half], fill=fill)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, half), fill=fill)
+
+
+def _polygon(shape: str, cx: int, cy: int, half: int) -> list[tuple[float, float]]:
+    if shape == "square":
+        unit = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
+    elif shape == "diamond":
+        unit = [(0, -1), (1, 0), (0, 1), (-1, 0)]
+    elif shape == "triangle":
+        unit = [(0, -1), (1, 1), (-1, 1)]
+    elif shape == "cross":
+        w = 0.35  # half the width of an arm
+        unit = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w),
+                (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+    elif shape == "star":
+        unit = _star_points()
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return [(cx + half * x, cy + half * y) for x, y in unit]
+
+
+@functools.lru_cache(maxsize=1)
+def _star_points() -> tuple[tuple[float, float], ...]:
+    """A five-pointed star with its top point up, outer radius 1, inner 0.45."""
+    angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+    radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+    return tuple((float(r * np.cos(a)), float(r * np.sin(a))) for r, a in zip(radii, angles))
+
+
+@functools.lru_cache(maxsize=1)
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's built-in font at ``OCR_FONT_SIZE`` (bitmap-sized where Pillow lacks FreeType)."""
+    return ImageFont.load_default(size=OCR_FONT_SIZE)
+
+
+def _text_box_size(text: str) -> tuple[int, int]:
+    x0, y0, x1, y1 = _font().getbbox(text.upper())
+    return x1 - x0 + 2 * OCR_PADDING, y1 - y0 + 2 * OCR_PADDING
+
+
+def _draw_text(draw: ImageDraw.ImageDraw, text: str, box: list[int]) -> None:
+    """Dark upper-case letters in a light box (the OCR case)."""
+    draw.rectangle(_inclusive(box), fill=(236, 234, 228))
+    x0, y0, _, _ = _font().getbbox(text.upper())
+    draw.text((box[0] + OCR_PADDING - x0, box[1] + OCR_PADDING - y0), text.upper(),
+              fill=(25, 25, 30), font=_font())
+
+
+def _inclusive(box: list[int]) -> list[int]:
+    """PIL draws rectangles with inclusive corners; our boxes exclude x1 and y1."""
+    return [box[0], box[1], box[2] - 1, box[3] - 1]
+
+
+def _patches_of(labels: np.ndarray, label: int, bbox: list[int]) -> list[int]:
+    """Raster indices of the grid patches holding at least one pixel of ``label`` (all inside ``bbox``)."""
+    row0, col0 = bbox[1] // PATCH_SIZE, bbox[0] // PATCH_SIZE
+    row1, col1 = -(-bbox[3] // PATCH_SIZE), -(-bbox[2] // PATCH_SIZE)  # ceil
+    window = labels[row0 * PATCH_SIZE:row1 * PATCH_SIZE, col0 * PATCH_SIZE:col1 * PATCH_SIZE]
+    hit = (window == label).reshape(row1 - row0, PATCH_SIZE, col1 - col0, PATCH_SIZE).any(axis=(1, 3))
+    rows, cols = np.nonzero(hit)  # raster order
+    return ((rows + row0) * GRID_SIZE + cols + col0).tolist()
+
+
+def patch_bbox(patch: int) -> list[int]:
+    """The pixel box [x0, y0, x1, y1] (end exclusive) of grid patch ``patch``."""
+    row, col = divmod(patch, GRID_SIZE)
+    return [col * PATCH_SIZE, row * PATCH_SIZE, (col + 1) * PATCH_SIZE, (row + 1) * PATCH_SIZE]
+
+
+# ----------------------------------------------------------------------------
+# Writing a split to disk
+
+
+def write_split(split: str, n: int, out_dir: str | Path, start: int = 0,
+                progress: bool = False) -> Path:
+    """Write samples ``start .. start + n - 1`` of ``split`` under ``out_dir``; return it.
+
+    Files, in LLaVA's layouts:
+
+    - ``images/<question_id>.png``;
+    - ``questions.jsonl``: ``question_id``, ``image`` (file name under
+      ``images/``), ``text`` (question + newline + ``SHORT_ANSWER_PROMPT``),
+      ``category`` (the question type); what the evaluation runner reads;
+    - ``annotations.json``: a list of ``question_id``, ``answer``,
+      ``question_type``, plus ``patches``, ``objects`` and ``text`` for
+      analyses of which tokens a pruning method kept;
+    - ``<split>.json``: LLaVA's training conversations, ``[{"id", "image",
+      "conversations": [{"from": "human", "value": "<image>\\n..."},
+      {"from": "gpt", "value": answer}]}]``;
+    - ``meta.json``: split, start, n, generator version.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    questions, annotations, conversations = [], [], []
+    for done, sample in enumerate(generate_split(split, n, start), 1):
+        image_name = f"{sample.question_id}.png"
+        sample.image.save(out_dir / "images" / image_name, compress_level=1)
+        questions.append(_question_record(sample, image_name))
+        annotations.append(_annotation_record(sample))
+        conversations.append(_conversation_record(sample, image_name))
+        if progress and (done % 100 == 0 or done == n):
+            print(f"\r{split}: {done}/{n} samples", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    with open(out_dir / "questions.jsonl", "w") as f:
+        f.writelines(json.dumps(q) + "\n" for q in questions)
+    _write_json(out_dir / "annotations.json", annotations)
+    _write_json(out_dir / f"{split}.json", conversations)
+    _write_json(out_dir / "meta.json", {
+        "generator": "llava.data.synthetic", "version": GENERATOR_VERSION,
+        "split": split, "start": start, "n": n,
+        "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
+    })
+    return out_dir
+
+
+def _question_record(sample: Sample, image_name: str) -> dict:
+    return {"question_id": sample.question_id, "image": image_name,
+            "text": sample.prompt, "category": sample.question_type}
+
+
+def _annotation_record(sample: Sample) -> dict:
+    return {"question_id": sample.question_id, "answer": sample.answer,
+            "question_type": sample.question_type, "patches": sample.patches,
+            "objects": sample.objects, "text": sample.text}
+
+
+def _conversation_record(sample: Sample, image_name: str) -> dict:
+    return {"id": sample.question_id, "image": image_name, "conversations": [
+        {"from": "human", "value": f"<image>\n{sample.prompt}"},
+        {"from": "gpt", "value": sample.answer},
+    ]}
+
+
+def _write_json(path: Path, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m llava.data.synthetic",
+        description="Write a split of the synthetic shapes-VQA task in LLaVA's layouts.")
+    parser.add_argument("--split", choices=sorted(SPLIT_SEED_BASE), required=True,
+                        help="which split (disjoint seed ranges)")
+    parser.add_argument("--n", type=int, required=True, help="number of samples to write")
+    parser.add_argument("--start", type=int, default=0,
+                        help="index of the first sample in the split (default 0)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    args = parser.parse_args(argv)
+    out = write_split(args.split, args.n, args.out, start=args.start, progress=True)
+    print(f"wrote {args.n} {args.split} samples to {out}")
+
+
+if __name__ == "__main__":
+    main()
