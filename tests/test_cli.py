@@ -1,0 +1,37 @@
+"""`fastv run` end to end on the tiny checkpoint, human and JSON output."""
+
+import json
+
+from fastv.cli import main
+from tests import helpers
+
+
+def test_run_json_fields(capsys, tiny_llava_dir, tmp_path):
+    image = tmp_path / "picture.png"
+    helpers.random_images(1, seed=51)[0].save(image)
+    common = ["run", "--model-path", str(tiny_llava_dir), "--image", str(image), "--prompt", "what is in this image ?",
+              "--max-new-tokens", "5", "--json"]
+
+    assert main(common + ["--method", "fastervlm:keep=16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"answer", "prompt_ids", "visual_tokens", "kept", "prefill_s", "total_s", "method"} <= set(result)
+    assert result["prompt_ids"].count(-200) == 1 and result["prompt_ids"][0] == 1
+    assert result["visual_tokens"] == [16] and len(result["kept"][0]) == 16
+    assert 0 < result["prefill_s"] <= result["total_s"]
+
+    assert main(common + ["--method", "fastv:k=2,keep=10"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["visual_tokens"] == [64]  # all enter the LLM; FastV drops inside it
+    assert len(result["kept"][0]) == 10 and max(result["kept"][0]) < 64  # kept after layer k, patch indices
+
+    assert main(common[:-1] + ["--method", "none"]) == 0
+    text = capsys.readouterr().out
+    assert "answer:" in text and "visual tokens entering the LLM: 64 (of 64 per image)" in text
+    assert "prefill (time to first token):" in text
+
+
+def test_methods_lists_every_method(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("none", "fastv", "fastervlm", "random", "uniform", "pool"):
+        assert f"\n{name} " in "\n" + out
