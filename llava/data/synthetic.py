@@ -137,8 +137,10 @@ class Sample:
     """One image, one question and its one-word answer.
 
     ``objects`` holds one dict per shape: ``shape``, ``color``, ``size``
-    ("small" / "large"), ``bbox`` ([x0, y0, x1, y1], px, end exclusive),
-    ``center`` ([x, y], px) and ``patches`` (the grid patches it touches).
+    ("small" / "large"), ``bbox`` ([x0, y0, x1, y1], px, end exclusive; tight:
+    every shape touches its four sides), ``center`` ([x, y], px, the centre of
+    the box, always inside the shape) and ``patches`` (the grid patches
+    holding at least one of its pixels).
     ``targets`` are the indices in ``objects`` of the objects the question is
     about; ``patches`` are the patches they touch (the text box's for ocr).
     """
@@ -490,7 +492,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, half: i
         draw.polygon(_polygon(shape, cx, cy, half), fill=fill)
 
 
-def _polygon(shape: str, cx: int, cy: int, half: int) -> list[tuple[float, float]]:
+def _polygon(shape: str, cx: int, cy: int, half: int) -> list[tuple[int, int]]:
     if shape == "square":
         unit = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
     elif shape == "diamond":
@@ -505,15 +507,24 @@ def _polygon(shape: str, cx: int, cy: int, half: int) -> list[tuple[float, float
         unit = _star_points()
     else:
         raise ValueError(f"unknown shape {shape!r}")
-    return [(cx + half * x, cy + half * y) for x, y in unit]
+    # Whole pixels: PIL floors float vertices, so -1 + 1e-16 would spill one pixel out of the box.
+    return [(round(cx + half * x), round(cy + half * y)) for x, y in unit]
 
 
 @functools.lru_cache(maxsize=1)
 def _star_points() -> tuple[tuple[float, float], ...]:
-    """A five-pointed star with its top point up, outer radius 1, inner 0.45."""
+    """A five-pointed star, top point up, inner radius 0.45 of the outer, stretched to fill [-1, 1]^2.
+
+    A regular star spans only 0.95 of its radius sideways and 0.81 below its
+    centre; the stretch (at most 11%) makes it touch all four sides of its box
+    like every other shape, so an object's ``bbox`` is tight.
+    """
     angles = -np.pi / 2 + np.arange(10) * np.pi / 5
     radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
-    return tuple((float(r * np.cos(a)), float(r * np.sin(a))) for r, a in zip(radii, angles))
+    xs, ys = radii * np.cos(angles), radii * np.sin(angles)
+    xs = xs / xs.max()
+    ys = -1 + 2 * (ys - ys.min()) / (ys.max() - ys.min())
+    return tuple((float(x), float(y)) for x, y in zip(xs, ys))
 
 
 @functools.lru_cache(maxsize=1)
