@@ -13,8 +13,12 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from llava.errors import CheckpointError, InputError
+
+# The small LLaVA the project trains and ships (models/llava-shapes-tiny/MODEL_CARD.md).
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "llava-shapes-tiny"
 
 METHOD_HELP = (
     "pruning method spec, name:key=value,... e.g. 'fastervlm:keep=58' (keep = visual tokens kept per image), "
@@ -24,7 +28,7 @@ METHOD_HELP = (
 
 
 def run(
-    model_path: str,
+    model_path: str | None,
     image: str | None,
     prompt: str,
     method: str = "none",
@@ -41,6 +45,10 @@ def run(
     from llava.pipeline import LlavaPipeline, Request
 
     parse_method(method)  # fail on a bad spec before loading a model
+    if model_path is None:
+        if not (SHIPPED_MODEL / "config.json").is_file():
+            raise InputError(f"no --model-path given and the shipped model is not in this checkout ({SHIPPED_MODEL})")
+        model_path = str(SHIPPED_MODEL)
     picture = load_image(image) if image else None
     if not prompt.strip():
         raise InputError("the prompt is empty")
@@ -83,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="answer a question about an image, with a pruning method")
-    p.add_argument("--model-path", required=True, help="llava-hf or original LLaVA checkpoint folder")
+    p.add_argument("--model-path", help="llava-hf or original LLaVA checkpoint folder (default: the shipped model)")
     p.add_argument("--image", help="image file (omit for a text-only prompt)")
     p.add_argument("--prompt", required=True, help="the question, without <image>")
     p.add_argument("--method", default="none", help=METHOD_HELP)
