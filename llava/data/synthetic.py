@@ -47,9 +47,12 @@ each type and one yes and one no. Images are bit-identical for one numpy and
 Pillow install; the text is rendered with Pillow's built-in font
 (``ImageFont.load_default(size=...)``, nothing downloaded).
 
-Speed (measured on this project's 2-core CPU box, one core, Pillow 13,
-numpy 2.4): about 450 samples/s to generate in memory; ``write_split`` about
-110 samples/s including PNG encoding (about 190 KB per image).
+Speed (measured on this project's shared 2-core CPU VM, one core, Pillow 13,
+numpy 2.4): about 300 samples/s to generate in memory (185 to 460 per batch
+of 200, as the VM's load varies); ``write_split`` about 70 samples/s, most of
+it PNG encoding (about 150 KB per image). For training, generate on the fly
+(``make_sample(split, i)`` is random access) rather than writing millions of
+files.
 
 Usage::
 
@@ -456,11 +459,10 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     gradient_angle, stripe_angle = rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
     stripe_period, stripe_amplitude = rng.uniform(12, 40), rng.uniform(3, 8)  # px, levels
 
-    along = _ramp(gradient_angle)  # (H, W)
-    along = (along - along.min()) / (along.max() - along.min())  # 0 .. 1
-    stripes = stripe_amplitude * np.sin(_ramp(stripe_angle) * np.float32(2 * np.pi * IMAGE_SIZE / stripe_period))
-    noise = rng.random((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)  # 0 .. 1
-    luminance = stripes + 16 * noise - 8  # (H, W), the same on all channels; noise -8 .. 8 levels
+    along = _ramp(gradient_angle)  # (H, W), 0 .. 1
+    stripes = stripe_amplitude * _sine_wave(stripe_angle, stripe_period)  # (H, W)
+    noise = np.frombuffer(rng.bytes(IMAGE_SIZE * IMAGE_SIZE), np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
+    luminance = stripes + noise * np.float32(16 / 255) - 8  # (H, W), the same on all channels; noise -8 .. 8 levels
     # One channel at a time, in place: (H, W, 3) float temporaries cost ms each.
     pixels = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     value = np.empty_like(along)
@@ -479,9 +481,22 @@ def _muted_color(rng: np.random.Generator, hue: float) -> np.ndarray:
 
 
 def _ramp(angle: float) -> np.ndarray:
-    """x cos(angle) + y sin(angle) over the image, x and y in 0 .. 1, (H, W) float32."""
-    coords = np.arange(IMAGE_SIZE, dtype=np.float32) / IMAGE_SIZE
-    return np.float32(np.cos(angle)) * coords[None, :] + np.float32(np.sin(angle)) * coords[:, None]
+    """A linear ramp across the image in direction ``angle``, from 0 to 1 corner to corner, (H, W) float32."""
+    coords = np.arange(IMAGE_SIZE, dtype=np.float32)
+    along_x, along_y = np.float32(np.cos(angle)) * coords, np.float32(np.sin(angle)) * coords  # (W,), (H,)
+    span = np.ptp(along_x) + np.ptp(along_y)
+    return ((along_x - along_x.min()) / span)[None, :] + ((along_y - along_y.min()) / span)[:, None]
+
+
+def _sine_wave(angle: float, period: float) -> np.ndarray:
+    """sin(2 pi (x cos(angle) + y sin(angle)) / period), x and y in px, (H, W) float32.
+
+    By the angle-sum identity, as two outer products of 1-D sines and cosines:
+    a sine per pixel would cost as much as the rest of the background.
+    """
+    coords = np.arange(IMAGE_SIZE, dtype=np.float32) * np.float32(2 * np.pi / period)
+    phase_x, phase_y = np.float32(np.cos(angle)) * coords, np.float32(np.sin(angle)) * coords  # (W,), (H,)
+    return np.sin(phase_y)[:, None] * np.cos(phase_x)[None, :] + np.cos(phase_y)[:, None] * np.sin(phase_x)[None, :]
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, half: int, fill) -> None:
