@@ -157,6 +157,13 @@ def test_questions_are_unambiguous_and_answers_right(samples):
         assert _expected_answer(s) == s.answer, (s.question_id, s.question)
 
 
+def test_no_answers_are_hard_negatives(samples):
+    for s in samples:
+        if s.answer == "no":
+            color, shape = re.fullmatch(r"Is there a (\w+) (\w+)\?", s.question).groups()
+            assert any(o["color"] == color or o["shape"] == shape for o in s.objects), s.question_id
+
+
 def test_count_questions_name_repeated_shapes(samples):
     counts = [int(s.answer) for s in samples if s.question_type == "count"]
     assert max(counts) >= 3

@@ -21,7 +21,7 @@ Each sample is one 336x336 RGB image and one question with a one-word answer:
   exist       Is there a blue circle?                           yes / no (50/50)
   count       How many shapes are there? / How many stars ...   1 .. 5 (digits)
   position    Is the red circle on the left or the right?       left/right/top/bottom
-  ocr         What word is written in the image?                the word, lower-case
+  ocr         What word (number) is written in the image?       the word, lower-case
   ==========  ===============================================  ==================
 
 Unambiguity rules: an object named by shape alone ("the star") or by colour
@@ -30,7 +30,7 @@ named by both ("the red circle") is the only such pair; a position is only
 asked when the object's whole box lies in one half, at least
 ``POSITION_MARGIN`` px from the middle line; "shapes" counts the shapes, never
 the text box; an exist question answered "no" names a colour-shape pair that
-is absent (a hard negative: its colour or its shape is present when possible).
+is absent while its colour or its shape is present (a hard negative).
 
 Each sample also records ``patches``: the indices, on the ViT's 24x24 grid of
 14-px patches in raster order (``row * 24 + col``), of the patches that hold at
@@ -375,15 +375,17 @@ def _ask_exist(rng, objects, want_yes: bool) -> _Question:
 
 
 def _absent_pair(rng, objects, present: set) -> tuple[str, str]:
-    """An absent (colour, shape) pair; keeps one attribute of a present object when it can."""
+    """An absent (colour, shape) pair sharing its colour or its shape with a present object.
+
+    A hard negative: the question cannot be answered from colours or shapes
+    alone. There is always one: 5 objects cannot hold all 6 pairs of a colour.
+    """
     anchor = objects[int(rng.integers(len(objects)))]
     if rng.random() < 0.5:
         pairs = [(anchor["color"], s) for s in SHAPES]
     else:
         pairs = [(c, anchor["shape"]) for c in COLORS]
     pairs = [p for p in pairs if p not in present]
-    if not pairs:  # cannot happen with 5 objects and 6 values, kept for safety
-        pairs = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
     return pairs[int(rng.integers(len(pairs)))]
 
 
