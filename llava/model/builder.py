@@ -161,8 +161,7 @@ def read_config(path: Path, vision_tower: str | None = None) -> tuple[LlavaConfi
 
 def text_config_from(raw: dict) -> LlamaConfig:
     """Fill transformers' LlamaConfig defaults (it also normalises legacy rope fields), then copy ours."""
-    known = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "_name_or_path")}
-    hf = transformers.LlamaConfig(**known)
+    hf = transformers.LlamaConfig(**_config_fields(raw))
     rope = dict(hf.rope_parameters or {})
     rope_type = rope.get("rope_type", "default")
     return LlamaConfig(
@@ -188,8 +187,7 @@ def text_config_from(raw: dict) -> LlamaConfig:
 
 
 def vision_config_from(raw: dict) -> VisionConfig:
-    known = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "_name_or_path")}
-    hf = transformers.CLIPVisionConfig(**known)
+    hf = transformers.CLIPVisionConfig(**_config_fields(raw))
     return VisionConfig(
         hidden_size=hf.hidden_size,
         intermediate_size=hf.intermediate_size,
@@ -201,6 +199,11 @@ def vision_config_from(raw: dict) -> VisionConfig:
         layer_norm_eps=hf.layer_norm_eps,
         hidden_act=hf.hidden_act,
     )
+
+
+def _config_fields(raw: dict) -> dict:
+    """A config.json section less the keys that name a class rather than set a field."""
+    return {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "_name_or_path")}
 
 
 # ---- weights -----------------------------------------------------------------------------------

@@ -109,6 +109,31 @@ class VisionPruner(PruningMethod):
     def select(self, inputs: VisionInputs) -> Kept: ...
 
 
+@dataclass(frozen=True)
+class KeepArgs(MethodArgs):
+    keep: int  # visual tokens kept per image
+
+    def __post_init__(self):
+        if self.keep < 0:
+            raise InputError(f"keep must be >= 0, got {self.keep}")
+
+
+class KeepBudgetPruner(VisionPruner):
+    """A vision pruner that keeps exactly `args.keep` tokens of every image."""
+
+    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int) -> None:
+        check_budget(self.args.keep, tokens_per_image, "each image")
+
+    def budget(self, tokens_per_image: int) -> int:
+        return self.args.keep
+
+    def patch_count(self, inputs: VisionInputs) -> int:
+        """Patches of this image, checked against the budget."""
+        patches = inputs.features.shape[0]
+        check_budget(self.args.keep, patches, f"image {inputs.image_index}")
+        return patches
+
+
 class LayerPruner(PruningMethod):
     mode: str = "inplace"
     reselect_every_step: bool = False

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from llava.errors import InputError
-from llava.model.pruning.base import Kept, MethodArgs, PruningMethod, VisionInputs, VisionPruner, check_budget
+from llava.model.pruning.base import KeepArgs, KeepBudgetPruner, Kept, MethodArgs, PruningMethod, VisionInputs
 from llava.model.pruning.registry import register
 
 
@@ -35,58 +35,37 @@ class NoPruning(PruningMethod):
 
 
 @dataclass(frozen=True)
-class KeepArgs(MethodArgs):
-    keep: int  # visual tokens kept per image
-
-    def __post_init__(self):
-        if self.keep < 0:
-            raise InputError(f"keep must be >= 0, got {self.keep}")
-
-
-class _FixedBudgetPruner(VisionPruner):
-    """A vision pruner that keeps exactly `keep` tokens per image."""
-
-    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int) -> None:
-        check_budget(self.args.keep, tokens_per_image, "each image")
-
-    def budget(self, tokens_per_image: int) -> int:
-        return self.args.keep
-
-
-@dataclass(frozen=True)
 class RandomArgs(KeepArgs):
     seed: int = 0
 
 
 @register
-class RandomPruner(_FixedBudgetPruner):
+class RandomPruner(KeepBudgetPruner):
     name = "random"
     Args = RandomArgs
     summary = "pre-LLM: a seeded uniform random subset of the patches"
 
     def select(self, inputs: VisionInputs) -> Kept:
-        patches = inputs.features.shape[0]
-        check_budget(self.args.keep, patches, f"image {inputs.image_index}")
+        patches = self.patch_count(inputs)
         generator = torch.Generator().manual_seed(self.args.seed)
         chosen = torch.randperm(patches, generator=generator)[: self.args.keep]
         return Kept(indices=chosen.sort().values.to(inputs.features.device))
 
 
 @register
-class UniformPruner(_FixedBudgetPruner):
+class UniformPruner(KeepBudgetPruner):
     name = "uniform"
     Args = KeepArgs
     summary = "pre-LLM: patches evenly strided over the raster"
 
     def select(self, inputs: VisionInputs) -> Kept:
-        patches = inputs.features.shape[0]
-        check_budget(self.args.keep, patches, f"image {inputs.image_index}")
+        patches = self.patch_count(inputs)
         j = torch.arange(self.args.keep, device=inputs.features.device)
         return Kept(indices=((2 * j + 1) * patches) // (2 * self.args.keep))
 
 
 @register
-class PoolPruner(_FixedBudgetPruner):
+class PoolPruner(KeepBudgetPruner):
     name = "pool"
     Args = KeepArgs
     summary = "pre-LLM: 2-D average pooling of the patch grid to sqrt(keep) x sqrt(keep)"
