@@ -1,0 +1,388 @@
+"""What every benchmark shares: the Question record, JSONL reading and writing, images,
+the VQA answer normaliser and soft accuracy, and option-letter parsing.
+
+Each rule here is written once and used by every benchmark that needs it:
+
+- `normalize_vqa_answer` and `vqa_soft_accuracy`: the standard VQA evaluation
+  (TextVQA, VQAv2, VizWiz), as the EvalAI answer processor LLaVA's scorers use.
+- `parse_option_letter`: the option letter in a multiple-choice answer, with the
+  rules of LLaVA's ScienceQA scorer (ScienceQA, SEED-Bench, MMBench).
+
+Answers are LLaVA's JSONL lines: `question_id`, `prompt`, `text`, `answer_id`,
+`model_id`, `metadata`. An answer that could not be produced (missing or corrupt
+image, prompt too long, unreadable question line) is still a line: `text` is ""
+and `metadata.error` says why. Scorers count such an answer as wrong, never as
+a free point.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from llava.errors import InputError
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
+
+
+# ----------------------------------------------------------------------------- questions
+
+
+@dataclass
+class Question:
+    """One question as the model is asked it.
+
+    `text` is the user turn exactly as sent (without `<image>`: the pipeline puts
+    `<image>\\n` in front, LLaVA-1.5's convention); it is also the answer line's
+    `prompt`. `fields` holds what the benchmark's scorer needs (category, split, ...).
+    `error` is set when the question itself could not be read (a malformed line).
+    """
+
+    question_id: int | str
+    text: str
+    image: Path | None = None
+    image_base64: str | None = None  # MMBench: the image is inside the TSV
+    fields: dict = field(default_factory=dict)
+    error: str | None = None
+    occurrence: int = 0  # > 0 only when the file repeats the same (question_id, text)
+
+    @property
+    def key(self) -> tuple:
+        """Identity of the question within a run (LLaVA's TextVQA and MME files reuse question_ids)."""
+        return (self.question_id, self.text, self.occurrence)
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None or self.image_base64 is not None
+
+
+def answer_key(record: dict) -> tuple:
+    """The key of the question an answer line belongs to (see `Question.key`)."""
+    metadata = record.get("metadata") or {}
+    return (record["question_id"], record.get("prompt", ""), metadata.get("occurrence", 0))
+
+
+def number_repeats(questions: list[Question]) -> list[Question]:
+    """Give repeated (question_id, text) pairs distinct occurrences, so every key is unique."""
+    seen: dict[tuple, int] = {}
+    for question in questions:
+        pair = (question.question_id, question.text)
+        question.occurrence = seen.get(pair, 0)
+        seen[pair] = question.occurrence + 1
+    return questions
+
+
+def with_instruction(question: str, instruction: str) -> str:
+    """`question` ending with `instruction` on its own line, as LLaVA-1.5's question files are written.
+
+    LLaVA's published question files already end with the instruction; they are
+    used as they are. A question written without it gets it appended.
+    """
+    question = question.strip()
+    if question.endswith(instruction):
+        return question
+    return f"{question}\n{instruction}"
+
+
+def without_instruction(text: str, instruction: str) -> str:
+    """The question as its benchmark's annotations write it: `text` less a trailing instruction line."""
+    return text[: -len(instruction)].rstrip() if text.endswith(instruction) else text
+
+
+def read_jsonl_questions(path: Path, make_question) -> Iterator[Question]:
+    """Questions from a JSONL file: `make_question(record)` per line; a bad line becomes an error record."""
+    if not path.is_file():
+        raise InputError(f"question file not found: {path} (see EVAL.md for where it comes from)")
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                yield make_question(record)
+            except (ValueError, KeyError, TypeError) as error:
+                detail = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+                yield malformed_question(path, number, detail)
+
+
+def read_llava_questions(question_file: Path, image_folder: Path, build_prompt, keep: tuple[str, ...] = ()):
+    """LLaVA's question lines, {question_id, image, text, ...}: the text goes through the
+    benchmark's `build_prompt`; `keep` names the line's fields its scorer needs."""
+
+    def make(record: dict) -> Question:
+        return Question(
+            record["question_id"], build_prompt(record["text"]), image=image_folder / record["image"],
+            fields={name: record.get(name) for name in keep},
+        )
+
+    return read_jsonl_questions(question_file, make)
+
+
+def malformed_question(path: Path, line_number: int, detail: str) -> Question:
+    return Question(
+        question_id=f"{path.name}:{line_number}",
+        text="",
+        error=f"malformed question, {path.name} line {line_number}: {detail}",
+    )
+
+
+def read_json(path: Path, what: str):
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path} (see EVAL.md for where it comes from)")
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every well-formed JSON line of a file (a line cut short by a kill is skipped)."""
+    records = []
+    if not path.is_file():
+        return records
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+class AnswerWriter:
+    """Appends answer lines to a JSONL file, flushed one by one, so a killed run loses nothing it wrote.
+
+    A line left half-written by a kill is cut off before appending, so the file
+    stays valid JSONL.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        drop_partial_last_line(path)
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "AnswerWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def drop_partial_last_line(path: Path) -> None:
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def answer_text(record: dict | None) -> str | None:
+    """The model's answer, or None when there is none (no line, or an error line)."""
+    if record is None or (record.get("metadata") or {}).get("error"):
+        return None
+    return record.get("text", "")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def open_image(question: Question) -> Image.Image:
+    """The question's image as RGB; a missing, corrupt or undecodable image is an InputError naming it."""
+    if question.image_base64 is not None:
+        try:
+            source, name = io.BytesIO(base64.b64decode(question.image_base64, validate=True)), "embedded image"
+        except (binascii.Error, ValueError) as error:
+            raise InputError(f"cannot read embedded image of question {question.question_id}: not base64 ({error})")
+    else:
+        source, name = question.image, str(question.image)
+        if not Path(source).is_file():
+            raise InputError(f"image not found: {name}")
+    try:
+        with Image.open(source) as image:
+            image.load()  # decode now, so a truncated file fails here
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise InputError(f"cannot read image {name}: not an image or corrupt ({error})") from error
+
+
+# ----------------------------------------------------------------------------- VQA answers
+
+# The standard VQA contractions table, written as the restored forms: the keys are
+# each form with one apostrophe left out ("dont" -> "don't"; "couldnt've" and
+# "couldn'tve" -> "couldn't've"). The official table's capitalised keys ("Im",
+# "Ive") never match lower-cased text and are left out.
+_CONTRACTED_FORMS = """
+ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't
+he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't mightn't've might've
+mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've should've shouldn't
+shouldn't've somebody'd've somebody'll somebody's someone'd someone'd've someone'll someone's
+something'd something'd've something'll that's there'd there'd've there're there's they'd they'd've
+they'll they're they've 'twas wasn't we'd've we've weren't what'll what're what's what've when's
+where'd where's where've who'd who'd've who'll who's who've why'll why're why's won't would've
+wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're you've
+""".split()
+CONTRACTIONS = {
+    form[:i] + form[i + 1:]: form for form in _CONTRACTED_FORMS for i, char in enumerate(form) if char == "'"
+}
+CONTRACTIONS["somebody'd"] = "somebodyd"  # sic: the official table maps this one backwards
+NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+ARTICLES = {"a", "an", "the"}
+PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+# "(?!<=\d)" is a look-ahead, not the look-behind it was meant to be: as released, a
+# period is dropped unless a digit follows it ("3.5" stays, "5." -> "5").
+PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+
+
+def normalize_vqa_answer(answer: str) -> str:
+    """The EvalAI VQA answer processor (used on predictions and on every human answer).
+
+    "Two dogs." -> "2 dogs"; "the T-shirt" -> "t shirt"; "dont" -> "don't"; "3.5" stays.
+    """
+    text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    text = _process_punctuation(text)
+    words = []
+    for word in text.lower().split():
+        word = NUMBER_WORDS.get(word, word)
+        if word not in ARTICLES:
+            words.append(CONTRACTIONS.get(word, word))
+    return " ".join(words)
+
+
+def _process_punctuation(text: str) -> str:
+    out = text
+    for mark in PUNCTUATION:
+        # next to a space the mark goes; inside a word it becomes a space ("t-shirt" -> "t shirt").
+        # (The processor also drops every mark when digits are separated by commas, but
+        # commas are already gone by then: "1,000" -> "1000".)
+        if f"{mark} " in text or f" {mark}" in text:
+            out = out.replace(mark, "")
+        else:
+            out = out.replace(mark, " ")
+    return PERIOD_STRIP.sub("", out)
+
+
+def vqa_soft_accuracy(prediction: str | None, human_answers: list[str]) -> float:
+    """VQA accuracy of one prediction: the mean over the leave-one-out subsets of the
+    human answers of min(1, matches / 3). With 10 answers: 1 match -> 0.3, 2 -> 0.6,
+    3 -> 0.9, 4 or more -> 1.0. Both sides are normalised; None (no answer) scores 0.
+    """
+    if prediction is None or not human_answers:
+        return 0.0
+    predicted = normalize_vqa_answer(prediction)
+    humans = [normalize_vqa_answer(a) for a in human_answers]
+    matches = sum(h == predicted for h in humans)
+    # leaving out a matching answer leaves matches - 1; leaving out another leaves matches
+    total = matches * min(1.0, (matches - 1) / 3) + (len(humans) - matches) * min(1.0, matches / 3)
+    return total / len(humans)
+
+
+def vqa_accuracy(pairs: Iterable[tuple[str | None, list[str]]]) -> dict:
+    """Benchmark VQA accuracy in percent over (prediction, human answers) pairs."""
+    scores = [vqa_soft_accuracy(prediction, humans) for prediction, humans in pairs]
+    return {"accuracy": percent(sum(scores), len(scores)), "questions": len(scores)}
+
+
+# ----------------------------------------------------------------------------- multiple choice
+
+OPTION_LETTERS = "ABCDE"
+_THE_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
+
+
+def parse_option_letter(answer: str | None, letters: str = OPTION_LETTERS) -> str | None:
+    """The option letter an answer picks, by the rules of LLaVA's ScienceQA scorer, else None.
+
+    "B" -> B; "B. Louisiana" -> B; "... The answer is B." -> B (only if said once);
+    anything else, or a letter not in `letters`, -> None (counted wrong).
+    """
+    if answer is None:
+        return None
+    answer = answer.strip()
+    if answer in letters:
+        letter = answer
+    elif len(answer) >= 3 and answer[0] in letters and answer[1:3] == ". ":
+        letter = answer[0]
+    else:
+        found = _THE_ANSWER_IS.findall(answer)
+        letter = found[0] if len(found) == 1 else None
+    return letter if letter and letter in letters else None
+
+
+# ----------------------------------------------------------------------------- numbers and tables
+
+
+def percent(part: float, whole: float) -> float:
+    return 100.0 * part / whole if whole else 0.0
+
+
+def accuracy_by(groups: Iterable[tuple[str, bool]]) -> dict:
+    """{"accuracy": overall %, "questions": n, "groups": {group: %}} from (group, correct) pairs."""
+    right: dict[str, int] = {}
+    count: dict[str, int] = {}
+    for group, correct in groups:
+        count[group] = count.get(group, 0) + 1
+        right[group] = right.get(group, 0) + bool(correct)
+    return {
+        "accuracy": percent(sum(right.values()), sum(count.values())),
+        "questions": sum(count.values()),
+        "groups": {group: percent(right[group], count[group]) for group in count},
+    }
+
+
+def format_table(metrics: dict, title: str = "") -> str:
+    """A readable plain-text table: scalars as `name  value` rows; a dict of dicts as a grid."""
+    lines = [title, "=" * len(title)] if title else []
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+    width = max((len(k) for k in scalars), default=0)
+    for name, value in scalars.items():
+        lines.append(f"{name:<{width}}  {_cell(value)}")
+    for name, value in metrics.items():
+        if not isinstance(value, dict) or not value:
+            continue
+        lines.append("")
+        if all(isinstance(v, dict) for v in value.values()):
+            columns = list(dict.fromkeys(c for row in value.values() for c in row))
+            rows = [[str(r)] + [_cell(value[r].get(c)) for c in columns] for r in value]
+            header = [name] + columns
+            widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+            lines.extend("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *rows])
+        else:
+            lines.append(f"{name}:")
+            inner = max(len(str(k)) for k in value)
+            lines.extend(f"  {str(k):<{inner}}  {_cell(v)}" for k, v in value.items())
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "-" if value is None else str(value)

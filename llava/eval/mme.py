@@ -1,0 +1,95 @@
+"""MME: 14 yes/no subtasks; per subtask acc and acc+, perception and cognition totals.
+
+Files (under `<data root>/MME/`):
+    llava_mme.jsonl                        questions; `question_id` = "<subtask>/<image>" (shared by the
+                                           two questions on one image), `category` = subtask
+    MME_Benchmark_release_version/<subtask>/
+                                           images and, per image, `<image stem>.txt` with one
+                                           "question<TAB>Yes|No" line per question; subtasks that keep
+                                           images in `images/` keep those files in `questions_answers_YN/`
+
+Scoring is that of MME's eval_tool (calculation.py): the answer is lower-cased;
+"yes"/"no" exactly, else "yes" or "no" found in its first 4 characters, else it is
+wrong. acc = % questions right; acc+ = % images with both questions right; the
+subtask score is acc + acc+ (at most 200). Perception sums the 10 perception
+subtasks (at most 2000), cognition the 4 cognition subtasks (at most 800).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llava.errors import InputError
+from llava.eval.common import SHORT_ANSWER, Question, answer_text, percent, read_llava_questions, with_instruction, without_instruction
+
+FOLDER = "MME"
+QUESTION_FILE = "llava_mme.jsonl"
+IMAGE_FOLDER = "MME_Benchmark_release_version"
+PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
+COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+
+
+def build_prompt(question: str) -> str:
+    return with_instruction(question, SHORT_ANSWER)
+
+
+def load_questions(question_file: Path, image_folder: Path):
+    return read_llava_questions(question_file, image_folder, build_prompt, keep=("category", "image"))
+
+
+def parse_yes_no(answer: str) -> str | None:
+    answer = answer.lower()
+    if answer in ("yes", "no"):
+        return answer
+    if "yes" in answer[:4]:
+        return "yes"
+    if "no" in answer[:4]:
+        return "no"
+    return None
+
+
+def _same_text(text: str) -> str:
+    return " ".join(text.split())  # LLaVA's file and MME's differ in spacing before "Please answer yes or no."
+
+
+def ground_truth(release: Path, subtask: str, image: str) -> dict[str, str]:
+    """{question: "yes"/"no"} for one image, from its annotation file."""
+    folder = release / subtask
+    answers_folder = folder / "questions_answers_YN" if (folder / "images").is_dir() else folder
+    path = answers_folder / (Path(image).stem + ".txt")
+    if not path.is_file():
+        raise InputError(f"MME annotation not found: {path} (see EVAL.md)")
+    truth = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            question, answer = line.rsplit("\t", 1)
+            truth[_same_text(question)] = answer.strip().lower()
+    return truth
+
+
+def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
+    release = folder / IMAGE_FOLDER
+    results: dict[str, dict[str, list[bool]]] = {}  # subtask -> image -> [question right?]
+    truths: dict[tuple[str, str], dict[str, str]] = {}
+    for question in questions:
+        image = question.fields["image"]
+        subtask = question.fields["category"] or str(question.question_id).split("/")[0]
+        if (subtask, image) not in truths:
+            truths[subtask, image] = ground_truth(release, subtask, image)
+        truth = truths[subtask, image].get(_same_text(without_instruction(question.text, SHORT_ANSWER)))
+        if truth is None:
+            raise InputError(f"MME question {question.question_id!r} not found in its annotation file: {question.text!r}")
+        text = answer_text(answers.get(question.key))
+        right = text is not None and parse_yes_no(text) == truth
+        results.setdefault(subtask, {}).setdefault(image, []).append(right)
+    subtasks = {}
+    for subtask, images in results.items():
+        graded = [right for per_image in images.values() for right in per_image]
+        acc = percent(sum(graded), len(graded))
+        acc_plus = percent(sum(all(per_image) for per_image in images.values()), len(images))
+        subtasks[subtask] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus, "questions": len(graded)}
+    return {
+        "perception": sum(subtasks[s]["score"] for s in PERCEPTION if s in subtasks),
+        "cognition": sum(subtasks[s]["score"] for s in COGNITION if s in subtasks),
+        "subtasks": subtasks,
+    }

@@ -1,0 +1,98 @@
+"""POPE (COCO val2014; adversarial, popular and random splits): object hallucination as yes/no.
+
+Files (under `<data root>/pope/`):
+    llava_pope_test.jsonl                 questions, each with `category` = its split
+    val2014/                              COCO val2014 images
+    coco/coco_pope_{adversarial,popular,random}.json
+                                          labels, one JSON object a line: question_id, image, text, label (yes/no)
+
+Answer parsing is LLaVA's: keep the first sentence, drop commas, split on spaces;
+the answer is "no" if a word is "no", "not" or "No", else "yes". Per split:
+accuracy, precision, recall, F1 (positive = yes) and the ratio of yes answers, in
+percent; the reported number is the mean F1 over the splits.
+
+A label is found by the question's image and text (the label files carry both);
+failing that, by position within the split, as LLaVA's scorer pairs them.
+An answer that is missing or an error counts as the wrong one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llava.errors import InputError
+from llava.eval.common import SHORT_ANSWER, Question, answer_text, percent, read_llava_questions, with_instruction, without_instruction
+
+FOLDER = "pope"
+QUESTION_FILE = "llava_pope_test.jsonl"
+IMAGE_FOLDER = "val2014"
+SPLITS = ("adversarial", "popular", "random")
+
+
+def build_prompt(question: str) -> str:
+    return with_instruction(question, SHORT_ANSWER)
+
+
+def load_questions(question_file: Path, image_folder: Path):
+    return read_llava_questions(question_file, image_folder, build_prompt, keep=("category", "image"))
+
+
+def parse_yes_no(answer: str) -> str:
+    """LLaVA's POPE rule: 'No, there is not.' -> no; 'Yes.' -> yes; 'There is no dog' -> no."""
+    first_sentence = answer.split(".")[0].replace(",", "")
+    words = first_sentence.split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+def read_labels(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise InputError(f"POPE labels not found: {path} (see EVAL.md for where they come from)")
+    with open(path, encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def split_metrics(predictions: list[str], labels: list[str]) -> dict:
+    pairs = list(zip(predictions, labels))
+    tp = sum(p == "yes" and l == "yes" for p, l in pairs)
+    fp = sum(p == "yes" and l == "no" for p, l in pairs)
+    tn = sum(p == "no" and l == "no" for p, l in pairs)
+    fn = sum(p == "no" and l == "yes" for p, l in pairs)
+    precision = percent(tp, tp + fp)
+    recall = percent(tp, tp + fn)
+    return {
+        "accuracy": percent(tp + tn, len(pairs)),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "yes_ratio": percent(tp + fp, len(pairs)),
+        "questions": len(pairs), "TP": tp, "FP": fp, "TN": tn, "FN": fn,
+    }
+
+
+def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
+    per_split = {}
+    for split in SPLITS:
+        asked = [q for q in questions if q.fields.get("category") == split]
+        if not asked:
+            continue
+        labels = read_labels(folder / "coco" / f"coco_pope_{split}.json")
+        by_content = {(l.get("image"), l.get("text")): l["label"] for l in labels}
+        predictions, truths = [], []
+        for position, question in enumerate(asked):
+            content = (question.fields["image"], without_instruction(question.text, SHORT_ANSWER))
+            label = by_content.get(content) or (labels[position]["label"] if position < len(labels) else None)
+            if label is None:
+                continue
+            label = "no" if label == "no" else "yes"
+            text = answer_text(answers.get(question.key))
+            predictions.append(parse_yes_no(text) if text is not None else ("yes" if label == "no" else "no"))
+            truths.append(label)
+        per_split[split] = split_metrics(predictions, truths)
+    if not per_split:
+        return {"f1": 0.0, "splits": {}}
+    return {
+        "f1": sum(m["f1"] for m in per_split.values()) / len(per_split),
+        "accuracy": sum(m["accuracy"] for m in per_split.values()) / len(per_split),
+        "splits": per_split,
+    }

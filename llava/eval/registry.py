@@ -1,0 +1,76 @@
+"""The benchmarks by name: where their files are, how to load and score them, and what the table reports.
+
+Names are those of LLaVA's scripts (`scripts/v1_5/eval/<name>.sh`); `vqav2_val` and
+`vizwiz_val` score locally on the val splits.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from llava.errors import InputError
+from llava.eval import gqa, llavabench, mmbench, mme, mmvet, pope, scienceqa, seed, textvqa, vizwiz, vqav2
+from llava.eval.common import Question
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    title: str  # as papers' tables head the column
+    folder: str  # under the data root
+    question_file: str  # in `folder`
+    image_folder: str | None  # in `folder`; None: images are inside the question file
+    load_questions: Callable[[Path, Path | None], Iterable[Question]]
+    score: Callable[[list[Question], dict, Path, Path], dict]
+    headline: str | None  # the metric the report shows; None: scored by an external judge or server
+    max_new_tokens: int = 128
+
+
+def _module(name: str, title: str, module, headline: str | None, max_new_tokens: int = 128) -> Benchmark:
+    return Benchmark(
+        name, title, module.FOLDER, module.QUESTION_FILE, module.IMAGE_FOLDER, module.load_questions, module.score,
+        headline, max_new_tokens,
+    )
+
+
+def _mmbench(lang: str) -> Benchmark:
+    return Benchmark(
+        "mmbench" if lang == "en" else f"mmbench_{lang}", "MMB" if lang == "en" else f"MMB-{lang.upper()}",
+        mmbench.FOLDER, mmbench.QUESTION_FILES[lang], None,
+        partial(mmbench.load_questions, lang=lang), partial(mmbench.score, lang=lang), "accuracy",
+    )
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        _module("vqav2", "VQAv2", vqav2, None),
+        Benchmark("vqav2_val", "VQAv2-val", vqav2.FOLDER, vqav2.VAL_QUESTION_FILE, vqav2.VAL_IMAGE_FOLDER,
+                  vqav2.load_val_questions, vqav2.score_val, "accuracy"),
+        _module("gqa", "GQA", gqa, "accuracy"),
+        _module("vizwiz", "VizWiz", vizwiz, None),
+        Benchmark("vizwiz_val", "VizWiz-val", vizwiz.FOLDER, vizwiz.VAL_QUESTION_FILE, vizwiz.VAL_IMAGE_FOLDER,
+                  vizwiz.load_val_questions, vizwiz.score_val, "accuracy"),
+        _module("sqa", "SQA-IMG", scienceqa, "img_accuracy"),
+        _module("textvqa", "TextVQA", textvqa, "accuracy"),
+        _module("pope", "POPE", pope, "f1"),
+        _module("mme", "MME", mme, "perception"),
+        _mmbench("en"),
+        _mmbench("cn"),
+        _module("seed", "SEED-I", seed, "accuracy"),
+        _module("llavabench", "LLaVA-W", llavabench, None, max_new_tokens=1024),
+        _module("mmvet", "MM-Vet", mmvet, None, max_new_tokens=1024),
+    )
+}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        close = difflib.get_close_matches(name, BENCHMARKS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise InputError(f"unknown benchmark '{name}'{hint} (available: {', '.join(BENCHMARKS)})")
+    return BENCHMARKS[name]

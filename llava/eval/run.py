@@ -1,0 +1,463 @@
+"""Run one benchmark: answer its questions, then score them.
+
+    python -m llava.eval.run --benchmark textvqa --model-path checkpoints/llava-v1.5-7b \\
+        --method fastervlm:keep=58 [--data-root playground/data/eval] [--output-dir DIR]
+    torchrun --nproc_per_node 4 -m llava.eval.run ...       one shard of the questions per process
+
+The output directory holds:
+    answers.jsonl   one LLaVA answer line per question (question_id, prompt, text, answer_id,
+                    model_id, metadata), written and flushed as each answer comes, merged into
+                    question order at the end
+    run.json        the run's settings and what happened (model, method spec, budget, mean visual
+                    tokens entering the LLM, versions, seed, answered, errors)
+    scores.json     the benchmark's metrics, its headline number and run.json's content
+    scores.txt      the same as a table a person can read
+    plus the files a benchmark's server or judge takes (submission JSON, .xlsx, ...)
+
+A question that cannot be answered (missing or corrupt image, prompt too long for
+the context, unreadable question line) gets an answer line with `text` "" and
+`metadata.error`, and the run goes on. Running again resumes: questions already
+in answers.jsonl are not asked again (error lines neither, unless
+`--retry-errors`); when every question is answered, no model is loaded and the
+run only scores again.
+
+Several processes (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK): each answers every
+WORLD_SIZE-th of the questions still unanswered into `answers.rank<R>.jsonl` on
+`cuda:LOCAL_RANK` when there is CUDA; after a barrier, rank 0 merges the shards
+in question order into answers.jsonl and scores. The process group uses gloo even
+on GPUs: its only collective is a barrier, which needs no GPU memory, and
+processes that finish early may wait there for hours, longer than NCCL's watchdog allows.
+
+`--pipeline MODULE:ATTR` replaces `llava.pipeline:LlavaPipeline.load` by another
+loader with the same signature whose module also defines `Request`; the tests use
+it to drive the runner with a fake pipeline (tests/eval_fakes.py) without a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import sys
+from collections.abc import Callable
+from itertools import islice
+from pathlib import Path
+
+from llava.errors import InputError
+from llava.eval.common import (
+    AnswerWriter, Question, answer_key, format_table, number_repeats, open_image, read_jsonl, write_json,
+)
+from llava.eval.registry import BENCHMARKS, Benchmark, get_benchmark
+
+ANSWERS = "answers.jsonl"
+DEFAULT_PIPELINE = "llava.pipeline:LlavaPipeline.load"
+# Settings that change the answers: a directory holding answers made with other values is not resumed.
+SAME_RUN_SETTINGS = ("benchmark", "model_id", "method", "conv_mode", "max_new_tokens", "temperature", "seed")
+
+
+def run_benchmark(
+    benchmark: str,
+    pipeline,
+    data_root: str | Path,
+    output_dir: str | Path,
+    *,
+    model_path: str | None = None,
+    method: str | None = None,
+    conv_mode: str = "vicuna_v1",
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 1,
+    limit: int | None = None,
+    retry_errors: bool = False,
+    question_file: str | Path | None = None,
+    image_folder: str | Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] | None = None,
+    progress: bool = True,
+) -> dict | None:
+    """Answer what is unanswered, then (rank 0) merge, score and write the run's files.
+
+    `pipeline` is a pipeline object (docs/PIPELINE_API.md) or a function of no
+    arguments returning one, called only if there is something to answer. Its
+    requests are made with the `Request` class of the module defining its class
+    (llava.pipeline.Request for LlavaPipeline). `method=None` means the method
+    recorded in the directory's run.json, else "none".
+    Returns scores.json's content on rank 0, None on the other ranks.
+    """
+    bench = get_benchmark(benchmark)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    questions = load_questions(bench, Path(data_root), question_file, image_folder, limit)
+    max_new_tokens = max_new_tokens or bench.max_new_tokens
+    previous = read_run(output_dir)
+    settings = {
+        "benchmark": bench.name, "model_path": model_path, "model_id": Path(model_path).name if model_path else None,
+        "method": _canonical(method or previous.get("method")), "conv_mode": conv_mode, "max_new_tokens": max_new_tokens,
+        "temperature": temperature, "seed": seed,
+    }
+    check_same_run(previous, settings, output_dir)
+
+    done = read_answers(output_dir)
+    todo = [q for q in questions if q.key not in done or (retry_errors and _is_error(done[q.key]))]
+    if barrier:
+        barrier()  # every rank has read the same answers before any writes more
+    mine = todo[rank::world_size]
+    loaded = None
+    if mine:
+        if rank == 0:
+            write_json(output_dir / "run.json", {**previous, **settings, "started": _now(), "finished": None})
+        loaded = pipeline() if callable(pipeline) and not hasattr(pipeline, "answer") else pipeline
+        request_type = sys.modules[type(loaded).__module__].Request
+        shard = output_dir / (ANSWERS if world_size == 1 else f"answers.rank{rank}.jsonl")
+        with AnswerWriter(shard) as writer:
+            answer_questions(
+                mine, loaded, request_type, writer, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                temperature=temperature, seed=seed, progress=progress and rank == 0,
+            )
+    if barrier:
+        barrier()
+    if rank != 0:
+        return None
+
+    answers = merge_answers(output_dir, questions)
+    run = run_record(questions, answers, settings, previous, loaded, world_size, batch_size, data_root, question_file)
+    write_json(output_dir / "run.json", run)
+    well_formed = [q for q in questions if q.error is None]
+    metrics = bench.score(well_formed, answers, Path(data_root) / bench.folder, output_dir)
+    headline = {"metric": bench.headline, "value": metrics.get(bench.headline) if bench.headline else None}
+    scores = {"benchmark": bench.name, "title": bench.title, "headline": headline, "metrics": metrics, "run": run}
+    write_json(output_dir / "scores.json", scores)
+    table = scores_table(scores)
+    (output_dir / "scores.txt").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    return scores
+
+
+def load_questions(bench: Benchmark, data_root: Path, question_file, image_folder, limit: int | None) -> list[Question]:
+    folder = data_root / bench.folder
+    question_file = Path(question_file) if question_file else folder / bench.question_file
+    if image_folder:
+        image_folder = Path(image_folder)
+    elif bench.image_folder is not None:
+        image_folder = folder / bench.image_folder
+    return number_repeats(list(islice(bench.load_questions(question_file, image_folder), limit)))
+
+
+# ----------------------------------------------------------------------------- answering
+
+
+def answer_questions(questions, pipeline, request_type, writer, *, batch_size, max_new_tokens, temperature, seed, progress):
+    """Ask `questions` in batches; every question ends as one line in `writer` (an answer or an error)."""
+    bar = _progress(len(questions), progress)
+    for start in range(0, len(questions), batch_size):
+        ready = []
+        for question in questions[start:start + batch_size]:
+            try:
+                if question.error:
+                    raise InputError(question.error)
+                image = open_image(question) if question.has_image else None
+                ready.append((question, request_type(image=image, text=question.text)))
+            except InputError as error:
+                writer.write(error_line(question, str(error), pipeline))
+        for question, result in ask(pipeline, ready, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed):
+            writer.write(result if isinstance(result, dict) else answer_line(question, result, pipeline))
+        bar.update(min(batch_size, len(questions) - start))
+    bar.close()
+
+
+def ask(pipeline, ready: list, **generation) -> list:
+    """[(question, Answer or error line)]; a batch the pipeline refuses is asked again one by one,
+    so the error lands on the question that caused it."""
+    if not ready:
+        return []
+    try:
+        answers = pipeline.answer([request for _, request in ready], **generation)
+        return [(question, answer) for (question, _), answer in zip(ready, answers)]
+    except InputError as error:
+        if len(ready) > 1:
+            return [pair for item in ready for pair in ask(pipeline, [item], **generation)]
+        question = ready[0][0]
+        return [(question, error_line(question, str(error), pipeline))]
+
+
+def answer_line(question: Question, answer, pipeline) -> dict:
+    metadata = {"visual_tokens": list(answer.visual_tokens), "kept_tokens": [len(k) for k in answer.kept]}
+    return _line(question, answer.text, pipeline, metadata)
+
+
+def error_line(question: Question, message: str, pipeline) -> dict:
+    return _line(question, "", pipeline, {"error": message})
+
+
+def _line(question: Question, text: str, pipeline, metadata: dict) -> dict:
+    if question.occurrence:
+        metadata["occurrence"] = question.occurrence
+    model_id = getattr(pipeline, "model_id", None)
+    digest = hashlib.sha1(json.dumps([model_id, list(question.key), text], default=str).encode()).hexdigest()
+    return {
+        "question_id": question.question_id, "prompt": question.text, "text": text,
+        "answer_id": digest[:22],  # deterministic (LLaVA's is random), so a resumed run gives the same file
+        "model_id": model_id, "metadata": metadata,
+    }
+
+
+# ----------------------------------------------------------------------------- answer files
+
+
+def read_answers(output_dir: Path) -> dict:
+    """{question key: answer line} from answers.jsonl and any shard files; a later line wins."""
+    answers = {}
+    for path in [output_dir / ANSWERS, *sorted(output_dir.glob("answers.rank*.jsonl"))]:
+        for record in read_jsonl(path):
+            if "question_id" in record:
+                answers[answer_key(record)] = record
+    return answers
+
+
+def merge_answers(output_dir: Path, questions: list[Question]) -> dict:
+    """Rewrite answers.jsonl in question order (answers to questions not asked this time are kept,
+    after them) and remove the shard files. Returns {question key: answer line}."""
+    answers = read_answers(output_dir)
+    asked = [q.key for q in questions if q.key in answers]
+    ordered = asked + [k for k in answers if k not in set(asked)]
+    temporary = output_dir / (ANSWERS + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as file:
+        for key in ordered:
+            file.write(json.dumps(answers[key], ensure_ascii=False) + "\n")
+    temporary.replace(output_dir / ANSWERS)
+    for shard in output_dir.glob("answers.rank*.jsonl"):
+        shard.unlink()
+    return answers
+
+
+def _is_error(record: dict) -> bool:
+    return bool((record.get("metadata") or {}).get("error"))
+
+
+# ----------------------------------------------------------------------------- run metadata
+
+
+def check_same_run(previous: dict, settings: dict, output_dir: Path) -> None:
+    """Refuse to mix answers made with another model or method into one answers file."""
+    for name in SAME_RUN_SETTINGS:
+        before, now = previous.get(name), settings.get(name)
+        if before is not None and now is not None and before != now:
+            raise InputError(
+                f"{output_dir} holds answers made with {name}={before!r}, not {now!r}: "
+                "choose another --output-dir (or delete that one)"
+            )
+
+
+def run_record(questions, answers, settings, previous, pipeline, world_size, batch_size, data_root, question_file) -> dict:
+    lines = [answers[q.key] for q in questions if q.key in answers]
+    good = [line for line in lines if not _is_error(line)]
+    with_image = [line for line in good if (line.get("metadata") or {}).get("visual_tokens")]
+    method_spec = getattr(pipeline, "method_spec", None) or previous.get("method_spec") or settings["method"]
+    model_id = getattr(pipeline, "model_id", None) or next((l.get("model_id") for l in good if l.get("model_id")), None)
+    return {
+        **previous, **{k: v for k, v in settings.items() if v is not None},
+        "model_id": model_id or settings["model_id"] or previous.get("model_id"),
+        "method_spec": method_spec,
+        **parse_budget(method_spec),
+        "questions": len(questions),
+        "answered": len(good),
+        "errors": len(lines) - len(good),
+        "missing": len(questions) - len(lines),
+        "visual_tokens_mean": _mean(sum(l["metadata"]["visual_tokens"]) for l in with_image),
+        "kept_tokens_mean": _mean(sum(l["metadata"].get("kept_tokens") or [0]) for l in with_image),
+        "data_root": str(data_root),
+        "question_file": str(question_file) if question_file else previous.get("question_file"),
+        "world_size": world_size, "batch_size": batch_size,
+        "versions": versions(),
+        "started": previous.get("started"), "finished": _now(),
+    }
+
+
+def parse_budget(method_spec: str | None) -> dict:
+    """{"method_name", "budget" (visual tokens kept per image or crop), "ratio" (fraction dropped)}."""
+    spec = method_spec or "none"
+    name = spec.split(":")[0].strip() or "none"
+    keep = re.search(r"\bkeep=(\d+)", spec)
+    ratio = re.search(r"\bratio=([0-9.]+)", spec)
+    return {"method_name": name, "budget": int(keep.group(1)) if keep else None,
+            "ratio": float(ratio.group(1)) if ratio else None}
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "llava-fastv"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def scores_table(scores: dict) -> str:
+    run = scores["run"]
+    head = scores["headline"]
+    value = head["value"]
+    lines = [
+        format_table(scores["metrics"], f"{scores['title']} ({scores['benchmark']})"),
+        "",
+        f"headline: {head['metric']} = {value:.2f}" if isinstance(value, (int, float)) else
+        "headline: none (scored by an external server or judge, see EVAL.md)",
+        f"model: {run.get('model_id')}   method: {run.get('method_spec')}   "
+        f"visual tokens entering the LLM (mean): {_fmt(run.get('visual_tokens_mean'))}",
+        f"questions: {run['questions']}   answered: {run['answered']}   errors: {run['errors']}   "
+        f"missing: {run['missing']}",
+    ]
+    return "\n".join(lines)
+
+
+def read_run(output_dir: Path) -> dict:
+    path = output_dir / "run.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _canonical(method: str | None) -> str:
+    return re.sub(r"\s+", "", method or "none") or "none"
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(value) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, show: bool):
+    if not show:
+        return _NoProgress()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=total, unit="question", file=sys.stderr, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def default_output_dir(model_path: str | None, method: str, benchmark: str) -> Path:
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", _canonical(method).replace("=", ""))
+    return Path("outputs/eval") / (Path(model_path).name if model_path else "model") / label / benchmark
+
+
+def import_object(spec: str):
+    """'package.module:Class.attribute' -> that object."""
+    module_name, _, attributes = spec.partition(":")
+    found = importlib.import_module(module_name)
+    for name in filter(None, attributes.split(".")):
+        found = getattr(found, name)
+    return found
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m llava.eval.run", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--model-path", help="checkpoint folder (llava-hf or original LLaVA); "
+                        "not needed to score a finished answers file again")
+    parser.add_argument("--method", help="pruning spec, e.g. 'fastervlm:keep=58' (keep = visual tokens "
+                        "kept per image, per crop for LLaVA-NeXT), 'fastv:k=2,ratio=0.75' (ratio = fraction DROPPED), 'none' "
+                        "[default: the one recorded in the output directory, else none]")
+    parser.add_argument("--data-root", default="playground/data/eval", help="folder holding one folder per benchmark")
+    parser.add_argument("--output-dir", help="run directory [default: outputs/eval/<model>/<method>/<benchmark>]")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer, in tokens [default: 128; 1024 for "
+                        "llavabench and mmvet, as LLaVA]")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as LLaVA's evaluation")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (recorded)")
+    parser.add_argument("--conv-mode", default="vicuna_v1", help="conversation template")
+    parser.add_argument("--batch-size", type=int, default=1, help="questions per forward pass")
+    parser.add_argument("--limit", type=int, help="only the first N questions (smoke runs)")
+    parser.add_argument("--retry-errors", action="store_true", help="ask again the questions whose answer is an error line")
+    parser.add_argument("--question-file", help="another question file in the benchmark's format")
+    parser.add_argument("--image-folder", help="another image folder")
+    parser.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
+    parser.add_argument("--vision-tower", help="CLIP folder for original-LLaVA checkpoints")
+    parser.add_argument("--load-8bit", action="store_true")
+    parser.add_argument("--load-4bit", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--pipeline", default=DEFAULT_PIPELINE, help="loader 'module:attr' with LlavaPipeline.load's "
+                        "signature; requests are made with the Request class beside the pipeline's class (testing: tests.eval_fakes:FakePipeline.load)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    barrier = None
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
+        barrier = dist.barrier
+    try:
+        get_benchmark(args.benchmark)
+        output_dir = Path(args.output_dir or default_output_dir(args.model_path, args.method, args.benchmark))
+        method = args.method or read_run(output_dir).get("method") or "none"
+
+        def load():  # only called when something is left to answer
+            if not args.model_path:
+                raise InputError("--model-path is needed: some questions have no answer yet")
+            return import_object(args.pipeline)(
+                args.model_path, method=method, conv_mode=args.conv_mode, device=args.device or _device(local_rank),
+                vision_tower=args.vision_tower, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
+            )
+
+        run_benchmark(
+            args.benchmark, load, args.data_root, output_dir, model_path=args.model_path,
+            method=method, conv_mode=args.conv_mode, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, limit=args.limit,
+            retry_errors=args.retry_errors, question_file=args.question_file, image_folder=args.image_folder,
+            rank=rank, world_size=world_size, barrier=barrier, progress=not args.no_progress,
+        )
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if barrier:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
+
+
+def _device(local_rank: int) -> str:
+    import torch
+
+    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""ScienceQA (test split): option-letter accuracy, overall and on questions with an image (SQA-IMG).
+
+Files (under `<data root>/scienceqa/`):
+    llava_test_CQM-A.json   the questions in LLaVA's conversation format: [{id, conversations, image?}]
+    images/test/            the images (`image` is relative to it)
+    problems.json           {id: {choices, answer (index of the right choice), image, ...}}
+
+The prompt is LLaVA's `model_vqa_science --single-pred-prompt`: the human turn
+without `<image>`, then the multiple-choice instruction. The answer's letter is
+parsed with LLaVA's ScienceQA rules (`common.parse_option_letter`); an answer
+with no letter, or a letter beyond the question's choices, is wrong (as
+LLaVA's scorer, which returns -1 for it). The reported number is the accuracy
+on the questions with an image ("IMG").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llava.errors import InputError
+from llava.eval.common import (
+    MULTIPLE_CHOICE, OPTION_LETTERS, Question, answer_text, malformed_question, parse_option_letter, percent, read_json,
+    with_instruction,
+)
+
+FOLDER = "scienceqa"
+QUESTION_FILE = "llava_test_CQM-A.json"
+IMAGE_FOLDER = "images/test"
+PROBLEMS = "problems.json"
+
+
+def build_prompt(human_turn: str) -> str:
+    return with_instruction(human_turn.replace("<image>", "").strip(), MULTIPLE_CHOICE)
+
+
+def load_questions(question_file: Path, image_folder: Path):
+    try:
+        records = read_json(question_file, "ScienceQA question file")
+    except json.JSONDecodeError as error:
+        raise InputError(f"ScienceQA question file {question_file} is not valid JSON: {error}") from error
+    for number, record in enumerate(records, start=1):
+        try:
+            image = image_folder / record["image"] if record.get("image") else None
+            yield Question(record["id"], build_prompt(record["conversations"][0]["value"]), image=image)
+        except (KeyError, IndexError, TypeError, AttributeError) as error:
+            yield malformed_question(question_file, number, f"entry {number} lacks {error}")
+
+
+def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
+    problems = read_json(folder / PROBLEMS, "ScienceQA problems.json")
+    right = {"all": 0, "img": 0}
+    count = {"all": 0, "img": 0}
+    unparsed, unmatched = 0, 0
+    for question in questions:
+        problem = problems.get(str(question.question_id))
+        if problem is None:
+            unmatched += 1
+            continue
+        letters = OPTION_LETTERS[: len(problem["choices"])]
+        text = answer_text(answers.get(question.key))
+        letter = parse_option_letter(text, letters)
+        unparsed += text is not None and letter is None
+        correct = letter is not None and letters.index(letter) == problem["answer"]
+        for group in ("all", "img") if question.has_image else ("all",):
+            count[group] += 1
+            right[group] += correct
+    return {
+        "img_accuracy": percent(right["img"], count["img"]),
+        "accuracy": percent(right["all"], count["all"]),
+        "questions": count["all"], "img_questions": count["img"],
+        "unparsed_answers": unparsed, "not_in_problems": unmatched,
+    }
