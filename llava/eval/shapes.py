@@ -1,0 +1,48 @@
+"""Shapes-VQA: the synthetic benchmark of the project's own small LLaVA (llava/data/synthetic.py).
+
+Files (under `<data root>/shapes/`, written by `python -m llava.data.synthetic --split test --n N --out DIR`):
+    questions.jsonl      question_id, image, text (question + short-answer instruction), category (question type)
+    images/              the PNGs
+    annotations.json     question_id, answer, question_type, patches, ...
+
+Scoring: exact match after lower-casing and dropping a trailing period (every
+answer is one word); accuracy overall and per question type (color, shape,
+exist, count, position, ocr). A missing or error answer counts as wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llava.eval.common import SHORT_ANSWER, Question, accuracy_by, answer_text, read_json, read_llava_questions, with_instruction
+
+FOLDER = "shapes"
+QUESTION_FILE = "questions.jsonl"
+IMAGE_FOLDER = "images"
+ANNOTATIONS = "annotations.json"
+
+
+def build_prompt(question: str) -> str:
+    return with_instruction(question, SHORT_ANSWER)
+
+
+def load_questions(question_file: Path, image_folder: Path):
+    return read_llava_questions(question_file, image_folder, build_prompt, keep=("category",))
+
+
+def normalize(answer: str | None) -> str:
+    return (answer or "").strip().rstrip(".").strip().lower()
+
+
+def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
+    truth = {a["question_id"]: a for a in read_json(folder / ANNOTATIONS, "shapes annotations")}
+    graded = []
+    for question in questions:
+        annotation = truth.get(question.question_id)
+        if annotation is None:
+            continue
+        prediction = answer_text(answers.get(question.key))
+        graded.append((annotation["question_type"], normalize(prediction) == normalize(annotation["answer"])))
+    result = accuracy_by(graded)
+    result["types"] = result.pop("groups")
+    return result
