@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 
 from llava.errors import InputError
 
+# LLaVA-1.5's evaluation uses `vicuna_v1` ("user"); `llava_v1` is the older wording ("human").
 VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
@@ -46,7 +51,7 @@ class Conversation:
 
 conv_templates = {
     "vicuna_v1": Conversation(system=VICUNA_SYSTEM, roles=("USER", "ASSISTANT"), style="two"),
-    "llava_v1": Conversation(system=VICUNA_SYSTEM, roles=("USER", "ASSISTANT"), style="two"),
+    "llava_v1": Conversation(system=LLAVA_V1_SYSTEM, roles=("USER", "ASSISTANT"), style="two"),
     "plain": Conversation(system="", roles=("", ""), style="plain", sep="\n", sep2="\n"),
 }
 conv_templates["v1"] = conv_templates["vicuna_v1"]
