@@ -99,19 +99,22 @@ def write_submission(rows: list[dict], predictions: dict, path: Path) -> None:
             index = int(row["index"])
         except (KeyError, ValueError):
             continue
-        values = {**row, "index": index, "prediction": predictions.get(index)}
-        table.append([values.get(c, "") for c in columns])
+        values = {c: None if is_none(v) else v for c, v in row.items()}  # empty cells, as pandas writes NaN
+        values.update(index=index, prediction=predictions.get(index))
+        table.append([values.get(c) for c in columns])
     write_xlsx(path, table)
 
 
 def write_xlsx(path: Path, table: list[list]) -> None:
-    """A one-sheet .xlsx (Office Open XML, inline strings; whole numbers as numbers), without openpyxl."""
+    """A one-sheet .xlsx (Office Open XML: inline strings, ints as numbers, None as an empty cell), without openpyxl."""
 
     def cell(column: int, row: int, value) -> str:
         ref = f"{_column_name(column)}{row}"
+        if value is None:
+            return ""
         if isinstance(value, int):
             return f'<c r="{ref}"><v>{value}</v></c>'
-        text = escape(_xml_safe("" if value is None else str(value)))
+        text = escape(_xml_safe(str(value)))
         return f'<c r="{ref}" t="inlineStr"><is><t xml:space="preserve">{text}</t></is></c>'
 
     rows = "".join(

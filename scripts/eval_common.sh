@@ -1,0 +1,64 @@
+# Shared by every scripts/v1_5/eval/<bench>.sh and scripts/v1_6/eval/<bench>.sh (sourced, not run).
+#
+#   bash scripts/v1_5/eval/<bench>.sh BUDGET [METHOD] [more options for python -m llava.eval.run]
+#
+#   BUDGET   visual tokens kept per image (v1_5) or per crop (v1_6), e.g. 64; may be left out for METHOD none
+#   METHOD   pruning method (default fastervlm; none = the unpruned baseline); also as a variable, METHOD=fastv.
+#            A method with its own parameters: METHOD=fastv:k=2 -> spec fastv:k=2,keep=BUDGET
+#
+# Variables (with their defaults):
+#   MODEL_PATH or CKPT   checkpoints/llava-v1.5-7b (v1_5), checkpoints/llava-v1.6-vicuna-7b (v1_6)
+#   DATA_ROOT            playground/data/eval      benchmark files, laid out as EVAL.md says
+#   OUTPUT_ROOT          outputs/eval              run dir: OUTPUT_ROOT/<checkpoint name>/<method>_<budget>/<bench>
+#   CONV_MODE            vicuna_v1
+#   SPLIT                (unset)                   SPLIT=val runs vqav2/vizwiz on val with a local score
+#   CUDA_VISIBLE_DEVICES (unset)                   "0,1,2,3": four processes through torchrun, one GPU each
+#   NPROC                (from CUDA_VISIBLE_DEVICES) number of processes, whatever the GPUs
+#   PYTHON               python
+#   EVAL_ARGS            (empty)                   more options for the runner, e.g. "--limit 100"
+set -euo pipefail
+
+llava_eval() {
+    local version=$1 bench=$2
+    shift 2
+    local budget="" method=${METHOD:-fastervlm}
+    if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then budget=$1; shift; fi
+    if [[ $# -gt 0 && $1 != -* ]]; then method=$1; shift; fi
+
+    local default_model=checkpoints/llava-v1.5-7b
+    [[ $version == v1_6 ]] && default_model=checkpoints/llava-v1.6-vicuna-7b
+    local model=${MODEL_PATH:-${CKPT:-$default_model}}
+    [[ ${SPLIT:-} == val && ($bench == vqav2 || $bench == vizwiz) ]] && bench=${bench}_val
+
+    local spec label
+    if [[ $method == none ]]; then
+        spec=none label=none
+    else
+        if [[ -z $budget ]]; then
+            echo "usage: bash scripts/$version/eval/$bench.sh BUDGET [METHOD]  (BUDGET = visual tokens kept per" \
+                 "$([[ $version == v1_6 ]] && echo crop || echo image); METHOD none needs no budget)" >&2
+            return 2
+        fi
+        if [[ $method == *:* ]]; then spec="$method,keep=$budget"; else spec="$method:keep=$budget"; fi
+        label=$(echo "${method}" | sed 's/=//g; s/[:,]/_/g')_$budget
+    fi
+    local output_dir="${OUTPUT_ROOT:-outputs/eval}/$(basename "$model")/$label/$bench"
+
+    local nproc=${NPROC:-}
+    if [[ -z $nproc ]]; then
+        local gpus=()
+        IFS=',' read -ra gpus <<< "${CUDA_VISIBLE_DEVICES:-}"
+        nproc=${#gpus[@]}
+        (( nproc >= 1 )) || nproc=1
+    fi
+    local python=${PYTHON:-python}
+    local launcher=("$python")
+    # torchrun (torch's own launcher, run through this python); each process takes cuda:LOCAL_RANK
+    (( nproc > 1 )) && launcher=("$python" -m torch.distributed.run --standalone --nproc_per_node "$nproc")
+
+    echo "[$bench] model=$model method=$spec processes=$nproc -> $output_dir" >&2
+    # shellcheck disable=SC2086  # EVAL_ARGS is a list of options
+    "${launcher[@]}" -m llava.eval.run --benchmark "$bench" --model-path "$model" --method "$spec" \
+        --data-root "${DATA_ROOT:-playground/data/eval}" --output-dir "$output_dir" \
+        --conv-mode "${CONV_MODE:-vicuna_v1}" ${EVAL_ARGS:-} "$@"
+}

@@ -1,0 +1,159 @@
+"""End to end through the shell scripts: every scripts/v1_5/eval and scripts/v1_6/eval script over
+3 questions; a run killed after one answer and resumed; 2 processes (torchrun, gloo) against 1.
+
+The scripts run `python -m llava.eval.run`; here with the fake pipeline
+(`--pipeline tests.eval_fakes:FakePipeline.load`) so that each run takes a fraction
+of a second, and once with the real pipeline on a tiny random LLaVA.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.eval_fakes import BUILDERS, make_pope, save_image, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE = "--pipeline tests.eval_fakes:FakePipeline.load --device cpu --no-progress"  # --device: no torch import
+SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("scripts/v1_*/eval/*.sh"))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for build in BUILDERS.values():
+        build(root)
+    return root
+
+
+def script_env(data_root, output_root, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "NPROC", "METHOD", "SPLIT")}
+    env.update(PYTHON=sys.executable, DATA_ROOT=str(data_root), OUTPUT_ROOT=str(output_root),
+               MODEL_PATH=str(output_root / "checkpoints/tiny-llava"), EVAL_ARGS=FAKE, PYTHONPATH=str(REPO),
+               OMP_NUM_THREADS="1")
+    env.update(extra)
+    return env
+
+
+def bash(script, *args, env, check=True):
+    result = subprocess.run(["bash", script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_every_benchmark_has_a_script_for_both_versions():
+    names = {Path(s).stem for s in SCRIPTS}
+    assert names == {"textvqa", "vqav2", "gqa", "vizwiz", "sqa", "pope", "mme", "mmbench", "mmbench_cn", "seed",
+                     "llavabench", "mmvet"}
+    assert len(SCRIPTS) == 2 * len(names)
+    for script in SCRIPTS:  # a few lines around the one shared helper
+        text = (REPO / script).read_text()
+        assert 'source "$(dirname "${BASH_SOURCE[0]}")/../../eval_common.sh"' in text and len(text.splitlines()) <= 5
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_runs_and_scores(script, data_root, tmp_path):
+    bench = Path(script).stem
+    result = bash(script, "8", env=script_env(data_root, tmp_path))
+    run_dir = tmp_path / "tiny-llava" / "fastervlm_8" / bench  # named by checkpoint, method and budget
+    answers = (run_dir / "answers.jsonl").read_text().splitlines()
+    assert len(answers) == 3
+    scores = json.loads((run_dir / "scores.json").read_text())
+    assert scores["run"]["method_spec"] == "fastervlm:keep=8" and scores["run"]["model_id"] == "tiny-llava"
+    assert scores["run"]["errors"] == 0
+    assert scores["title"] in result.stdout  # the readable table
+
+
+def test_method_argument_variable_and_baseline(data_root, tmp_path):
+    env = script_env(data_root, tmp_path)
+    bash("scripts/v1_5/eval/pope.sh", "16", "random", env=env)
+    assert json.loads((tmp_path / "tiny-llava/random_16/pope/run.json").read_text())["method_spec"] == "random:keep=16"
+    bash("scripts/v1_6/eval/pope.sh", "16", env={**env, "METHOD": "fastv:k=2"})
+    assert (tmp_path / "tiny-llava/fastv_k2_16/pope/run.json").is_file()
+    bash("scripts/v1_5/eval/pope.sh", "none", env=env)  # the unpruned baseline needs no budget
+    assert json.loads((tmp_path / "tiny-llava/none/pope/run.json").read_text())["method_spec"] == "none"
+    missing_budget = bash("scripts/v1_5/eval/pope.sh", env=env, check=False)
+    assert missing_budget.returncode == 2 and "usage: bash scripts/v1_5/eval/pope.sh BUDGET" in missing_budget.stderr
+
+
+def test_killed_after_one_answer_then_resumed(data_root, tmp_path):
+    script = "scripts/v1_5/eval/textvqa.sh"
+    bash(script, "8", env=script_env(data_root, tmp_path / "straight"))
+    straight = (tmp_path / "straight/tiny-llava/fastervlm_8/textvqa/answers.jsonl").read_text()
+
+    env = script_env(data_root, tmp_path / "killed", EVAL_FAKE_DELAY="1.0")
+    answers = tmp_path / "killed/tiny-llava/fastervlm_8/textvqa/answers.jsonl"
+    process = subprocess.Popen(["bash", script, "8"], cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (answers.is_file() and answers.read_text().count("\n") >= 1):
+            assert time.monotonic() < deadline and process.poll() is None, "the run never wrote its first answer"
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGKILL)  # bash and the python it started
+    finally:
+        process.wait()
+    assert answers.read_text().count("\n") == 1
+    assert not (answers.parent / "scores.json").exists()
+
+    bash(script, "8", env=script_env(data_root, tmp_path / "killed"))
+    resumed = answers.read_text()
+    ids = [json.loads(line)["question_id"] for line in resumed.splitlines()]
+    assert len(ids) == len(set(ids)) == 3
+    assert resumed == straight
+
+
+def test_two_processes_give_the_same_answers_as_one(tmp_path):
+    data = tmp_path / "data"
+    make_pope(data)
+    records = [{"question_id": i, "image": f"img{i}.jpg", "category": ["adversarial", "popular", "random"][i % 3],
+                "text": f"Is there a {'dog cat car bus cup sink tie'.split()[i]} in the image?"} for i in range(7)]
+    for i in range(7):
+        save_image(data / f"pope/val2014/img{i}.jpg", seed=i)
+    write_jsonl(data / "pope/llava_pope_test.jsonl", records)
+    (data / "pope/val2014/img5.jpg").unlink()  # an error line must merge like any other
+
+    one = script_env(data, tmp_path / "one")
+    bash("scripts/v1_5/eval/pope.sh", "8", env=one)
+    expected = (tmp_path / "one/tiny-llava/fastervlm_8/pope/answers.jsonl").read_text()
+
+    # two processes, resuming from a file that already holds the first two answers
+    two_dir = tmp_path / "two/tiny-llava/fastervlm_8/pope"
+    two_dir.mkdir(parents=True)
+    (two_dir / "answers.jsonl").write_text("".join(expected.splitlines(keepends=True)[:2]))
+    result = bash("scripts/v1_5/eval/pope.sh", "8", env=script_env(data, tmp_path / "two", CUDA_VISIBLE_DEVICES="0,1"))
+    assert "processes=2" in result.stderr
+    assert (two_dir / "answers.jsonl").read_text() == expected
+    assert sorted(p.name for p in two_dir.iterdir()) == ["answers.jsonl", "run.json", "scores.json", "scores.txt"]
+    assert json.loads((two_dir / "run.json").read_text())["world_size"] == 2
+
+
+def _real_pipeline_importable() -> bool:
+    try:
+        import llava.pipeline  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _real_pipeline_importable(), reason="llava.pipeline cannot be imported")
+def test_script_with_the_real_pipeline_on_a_tiny_llava(tiny_llava_dir, tmp_path):
+    data = tmp_path / "data"
+    BUILDERS["textvqa"](data)
+    env = script_env(data, tmp_path / "out", MODEL_PATH=str(tiny_llava_dir), EVAL_ARGS="--max-new-tokens 4 --no-progress")
+    bash("scripts/v1_5/eval/textvqa.sh", "8", env=env)
+    run_dir = tmp_path / "out" / Path(tiny_llava_dir).name / "fastervlm_8/textvqa"
+    answers = [json.loads(line) for line in (run_dir / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 3 and all("error" not in a["metadata"] for a in answers)
+    assert all(a["metadata"]["visual_tokens"] == [8] for a in answers)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["method_spec"] == "fastervlm:keep=8" and run["visual_tokens_mean"] == 8.0
+    before = (run_dir / "answers.jsonl").read_text()
+    bash("scripts/v1_5/eval/textvqa.sh", "8", env=env)  # finished: scored again, nothing regenerated
+    assert (run_dir / "answers.jsonl").read_text() == before
