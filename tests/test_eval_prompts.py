@@ -34,8 +34,8 @@ FIRST_QUESTION = {
     "llavabench": "What is the name of this place?",  # asked as it is
     "mmvet": "What is x in the equation?",
 }
-VICUNA = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
-          "detailed, and polite answers to the human's questions. USER: <image>\n")
+VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+          "detailed, and polite answers to the user's questions. USER: <image>\n")  # LLaVA-1.5's conv_vicuna_v1
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,8 @@ def test_first_question(name, data_root):
 
 
 def test_every_benchmark_has_a_snapshot():
-    assert set(FIRST_QUESTION) == set(BENCHMARKS) - {"vqav2_val", "vizwiz_val"}  # val ones: tests/test_eval_scoring.py
+    # val splits: tests/test_eval_scoring.py; shapes (the project's own benchmark): tests/test_eval_shapes.py
+    assert set(FIRST_QUESTION) == set(BENCHMARKS) - {"vqav2_val", "vizwiz_val", "shapes"}
 
 
 def test_a_question_written_without_its_instruction_gets_it(tmp_path):

@@ -1,7 +1,8 @@
 """The benchmarks by name: where their files are, how to load and score them, and what the table reports.
 
 Names are those of LLaVA's scripts (`scripts/v1_5/eval/<name>.sh`); `vqav2_val` and
-`vizwiz_val` score locally on the val splits.
+`vizwiz_val` score locally on the val splits; `shapes` is the project's own synthetic
+benchmark (llava/data/synthetic.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from llava.errors import InputError
-from llava.eval import gqa, llavabench, mmbench, mme, mmvet, pope, scienceqa, seed, textvqa, vizwiz, vqav2
+from llava.eval import gqa, llavabench, mmbench, mme, mmvet, pope, scienceqa, seed, shapes, textvqa, vizwiz, vqav2
 from llava.eval.common import Question
 
 
@@ -64,6 +65,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         _module("seed", "SEED-I", seed, "accuracy"),
         _module("llavabench", "LLaVA-W", llavabench, None, max_new_tokens=1024),
         _module("mmvet", "MM-Vet", mmvet, None, max_new_tokens=1024),
+        _module("shapes", "Shapes", shapes, "accuracy"),  # the project's own synthetic benchmark (llava/data)
     )
 }
 
