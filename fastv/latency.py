@@ -17,7 +17,6 @@ import json
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -59,15 +58,6 @@ def small_llava(folder: Path, vision_layers: int, text_layers: int) -> None:
     ).save_pretrained(folder)
 
 
-def _timer(device: torch.device):
-    def now() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
-
-    return now
-
-
 def main(
     vision_layers: int = 12,
     text_layers: int = 4,
@@ -81,11 +71,12 @@ def main(
 ) -> dict:
     from transformers import LlavaForConditionalGeneration
 
+    from llava.generate import synchronized_time
     from llava.model.builder import load_pretrained_model
 
     torch_dtype = getattr(torch, dtype)
     dev = torch.device(device)
-    now = _timer(dev)
+    now = lambda: synchronized_time(dev)
     with tempfile.TemporaryDirectory() as tmp:
         small_llava(Path(tmp), vision_layers, text_layers)
         _, ours, _, _ = load_pretrained_model(tmp, device=device, dtype=torch_dtype)
@@ -99,15 +90,17 @@ def main(
     hf_ids = torch.tensor([prompt[:35] + [32000] * 576 + prompt[36:]] * batch, device=dev)
     hf_mask = torch.ones_like(hf_ids)
 
-    contestants = {"transformers (sdpa), unpruned": lambda: reference(
-        input_ids=hf_ids, attention_mask=hf_mask, pixel_values=pixel_values, use_cache=True, logits_to_keep=1)}
+    # name -> (untimed set-up, timed prefill)
+    contestants = {"transformers (sdpa), unpruned": (lambda: None, lambda: reference(
+        input_ids=hf_ids, attention_mask=hf_mask, pixel_values=pixel_values, use_cache=True, logits_to_keep=1))}
     for spec in methods:
-        contestants[f"ours, {spec}"] = (lambda spec=spec: (ours.set_pruning(spec), ours(prompts, pixel_values))[1])
+        contestants[f"ours, {spec}"] = (lambda spec=spec: ours.set_pruning(spec), lambda: ours(prompts, pixel_values))
 
     times: dict[str, list[float]] = {name: [] for name in contestants}
     with torch.inference_mode():
         for round_ in range(warmup + repeats):
-            for name, fn in contestants.items():
+            for name, (set_up, fn) in contestants.items():
+                set_up()
                 start = now()
                 fn()
                 elapsed = now() - start

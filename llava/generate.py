@@ -33,7 +33,8 @@ class GenerationOutput:
     total_s: float
 
 
-def _clock(device: torch.device) -> float:
+def synchronized_time(device: torch.device) -> float:
+    """perf_counter after the device has finished its queued work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
@@ -80,7 +81,7 @@ def generate(
 ) -> GenerationOutput:
     """Generate for a batch of prompts (token ids with -200 per image) and their images, in order."""
     device = model.device
-    start = _clock(device)
+    start = synchronized_time(device)
     generator = None
     if temperature > 0:
         generator = torch.Generator(device=device).manual_seed(seed if seed is not None else 0)
@@ -94,19 +95,19 @@ def generate(
     use_cache = use_cache and not reselect
     out = model.forward_inputs(inputs, use_cache=use_cache)
     next_token = sample_next(out.logits[:, -1], temperature, top_p, generator)
-    prefill_s = _clock(device) - start
+    prefill_s = synchronized_time(device) - start
     cache, fixed_keep = out.cache, (None if reselect else out.keep_mask)
 
     B = len(prompts)
     tokens: list[list[int]] = [[] for _ in range(B)]
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    finished = [False] * B
     for step in range(max_new_tokens):
-        for b in (~finished).nonzero()[:, 0].tolist():
-            if next_token[b].item() != eos_token_id:
-                tokens[b].append(next_token[b].item())
-        if eos_token_id is not None:
-            finished |= next_token == eos_token_id
-        if bool(finished.all()) or step == max_new_tokens - 1:
+        for b, token in enumerate(next_token.tolist()):  # one host sync per step
+            if not finished[b]:
+                finished[b] = token == eos_token_id
+                if not finished[b]:
+                    tokens[b].append(token)
+        if all(finished) or step == max_new_tokens - 1:
             break
         if use_cache:
             logits, cache = model.decode(next_token[:, None], cache)
@@ -116,4 +117,4 @@ def generate(
                 fixed_keep = torch.cat([fixed_keep, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
             logits = model.forward_inputs(inputs, use_cache=False, fixed_keep=fixed_keep).logits
         next_token = sample_next(logits[:, -1], temperature, top_p, generator)
-    return GenerationOutput(tokens=tokens, stats=out.stats, prefill_s=prefill_s, total_s=_clock(device) - start)
+    return GenerationOutput(tokens=tokens, stats=out.stats, prefill_s=prefill_s, total_s=synchronized_time(device) - start)

@@ -76,6 +76,7 @@ def load_pretrained_model(
         raise CheckpointError(f"{model_path}: LoRA checkpoints are not supported; merge the adapter first")
     dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
     config, vision_folder = read_config(path, vision_tower)
+    tokenizer = load_tokenizer(path)  # before the weights: a bad tokenizer fails in seconds, not minutes
 
     weights = {}
     if model_base is not None:
@@ -92,7 +93,9 @@ def load_pretrained_model(
     check_weights(model, weights, model_path)
     quantize = load_8bit or load_4bit
     target = "cpu" if quantize else device
-    model.load_state_dict({k: v.to(device=target, dtype=dtype) for k, v in weights.items()}, assign=True)
+    # Convert tensor by tensor, dropping each source as it goes, so the checkpoint is not held twice.
+    state = {key: weights.pop(key).to(device=target, dtype=dtype) for key in list(weights)}
+    model.load_state_dict(state, assign=True)
     model.language_model.inv_freq = rope_inverse_frequencies(config.text).to(target)
     if quantize:
         from llava.model.quantization import quantize_language_model
@@ -102,9 +105,16 @@ def load_pretrained_model(
     if pruning is not None:
         model.set_pruning(pruning)
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     image_processor = ImageProcessor.from_folder(path, vision_folder, image_size=config.vision.image_size)
     return tokenizer, model, image_processor, config.text.max_position_embeddings
+
+
+def load_tokenizer(path: Path):
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, ImportError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({detail})") from error
 
 
 # ---- config ------------------------------------------------------------------------------------
@@ -138,7 +148,7 @@ def read_config(path: Path, vision_tower: str | None = None) -> tuple[LlavaConfi
 
     if "mm_vision_tower" in raw or vision_tower is not None:  # original LLaVA
         folder = Path(vision_tower or raw["mm_vision_tower"])
-        if not (folder / "config.json").is_file():
+        if not (folder / "config.json").is_file():  # the hub name in mm_vision_tower, not a local folder
             raise CheckpointError(
                 f"{path}: the vision tower folder '{folder}' (mm_vision_tower) has no config.json;"
                 " pass --vision-tower PATH to a local CLIP folder"
@@ -164,6 +174,8 @@ def text_config_from(raw: dict) -> LlamaConfig:
     hf = transformers.LlamaConfig(**_config_fields(raw))
     rope = dict(hf.rope_parameters or {})
     rope_type = rope.get("rope_type", "default")
+    if rope_type not in ("default", "linear", "llama3"):
+        raise CheckpointError(f"rope scaling '{rope_type}' is not supported (supported: default, linear, llama3)")
     return LlamaConfig(
         vocab_size=hf.vocab_size,
         hidden_size=hf.hidden_size,

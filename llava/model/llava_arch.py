@@ -12,11 +12,13 @@ hard-codes 576.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.errors import InputError
 from llava.model.language_model.llava_llama import LLAMA_PRESETS, KVCache, LlamaConfig, LlamaDecoder
 from llava.model.multimodal_encoder.clip_encoder import VISION_PRESETS, CLIPVisionTower, VisionConfig
@@ -31,7 +33,6 @@ from llava.model.pruning.base import (
 )
 from llava.model.pruning.registry import parse_method
 
-IMAGE_TOKEN_INDEX = -200  # placeholder id of one image in LLaVA's input ids
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,9 @@ class _SpanPruning:
 
 
 class LlavaForCausalLM(nn.Module):
-    """Parameter names follow the original LLaVA layout, less its `model.` prefix."""
+    """Parameter names: transformers' CLIPVisionModel under `vision_tower.`, LlamaModel under
+    `language_model.`, `lm_head`, and the original LLaVA's `mm_projector.{0,2}` (builder.KEY_RULES maps
+    both checkpoint layouts onto these)."""
 
     def __init__(self, config: LlavaConfig):
         super().__init__()
@@ -145,6 +148,7 @@ class LlavaForCausalLM(nn.Module):
                 keys={layer: probe.keys[i] for layer, probe in out.probes.items()},
                 grid=(vision.grid_size, vision.grid_size),
                 image_index=i,
+                pixel_values=pixel_values[i],
             )
             kept = pruner.select(inputs)
             chosen.append(kept.features if kept.features is not None else features[i, kept.indices])
@@ -220,14 +224,16 @@ class LlavaForCausalLM(nn.Module):
             pruning = _SpanPruning(self.pruning, inputs.spans, fixed_keep)
         out = self.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, pruning, use_cache)
         hidden = out.hidden if all_logits else out.hidden[:, -1:]
-        stats = inputs.stats
+        # A fresh PruneStats per forward: the cache-free decoding paths call this again on grown inputs.
+        stats = dataclasses.replace(inputs.stats)
+        num_layers = self.config.text.num_layers
         real_before = inputs.key_mask.sum(dim=1).tolist()
-        if out.keep_mask is None:
-            stats.seq_lens = [[n] * len(out.seq_lens) for n in real_before]
+        if out.keep_mask is None or pruning.mode == "mask":  # mask mode: every layer still runs on all N rows
+            stats.seq_lens = [[n] * num_layers for n in real_before]
         else:
-            k = pruning.layer
-            real_after = out.keep_mask.sum(dim=1).tolist()
-            stats.seq_lens = [[n0] * k + [n1] * (len(out.seq_lens) - k) for n0, n1 in zip(real_before, real_after)]
+            k, real_after = pruning.layer, out.keep_mask.sum(dim=1).tolist()
+            stats.seq_lens = [[n0] * k + [n1] * (num_layers - k) for n0, n1 in zip(real_before, real_after)]
+        if out.keep_mask is not None:
             stats.kept_in_llm = [
                 [span.patch_index[out.keep_mask[b, span.start : span.end]].tolist() for span in spans]
                 for b, spans in enumerate(inputs.spans)

@@ -102,7 +102,6 @@ class DecoderOutput:
     key_mask: torch.Tensor  # (B, N') True where the row is a real token
     cache: KVCache | None
     keep_mask: torch.Tensor | None  # (B, N) in the input's layout, when pruning ran
-    seq_lens: list[int]  # tokens per layer (padded length; per-sample real counts come from key masks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +295,7 @@ class LlamaDecoder(nn.Module):
         # Layers that share a key mask (all layers before the pruning layer, all after it) share one
         # tensor object, so the SDPA mask is built once per group, not once per layer.
         layer_key_mask, mask, past_mask_seen = key_mask, attention_mask(key_mask, q_len), None
-        keep, new_layers, seq_lens = None, [], []
+        keep, new_layers = None, []
         for index, layer in enumerate(self.layers):
             past = cache.layers[index] if cache is not None else None
             if past is not None and past.key_mask is not past_mask_seen:
@@ -306,7 +305,6 @@ class LlamaDecoder(nn.Module):
             want_last_row = pruning is not None and pruning.needs_scores and index == pruning.layer - 1
             x, layer_cache, last_row = layer(x, cos, sin, layer_key_mask, mask, past, want_last_row)
             new_layers.append(layer_cache)
-            seq_lens.append(x.shape[1])
 
             if pruning is not None and index == pruning.layer - 1:
                 keep = pruning.keep_mask(last_row, key_mask) & key_mask  # (B, N)
@@ -325,6 +323,4 @@ class LlamaDecoder(nn.Module):
         if use_cache:
             next_position = positions[:, -1] + 1 if cache is None else cache.next_position + positions.shape[1]
             new_cache = KVCache(layers=new_layers, next_position=next_position)
-        return DecoderOutput(
-            hidden=self.norm(x), key_mask=key_mask, cache=new_cache, keep_mask=keep, seq_lens=seq_lens
-        )
+        return DecoderOutput(hidden=self.norm(x), key_mask=key_mask, cache=new_cache, keep_mask=keep)

@@ -69,7 +69,7 @@ class AttentionProbe:
 
     cls_attention: torch.Tensor  # (B, H, P) fp32, CLS query over the P patch keys
     keys: torch.Tensor  # (B, 1 + P, D) the layer's keys, before the head split
-    cls_query: torch.Tensor  # (B, D)
+    cls_query: torch.Tensor  # (B, D) for methods that score with their own head layout (PruMerge: one 1024-wide head)
 
 
 @dataclass
@@ -175,6 +175,9 @@ class CLIPVisionTower(nn.Module):
         if pixel_values.shape[-2:] != (image_size, image_size):
             raise ValueError(f"images must be {image_size}x{image_size}, got {tuple(pixel_values.shape[-2:])}")
         select = self.config.layer_index(select_layer)
+        outside = [layer for layer in attention_layers if not 0 <= layer < self.config.num_layers]
+        if outside:
+            raise ValueError(f"attention of layer(s) {outside} asked of a {self.config.num_layers}-layer vision tower")
         last = max([select, *attention_layers])
         x = self.pre_layrnorm(self.embeddings(pixel_values))  # (B, 1+P, D)
         probes, features = {}, None

@@ -42,11 +42,13 @@ class VisualSpan:
 class VisionInputs:
     """What a VisionPruner sees for one image."""
 
-    features: torch.Tensor  # (P, D) patch features of the select layer (CLS removed), before the projector
+    features: torch.Tensor  # (P, D) patch features of the select layer (CLS removed); projected if the
+    #                         method declares before_projector = False
     cls_attention: dict[int, torch.Tensor]  # layer -> (H, P) fp32 CLS row over patches
     keys: dict[int, torch.Tensor]  # layer -> (1 + P, D) keys of that layer
     grid: tuple[int, int]
     image_index: int  # position of the image in the batch's image list (for error messages)
+    pixel_values: torch.Tensor | None = None  # (3, S, S) the image as the vision tower saw it
 
 
 @dataclass

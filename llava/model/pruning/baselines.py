@@ -2,9 +2,11 @@
 
 - `none`: the unpruned model.
 - `random`: a uniform random subset of `keep` patches per image. The generator is
-  seeded with `seed` for every image, so an image keeps the same subset whether it
-  runs alone or in a batch (batch == single holds for every method).
-- `uniform`: `keep` patches evenly strided over the raster: index floor((2j+1) P / 2keep).
+  seeded from `seed` and a checksum of the image's pixels, so each image gets its
+  own subset and keeps it whether it runs alone or in a batch (batch == single).
+- `uniform`: a spatially uniform grid: with side = ceil(sqrt(keep)), rows and
+  columns floor((2i+1) n / 2 side) give side^2 evenly spread patches; when keep is
+  not a square, `keep` of those are taken evenly strided (index floor((2j+1) side^2 / 2 keep)).
 - `pool`: 2-D average pooling of the patch grid to a side x side grid, keep = side^2;
   each pooled token is recorded at the patch nearest its window's centre.
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +50,7 @@ class RandomPruner(KeepBudgetPruner):
 
     def select(self, inputs: VisionInputs) -> Kept:
         patches = self.patch_count(inputs)
-        generator = torch.Generator().manual_seed(self.args.seed)
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + _checksum(inputs.pixel_values))
         chosen = torch.randperm(patches, generator=generator)[: self.args.keep]
         return Kept(indices=chosen.sort().values.to(inputs.features.device))
 
@@ -59,9 +62,24 @@ class UniformPruner(KeepBudgetPruner):
     summary = "pre-LLM: patches evenly strided over the raster"
 
     def select(self, inputs: VisionInputs) -> Kept:
-        patches = self.patch_count(inputs)
-        j = torch.arange(self.args.keep, device=inputs.features.device)
-        return Kept(indices=((2 * j + 1) * patches) // (2 * self.args.keep))
+        self.patch_count(inputs)
+        if self.args.keep == 0:
+            return Kept(indices=torch.zeros(0, dtype=torch.long, device=inputs.features.device))
+        rows, cols = inputs.grid
+        side = math.isqrt(self.args.keep - 1) + 1  # ceil(sqrt(keep))
+        spread = lambda n: (2 * torch.arange(side) + 1) * n // (2 * side)  # side evenly spaced of n
+        grid = (spread(rows)[:, None] * cols + spread(cols)[None, :]).flatten()  # (side^2,) raster order
+        j = torch.arange(self.args.keep)
+        chosen = grid[(2 * j + 1) * grid.numel() // (2 * self.args.keep)]
+        return Kept(indices=chosen.to(inputs.features.device))
+
+
+def _checksum(pixel_values: torch.Tensor | None) -> int:
+    """A deterministic integer from an image's pixels (0 when the image is not given)."""
+    if pixel_values is None:
+        return 0
+    data = pixel_values.detach().float().cpu().contiguous().numpy().tobytes()
+    return zlib.crc32(data)
 
 
 @register
