@@ -73,8 +73,14 @@ def make_tiny_llava(folder: Path, seed: int = 0, **config_overrides):
     return model
 
 
-def to_original_layout(hf_folder: Path, out: Path, clip_out: Path) -> None:
-    """Rewrite a llava-hf folder into liuhaotian/llava-v1.5 keys plus a separate CLIP folder (.bin)."""
+def to_original_layout(hf_folder: Path, out: Path, clip_out: Path, embed_vision: bool = False, full_clip: bool = False) -> None:
+    """Rewrite a llava-hf folder into liuhaotian/llava-v1.5 keys plus a separate CLIP folder (.bin).
+
+    embed_vision: also store the CLIP weights in the LLaVA checkpoint, as
+    `model.vision_tower.vision_tower.vision_model.*` (checkpoints trained with the tower unfrozen).
+    full_clip: write the CLIP folder as a whole CLIPModel (openai/clip-vit-large-patch14-336's layout):
+    nested vision_config, plus text tower weights, projections and logit_scale that must be ignored.
+    """
     from safetensors.torch import load_file, save_file
 
     cfg = json.loads((hf_folder / "config.json").read_text())
@@ -95,10 +101,21 @@ def to_original_layout(hf_folder: Path, out: Path, clip_out: Path) -> None:
             raise AssertionError(key)
     out.mkdir(parents=True, exist_ok=True)
     clip_out.mkdir(parents=True, exist_ok=True)
+    if embed_vision:
+        llm.update({f"model.vision_tower.vision_tower.{k}": v for k, v in clip.items()})
     save_file(llm, str(out / "model.safetensors"))
-    torch.save(clip, clip_out / "pytorch_model.bin")
     vision = dict(cfg["vision_config"], model_type="clip_vision_model")
-    (clip_out / "config.json").write_text(json.dumps(vision))
+    if full_clip:
+        clip.update({
+            "text_model.embeddings.token_embedding.weight": torch.zeros(10, 8),
+            "text_projection.weight": torch.zeros(4, 8), "visual_projection.weight": torch.zeros(4, 32),
+            "logit_scale": torch.tensor(2.0), "vision_model.embeddings.position_ids": torch.arange(65)[None],
+        })
+        (clip_out / "config.json").write_text(json.dumps({"model_type": "clip", "vision_config": vision,
+                                                          "text_config": {"hidden_size": 8}}))
+    else:
+        (clip_out / "config.json").write_text(json.dumps(vision))
+    torch.save(clip, clip_out / "pytorch_model.bin")
     shutil.copy(hf_folder / "preprocessor_config.json", clip_out / "preprocessor_config.json")
     text = cfg["text_config"]
     original = dict(text, model_type="llava_llama", architectures=["LlavaLlamaForCausalLM"])

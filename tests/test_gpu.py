@@ -7,6 +7,7 @@ from llava.generate import generate
 from llava.model.builder import load_pretrained_model
 from tests import helpers
 from tests.test_model_parity import IMAGE_TOKEN_ID, NUM_PATCHES, QUESTIONS, prompts_for
+from tests.test_pruning_contracts import VARIANTS
 
 pytestmark = [
     pytest.mark.gpu,
@@ -31,16 +32,16 @@ def test_half_precision_matches_transformers_on_cuda(tiny_llava_dir, dtype):
     torch.testing.assert_close(ours.logits[real].float(), expected[real].float(), atol=tolerance, rtol=tolerance)
 
 
-@pytest.mark.parametrize("spec", ["fastv:k=2,keep=16", "fastervlm:keep=16"])
-def test_pruned_generation_on_cuda_equals_batch_and_single(tiny_llava_dir, spec):
-    tokenizer, model, processor, _ = load_pretrained_model(str(tiny_llava_dir), device="cuda", dtype=torch.float16)
-    model.set_pruning(spec)
+@pytest.mark.parametrize("spec", VARIANTS)
+def test_every_method_on_cuda_batch_equals_single_and_cache_equals_recompute(tiny_llava_dir, spec):
+    tokenizer, model, processor, _ = load_pretrained_model(str(tiny_llava_dir), device="cuda", dtype=torch.float32)
+    model.set_pruning(spec.format(keep=16))
     prompts = prompts_for(tokenizer, QUESTIONS)
     pixel_values = processor(helpers.random_images(3, seed=72)).cuda()
     together = generate(model, prompts, pixel_values, max_new_tokens=8).tokens
-    cached_vs_recomputed = generate(model, prompts, pixel_values, max_new_tokens=8, use_cache=False).tokens
-    assert together == cached_vs_recomputed
-    assert all(len(t) == 8 for t in together)
+    assert together == generate(model, prompts, pixel_values, max_new_tokens=8, use_cache=False).tokens
+    for b in range(3):
+        assert generate(model, prompts[b : b + 1], pixel_values[b : b + 1], max_new_tokens=8).tokens[0] == together[b]
 
 
 def test_four_bit_on_cuda(tiny_llava_dir):

@@ -72,3 +72,25 @@ def test_generation_stops_at_eos_per_sample(loaded):
     stopped = generate(model, prompts, pixel_values, max_new_tokens=8, eos_token_id=stop).tokens
     assert stopped[0] == free[0][: free[0].index(stop)]
     assert stopped[1] == (free[1][: free[1].index(stop)] if stop in free[1] else free[1])
+
+
+def test_original_layout_with_embedded_vision_weights_and_a_full_clip_folder(tiny_llava_dir, loaded, tmp_path):
+    for embed_vision, full_clip in ((True, False), (False, True), (True, True)):
+        folder = tmp_path / f"ckpt-{embed_vision}-{full_clip}"
+        helpers.to_original_layout(tiny_llava_dir, folder, tmp_path / f"clip-{embed_vision}-{full_clip}",
+                                   embed_vision=embed_vision, full_clip=full_clip)
+        _, model, _, _ = load_pretrained_model(str(folder))
+        for (name, a), (_, b) in zip(sorted(model.state_dict().items()), sorted(loaded[1].state_dict().items())):
+            assert torch.equal(a, b), name
+
+
+def test_unreadable_tokenizer_is_a_checkpoint_error(tiny_llava_dir, tmp_path):
+    import pytest
+
+    from llava.errors import CheckpointError
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_llava_dir, folder)
+    (folder / "tokenizer.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match="cannot load the tokenizer"):
+        load_pretrained_model(str(folder))

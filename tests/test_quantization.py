@@ -25,6 +25,6 @@ def test_quantized_load_runs_and_stays_close(tiny_llava_dir, loaded, bits):
     # Relative error measured on this model: 4.4% for int8, 43% for NF4 (random weights with a large
     # spread amplify NF4's coarser grid through the layers); the bounds leave room, not slack.
     relative_error = ((logits - expected).norm() / expected.norm()).item()
-    assert relative_error < (0.10 if bits == 8 else 0.70)
+    assert relative_error < (0.08 if bits == 8 else 0.55)
     model.set_pruning("fastv:k=2,keep=16")
     assert all(len(t) == 4 for t in generate(model, prompts, pixel_values, max_new_tokens=4).tokens)

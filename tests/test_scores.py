@@ -98,3 +98,24 @@ def test_fastervlm_known_answer():
     cls_attention[1, 12] = 0.3
     inputs = VisionInputs(torch.zeros(16, 4), {5: cls_attention}, {}, (4, 4), 0)
     assert FasterVLM(parse_method("fastervlm:keep=3").args).select(inputs).indices.tolist() == [2, 7, 12]
+
+
+def test_uniform_is_a_spatially_uniform_grid():
+    uniform = parse_method("uniform:keep=144")
+    index = uniform.select(VisionInputs(torch.zeros(576, 4), {}, {}, (24, 24), 0)).indices
+    assert sorted(set((index // 24).tolist())) == list(range(1, 24, 2))  # 12 rows, every other one
+    assert sorted(set((index % 24).tolist())) == list(range(1, 24, 2))  # 12 columns
+    index = parse_method("uniform:keep=36").select(VisionInputs(torch.zeros(576, 4), {}, {}, (24, 24), 0)).indices
+    assert index.tolist() == [r * 24 + c for r in (2, 6, 10, 14, 18, 22) for c in (2, 6, 10, 14, 18, 22)]
+    index = parse_method("uniform:keep=10").select(VisionInputs(torch.zeros(576, 4), {}, {}, (24, 24), 0)).indices
+    assert len(set(index.tolist())) == 10 and index.tolist() == sorted(index.tolist())
+
+
+def test_random_differs_between_images_and_repeats_for_one_image():
+    method = parse_method("random:keep=8,seed=0")
+    pick = lambda pixels: method.select(VisionInputs(torch.zeros(64, 4), {}, {}, (8, 8), 0, pixels)).indices.tolist()
+    first, second = torch.zeros(3, 4, 4), torch.ones(3, 4, 4)
+    assert pick(first) == pick(first.clone())
+    assert pick(first) != pick(second)
+    assert parse_method("random:keep=8,seed=1").select(
+        VisionInputs(torch.zeros(64, 4), {}, {}, (8, 8), 0, first)).indices.tolist() != pick(first)
