@@ -13,7 +13,7 @@ import pytest
 from llava.conversation import build_prompt
 from llava.eval.registry import BENCHMARKS
 from llava.eval.run import load_questions
-from tests.eval_fakes import BUILDERS
+from tests.eval_fakes import make_all
 
 SHORT = "Answer the question using a single word or phrase."
 CHOICE = "Answer with the option's letter from the given choices directly."
@@ -40,10 +40,7 @@ VICUNA = ("A chat between a curious user and an artificial intelligence assistan
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    for build in BUILDERS.values():
-        build(root)
-    return root
+    return make_all(tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.parametrize("name", list(FIRST_QUESTION))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval_fakes import BUILDERS, make_pope, save_image, write_jsonl
+from tests.eval_fakes import BUILDERS, make_all, make_pope, save_image, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = "--pipeline tests.eval_fakes:FakePipeline.load --device cpu --no-progress"  # --device: no torch import
@@ -25,10 +25,7 @@ SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("scripts/v1_*
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    for build in BUILDERS.values():
-        build(root)
-    return root
+    return make_all(tmp_path_factory.mktemp("data"))
 
 
 def script_env(data_root, output_root, **extra):

@@ -29,7 +29,8 @@ def build_prompt(question: str) -> str:
 
 
 def load_questions(question_file: Path, image_folder: Path):
-    return read_llava_questions(question_file, image_folder, build_prompt)
+    # category (conv, detail, complex): the judge's summary reports a score per category
+    return read_llava_questions(question_file, image_folder, build_prompt, keep=("category",))
 
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:

@@ -29,8 +29,9 @@ on GPUs: its only collective is a barrier, which needs no GPU memory, and
 processes that finish early may wait there for hours, longer than NCCL's watchdog allows.
 
 `--pipeline MODULE:ATTR` replaces `llava.pipeline:LlavaPipeline.load` by another
-loader with the same signature whose module also defines `Request`; the tests use
-it to drive the runner with a fake pipeline (tests/eval_fakes.py) without a model.
+loader with the same signature; requests are made with the `Request` class of the
+module that defines the pipeline's class. The tests use it to drive the runner with
+a fake pipeline (tests/eval_fakes.py) without a model.
 """
 
 from __future__ import annotations
@@ -381,7 +382,7 @@ def import_object(spec: str):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m llava.eval.run", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Run directories, resume, errors, several processes: see EVAL.md.",
     )
     parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--model-path", help="checkpoint folder (llava-hf or original LLaVA); "
@@ -389,25 +390,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--method", help="pruning spec, e.g. 'fastervlm:keep=58' (keep = visual tokens "
                         "kept per image, per crop for LLaVA-NeXT), 'fastv:k=2,ratio=0.75' (ratio = fraction DROPPED), 'none' "
                         "[default: the one recorded in the output directory, else none]")
-    parser.add_argument("--data-root", default="playground/data/eval", help="folder holding one folder per benchmark")
+    parser.add_argument("--data-root", default="playground/data/eval", help="folder holding one folder per benchmark [default: playground/data/eval]")
     parser.add_argument("--output-dir", help="run directory [default: outputs/eval/<model>/<method>/<benchmark>]")
     parser.add_argument("--max-new-tokens", type=int, help="longest answer, in tokens [default: 128; 1024 for "
                         "llavabench and mmvet, as LLaVA]")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as LLaVA's evaluation")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (recorded)")
-    parser.add_argument("--conv-mode", default="vicuna_v1", help="conversation template")
-    parser.add_argument("--batch-size", type=int, default=1, help="questions per forward pass")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as LLaVA's evaluation [default: 0]")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed, recorded [default: 0]")
+    parser.add_argument("--conv-mode", default="vicuna_v1", help="conversation template [default: vicuna_v1]")
+    parser.add_argument("--batch-size", type=int, default=1, help="questions per forward pass [default: 1]")
     parser.add_argument("--limit", type=int, help="only the first N questions (smoke runs)")
     parser.add_argument("--retry-errors", action="store_true", help="ask again the questions whose answer is an error line")
     parser.add_argument("--question-file", help="another question file in the benchmark's format")
     parser.add_argument("--image-folder", help="another image folder")
     parser.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
     parser.add_argument("--vision-tower", help="CLIP folder for original-LLaVA checkpoints")
-    parser.add_argument("--load-8bit", action="store_true")
-    parser.add_argument("--load-4bit", action="store_true")
+    parser.add_argument("--load-8bit", action="store_true", help="8-bit weights through bitsandbytes (CUDA)")
+    parser.add_argument("--load-4bit", action="store_true", help="4-bit weights through bitsandbytes (CUDA)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--pipeline", default=DEFAULT_PIPELINE, help="loader 'module:attr' with LlavaPipeline.load's "
-                        "signature; requests are made with the Request class beside the pipeline's class (testing: tests.eval_fakes:FakePipeline.load)")
+                        "signature; requests are made with the Request class beside the pipeline's class "
+                        f"(testing: tests.eval_fakes:FakePipeline.load) [default: {DEFAULT_PIPELINE}]")
     return parser.parse_args(argv)
 
 
