@@ -3,6 +3,7 @@
     fastv run --model-path P --image IMG --prompt TEXT [--method SPEC] [--json]
     fastv methods                       list the registered pruning methods and their parameters
     fastv bench-prefill [...]           prefill time: ours vs transformers, pruned vs unpruned (fastv/latency.py)
+    fastv sweep --out DIR [...]         accuracy of every method at several budgets on one benchmark (fastv/sweep.py)
 
 Errors the user can fix print one line, `error: ...`, and exit with status 2.
 """
@@ -104,9 +105,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the pruning methods and their parameters")
 
-    from fastv import latency
+    from fastv import latency, sweep
 
     latency.add_arguments(sub.add_parser("bench-prefill", help=latency.__doc__.splitlines()[0]))
+    sweep.add_arguments(sub.add_parser("sweep", help=sweep.__doc__.splitlines()[0]))
     return parser
 
 
@@ -122,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastv import latency
 
             latency.main(**args)
+        elif command == "sweep":
+            from fastv import sweep
+
+            sweep.main(**args)
     except (InputError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

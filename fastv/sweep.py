@@ -1,0 +1,161 @@
+"""Accuracy vs budget: every registered method at several shares of the visual tokens, on one benchmark.
+
+    fastv sweep --model-path models/llava-shapes-tiny --out results/shapes-sweep
+
+Loads the model once and switches methods with `set_pruning`; every (method,
+budget) gets its own run directory under `--out` (answers, scores, run.json), so
+an interrupted sweep resumes where it stopped. Writes `sweep.json`, `sweep.md`
+(overall accuracy per method and budget, then per question type) and `sweep.png`.
+
+Budgets are shares of the visual tokens per image: `keep = round(share * tokens)`.
+`pool` needs a square grid, so it keeps the nearest square number of tokens; the
+table reports the tokens each run really kept (mean over questions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+DEFAULT_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-path", help="checkpoint folder (default: the shipped model)")
+    parser.add_argument("--benchmark", default="shapes", help="benchmark name (see llava/eval/registry.py)")
+    parser.add_argument("--data-root", default="playground/data/eval", help="benchmark data root")
+    parser.add_argument("--out", required=True, help="folder for the run directories, sweep.{json,md,png}")
+    parser.add_argument("--methods", nargs="+", help="method names (default: every registered method)")
+    parser.add_argument("--shares", nargs="+", type=float, default=list(DEFAULT_SHARES),
+                        help="fractions of the visual tokens KEPT per image (1.0 = all)")
+    parser.add_argument("--limit", type=int, help="answer only the first N questions")
+    parser.add_argument("--n-questions", type=int, default=600,
+                        help="shapes only: test questions to generate when the data root has none")
+    parser.add_argument("--max-new-tokens", type=int, help="tokens generated at most (default: the benchmark's)")
+    parser.add_argument("--batch-size", type=int, default=16, help="questions answered together")
+    parser.add_argument("--device", default="cpu")
+
+
+def method_spec(name: str, share: float, tokens: int) -> str:
+    """The spec that keeps `share` of `tokens` visual tokens with method `name`."""
+    if name == "none":
+        return "none"
+    keep = round(share * tokens)
+    if name == "pool":
+        keep = max(1, round(math.sqrt(keep))) ** 2
+    if name == "fastv":
+        return f"fastv:k=2,keep={keep}"
+    return f"{name}:keep={keep}"
+
+
+def main(
+    out: str,
+    model_path: str | None = None,
+    benchmark: str = "shapes",
+    data_root: str = "playground/data/eval",
+    methods: list[str] | None = None,
+    shares: list[float] = DEFAULT_SHARES,
+    limit: int | None = None,
+    n_questions: int = 600,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> dict:
+    from fastv.cli import SHIPPED_MODEL
+    from llava.eval.registry import get_benchmark
+    from llava.eval.run import run_benchmark
+    from llava.model.pruning.registry import available_methods
+    from llava.pipeline import LlavaPipeline
+
+    model_path = model_path or str(SHIPPED_MODEL)
+    bench = get_benchmark(benchmark)
+    folder = Path(data_root) / bench.folder
+    if benchmark == "shapes" and not (folder / bench.question_file).is_file():
+        from llava.data.synthetic import write_split
+
+        write_split("test", n_questions, folder)
+    pipe = LlavaPipeline.load(model_path, device=device)
+    tokens = pipe.model.config.tokens_per_image
+    names = methods or available_methods()
+
+    runs = []
+    for name in names:
+        for share in ([1.0] if name == "none" else shares):
+            spec = pipe.model.set_pruning(method_spec(name, share, tokens)).spec
+            run_dir = Path(out) / spec.replace(":", "_").replace(",", "_").replace("=", "")
+            scores = run_benchmark(
+                benchmark, pipe, data_root, run_dir, model_path=model_path, method=spec,
+                max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, progress=False,
+            )
+            metrics = scores["metrics"]
+            runs.append({
+                "method": name, "spec": spec, "share": share,
+                "kept_tokens": scores["run"].get("kept_tokens_mean"),
+                "accuracy": metrics.get("accuracy", scores["headline"]["value"]),
+                "types": metrics.get("types", {}),
+            })
+    result = {"model": model_path, "benchmark": benchmark, "tokens_per_image": tokens, "runs": runs}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = to_markdown(result)
+    (Path(out) / "sweep.md").write_text(table + "\n")
+    plot(result, Path(out) / "sweep.png")
+    print(table)
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    runs = result["runs"]
+    shares = sorted({r["share"] for r in runs if r["method"] != "none"}, reverse=True)
+    unpruned = next((r for r in runs if r["method"] == "none"), None)
+    tokens = result["tokens_per_image"]
+    header = " | ".join(f"{s:.0%} ({round(s * tokens)})" for s in shares)
+    lines = [
+        f"Accuracy (%) on {result['benchmark']}, by method and share of the {tokens} visual tokens kept per image",
+        "",
+        f"| method | {header} |",
+        "|---|" + "---:|" * len(shares),
+    ]
+    if unpruned:
+        lines.append(f"| none (unpruned) | {unpruned['accuracy']:.1f} |" + " |" * (len(shares) - 1))
+    for name in dict.fromkeys(r["method"] for r in runs if r["method"] != "none"):
+        by_share = {r["share"]: r for r in runs if r["method"] == name}
+        cells = [f"{by_share[s]['accuracy']:.1f}" if s in by_share else "" for s in shares]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    types = sorted({t for r in runs for t in r["types"]})
+    if types:
+        lines += ["", "Per question type:", "", "| method | kept | " + " | ".join(types) + " |",
+                  "|---|---:|" + "---:|" * len(types)]
+        for r in runs:
+            kept = f"{r['kept_tokens']:.0f}" if r["kept_tokens"] is not None else ""
+            lines.append(f"| {r['spec']} | {kept} | " + " | ".join(f"{r['types'].get(t, 0):.1f}" for t in types) + " |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for name in dict.fromkeys(r["method"] for r in result["runs"]):
+        points = sorted((r["share"], r["accuracy"]) for r in result["runs"] if r["method"] == name)
+        if name == "none":
+            axis.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label="none (unpruned)")
+        else:
+            axis.plot([100 * s for s, _ in points], [a for _, a in points], marker="o", label=name)
+    axis.set_xscale("log")
+    axis.set_xticks([100 * s for s in sorted({r["share"] for r in result["runs"]})])
+    axis.set_xticklabels([f"{100 * s:g}%" for s in sorted({r["share"] for r in result["runs"]})])
+    axis.set_xlabel(f"visual tokens kept (share of {result['tokens_per_image']})")
+    axis.set_ylabel("accuracy (%)")
+    axis.set_title(f"{result['benchmark']}: accuracy vs visual-token budget")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
