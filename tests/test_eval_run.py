@@ -6,7 +6,7 @@ import pytest
 
 from llava.errors import InputError
 from llava.eval.run import run_benchmark
-from tests.eval_fakes import FakePipeline, make_pope, make_textvqa, write_jsonl
+from tests.eval_fakes import FakePipeline, make_mmbench, make_pope, make_textvqa, write_jsonl
 
 
 def lines(path):
@@ -154,3 +154,22 @@ def test_command_line_errors_are_one_line(data, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: question file not found")
     code = main(["--benchmark", "pope", "--data-root", str(data), "--output-dir", str(tmp_path / "p"), "--no-progress"])
     assert code == 2 and "--model-path is needed" in capsys.readouterr().err
+
+
+def test_a_bad_embedded_image_is_a_per_question_error(data, tmp_path):
+    make_mmbench(data)
+    path = data / "mmbench/mmbench_dev_20230712.tsv"
+    rows = path.read_text().splitlines()
+    cells = rows[2].split("\t")
+    cells[9] = "bm90IGFuIGltYWdl"  # base64 of "not an image"
+    rows[2] = "\t".join(cells)
+    cells = rows[3].split("\t")
+    cells[9] = ""  # no image at all
+    rows[3] = "\t".join(cells)
+    path.write_text("\n".join(rows) + "\n")
+    scores = run("mmbench", data, tmp_path / "out")
+    errors = [a["metadata"].get("error") for a in lines(tmp_path / "out/answers.jsonl")]
+    assert errors[0] is None
+    assert errors[1].startswith("cannot read image of question 1 (base64 in the question file)")
+    assert errors[2].startswith("cannot read image of question 2")
+    assert scores["run"]["errors"] == 2

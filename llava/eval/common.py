@@ -216,9 +216,10 @@ def open_image(question: Question) -> Image.Image:
     """The question's image as RGB; a missing, corrupt or undecodable image is an InputError naming it."""
     if question.image_base64 is not None:
         try:
-            source, name = io.BytesIO(base64.b64decode(question.image_base64, validate=True)), "embedded image"
+            source = io.BytesIO(base64.b64decode(question.image_base64))
         except (binascii.Error, ValueError) as error:
-            raise InputError(f"cannot read embedded image of question {question.question_id}: not base64 ({error})")
+            raise InputError(f"cannot read the image of question {question.question_id}: not base64 ({error})")
+        name = f"of question {question.question_id} (base64 in the question file)"
     else:
         source, name = question.image, str(question.image)
         if not Path(source).is_file():

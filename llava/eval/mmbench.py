@@ -65,7 +65,7 @@ def load_questions(question_file: Path, image_folder: Path | None, lang: str = "
             index = int(row["index"])
             options = "".join(letter for letter in OPTIONS if not is_none(row.get(letter)))
             yield Question(
-                index, build_prompt(row, lang), image_base64=row["image"] or None,
+                index, build_prompt(row, lang), image_base64=row["image"] or "",  # empty: an error, not a text-only question
                 fields={"answer": row.get("answer"), "category": row.get("category") or "", "options": options},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:

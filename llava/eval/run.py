@@ -228,7 +228,8 @@ def merge_answers(output_dir: Path, questions: list[Question]) -> dict:
     after them) and remove the shard files. Returns {question key: answer line}."""
     answers = read_answers(output_dir)
     asked = [q.key for q in questions if q.key in answers]
-    ordered = asked + [k for k in answers if k not in set(asked)]
+    asked_set = set(asked)
+    ordered = asked + [k for k in answers if k not in asked_set]
     temporary = output_dir / (ANSWERS + ".tmp")
     with open(temporary, "w", encoding="utf-8") as file:
         for key in ordered:
