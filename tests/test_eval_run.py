@@ -39,7 +39,7 @@ def test_answer_lines_are_llavas(data, tmp_path):
     assert first["metadata"] == {"visual_tokens": [8], "kept_tokens": [8]}
     run_json = json.loads((tmp_path / "out/run.json").read_text())
     assert scores["run"] == run_json
-    assert run_json["method_spec"] == "fastervlm:keep=8" and run_json["budget"] == 8
+    assert run_json["method_spec"] == "fastervlm:keep=8" and run_json["budget"] == 8 and run_json["model_id"] == "tiny"
     assert run_json["visual_tokens_mean"] == 8.0 and run_json["seed"] == 0
     assert (run_json["questions"], run_json["answered"], run_json["errors"]) == (3, 3, 0)
     assert set(run_json["versions"]) == {"python", "torch", "transformers", "llava-fastv"}
@@ -173,3 +173,11 @@ def test_a_bad_embedded_image_is_a_per_question_error(data, tmp_path):
     assert errors[1].startswith("cannot read image of question 1 (base64 in the question file)")
     assert errors[2].startswith("cannot read image of question 2")
     assert scores["run"]["errors"] == 2
+
+
+def test_only_malformed_lines_left_need_no_model(data, tmp_path):
+    path = data / "pope/llava_pope_test.jsonl"
+    path.write_text(path.read_text() + "not json\n")
+    run("pope", data, tmp_path / "out", limit=3)
+    scores = run_benchmark("pope", no_model, data, tmp_path / "out", progress=False)
+    assert (scores["run"]["answered"], scores["run"]["errors"]) == (3, 1)

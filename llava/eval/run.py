@@ -115,8 +115,9 @@ def run_benchmark(
     if mine:
         if rank == 0:
             write_json(output_dir / "run.json", {**previous, **settings, "started": _now(), "finished": None})
-        loaded = pipeline() if callable(pipeline) and not hasattr(pipeline, "answer") else pipeline
-        request_type = sys.modules[type(loaded).__module__].Request
+        if any(q.error is None for q in mine):  # malformed question lines need no model
+            loaded = pipeline() if callable(pipeline) and not hasattr(pipeline, "answer") else pipeline
+        request_type = sys.modules[type(loaded).__module__].Request if loaded is not None else None
         shard = output_dir / (ANSWERS if world_size == 1 else f"answers.rank{rank}.jsonl")
         with AnswerWriter(shard) as writer:
             answer_questions(
@@ -263,10 +264,9 @@ def run_record(questions, answers, settings, previous, pipeline, world_size, bat
     good = [line for line in lines if not _is_error(line)]
     with_image = [line for line in good if (line.get("metadata") or {}).get("visual_tokens")]
     method_spec = getattr(pipeline, "method_spec", None) or previous.get("method_spec") or settings["method"]
-    model_id = getattr(pipeline, "model_id", None) or next((l.get("model_id") for l in good if l.get("model_id")), None)
     return {
-        **previous, **{k: v for k, v in settings.items() if v is not None},
-        "model_id": model_id or settings["model_id"] or previous.get("model_id"),
+        "model_id": next((l["model_id"] for l in good if l.get("model_id")), None),  # without a model path
+        **previous, **{k: v for k, v in settings.items() if v is not None},  # model_id: the checkpoint folder's name
         "method_spec": method_spec,
         **parse_budget(method_spec),
         "questions": len(questions),
