@@ -4,6 +4,7 @@
     fastv methods                       list the registered pruning methods and their parameters
     fastv bench-prefill [...]           prefill time: ours vs transformers, pruned vs unpruned (fastv/latency.py)
     fastv sweep --out DIR [...]         accuracy of every method at several budgets on one benchmark (fastv/sweep.py)
+    fastv report RUN_DIRS... [--out T]  the paper-style table of evaluation runs (fastv/report.py)
 
 Errors the user can fix print one line, `error: ...`, and exit with status 2.
 """
@@ -105,10 +106,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the pruning methods and their parameters")
 
-    from fastv import latency, sweep
+    from fastv import latency, report, sweep
 
     latency.add_arguments(sub.add_parser("bench-prefill", help=latency.__doc__.splitlines()[0]))
     sweep.add_arguments(sub.add_parser("sweep", help=sweep.__doc__.splitlines()[0]))
+    report.add_arguments(sub.add_parser("report", help="the paper-style table of evaluation runs (Markdown and CSV)"))
     return parser
 
 
@@ -128,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             from fastv import sweep
 
             sweep.main(**args)
-    except (InputError, CheckpointError) as error:
+        elif command == "report":
+            from fastv import report
+
+            print(report.report(**args))
+    except (InputError, CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -134,10 +134,14 @@ def report(run_dirs: list[str], out: str | None = None) -> str:
     return text
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastv report", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", help="run directories, or folders holding them (searched)")
     parser.add_argument("--out", help="also write OUT.md and OUT.csv")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fastv report", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         print(report(args.run_dirs, args.out))

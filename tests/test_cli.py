@@ -35,3 +35,8 @@ def test_methods_lists_every_method(capsys):
     out = capsys.readouterr().out
     for name in ("none", "fastv", "fastervlm", "random", "uniform", "pool"):
         assert f"\n{name} " in "\n" + out
+
+
+def test_report_subcommand(capsys, tmp_path):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no scores.json" in capsys.readouterr().err
