@@ -123,6 +123,8 @@ def load_tokenizer(path: Path):
 def read_config(path: Path, vision_tower: str | None = None) -> tuple[LlavaConfig, Path | None]:
     """config.json (either layout) -> our LlavaConfig, and the separate CLIP folder if the layout has one."""
     raw = json.loads((path / "config.json").read_text())
+    if raw.get("model_type") == "llava_next" or "image_grid_pinpoints" in raw:
+        raise CheckpointError(f"{path}: LLaVA-NeXT (anyres) checkpoints are not supported yet; LLaVA-1.5 ones are")
     if "text_config" in raw or "vision_config" in raw:  # llava-hf
         text_raw = dict(raw.get("text_config") or {})
         if text_raw.get("model_type", "llama") != "llama":
