@@ -14,7 +14,7 @@
 #   SPLIT                (unset)                   SPLIT=val runs vqav2/vizwiz on val with a local score
 #   CUDA_VISIBLE_DEVICES (unset)                   "0,1,2,3": four processes through torchrun, one GPU each
 #   NPROC                (from CUDA_VISIBLE_DEVICES) number of processes, whatever the GPUs
-#   PYTHON               python
+#   PYTHON               .venv/bin/python if setup.sh made one, else python
 #   EVAL_ARGS            (empty)                   more options for the runner, e.g. "--limit 100"
 set -euo pipefail
 
@@ -51,7 +51,8 @@ llava_eval() {
         nproc=${#gpus[@]}
         (( nproc >= 1 )) || nproc=1
     fi
-    local python=${PYTHON:-python}
+    local python=${PYTHON:-}
+    [[ -n $python ]] || { [[ -x .venv/bin/python ]] && python=.venv/bin/python || python=python; }
     local launcher=("$python")
     # torchrun (torch's own launcher, run through this python); each process takes cuda:LOCAL_RANK
     (( nproc > 1 )) && launcher=("$python" -m torch.distributed.run --standalone --nproc_per_node "$nproc")
