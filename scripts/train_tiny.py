@@ -1,0 +1,614 @@
+#!/usr/bin/env python
+"""Train the project's own small LLaVA from scratch on the synthetic shapes-VQA task.
+
+The model is our `LlavaForCausalLM` (CLIP-style ViT with a CLS token ->
+mlp2x_gelu projector -> Llama decoder), trained end to end on
+`llava.data.synthetic`'s train split in LLaVA-1.5's vicuna_v1 format:
+
+    prompt = build_prompt(question + "\\nAnswer the question using a single word or phrase.")
+    target = answer + "</s>"          (the loss is on the target tokens only)
+
+Training samples are generated on the fly by DataLoader workers: sample `i` of
+the run is train sample `i` (`make_sample("train", i)`), so every step sees new
+images and a resumed run continues exactly where it stopped.
+
+Auxiliary training signals (training-only heads, never saved in the checkpoint):
+
+- **CLS head** on the final layer's CLS output (after `post_layernorm`, as CLIP
+  reads it): multi-label BCE over which (colour, shape) pairs, colours and
+  shapes are present and whether text is printed, plus a 5-way count. It gives
+  the CLS token a job of its own, so its attention rows (what FasterVLM ranks
+  patches by) point at the objects, as CLIP's do.
+- **Patch head** (`--patch-aux-weight`, 0 turns it off) on the select layer's
+  patch features: per patch, multi-label BCE over the colours and shapes of the
+  objects touching it and whether the text box does. A dense signal that makes
+  the small ViT learn in minutes on a CPU.
+
+Outputs under `--out` (default runs/<name>): `train.log` (loss, lr, samples/s,
+per-type validation accuracy by greedy decoding with `llava.generate.generate`),
+`last.pt` (model + heads + optimiser + step; written every `--save-every` steps
+and at the end; `--resume` continues from it), and with `--export DIR` the
+final model in the llava-hf layout (config.json, model.safetensors in fp16,
+tokenizer files, preprocessor_config.json) that `load_pretrained_model` and
+transformers' `LlavaForConditionalGeneration` both load.
+
+Example (a fresh run with the current defaults, 60 minutes of a 2-core CPU)::
+
+    nice -n 5 .venv/bin/python scripts/train_tiny.py --steps 100000 --max-minutes 60 --seed 0 \\
+        --out runs/shapes-tiny --export models/llava-shapes-tiny
+
+The shipped models/llava-shapes-tiny was made in four resumed phases while
+this script gained --extra-turns, --bare-rate and --embed-rms; its
+MODEL_CARD.md lists the exact commands.
+
+Reproducible from `--seed` (weight init; the data is fixed by the sample
+index, so a resumed run sees the same samples) up to the nondeterminism of
+multithreaded CPU kernels, for runs bounded by --steps. With --max-minutes the
+schedule follows the wall clock, so the step count (logged) depends on the
+machine's speed and load.
+
+Speed on the project's 2-core AVX2 CPU (shared): fp32, about 18 samples/s
+single-turn, 12-14 samples/s with --extra-turns 3. bf16 autocast is about 25x
+slower on a CPU without native bf16, hence fp32 by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llava.conversation import build_prompt
+from llava.data import synthetic
+from llava.data.tokenizer import build_tokenizer
+from llava.generate import generate
+from llava.mm_utils import CLIP_MEAN, CLIP_STD, ImageProcessor, tokenizer_image_token
+from llava.model.language_model.llava_llama import LlamaConfig
+from llava.model.llava_arch import LlavaConfig, LlavaForCausalLM
+from llava.model.multimodal_encoder.clip_encoder import VisionConfig
+
+NUM_COLORS, NUM_SHAPES = len(synthetic.COLORS), len(synthetic.SHAPES)
+COLOR_ID = {c: i for i, c in enumerate(synthetic.COLORS)}
+SHAPE_ID = {s: i for i, s in enumerate(synthetic.SHAPES)}
+CLS_LABELS = NUM_COLORS * NUM_SHAPES + NUM_COLORS + NUM_SHAPES + 1  # pairs, colours, shapes, text
+PATCH_LABELS = NUM_COLORS + NUM_SHAPES + 1  # colours, shapes, text box
+
+
+# ---- configuration -------------------------------------------------------------------------------
+
+
+def model_config(args, vocab_size: int) -> LlavaConfig:
+    vision = VisionConfig(
+        hidden_size=args.vision_width, intermediate_size=4 * args.vision_width, num_layers=args.vision_layers,
+        num_heads=args.vision_heads, image_size=synthetic.IMAGE_SIZE, patch_size=args.patch_size,
+        hidden_act="quick_gelu",
+    )
+    text = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=args.text_width, intermediate_size=args.text_intermediate,
+        num_layers=args.text_layers, num_heads=args.text_heads, num_kv_heads=args.text_heads,
+        head_dim=args.text_width // args.text_heads, rms_norm_eps=1e-5, max_position_embeddings=1024,
+    )
+    return LlavaConfig(vision=vision, text=text, projector_type="mlp2x_gelu", select_layer=-2)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def sample_prompt(sample, conv_mode: str = "vicuna_v1", instruction: bool = True) -> str:
+    question = sample.question + ("\n" + synthetic.SHORT_ANSWER_PROMPT if instruction else "")
+    return build_prompt(question, conv_mode)
+
+
+def training_conv_mode(sample) -> str:
+    """vicuna_v1 ("curious user") and llava_v1 ("curious human") on alternate blocks of 12 samples.
+
+    The two differ only in the system prompt's wording; training on both keeps
+    the model indifferent to which one a caller uses. Blocks of 12 keep the
+    choice independent of the question type and the exist/count variants.
+    """
+    return ("vicuna_v1", "llava_v1")[(sample.index // 12) % 2]
+
+
+class Encoder:
+    """Sample -> prompt ids, target ids (answer + </s>), pixels and auxiliary labels."""
+
+    def __init__(self, patch_size: int, extra_turns: int = 0, bare_rate: float = 0.0):
+        self.tokenizer = build_tokenizer()
+        self.extra_turns, self.bare_rate = extra_turns, bare_rate
+        self.processor = ImageProcessor(image_size=synthetic.IMAGE_SIZE)
+        self.patch_size = patch_size
+        self.grid = synthetic.IMAGE_SIZE // patch_size
+
+    def __call__(self, sample) -> dict:
+        import numpy as np
+
+        rng = np.random.default_rng([11, synthetic.sample_seed(sample.split, sample.index)])
+        bare = rng.random(1 + self.extra_turns) < self.bare_rate  # turns asked without the instruction
+        prompt = sample_prompt(sample, training_conv_mode(sample), instruction=not bare[0])
+        prompt_ids = tokenizer_image_token(prompt, self.tokenizer)
+        full = tokenizer_image_token(prompt + " " + sample.answer, self.tokenizer)
+        if full[: len(prompt_ids)] != prompt_ids:
+            raise RuntimeError(f"{sample.question_id}: the answer's tokens change the prompt's tokenization")
+        target = full[len(prompt_ids):] + [self.tokenizer.eos_token_id]
+        ids, label_index = prompt_ids + target, list(range(len(prompt_ids), len(prompt_ids) + len(target)))
+        for k, (question, answer) in enumerate(self.extra_questions(sample)):
+            user = question if bare[k + 1] else f"{question}\n{synthetic.SHORT_ANSWER_PROMPT}"
+            turn = tokenizer_image_token(f"USER: {user} ASSISTANT:", self.tokenizer)
+            turn_full = tokenizer_image_token(f"USER: {user} ASSISTANT: {answer}", self.tokenizer)
+            turn, answer_ids = turn[1:], turn_full[len(turn):] + [self.tokenizer.eos_token_id]  # no BOS mid-text
+            ids += turn
+            label_index += range(len(ids), len(ids) + len(answer_ids))
+            ids += answer_ids
+        return {
+            "prompt": prompt_ids,
+            "target": target,
+            "ids": ids,
+            "label_index": label_index,
+            "pixels": self.processor.preprocess(sample.image),
+            "cls_labels": self.cls_labels(sample),
+            "count": len(sample.objects) - 1,
+            "patch_labels": self.patch_labels(sample),
+            "type": sample.question_type,
+            "answer": sample.answer,
+        }
+
+    def extra_questions(self, sample) -> list[tuple[str, str]]:
+        """Up to `extra_turns` more questions about the same image (vicuna_v1 multi-turn, as LLaVA trains).
+
+        Drawn with the generator's own question makers (`synthetic._ask`) from
+        the sample's scene, on a seed of their own; the sample itself is untouched.
+        """
+        if not self.extra_turns:
+            return []
+        import numpy as np
+
+        rng = np.random.default_rng([7, synthetic.sample_seed(sample.split, sample.index)])
+        asked, out = {sample.question}, []
+        for _ in range(4 * self.extra_turns):
+            kind = synthetic.QUESTION_TYPES[int(rng.integers(len(synthetic.QUESTION_TYPES)))]
+            plan = synthetic._Plan(kind, want_yes=bool(rng.integers(2)), count_all=bool(rng.integers(2)))
+            q = synthetic._ask(rng, plan, sample.objects, sample.text)
+            if q is None or q.text in asked:
+                continue
+            asked.add(q.text)
+            out.append((q.text, q.answer))
+            if len(out) == self.extra_turns:
+                break
+        return out
+
+    @staticmethod
+    def cls_labels(sample) -> torch.Tensor:
+        y = torch.zeros(CLS_LABELS)
+        for obj in sample.objects:
+            c, s = COLOR_ID[obj["color"]], SHAPE_ID[obj["shape"]]
+            y[c * NUM_SHAPES + s] = 1
+            y[NUM_COLORS * NUM_SHAPES + c] = 1
+            y[NUM_COLORS * NUM_SHAPES + NUM_COLORS + s] = 1
+        y[-1] = float(sample.text is not None)
+        return y
+
+    def patch_labels(self, sample) -> torch.Tensor:
+        """(P, PATCH_LABELS) multi-hot on the model's patch grid, from the 14-px patches of each object."""
+        y = torch.zeros(self.grid * self.grid, PATCH_LABELS)
+        fine = synthetic.GRID_SIZE
+        for obj in sample.objects:
+            cells = {(p // fine) * synthetic.PATCH_SIZE // self.patch_size * self.grid
+                     + (p % fine) * synthetic.PATCH_SIZE // self.patch_size for p in obj["patches"]}
+            for cell in cells:
+                y[cell, COLOR_ID[obj["color"]]] = 1
+                y[cell, NUM_COLORS + SHAPE_ID[obj["shape"]]] = 1
+        if sample.text_bbox is not None:
+            x0, y0, x1, y1 = sample.text_bbox
+            ps = self.patch_size
+            for row in range(y0 // ps, (y1 - 1) // ps + 1):
+                for col in range(x0 // ps, (x1 - 1) // ps + 1):
+                    y[row * self.grid + col, -1] = 1
+        return y
+
+
+class TrainSamples(torch.utils.data.Dataset):
+    """Item i = train sample (first + i), encoded. Generated in the worker that asks for it."""
+
+    def __init__(self, split: str, first: int, count: int, patch_size: int, extra_turns: int = 0,
+                 bare_rate: float = 0.0):
+        self.split, self.first, self.count, self.patch_size = split, first, count, patch_size
+        self.extra_turns, self.bare_rate = extra_turns, bare_rate
+        self.encoder = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> dict:
+        if self.encoder is None:
+            self.encoder = Encoder(self.patch_size, self.extra_turns, self.bare_rate)
+        return self.encoder(synthetic.make_sample(self.split, self.first + i))
+
+
+def collate(items: list[dict]) -> dict:
+    return {
+        "prompt": [it["prompt"] for it in items],
+        "target": [it["target"] for it in items],
+        "ids": [it["ids"] for it in items],
+        "label_index": [it["label_index"] for it in items],
+        "pixels": torch.stack([it["pixels"] for it in items]),
+        "cls_labels": torch.stack([it["cls_labels"] for it in items]),
+        "count": torch.tensor([it["count"] for it in items]),
+        "patch_labels": torch.stack([it["patch_labels"] for it in items]),
+        "type": [it["type"] for it in items],
+        "answer": [it["answer"] for it in items],
+    }
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+# ---- model with auxiliary heads ------------------------------------------------------------------
+
+
+class TrainableLlava(LlavaForCausalLM):
+    """LlavaForCausalLM whose image encoding also keeps the final CLS and the select layer's patches.
+
+    Same parameters (and names) as the parent: `state_dict()` is the checkpoint.
+    """
+
+    def encode_images(self, pixel_values):
+        if not self.training:
+            return super().encode_images(pixel_values)
+        tower = self.vision_tower
+        select = self.config.vision.layer_index(self.config.select_layer)
+        x = tower.pre_layrnorm(tower.embeddings(pixel_values.to(self.dtype)))
+        for index, layer in enumerate(tower.encoder.layers):
+            x, _ = layer(x)
+            if index == select:
+                features = x[:, 1:]
+        self.aux_outputs = (tower.post_layernorm(x[:, 0]), features)
+        projected = self.mm_projector(features)
+        patches = torch.arange(features.shape[1], device=features.device)
+        return list(projected), [patches] * features.shape[0]
+
+
+class AuxHeads(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.cls = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, CLS_LABELS + 5))
+        self.patch = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, PATCH_LABELS))
+
+
+def lm_loss(model: LlavaForCausalLM, seqs: list[list[int]], label_index: list[list[int]], pixels) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens `seqs[b][i]` for i in `label_index[b]` (all after the image).
+
+    The same computation as `model(..., all_logits=True)` (no pruning during
+    training), but `lm_head` only runs on the positions that predict an answer
+    token. The batch is left-padded, so token i of a sequence of L ids (the
+    image placeholder counted once) sits at N - L + i and is predicted at N - L + i - 1.
+    """
+    inputs = model.prepare_inputs(seqs, pixels)
+    hidden = model.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, None, False).hidden
+    N = hidden.shape[1]
+    rows = torch.tensor([b for b, index in enumerate(label_index) for _ in index])
+    cols = torch.tensor([N - len(ids) + i - 1 for ids, index in zip(seqs, label_index) for i in index])
+    logits = model.lm_head(hidden[rows, cols]).float()  # (answer tokens, V)
+    labels = torch.tensor([ids[i] for ids, index in zip(seqs, label_index) for i in index])
+    return F.cross_entropy(logits, labels)
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model, encoder: Encoder, split: str, n: int, first: int = 0, batch_size: int = 66) -> dict:
+    """Greedy-decode n samples of a split; exact-match accuracy per question type and overall."""
+    was_training = model.training
+    model.eval()
+    correct, total = defaultdict(int), defaultdict(int)
+    tok = encoder.tokenizer
+    for start in range(first, first + n, batch_size):
+        samples = [synthetic.make_sample(split, i) for i in range(start, min(first + n, start + batch_size))]
+        prompts = [tokenizer_image_token(sample_prompt(s), tok) for s in samples]
+        pixels = torch.stack([encoder.processor.preprocess(s.image) for s in samples])
+        out = generate(model, prompts, pixels, max_new_tokens=8, eos_token_id=tok.eos_token_id)
+        for s, tokens in zip(samples, out.tokens):
+            pred = tok.decode(tokens, skip_special_tokens=True).strip().lower()
+            total[s.question_type] += 1
+            correct[s.question_type] += int(pred == s.answer)
+    model.train(was_training)
+    acc = {t: correct[t] / total[t] for t in synthetic.QUESTION_TYPES if total[t]}
+    acc["overall"] = sum(correct.values()) / max(1, sum(total.values()))
+    return acc
+
+
+# ---- export --------------------------------------------------------------------------------------
+
+
+def hf_key(name: str) -> str:
+    """Our parameter name -> llava-hf's (the inverse of llava.model.builder.KEY_RULES)."""
+    for ours, theirs in (("lm_head.", "language_model.lm_head."), ("language_model.", "language_model.model."),
+                         ("mm_projector.0.", "multi_modal_projector.linear_1."),
+                         ("mm_projector.2.", "multi_modal_projector.linear_2."),
+                         ("vision_tower.", "vision_tower.vision_model.")):
+        if name.startswith(ours):
+            return theirs + name[len(ours):]
+    raise KeyError(name)
+
+
+def hf_config(config: LlavaConfig, tokenizer) -> dict:
+    v, t = config.vision, config.text
+    return {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "image_token_index": tokenizer.convert_tokens_to_ids("<image>"),
+        "projector_hidden_act": "gelu",
+        "vision_feature_layer": config.select_layer,
+        "vision_feature_select_strategy": "default",
+        "image_seq_length": v.num_patches,
+        "tie_word_embeddings": t.tie_word_embeddings,
+        "torch_dtype": "float16",
+        "vision_config": {
+            "model_type": "clip_vision_model", "hidden_size": v.hidden_size,
+            "intermediate_size": v.intermediate_size, "num_hidden_layers": v.num_layers,
+            "num_attention_heads": v.num_heads, "image_size": v.image_size, "patch_size": v.patch_size,
+            "num_channels": v.num_channels, "layer_norm_eps": v.layer_norm_eps, "hidden_act": v.hidden_act,
+            "projection_dim": v.hidden_size,
+        },
+        "text_config": {
+            "model_type": "llama", "vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size, "num_hidden_layers": t.num_layers,
+            "num_attention_heads": t.num_heads, "num_key_value_heads": t.num_kv_heads, "head_dim": t.head_dim,
+            "rms_norm_eps": t.rms_norm_eps, "max_position_embeddings": t.max_position_embeddings,
+            "rope_theta": t.rope_theta, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+            "tie_word_embeddings": False, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+        },
+    }
+
+
+def export_hf(model: LlavaForCausalLM, tokenizer, folder: Path, dtype=torch.float16) -> None:
+    """Write the llava-hf layout: config.json, model.safetensors, tokenizer, preprocessor_config.json."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {hf_key(k): v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(hf_config(model.config, tokenizer), indent=2) + "\n")
+    tokenizer.save_pretrained(folder)
+    size = model.config.vision.image_size
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": {"height": size, "width": size}, "size": {"shortest_edge": size},
+        "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
+        "do_center_crop": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "do_convert_rgb": True, "resample": 3, "rescale_factor": 1 / 255,
+        "image_processor_type": "CLIPImageProcessor",
+    }, indent=2) + "\n")
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+
+def schedule_progress(step: int, wall_s: float, args) -> float:
+    """Fraction of the run done: by steps, or by wall time when --max-minutes is given (whichever is further)."""
+    progress = step / args.steps
+    if args.max_minutes:
+        progress = max(progress, wall_s / (60 * args.max_minutes))
+    return min(1.0, progress)
+
+
+def lr_at(step: int, progress: float, args) -> float:
+    """Linear warmup over --warmup steps, then cosine from --lr to --lr * --min-lr-ratio over the progress."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--out", type=Path, default=Path("runs/shapes-tiny"), help="log and checkpoint folder")
+    g.add_argument("--export", type=Path, help="write the final model here in the llava-hf layout")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    g.add_argument("--seed", type=int, default=0, help="weight init and anything random in training")
+    g.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in the training process")
+    g.add_argument("--workers", type=int, default=1, help="DataLoader workers generating samples")
+    g.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast (about 25x slower than fp32 on a CPU without AVX512-BF16/AMX)")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-time budget of the run (resumed runs included): the cosine schedule runs over "
+                        "whichever of --steps or this budget ends first, then training stops, saves and exports")
+    g.add_argument("--export-only", action="store_true", help="load OUT/last.pt and only --export it")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=3000, help="optimiser steps (the cosine schedule's length)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    g.add_argument("--min-lr-ratio", type=float, default=0.05, help="final lr / peak lr of the cosine")
+    g.add_argument("--warmup", type=int, default=150, help="linear warmup steps")
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm")
+    g.add_argument("--extra-turns", type=int, default=3,
+                   help="more questions about each training image, as further vicuna_v1 turns with the loss on "
+                        "every answer (more answer tokens per image; evaluation stays single-turn)")
+    g.add_argument("--bare-rate", type=float, default=0.25,
+                   help="share of questions asked without LLaVA's short-answer instruction, so that a bare "
+                        "question (as `fastv run --prompt` sends it) also gets a one-word answer")
+    g.add_argument("--embed-rms", type=float, default=None,
+                   help="rescale the token embedding matrix to this RMS after init / resume (a one-off repair "
+                        "for a run started with 0.02-std embeddings, whose text tokens were ~170x smaller "
+                        "than the image tokens)")
+    g.add_argument("--cls-aux-weight", type=float, default=0.5, help="weight of the CLS head's loss")
+    g.add_argument("--patch-aux-weight", type=float, default=0.5, help="weight of the patch head's loss (0: off)")
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-every", type=int, default=20, help="steps between loss lines")
+    g.add_argument("--eval-every", type=int, default=250, help="steps between validation runs")
+    g.add_argument("--eval-samples", type=int, default=198, help="validation samples per run (33 per type)")
+    g.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
+    g = p.add_argument_group("model")
+    g.add_argument("--patch-size", type=int, default=28, help="ViT patch (336 / 28 = 12x12 = 144 tokens)")
+    g.add_argument("--vision-width", type=int, default=128)
+    g.add_argument("--vision-layers", type=int, default=6)
+    g.add_argument("--vision-heads", type=int, default=4)
+    g.add_argument("--text-width", type=int, default=192)
+    g.add_argument("--text-intermediate", type=int, default=512)
+    g.add_argument("--text-layers", type=int, default=4)
+    g.add_argument("--text-heads", type=int, default=4)
+    return p.parse_args(argv)
+
+
+class Logger:
+    def __init__(self, path: Path):
+        self.file = open(path, "a", buffering=1)
+
+    def __call__(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        print(line, flush=True)
+        self.file.write(line + "\n")
+
+
+def save_checkpoint(path: Path, model, heads, optimizer, step: int, samples: int, wall: float, args) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "samples": samples, "wall_s": wall, "args": vars(args),
+                "config": asdict(model.config)}, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # tiny gradients squared in Adam go denormal: 10x slower kernels on CPU
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = Logger(args.out / "train.log")
+    tokenizer = build_tokenizer()
+    config = model_config(args, len(tokenizer))
+    model = TrainableLlava(config)
+    for name, p in model.named_parameters():  # small-init, as GPT-2 / Llama do, except the embeddings
+        if p.dim() > 1 and "embedding" not in name and "embed_tokens" not in name:
+            nn.init.normal_(p, std=0.02)
+    # Token embeddings keep nn.Embedding's N(0, 1): the projector's image tokens come out with an RMS of
+    # a few units, and text tokens 100x smaller than that drown in the residual stream (see --embed-rms).
+    heads = AuxHeads(config.vision.hidden_size)
+    params = [p for p in list(model.parameters()) + list(heads.parameters()) if p.requires_grad]
+    decay = [p for p in params if p.dim() > 1]
+    no_decay = [p for p in params if p.dim() <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), foreach=True)
+    step, samples_seen, wall_before = 0, 0, 0.0
+    ckpt = args.out / "last.pt"
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        heads.load_state_dict(state["heads"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, samples_seen, wall_before = state["step"], state["samples"], state.get("wall_s", 0.0)
+        log(f"resumed from {ckpt} at step {step} ({samples_seen} samples)")
+    if args.embed_rms is not None:
+        with torch.no_grad():
+            weight = model.language_model.embed_tokens.weight
+            before = weight.pow(2).mean().sqrt().item()
+            weight.mul_(args.embed_rms / before)
+        log(f"token embeddings rescaled from RMS {before:.4f} to {args.embed_rms}")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"args {json.dumps({k: str(v) for k, v in vars(args).items()})}")
+    log(f"model: {n_params / 1e6:.2f}M parameters, {config.tokens_per_image} visual tokens/image, "
+        f"config {json.dumps(asdict(config))}")
+
+    if args.export_only:
+        if not args.export:
+            raise SystemExit("--export-only needs --export DIR")
+        model.eval()
+        export_hf(model, tokenizer, args.export)
+        log(f"exported {ckpt} (step {step}) to {args.export}")
+        return {"step": step, "samples": samples_seen, "wall_s": wall_before}
+
+    data = TrainSamples("train", step * args.batch_size, (args.steps - step) * args.batch_size, args.patch_size,
+                        args.extra_turns, args.bare_rate)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=args.batch_size, shuffle=False, num_workers=args.workers, collate_fn=collate,
+        worker_init_fn=_worker_init if args.workers else None, prefetch_factor=4 if args.workers else None,
+        persistent_workers=False,
+    )
+    encoder = Encoder(args.patch_size)
+    model.train()
+    start = time.time()
+    window_start, window_samples = time.time(), 0
+    sums = defaultdict(float)
+    last_eval = None
+    stopped_early = False
+    history = []  # LM loss per step of this process
+    for batch in loader:
+        progress = schedule_progress(step, wall_before + time.time() - start, args)
+        if step >= args.steps or progress >= 1.0:
+            stopped_early = step < args.steps
+            break
+        lr = lr_at(step, progress, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss_lm = lm_loss(model, batch["ids"], batch["label_index"], batch["pixels"])
+            cls_out, patch_features = model.aux_outputs
+            cls_logits = heads.cls(cls_out).float()
+            loss_cls = (F.binary_cross_entropy_with_logits(cls_logits[:, :CLS_LABELS], batch["cls_labels"])
+                        + F.cross_entropy(cls_logits[:, CLS_LABELS:], batch["count"]))
+            loss = loss_lm + args.cls_aux_weight * loss_cls
+            if args.patch_aux_weight > 0:
+                patch_logits = heads.patch(patch_features).float()
+                loss_patch = F.binary_cross_entropy_with_logits(patch_logits, batch["patch_labels"]) * 10
+                loss = loss + args.patch_aux_weight * loss_patch
+                sums["patch"] += loss_patch.item()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+        optimizer.step()
+        step += 1
+        samples_seen += len(batch["prompt"])
+        window_samples += len(batch["prompt"])
+        sums["lm"] += loss_lm.item()
+        history.append(round(loss_lm.item(), 5))
+        sums["cls"] += loss_cls.item()
+        sums["grad"] += grad_norm.item()
+        sums["n"] += 1
+        if step % args.log_every == 0 or step == args.steps:
+            n = sums.pop("n")
+            rate = window_samples / (time.time() - window_start)
+            parts = " ".join(f"{k} {v / n:.4f}" for k, v in sorted(sums.items()))
+            log(f"step {step}/{args.steps} lr {lr:.2e} {parts} samples/s {rate:.1f} samples {samples_seen}")
+            sums.clear()
+            window_start, window_samples = time.time(), 0
+        if step % args.save_every == 0:
+            save_checkpoint(ckpt, model, heads, optimizer, step, samples_seen, wall_before + time.time() - start, args)
+        if step % args.eval_every == 0:
+            t0 = time.time()
+            last_eval = evaluate(model, encoder, "validation", args.eval_samples)
+            log(f"eval step {step} validation {json.dumps({k: round(v, 3) for k, v in last_eval.items()})} "
+                f"({time.time() - t0:.0f}s)")
+            window_start += time.time() - t0  # samples/s counts training time only
+    if stopped_early:
+        log(f"stopping at step {step}: the --max-minutes {args.max_minutes} budget is spent")
+    wall = wall_before + time.time() - start
+    save_checkpoint(ckpt, model, heads, optimizer, step, samples_seen, wall, args)
+    if step % args.eval_every != 0 or last_eval is None:
+        last_eval = evaluate(model, encoder, "validation", args.eval_samples)
+        log(f"eval step {step} validation {json.dumps({k: round(v, 3) for k, v in last_eval.items()})}")
+    log(f"done: step {step}, {samples_seen} samples, {wall / 60:.1f} min of training (this run and resumed ones)")
+    summary = {"step": step, "samples": samples_seen, "wall_s": wall, "stopped_early": stopped_early,
+               "validation": last_eval, "lm_loss": history}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.export:
+        model.eval()
+        export_hf(model, tokenizer, args.export)
+        log(f"exported the model to {args.export}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
