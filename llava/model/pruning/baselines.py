@@ -59,7 +59,7 @@ class RandomPruner(KeepBudgetPruner):
 class UniformPruner(KeepBudgetPruner):
     name = "uniform"
     Args = KeepArgs
-    summary = "pre-LLM: patches evenly strided over the raster"
+    summary = "pre-LLM: a spatially uniform grid of patches (evenly spaced rows and columns)"
 
     def select(self, inputs: VisionInputs) -> Kept:
         self.patch_count(inputs)
