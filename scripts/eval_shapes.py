@@ -22,30 +22,25 @@ import argparse
 import json
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from llava.data import synthetic
+from llava.eval import shapes
 from llava.pipeline import LlavaPipeline, Request
 
 
 def evaluate(pipe: LlavaPipeline, samples, batch_size: int) -> tuple[dict, list[dict]]:
-    correct, total, records = defaultdict(int), defaultdict(int), []
+    records = []
     for i in range(0, len(samples), batch_size):
         batch = samples[i : i + batch_size]
         answers = pipe.answer([Request(s.image, s.prompt) for s in batch], max_new_tokens=8)
         for s, a in zip(batch, answers):
-            pred = a.text.strip().lower().rstrip(".")
-            ok = pred == s.answer
-            total[s.question_type] += 1
-            correct[s.question_type] += int(ok)
             records.append({"question_id": s.question_id, "type": s.question_type, "answer": s.answer,
-                            "prediction": pred, "correct": ok})
-    acc = {t: round(correct[t] / total[t], 4) for t in synthetic.QUESTION_TYPES if total[t]}
-    acc["overall"] = round(sum(correct.values()) / max(1, sum(total.values())), 4)
-    return acc, records
+                            "prediction": shapes.normalize(a.text), "correct": shapes.is_correct(a.text, s.answer)})
+    acc = shapes.fractions_by_type((r["type"], r["correct"]) for r in records)
+    return {name: round(value, 4) for name, value in acc.items()}, records
 
 
 def main(argv=None) -> dict:

@@ -71,6 +71,7 @@ from torch import nn
 from llava.conversation import build_prompt
 from llava.data import synthetic
 from llava.data.tokenizer import build_tokenizer
+from llava.eval import shapes
 from llava.generate import generate
 from llava.mm_utils import CLIP_MEAN, CLIP_STD, ImageProcessor, tokenizer_image_token
 from llava.model.language_model.llava_llama import LlamaConfig
@@ -308,10 +309,10 @@ def lm_loss(model: LlavaForCausalLM, seqs: list[list[int]], label_index: list[li
 
 @torch.no_grad()
 def evaluate(model, encoder: Encoder, split: str, n: int, first: int = 0, batch_size: int = 66) -> dict:
-    """Greedy-decode n samples of a split; exact-match accuracy per question type and overall."""
+    """Greedy-decode n samples of a split; accuracy per question type and overall (the benchmark's rule)."""
     was_training = model.training
     model.eval()
-    correct, total = defaultdict(int), defaultdict(int)
+    graded = []
     tok = encoder.tokenizer
     for start in range(first, first + n, batch_size):
         samples = [synthetic.make_sample(split, i) for i in range(start, min(first + n, start + batch_size))]
@@ -319,13 +320,9 @@ def evaluate(model, encoder: Encoder, split: str, n: int, first: int = 0, batch_
         pixels = torch.stack([encoder.processor.preprocess(s.image) for s in samples])
         out = generate(model, prompts, pixels, max_new_tokens=8, eos_token_id=tok.eos_token_id)
         for s, tokens in zip(samples, out.tokens):
-            pred = tok.decode(tokens, skip_special_tokens=True).strip().lower()
-            total[s.question_type] += 1
-            correct[s.question_type] += int(pred == s.answer)
+            graded.append((s.question_type, shapes.is_correct(tok.decode(tokens, skip_special_tokens=True), s.answer)))
     model.train(was_training)
-    acc = {t: correct[t] / total[t] for t in synthetic.QUESTION_TYPES if total[t]}
-    acc["overall"] = sum(correct.values()) / max(1, sum(total.values()))
-    return acc
+    return shapes.fractions_by_type(graded)
 
 
 # ---- export --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llava.data.synthetic import QUESTION_TYPES
 from llava.eval.common import SHORT_ANSWER, Question, accuracy_by, answer_text, read_json, read_llava_questions, with_instruction
 
 FOLDER = "shapes"
@@ -34,6 +35,19 @@ def normalize(answer: str | None) -> str:
     return (answer or "").strip().rstrip(".").strip().lower()
 
 
+def is_correct(prediction: str | None, answer: str) -> bool:
+    """The benchmark's one rule, also used by the training and evaluation scripts."""
+    return normalize(prediction) == normalize(answer)
+
+
+def fractions_by_type(graded) -> dict[str, float]:
+    """(question type, correct) pairs -> {type: fraction right, ..., "overall": fraction right}."""
+    result = accuracy_by(graded)
+    fractions = {t: result["groups"][t] / 100 for t in QUESTION_TYPES if t in result["groups"]}
+    fractions["overall"] = result["accuracy"] / 100
+    return fractions
+
+
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
     truth = {a["question_id"]: a for a in read_json(folder / ANNOTATIONS, "shapes annotations")}
     graded = []
@@ -42,7 +56,7 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
         if annotation is None:
             continue
         prediction = answer_text(answers.get(question.key))
-        graded.append((annotation["question_type"], normalize(prediction) == normalize(annotation["answer"])))
+        graded.append((annotation["question_type"], is_correct(prediction, annotation["answer"])))
     result = accuracy_by(graded)
     result["types"] = result.pop("groups")
     return result
