@@ -23,6 +23,11 @@ Auxiliary training signals (training-only heads, never saved in the checkpoint):
   patch features: per patch, multi-label BCE over the colours and shapes of the
   objects touching it and whether the text box does. A dense signal that makes
   the small ViT learn in minutes on a CPU.
+- **OCR head** (`--ocr-aux-weight`, 0 turns it off) on the same features: each
+  patch of the text box is read as two 14-px columns, and for each the head
+  names the printed character under the column's centre (A-Z, 0-9, or none).
+  Knowing only *that* a patch holds text does not say *which* word it is; this
+  teaches the ViT to encode the glyphs, in reading order, for the LLM to spell.
 
 Outputs under `--out` (default runs/<name>): `train.log` (loss, lr, samples/s,
 per-type validation accuracy by greedy decoding with `llava.generate.generate`),
@@ -58,6 +63,7 @@ import argparse
 import json
 import math
 import os
+import string
 import sys
 import time
 from collections import defaultdict
@@ -83,6 +89,8 @@ COLOR_ID = {c: i for i, c in enumerate(synthetic.COLORS)}
 SHAPE_ID = {s: i for i, s in enumerate(synthetic.SHAPES)}
 CLS_LABELS = NUM_COLORS * NUM_SHAPES + NUM_COLORS + NUM_SHAPES + 1  # pairs, colours, shapes, text
 PATCH_LABELS = NUM_COLORS + NUM_SHAPES + 1  # colours, shapes, text box
+OCR_CHARS = string.ascii_uppercase + string.digits  # printed text is upper case; class len(OCR_CHARS) = no glyph
+OCR_COLUMNS = 2  # character columns read per patch
 
 
 # ---- configuration -------------------------------------------------------------------------------
@@ -159,6 +167,7 @@ class Encoder:
             "cls_labels": self.cls_labels(sample),
             "count": len(sample.objects) - 1,
             "patch_labels": self.patch_labels(sample),
+            "ocr_labels": self.ocr_labels(sample),
             "type": sample.question_type,
             "answer": sample.answer,
         }
@@ -217,6 +226,27 @@ class Encoder:
         return y
 
 
+    def ocr_labels(self, sample) -> torch.Tensor:
+        """(P, OCR_COLUMNS) class of the glyph under each column centre of the text box's patches; -1 elsewhere.
+
+        Columns inside the box but between or beside glyphs are class len(OCR_CHARS) ("no glyph").
+        """
+        y = torch.full((self.grid * self.grid, OCR_COLUMNS), -1, dtype=torch.long)
+        if sample.text_bbox is None:
+            return y
+        x0, y0, x1, y1 = sample.text_bbox
+        spans = synthetic.char_spans(sample.text, sample.text_bbox)
+        ps, width = self.patch_size, self.patch_size / OCR_COLUMNS
+        for row in range(y0 // ps, (y1 - 1) // ps + 1):
+            for col in range(x0 // ps, (x1 - 1) // ps + 1):
+                for k in range(OCR_COLUMNS):
+                    centre = col * ps + (k + 0.5) * width
+                    if x0 <= centre < x1:
+                        glyph = next((ch for ch, a, b in spans if a <= centre < b), None)
+                        y[row * self.grid + col, k] = len(OCR_CHARS) if glyph is None else OCR_CHARS.index(glyph)
+        return y
+
+
 class TrainSamples(torch.utils.data.Dataset):
     """Item i = train sample (first + i), encoded. Generated in the worker that asks for it."""
 
@@ -245,6 +275,7 @@ def collate(items: list[dict]) -> dict:
         "cls_labels": torch.stack([it["cls_labels"] for it in items]),
         "count": torch.tensor([it["count"] for it in items]),
         "patch_labels": torch.stack([it["patch_labels"] for it in items]),
+        "ocr_labels": torch.stack([it["ocr_labels"] for it in items]),
         "type": [it["type"] for it in items],
         "answer": [it["answer"] for it in items],
     }
@@ -284,6 +315,25 @@ class AuxHeads(nn.Module):
         super().__init__()
         self.cls = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, CLS_LABELS + 5))
         self.patch = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, PATCH_LABELS))
+        self.ocr = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, OCR_COLUMNS * (len(OCR_CHARS) + 1)))
+
+
+def initialize(model: LlavaForCausalLM) -> None:
+    """Fresh weights: N(0, 0.02) matrices (as GPT-2 / Llama), except where the scale of a stream matters.
+
+    - Token embeddings keep nn.Embedding's N(0, 1): text tokens enter the decoder with an RMS of 1.
+    - The projector is variance-preserving (std 1/sqrt(fan_in), sqrt(2) more after the GELU), so image
+      tokens enter with an RMS near 1 too. With 0.02 everywhere they came out ~20x smaller than the
+      text tokens, and whatever a layer adds to their residual stream drowned the image.
+    """
+    for name, p in model.named_parameters():
+        if p.dim() < 2 or "embedding" in name or "embed_tokens" in name:
+            continue
+        if name.startswith("mm_projector."):
+            gain = math.sqrt(2.0) if name.startswith("mm_projector.2.") else 1.0
+            nn.init.normal_(p, std=gain / math.sqrt(p.shape[1]))
+        else:
+            nn.init.normal_(p, std=0.02)
 
 
 def lm_loss(model: LlavaForCausalLM, seqs: list[list[int]], label_index: list[list[int]], pixels) -> torch.Tensor:
@@ -425,10 +475,10 @@ def parse_args(argv=None):
     g.add_argument("--export-only", action="store_true", help="load OUT/last.pt and only --export it")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=3000, help="optimiser steps (the cosine schedule's length)")
-    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
     g.add_argument("--min-lr-ratio", type=float, default=0.05, help="final lr / peak lr of the cosine")
-    g.add_argument("--warmup", type=int, default=150, help="linear warmup steps")
+    g.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm")
     g.add_argument("--extra-turns", type=int, default=3,
@@ -443,6 +493,7 @@ def parse_args(argv=None):
                         "than the image tokens)")
     g.add_argument("--cls-aux-weight", type=float, default=0.5, help="weight of the CLS head's loss")
     g.add_argument("--patch-aux-weight", type=float, default=0.5, help="weight of the patch head's loss (0: off)")
+    g.add_argument("--ocr-aux-weight", type=float, default=0.5, help="weight of the OCR head's loss (0: off)")
     g = p.add_argument_group("logging")
     g.add_argument("--log-every", type=int, default=20, help="steps between loss lines")
     g.add_argument("--eval-every", type=int, default=250, help="steps between validation runs")
@@ -488,11 +539,7 @@ def main(argv=None) -> dict:
     tokenizer = build_tokenizer()
     config = model_config(args, len(tokenizer))
     model = TrainableLlava(config)
-    for name, p in model.named_parameters():  # small-init, as GPT-2 / Llama do, except the embeddings
-        if p.dim() > 1 and "embedding" not in name and "embed_tokens" not in name:
-            nn.init.normal_(p, std=0.02)
-    # Token embeddings keep nn.Embedding's N(0, 1): the projector's image tokens come out with an RMS of
-    # a few units, and text tokens 100x smaller than that drown in the residual stream (see --embed-rms).
+    initialize(model)
     heads = AuxHeads(config.vision.hidden_size)
     params = [p for p in list(model.parameters()) + list(heads.parameters()) if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
@@ -562,6 +609,12 @@ def main(argv=None) -> dict:
                 loss_patch = F.binary_cross_entropy_with_logits(patch_logits, batch["patch_labels"]) * 10
                 loss = loss + args.patch_aux_weight * loss_patch
                 sums["patch"] += loss_patch.item()
+            ocr_labels = batch["ocr_labels"]
+            if args.ocr_aux_weight > 0 and (ocr_labels >= 0).any():
+                ocr_logits = heads.ocr(patch_features).float().reshape(-1, len(OCR_CHARS) + 1)
+                loss_ocr = F.cross_entropy(ocr_logits, ocr_labels.reshape(-1), ignore_index=-1)
+                loss = loss + args.ocr_aux_weight * loss_ocr
+                sums["ocr"] += loss_ocr.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)

@@ -220,6 +220,33 @@ def test_question_patches_are_those_of_its_targets(samples):
             assert s.patches
 
 
+def test_boxes_sit_centred_in_lattice_cells(samples):
+    """Each object fills one cell (small) or 2x2 cells (large) of the 28-px lattice, and no cell holds two."""
+    L = synthetic.LATTICE
+    for s in samples:
+        owners = {}
+        for k, o in enumerate(s.objects):
+            x0, y0, x1, y1 = o["bbox"]
+            cells = 1 if o["size"] == "small" else 2
+            assert (x0 // L, y0 // L) == ((x1 - 1) // L - cells + 1, (y1 - 1) // L - cells + 1), o
+            assert x0 % L == y0 % L == (cells * L - (x1 - x0)) // 2, o
+            for cell in {(x // L, y // L) for x in (x0, x1 - 1) for y in (y0, y1 - 1)}:
+                assert owners.setdefault(cell, k) == k, (s.question_id, cell)
+
+
+def test_char_spans_cover_the_printed_glyphs(samples):
+    """The dark pixels of the printed text lie inside the spans, and every span holds some of them."""
+    for s in [s for s in samples if s.text][:10]:
+        spans = synthetic.char_spans(s.text, s.text_bbox)
+        assert "".join(ch for ch, _, _ in spans) == s.text.upper()
+        x0, y0, x1, y1 = s.text_bbox
+        dark = (np.asarray(s.image)[y0:y1, x0:x1].astype(int).max(-1) < 100).any(axis=0)
+        columns = x0 + np.nonzero(dark)[0]
+        assert spans[0][1] - 1 <= columns.min() and columns.max() < spans[-1][2] + 1, s.question_id
+        for _, a, b in spans:
+            assert ((columns >= a) & (columns < b)).any(), s.question_id
+
+
 def test_some_images_carry_text(samples):
     texts = [s.text for s in samples if s.question_type != "ocr"]
     assert 0 < sum(t is not None for t in texts) < len(texts)

@@ -48,3 +48,48 @@ def test_train_save_resume_export(train_tiny, tmp_path):
     saved = {k: v for k, v in model.state_dict().items()}
     for name, value in ckpt["model"].items():  # the export holds the trained weights (fp16-rounded)
         torch.testing.assert_close(saved[name], value.half().float(), rtol=0, atol=0)
+
+
+def test_ocr_labels_name_the_glyph_under_each_column(train_tiny):
+    """Columns of the text box's patches are labelled with the glyph at their centre, in reading order."""
+    from llava.data import synthetic
+
+    encoder = train_tiny.Encoder(patch_size=28)
+    sample = next(s for s in synthetic.generate_split("train", 40) if s.text)
+    labels = encoder.ocr_labels(sample)  # (144, 2)
+    spans = synthetic.char_spans(sample.text, sample.text_bbox)
+    x0, y0, x1, y1 = sample.text_bbox
+    none = len(train_tiny.OCR_CHARS)
+    hit = set()
+    for patch in range(144):
+        row, col = divmod(patch, 12)
+        inside_rows = y0 // 28 <= row <= (y1 - 1) // 28
+        for k in range(2):
+            centre = col * 28 + 7 + 14 * k
+            label = labels[patch, k].item()
+            if not (inside_rows and x0 <= centre < x1):
+                assert label == -1
+                continue
+            glyphs = [i for i, (_, a, b) in enumerate(spans) if a <= centre < b]
+            assert label == (train_tiny.OCR_CHARS.index(spans[glyphs[0]][0]) if glyphs else none)
+            hit.update(glyphs)
+    assert hit == set(range(len(spans)))  # glyphs are wider than a column: each one is read
+
+
+def test_fresh_image_and_text_tokens_enter_at_the_same_scale(train_tiny):
+    """initialize(): image tokens from the projector and text embeddings both have an RMS near 1."""
+    from llava.data import synthetic
+
+    args = train_tiny.parse_args(TINY)
+    torch.manual_seed(0)
+    model = train_tiny.TrainableLlava(train_tiny.model_config(args, len(train_tiny.build_tokenizer())))
+    train_tiny.initialize(model)
+    encoder = train_tiny.Encoder(patch_size=56)
+    item = encoder(synthetic.make_sample("train", 0))
+    with torch.no_grad():
+        inputs = model.prepare_inputs([item["ids"]], item["pixels"][None])
+    span = inputs.spans[0][0]
+    image = inputs.embeds[0, span.start:span.start + span.length]
+    text = inputs.embeds[0, span.start + span.length:]
+    for tokens in (image, text):
+        assert 0.5 < tokens.pow(2).mean().sqrt().item() < 2.0

@@ -8,9 +8,12 @@ uses the task's test split as a benchmark on which pruning choices matter.
 Each sample is one 336x336 RGB image and one question with a one-word answer:
 
 - the image holds 1 to 5 flat-coloured shapes (6 shapes x 6 colours x 2 sizes)
-  at non-overlapping positions on a muted background (gradient, faint stripes,
-  low-amplitude noise); some images also carry a short upper-case word or a
-  number printed in a light box (an OCR-like case);
+  on a muted background (gradient, faint stripes, low-amplitude noise); some
+  images also carry a short upper-case word or a number printed in a light box
+  (an OCR-like case). Boxes sit on a 28-px lattice (``LATTICE``): a small shape
+  fills one cell, a large one 2x2 cells, and no cell holds two things, so each
+  visual token of the shipped 144-token model sees one whole object or one
+  quarter of one (see ``_place`` for why);
 - the question is one of six types, each answerable from the image alone:
 
   ==========  ===============================================  ==================
@@ -77,7 +80,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: boxes on a 28-px lattice, smaller shapes
 
 IMAGE_SIZE = 336
 PATCH_SIZE = 14
@@ -93,7 +96,8 @@ COLORS = {
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 PLURALS = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
-SIZES = {"small": 15, "large": 28}  # half the side of the object's box, px
+SIZES = {"small": 12, "large": 26}  # half the side of the object's box, px: 25 and 53 px boxes
+LATTICE = 28  # px: every box is centred in a block of whole cells of this lattice (see _place)
 COLOR_JITTER = 12  # each channel of an object's colour moves by up to this much
 
 OCR_WORDS = (
@@ -130,7 +134,7 @@ SPLIT_SIZE_LIMIT = 1_000_000_000  # indices of one split stay below this
 MAX_OBJECTS = 5
 TEXT_PROBABILITY = 0.3  # of an image carrying text when the question is not ocr
 NUMBER_PROBABILITY = 0.3  # of printed text being a number rather than a word
-PLACEMENT_MARGIN = 6  # px kept free between objects, the text box and the border
+PLACEMENT_MARGIN = 6  # px kept free between objects and the text box (so no two share a lattice cell)
 POSITION_MARGIN = 8  # px between an object's box and the middle line
 TEXT_BOX_ID = 255  # label of the text box in the label map
 
@@ -304,13 +308,24 @@ def _place_all(rng, box_sizes: list[tuple[int, int]]) -> list[list[int]] | None:
 
 
 def _place(rng, width: int, height: int, taken: list) -> list[int] | None:
-    """A box of the given size clear of ``taken`` and the border, or None after 50 tries."""
-    m = PLACEMENT_MARGIN
+    """A box of the given size clear of ``taken`` (by ``PLACEMENT_MARGIN``), or None after 50 tries.
+
+    Boxes sit on a ``LATTICE``-px lattice: a box is centred in a block of
+    whole cells (a small object in one cell, a large one in 2x2), so every
+    object shows the same part of itself to each patch of a 28-px ViT (the
+    shipped model's 12x12 grid) or 2x2 patches of a 14-px one. A linear patch
+    embedding can then tell shapes apart from a few thousand images, where
+    shapes at any pixel offset took a small ViT far more data than a CPU
+    trains on in an hour.
+    """
+    cells_x, cells_y = -(-width // LATTICE), -(-height // LATTICE)  # ceil
+    inset_x, inset_y = (cells_x * LATTICE - width) // 2, (cells_y * LATTICE - height) // 2
+    grid = IMAGE_SIZE // LATTICE
     for _ in range(50):
-        x0 = int(rng.integers(m, IMAGE_SIZE - m - width + 1))
-        y0 = int(rng.integers(m, IMAGE_SIZE - m - height + 1))
+        x0 = LATTICE * int(rng.integers(0, grid - cells_x + 1)) + inset_x
+        y0 = LATTICE * int(rng.integers(0, grid - cells_y + 1)) + inset_y
         box = [x0, y0, x0 + width, y0 + height]
-        if not any(_overlap(box, other, m) for other in taken):
+        if not any(_overlap(box, other, PLACEMENT_MARGIN) for other in taken):
             return box
     return None
 
@@ -561,6 +576,18 @@ def _draw_text(draw: ImageDraw.ImageDraw, text: str, box: list[int]) -> None:
     x0, y0, _, _ = _font().getbbox(text.upper())
     draw.text((box[0] + OCR_PADDING - x0, box[1] + OCR_PADDING - y0), text.upper(),
               fill=(25, 25, 30), font=_font())
+
+
+def char_spans(text: str, box: list[int]) -> list[tuple[str, float, float]]:
+    """(character, x0, x1) of each printed character of ``text`` drawn in ``box`` (px, x1 exclusive).
+
+    The horizontal extent of each upper-case glyph as `_draw_text` places it:
+    where the OCR answer's letters are, for a training signal finer than the box.
+    """
+    upper = text.upper()
+    origin = box[0] + OCR_PADDING - _font().getbbox(upper)[0]
+    edges = [origin + _font().getlength(upper[:i]) for i in range(len(upper) + 1)]
+    return [(ch, edges[i], edges[i + 1]) for i, ch in enumerate(upper)]
 
 
 def _inclusive(box: list[int]) -> list[int]:
