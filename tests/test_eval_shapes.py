@@ -33,3 +33,17 @@ def test_shapes_questions_from_the_generator(tmp_path):
     assert len(questions) == 6 and all(q.image.is_file() and q.error is None for q in questions)
     assert all(q.text.endswith("Answer the question using a single word or phrase.") for q in questions)
     assert all(q.text.count("Answer the question") == 1 for q in questions)
+
+
+def test_a_split_from_another_generator_version_is_refused(tmp_path):
+    import pytest
+
+    from llava.data.synthetic import write_split
+    from llava.errors import InputError
+
+    folder = write_split("test", 2, tmp_path / "shapes")
+    assert len(list(shapes.load_questions(folder / "questions.jsonl", folder / "images"))) == 2
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "version": meta["version"] - 1}))
+    with pytest.raises(InputError, match="version .* delete the folder"):
+        shapes.load_questions(folder / "questions.jsonl", folder / "images")

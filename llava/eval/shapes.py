@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llava.data.synthetic import QUESTION_TYPES
+from llava.data.synthetic import GENERATOR_VERSION, QUESTION_TYPES
+from llava.errors import InputError
 from llava.eval.common import SHORT_ANSWER, Question, accuracy_by, answer_text, read_json, read_llava_questions, with_instruction
 
 FOLDER = "shapes"
@@ -28,7 +29,22 @@ def build_prompt(question: str) -> str:
 
 
 def load_questions(question_file: Path, image_folder: Path):
+    check_generator_version(Path(question_file).parent)
     return read_llava_questions(question_file, image_folder, build_prompt, keep=("category",))
+
+
+def check_generator_version(folder: Path) -> None:
+    """Refuse a split written by another version of the generator: its images are not the model's task."""
+    meta = folder / "meta.json"
+    if not meta.is_file():
+        return  # a hand-made question file: nothing to check
+    version = read_json(meta, "shapes meta.json").get("version")
+    if version != GENERATOR_VERSION:
+        raise InputError(
+            f"{folder} was written by version {version} of llava.data.synthetic, this is version "
+            f"{GENERATOR_VERSION}: delete the folder and write it again "
+            f"(python -m llava.data.synthetic --split test --n 600 --out {folder})"
+        )
 
 
 def normalize(answer: str | None) -> str:
