@@ -36,17 +36,10 @@ from llava.model.pruning.registry import available_methods  # noqa: E402
 from llava.pipeline import LlavaPipeline, Request  # noqa: E402
 
 
-def target_tokens(sample, patch_size: int) -> set[int]:
-    """The question's target patches (14-px grid of the generator) as token indices of a `patch_size` ViT."""
-    grid = synthetic.IMAGE_SIZE // patch_size
-    return {(p // synthetic.GRID_SIZE) * synthetic.PATCH_SIZE // patch_size * grid
-            + (p % synthetic.GRID_SIZE) * synthetic.PATCH_SIZE // patch_size for p in sample.patches}
-
-
 def recall_table(pipe: LlavaPipeline, samples: list, methods: list[str], shares: list[float],
                  batch_size: int = 32) -> list[dict]:
     vision = pipe.model.config.vision
-    targets = [target_tokens(s, vision.patch_size) for s in samples]
+    targets = [synthetic.tokens_on_grid(s.patches, vision.patch_size) for s in samples]
     rows = []
     for name in methods:
         for share in shares:

@@ -22,8 +22,8 @@ Auxiliary training signals (training-only heads, never saved in the checkpoint):
 - **Patch head** (`--patch-aux-weight`, 0 turns it off) on the select layer's
   patch features: per patch, the colour of the object touching it (a softmax
   with a "none" class for background and text) and, on object patches only,
-  its shape (patches touching two objects are skipped). A dense signal that makes the small ViT
-  learn shapes in minutes on a CPU. (A multi-label BCE over the same labels
+  its shape (patches touching two objects are skipped). A dense signal that
+  makes the small ViT learn shapes in minutes on a CPU. (A multi-label BCE over the same labels
   did not: positives are ~1% of its entries, and after 57k images the ViT
   still told shapes apart at chance level.)
 - **OCR head** (`--ocr-aux-weight`, 0 turns it off) on the same features: each
@@ -54,8 +54,8 @@ schedule follows the wall clock, so the step count (logged) depends on the
 machine's speed and load.
 
 Speed on the project's 2-core AVX2 CPU: fp32, about 18 samples/s
-single-turn, 11-13 samples/s with --extra-turns 3 (the default). bf16 autocast is about 25x
-slower on a CPU without native bf16, hence fp32 by default.
+single-turn, 11-17 samples/s with --extra-turns 3 (the default). bf16
+autocast is about 25x slower on a CPU without native bf16, hence fp32.
 """
 
 from __future__ import annotations
@@ -218,15 +218,11 @@ class Encoder:
         """
         y = torch.tensor([NO_COLOR, -1]).repeat(self.grid * self.grid, 1)
         owner = {}
-        fine = synthetic.GRID_SIZE
         for k, obj in enumerate(sample.objects):
-            cells = {(p // fine) * synthetic.PATCH_SIZE // self.patch_size * self.grid
-                     + (p % fine) * synthetic.PATCH_SIZE // self.patch_size for p in obj["patches"]}
-            for cell in cells:
+            for cell in synthetic.tokens_on_grid(obj["patches"], self.patch_size):
                 shared = owner.setdefault(cell, k) != k
                 y[cell] = -1 if shared else torch.tensor([COLOR_ID[obj["color"]], SHAPE_ID[obj["shape"]]])
         return y
-
 
     def ocr_labels(self, sample) -> torch.Tensor:
         """(P, OCR_COLUMNS) class of the glyph under each column centre of the text box's patches; -1 elsewhere.

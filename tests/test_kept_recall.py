@@ -19,13 +19,14 @@ def kept_recall():
     return module
 
 
-def test_target_tokens_follow_the_patch_grid(kept_recall):
+def test_target_tokens_follow_the_patch_grid():
     sample = next(s for s in synthetic.generate_split("test", 12) if len(s.patches) > 1)
-    assert kept_recall.target_tokens(sample, synthetic.PATCH_SIZE) == set(sample.patches)
+    assert synthetic.tokens_on_grid(sample.patches, synthetic.PATCH_SIZE) == set(sample.patches)
+    tokens = synthetic.tokens_on_grid(sample.patches, 28)
     for p in sample.patches:  # each 14-px patch lies inside the 28-px token it maps to
         row, col = divmod(p, synthetic.GRID_SIZE)
-        assert (row // 2) * 12 + col // 2 in kept_recall.target_tokens(sample, 28)
-    assert len(kept_recall.target_tokens(sample, 28)) <= len(sample.patches)
+        assert (row // 2) * 12 + col // 2 in tokens
+    assert len(tokens) <= len(sample.patches)
 
 
 @pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="the shipped model is not in this checkout")

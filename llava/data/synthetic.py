@@ -605,6 +605,14 @@ def _patches_of(labels: np.ndarray, label: int, bbox: list[int]) -> list[int]:
     return ((rows + row0) * GRID_SIZE + cols + col0).tolist()
 
 
+def tokens_on_grid(patches, patch_size: int) -> set[int]:
+    """Patches of the 14-px grid (``Sample.patches``, an object's ``patches``) as token indices of a
+    ViT with ``patch_size``-px patches (raster order): the tokens holding them."""
+    grid = IMAGE_SIZE // patch_size
+    return {(p // GRID_SIZE) * PATCH_SIZE // patch_size * grid + (p % GRID_SIZE) * PATCH_SIZE // patch_size
+            for p in patches}
+
+
 def patch_bbox(patch: int) -> list[int]:
     """The pixel box [x0, y0, x1, y1] (end exclusive) of grid patch ``patch``."""
     row, col = divmod(patch, GRID_SIZE)
