@@ -146,3 +146,14 @@ def hf_input_ids(prompts: list[list[int]], num_patches: int, image_token_id: int
         input_ids[b, width - len(e):] = torch.tensor(e)
         mask[b, width - len(e):] = 1
     return input_ids, mask
+
+
+def load_script(name: str):
+    """scripts/<name>.py imported as a module (the scripts folder is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

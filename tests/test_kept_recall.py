@@ -1,22 +1,15 @@
 """scripts/kept_recall.py: the question's target tokens on the model's grid, and their recall under pruning."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from fastv.cli import SHIPPED_MODEL
 from llava.data import synthetic
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def kept_recall():
-    spec = importlib.util.spec_from_file_location("kept_recall", ROOT / "scripts" / "kept_recall.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("kept_recall")
 
 
 def test_target_tokens_follow_the_patch_grid():

@@ -1,14 +1,12 @@
 """scripts/train_tiny.py: a few steps of a tiny config train, save, resume and export a loadable llava-hf folder."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import load_script
 TINY = ["--patch-size", "56", "--vision-width", "32", "--vision-layers", "3", "--vision-heads", "2",
         "--text-width", "32", "--text-intermediate", "64", "--text-layers", "2", "--text-heads", "2",
         "--batch-size", "6", "--warmup", "1", "--lr", "3e-3", "--workers", "0", "--threads", "1",
@@ -17,10 +15,7 @@ TINY = ["--patch-size", "56", "--vision-width", "32", "--vision-layers", "3", "-
 
 @pytest.fixture(scope="module")
 def train_tiny():
-    spec = importlib.util.spec_from_file_location("train_tiny", ROOT / "scripts" / "train_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_tiny")
 
 
 def test_train_save_resume_export(train_tiny, tmp_path):
