@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.helpers import load_script
+
 TINY = ["--patch-size", "56", "--vision-width", "32", "--vision-layers", "3", "--vision-heads", "2",
         "--text-width", "32", "--text-intermediate", "64", "--text-layers", "2", "--text-heads", "2",
         "--batch-size", "6", "--warmup", "1", "--lr", "3e-3", "--workers", "0", "--threads", "1",
