@@ -290,7 +290,14 @@ class TrainableLlava(LlavaForCausalLM):
     """LlavaForCausalLM whose image encoding also keeps the final CLS and the select layer's patches.
 
     Same parameters (and names) as the parent: `state_dict()` is the checkpoint.
+    With `token_drop` > 0, each training image keeps, with that probability, a
+    random sorted subset of its visual tokens (between 5% and all but one), so
+    the decoder sees sequences of many lengths and cannot key on where the
+    image ends (the shortcut that made the shipped model fragile to pruning
+    before the LLM; see its MODEL_CARD.md).
     """
+
+    token_drop: float = 0.0
 
     def encode_images(self, pixel_values):
         if not self.training:
@@ -304,8 +311,16 @@ class TrainableLlava(LlavaForCausalLM):
                 features = x[:, 1:]
         self.aux_outputs = (tower.post_layernorm(x[:, 0]), features)
         projected = self.mm_projector(features)
-        patches = torch.arange(features.shape[1], device=features.device)
-        return list(projected), [patches] * features.shape[0]
+        P = features.shape[1]
+        images, indices = [], []
+        for tokens in projected:
+            keep = torch.arange(P, device=tokens.device)
+            if self.token_drop > 0 and torch.rand(()) < self.token_drop:
+                count = int(torch.randint(max(1, P // 20), P, ()))
+                keep = torch.randperm(P, device=tokens.device)[:count].sort().values
+            images.append(tokens[keep])
+            indices.append(keep)
+        return images, indices
 
 
 class AuxHeads(nn.Module):
@@ -485,6 +500,9 @@ def parse_args(argv=None):
     g.add_argument("--bare-rate", type=float, default=0.25,
                    help="share of questions asked without LLaVA's short-answer instruction, so that a bare "
                         "question (as `fastv run --prompt` sends it) also gets a one-word answer")
+    g.add_argument("--token-drop", type=float, default=0.0,
+                   help="probability that a training image keeps only a random subset of its visual tokens "
+                        "(5%% to all but one), so the decoder cannot key on the sequence length")
     g.add_argument("--cls-aux-weight", type=float, default=0.5, help="weight of the CLS head's loss")
     g.add_argument("--patch-aux-weight", type=float, default=0.5, help="weight of the patch head's loss (0: off)")
     g.add_argument("--ocr-aux-weight", type=float, default=0.5, help="weight of the OCR head's loss (0: off)")
@@ -533,6 +551,7 @@ def main(argv=None) -> dict:
     tokenizer = build_tokenizer()
     config = model_config(args, len(tokenizer))
     model = TrainableLlava(config)
+    model.token_drop = args.token_drop
     initialize(model)
     heads = AuxHeads(config.vision.hidden_size)
     params = [p for p in list(model.parameters()) + list(heads.parameters()) if p.requires_grad]

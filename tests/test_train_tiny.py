@@ -89,3 +89,25 @@ def test_fresh_image_and_text_tokens_enter_at_the_same_scale(train_tiny):
     text = inputs.embeds[0, span.start + span.length:]
     for tokens in (image, text):
         assert 0.5 < tokens.pow(2).mean().sqrt().item() < 2.0
+
+
+def test_token_drop_gives_training_images_random_token_subsets(train_tiny):
+    from llava.data import synthetic
+
+    args = train_tiny.parse_args(TINY + ["--token-drop", "1.0"])
+    torch.manual_seed(0)
+    model = train_tiny.TrainableLlava(train_tiny.model_config(args, len(train_tiny.build_tokenizer())))
+    model.token_drop = args.token_drop
+    encoder = train_tiny.Encoder(patch_size=56)
+    items = [encoder(synthetic.make_sample("train", i)) for i in range(4)]
+    batch = train_tiny.collate(items)
+    model.train()
+    images, indices = model.encode_images(batch["pixels"])
+    P = model.config.vision.num_patches
+    for tokens, index in zip(images, indices):
+        assert 1 <= len(index) < P and tokens.shape[0] == len(index)
+        assert torch.equal(index, index.unique())  # sorted, no repeats
+    loss = train_tiny.lm_loss(model, batch["ids"], batch["label_index"], batch["pixels"])
+    assert torch.isfinite(loss)
+    model.eval()  # evaluation always sees every token
+    assert all(len(index) == P for index in model.encode_images(batch["pixels"])[1])
