@@ -13,8 +13,9 @@ the right ones.
 
 Samples whose question has no target tokens (exist questions answered "no")
 are skipped. `pool` is left out: it averages every token into its cells, so
-its "kept" indices (the cell centres) say nothing about what it keeps. Prints a markdown table: mean recall (%) per method and share, and
-the share of questions whose target tokens were all kept.
+its "kept" indices (the cell centres) say nothing about what it keeps.
+Prints a markdown table: mean recall (%) per method and share, and the share
+of questions whose target tokens were all kept.
 """
 
 from __future__ import annotations
