@@ -31,6 +31,15 @@ Auxiliary training signals (training-only heads, never saved in the checkpoint):
   names the printed character under the column's centre (A-Z, 0-9, or none).
   Knowing only *that* a patch holds text does not say *which* word it is; this
   teaches the ViT to encode the glyphs, in reading order, for the LLM to spell.
+- **Text head** (`--text-aux-weight`) on the same features: every patch of the
+  text box names the whole text (which of `synthetic.OCR_WORDS`, or a number
+  and its digits in reading order), so the decoder copies a word as it copies
+  a colour instead of learning to spell 70 words from glyphs.
+- **Position head** (`--where-aux-weight`) on the same features: every patch
+  names its own row and column. The ViT's position embedding is added at its
+  input only and nothing else asks the select layer to keep it; the first
+  shipped model, trained without this head, answered left/right/top/bottom
+  at chance level.
 
 Outputs under `--out` (default runs/<name>): `train.log` (loss, lr, samples/s,
 per-type validation accuracy by greedy decoding with `llava.generate.generate`),
@@ -92,6 +101,8 @@ CLS_LABELS = NUM_COLORS * NUM_SHAPES + NUM_COLORS + NUM_SHAPES + 1  # pairs, col
 NO_COLOR = NUM_COLORS  # the patch head's "no object here" colour class
 OCR_CHARS = string.ascii_uppercase + string.digits  # printed text is upper case; class len(OCR_CHARS) = no glyph
 OCR_COLUMNS = 2  # character columns read per patch
+NUMBER_CLASS = len(synthetic.OCR_WORDS)  # the text head's word class for a printed number
+DIGIT_SLOTS = 3  # printed numbers have 2 or 3 digits; a slot past the last digit is class 10 ("none")
 
 
 # ---- configuration -------------------------------------------------------------------------------
@@ -169,6 +180,7 @@ class Encoder:
             "count": len(sample.objects) - 1,
             "patch_labels": self.patch_labels(sample),
             "ocr_labels": self.ocr_labels(sample),
+            "text_labels": self.text_labels(sample),
             "type": sample.question_type,
             "answer": sample.answer,
         }
@@ -224,6 +236,15 @@ class Encoder:
                 y[cell] = -1 if shared else torch.tensor([COLOR_ID[obj["color"]], SHAPE_ID[obj["shape"]]])
         return y
 
+    def text_cells(self, sample) -> list[tuple[int, int]]:
+        """(row, col) of the model's patches that the text box touches; empty without text."""
+        if sample.text_bbox is None:
+            return []
+        x0, y0, x1, y1 = sample.text_bbox
+        ps = self.patch_size
+        rows, cols = range(y0 // ps, (y1 - 1) // ps + 1), range(x0 // ps, (x1 - 1) // ps + 1)
+        return [(row, col) for row in rows for col in cols]
+
     def ocr_labels(self, sample) -> torch.Tensor:
         """(P, OCR_COLUMNS) class of the glyph under each column centre of the text box's patches; -1 elsewhere.
 
@@ -232,16 +253,35 @@ class Encoder:
         y = torch.full((self.grid * self.grid, OCR_COLUMNS), -1, dtype=torch.long)
         if sample.text_bbox is None:
             return y
-        x0, y0, x1, y1 = sample.text_bbox
+        x0, _, x1, _ = sample.text_bbox
         spans = synthetic.char_spans(sample.text, sample.text_bbox)
         ps, width = self.patch_size, self.patch_size / OCR_COLUMNS
-        for row in range(y0 // ps, (y1 - 1) // ps + 1):
-            for col in range(x0 // ps, (x1 - 1) // ps + 1):
-                for k in range(OCR_COLUMNS):
-                    centre = col * ps + (k + 0.5) * width
-                    if x0 <= centre < x1:
-                        glyph = next((ch for ch, a, b in spans if a <= centre < b), None)
-                        y[row * self.grid + col, k] = len(OCR_CHARS) if glyph is None else OCR_CHARS.index(glyph)
+        for row, col in self.text_cells(sample):
+            for k in range(OCR_COLUMNS):
+                centre = col * ps + (k + 0.5) * width
+                if x0 <= centre < x1:
+                    glyph = next((ch for ch, a, b in spans if a <= centre < b), None)
+                    y[row * self.grid + col, k] = len(OCR_CHARS) if glyph is None else OCR_CHARS.index(glyph)
+        return y
+
+    def text_labels(self, sample) -> torch.Tensor:
+        """(P, 1 + DIGIT_SLOTS) the whole printed text, named on every patch of its box; -1 elsewhere.
+
+        Column 0 is the word (its index in `synthetic.OCR_WORDS`, or NUMBER_CLASS
+        for a number); columns 1.. are a number's digits in reading order (10:
+        no digit there, or not a number). The glyph head says which letter is
+        under each column; this says which word they spell, so the decoder
+        only has to copy it, as it copies a colour.
+        """
+        y = torch.full((self.grid * self.grid, 1 + DIGIT_SLOTS), -1, dtype=torch.long)
+        if sample.text is None:
+            return y
+        text = sample.text.lower()
+        digits = [int(d) for d in text] if text.isdigit() else []
+        label = torch.tensor([NUMBER_CLASS if digits else synthetic.OCR_WORDS.index(text)]
+                             + [digits[k] if k < len(digits) else 10 for k in range(DIGIT_SLOTS)])
+        for row, col in self.text_cells(sample):
+            y[row * self.grid + col] = label
         return y
 
 
@@ -274,6 +314,7 @@ def collate(items: list[dict]) -> dict:
         "count": torch.tensor([it["count"] for it in items]),
         "patch_labels": torch.stack([it["patch_labels"] for it in items]),
         "ocr_labels": torch.stack([it["ocr_labels"] for it in items]),
+        "text_labels": torch.stack([it["text_labels"] for it in items]),
         "type": [it["type"] for it in items],
         "answer": [it["answer"] for it in items],
     }
@@ -324,11 +365,13 @@ class TrainableLlava(LlavaForCausalLM):
 
 
 class AuxHeads(nn.Module):
-    def __init__(self, width: int):
+    def __init__(self, width: int, grid: int):
         super().__init__()
         self.cls = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, CLS_LABELS + 5))
         self.patch = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, NUM_COLORS + 1 + NUM_SHAPES))
         self.ocr = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, OCR_COLUMNS * (len(OCR_CHARS) + 1)))
+        self.where = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * grid))  # the patch's row and column
+        self.text = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, NUMBER_CLASS + 1 + DIGIT_SLOTS * 11))
 
 
 def initialize(model: LlavaForCausalLM) -> None:
@@ -365,6 +408,50 @@ def lm_loss(model: LlavaForCausalLM, seqs: list[list[int]], label_index: list[li
     logits = model.lm_head(hidden[rows, cols]).float()  # (answer tokens, V)
     labels = torch.tensor([ids[i] for ids, index in zip(seqs, label_index) for i in index])
     return F.cross_entropy(logits, labels)
+
+
+def aux_losses(heads: AuxHeads, aux_outputs, batch: dict, args) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of the auxiliary heads' losses, and each loss by name (for the log).
+
+    A head whose weight is 0, or whose labels are all -1 in this batch (no
+    printed text), adds nothing.
+    """
+    cls_out, features = aux_outputs  # (B, D) final CLS, (B, P, D) select-layer patches
+    B, P, _ = features.shape
+    cls_logits = heads.cls(cls_out).float()
+    losses = {"cls": F.binary_cross_entropy_with_logits(cls_logits[:, :CLS_LABELS], batch["cls_labels"])
+              + F.cross_entropy(cls_logits[:, CLS_LABELS:], batch["count"])}
+    weights = {"cls": args.cls_aux_weight}
+
+    def softmax_loss(head, labels, classes):  # labels (B, P, k): one softmax of `classes` per column
+        logits = head(features).float().reshape(-1, classes)
+        return F.cross_entropy(logits, labels.reshape(-1), ignore_index=-1)
+
+    if args.patch_aux_weight > 0:
+        labels = batch["patch_labels"].reshape(-1, 2)
+        colour, shape = heads.patch(features).float().reshape(labels.shape[0], -1).split(
+            [NUM_COLORS + 1, NUM_SHAPES], dim=-1)
+        losses["patch"] = (F.cross_entropy(colour, labels[:, 0], ignore_index=-1)
+                           + F.cross_entropy(shape, labels[:, 1], ignore_index=-1))
+        weights["patch"] = args.patch_aux_weight
+    if args.where_aux_weight > 0:
+        grid = math.isqrt(P)
+        index = torch.arange(P)
+        labels = torch.stack([index // grid, index % grid], dim=-1).expand(B, P, 2)
+        losses["where"] = softmax_loss(heads.where, labels, grid)
+        weights["where"] = args.where_aux_weight
+    if args.ocr_aux_weight > 0 and (batch["ocr_labels"] >= 0).any():
+        losses["ocr"] = softmax_loss(heads.ocr, batch["ocr_labels"], len(OCR_CHARS) + 1)
+        weights["ocr"] = args.ocr_aux_weight
+    if args.text_aux_weight > 0 and (batch["text_labels"] >= 0).any():
+        labels = batch["text_labels"].reshape(-1, 1 + DIGIT_SLOTS)
+        word, digits = heads.text(features).float().reshape(labels.shape[0], -1).split(
+            [NUMBER_CLASS + 1, DIGIT_SLOTS * 11], dim=-1)
+        losses["text"] = (F.cross_entropy(word, labels[:, 0], ignore_index=-1)
+                          + F.cross_entropy(digits.reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-1))
+        weights["text"] = args.text_aux_weight
+    total = sum(weights[name] * loss for name, loss in losses.items())
+    return total, {name: loss.item() for name, loss in losses.items()}
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -485,6 +572,9 @@ def parse_args(argv=None):
     g.add_argument("--max-minutes", type=float, default=None,
                    help="wall-time budget of the run (resumed runs included): the cosine schedule runs over "
                         "whichever of --steps or this budget ends first, then training stops, saves and exports")
+    g.add_argument("--init-from", type=Path,
+                   help="start from this checkpoint's weights (a last.pt) with a fresh optimiser and schedule, "
+                        "on the train samples after the ones it saw; heads it lacks start fresh")
     g.add_argument("--export-only", action="store_true", help="load OUT/last.pt and only --export it")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=3000, help="optimiser steps (the cosine schedule's length)")
@@ -506,6 +596,10 @@ def parse_args(argv=None):
     g.add_argument("--cls-aux-weight", type=float, default=0.5, help="weight of the CLS head's loss")
     g.add_argument("--patch-aux-weight", type=float, default=0.5, help="weight of the patch head's loss (0: off)")
     g.add_argument("--ocr-aux-weight", type=float, default=0.5, help="weight of the OCR head's loss (0: off)")
+    g.add_argument("--where-aux-weight", type=float, default=0.5,
+                   help="weight of the position head's loss (each patch names its row and column; 0: off)")
+    g.add_argument("--text-aux-weight", type=float, default=0.5,
+                   help="weight of the text head's loss (each text-box patch names the word or digits; 0: off)")
     g = p.add_argument_group("logging")
     g.add_argument("--log-every", type=int, default=20, help="steps between loss lines")
     g.add_argument("--eval-every", type=int, default=250, help="steps between validation runs")
@@ -533,10 +627,11 @@ class Logger:
         self.file.write(line + "\n")
 
 
-def save_checkpoint(path: Path, model, heads, optimizer, step: int, samples: int, wall: float, args) -> None:
+def save_checkpoint(path: Path, model, heads, optimizer, step: int, samples: int, first_sample: int, wall: float,
+                    args) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "samples": samples, "wall_s": wall, "args": vars(args),
+                "step": step, "samples": samples, "first_sample": first_sample, "wall_s": wall, "args": vars(args),
                 "config": asdict(model.config)}, tmp)
     os.replace(tmp, path)
 
@@ -553,13 +648,22 @@ def main(argv=None) -> dict:
     model = TrainableLlava(config)
     model.token_drop = args.token_drop
     initialize(model)
-    heads = AuxHeads(config.vision.hidden_size)
+    heads = AuxHeads(config.vision.hidden_size, synthetic.IMAGE_SIZE // args.patch_size)
     params = [p for p in list(model.parameters()) + list(heads.parameters()) if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), foreach=True)
     step, samples_seen, wall_before = 0, 0, 0.0
+    first_sample = 0  # train sample index of this run's step 0
+    if args.init_from:
+        state = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        missing = heads.load_state_dict(state["heads"], strict=False).missing_keys
+        first_sample = state.get("first_sample", 0) + state["samples"]
+        log(f"initialised from {args.init_from} (step {state['step']}, {state['samples']} samples); fresh "
+            f"optimiser and schedule, data from train sample {first_sample}"
+            + (f"; new heads: {sorted({k.split('.')[0] for k in missing})}" if missing else ""))
     ckpt = args.out / "last.pt"
     if args.resume and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -567,6 +671,7 @@ def main(argv=None) -> dict:
         heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
         step, samples_seen, wall_before = state["step"], state["samples"], state.get("wall_s", 0.0)
+        first_sample = state.get("first_sample", 0)
         log(f"resumed from {ckpt} at step {step} ({samples_seen} samples)")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"args {json.dumps({k: str(v) for k, v in vars(args).items()})}")
@@ -581,8 +686,8 @@ def main(argv=None) -> dict:
         log(f"exported {ckpt} (step {step}) to {args.export}")
         return {"step": step, "samples": samples_seen, "wall_s": wall_before}
 
-    data = TrainSamples("train", step * args.batch_size, (args.steps - step) * args.batch_size, args.patch_size,
-                        args.extra_turns, args.bare_rate)
+    data = TrainSamples("train", first_sample + step * args.batch_size, (args.steps - step) * args.batch_size,
+                        args.patch_size, args.extra_turns, args.bare_rate)
     loader = torch.utils.data.DataLoader(
         data, batch_size=args.batch_size, shuffle=False, num_workers=args.workers, collate_fn=collate,
         worker_init_fn=_worker_init if args.workers else None, prefetch_factor=4 if args.workers else None,
@@ -606,26 +711,8 @@ def main(argv=None) -> dict:
             group["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             loss_lm = lm_loss(model, batch["ids"], batch["label_index"], batch["pixels"])
-            cls_out, patch_features = model.aux_outputs
-            cls_logits = heads.cls(cls_out).float()
-            loss_cls = (F.binary_cross_entropy_with_logits(cls_logits[:, :CLS_LABELS], batch["cls_labels"])
-                        + F.cross_entropy(cls_logits[:, CLS_LABELS:], batch["count"]))
-            loss = loss_lm + args.cls_aux_weight * loss_cls
-            if args.patch_aux_weight > 0:
-                patch_logits = heads.patch(patch_features).float()
-                labels = batch["patch_labels"].reshape(-1, 2)
-                colour_logits, shape_logits = patch_logits.reshape(labels.shape[0], -1).split(
-                    [NUM_COLORS + 1, NUM_SHAPES], dim=-1)
-                loss_patch = (F.cross_entropy(colour_logits, labels[:, 0], ignore_index=-1)
-                              + F.cross_entropy(shape_logits, labels[:, 1], ignore_index=-1))
-                loss = loss + args.patch_aux_weight * loss_patch
-                sums["patch"] += loss_patch.item()
-            ocr_labels = batch["ocr_labels"]
-            if args.ocr_aux_weight > 0 and (ocr_labels >= 0).any():
-                ocr_logits = heads.ocr(patch_features).float().reshape(-1, len(OCR_CHARS) + 1)
-                loss_ocr = F.cross_entropy(ocr_logits, ocr_labels.reshape(-1), ignore_index=-1)
-                loss = loss + args.ocr_aux_weight * loss_ocr
-                sums["ocr"] += loss_ocr.item()
+            aux, parts = aux_losses(heads, model.aux_outputs, batch, args)
+            loss = loss_lm + aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
@@ -635,7 +722,8 @@ def main(argv=None) -> dict:
         window_samples += len(batch["prompt"])
         sums["lm"] += loss_lm.item()
         history.append(round(loss_lm.item(), 5))
-        sums["cls"] += loss_cls.item()
+        for name, value in parts.items():
+            sums[name] += value
         sums["grad"] += grad_norm.item()
         sums["n"] += 1
         if step % args.log_every == 0 or step == args.steps:
@@ -646,7 +734,8 @@ def main(argv=None) -> dict:
             sums.clear()
             window_start, window_samples = time.time(), 0
         if step % args.save_every == 0:
-            save_checkpoint(ckpt, model, heads, optimizer, step, samples_seen, wall_before + time.time() - start, args)
+            save_checkpoint(ckpt, model, heads, optimizer, step, samples_seen, first_sample,
+                            wall_before + time.time() - start, args)
         if step % args.eval_every == 0:
             t0 = time.time()
             last_eval = evaluate(model, encoder, "validation", args.eval_samples)
@@ -656,7 +745,7 @@ def main(argv=None) -> dict:
     if stopped_early:
         log(f"stopping at step {step}: the --max-minutes {args.max_minutes} budget is spent")
     wall = wall_before + time.time() - start
-    save_checkpoint(ckpt, model, heads, optimizer, step, samples_seen, wall, args)
+    save_checkpoint(ckpt, model, heads, optimizer, step, samples_seen, first_sample, wall, args)
     if step % args.eval_every != 0 or last_eval is None:
         last_eval = evaluate(model, encoder, "validation", args.eval_samples)
         log(f"eval step {step} validation {json.dumps({k: round(v, 3) for k, v in last_eval.items()})}")

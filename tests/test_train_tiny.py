@@ -72,6 +72,38 @@ def test_ocr_labels_name_the_glyph_under_each_column(train_tiny):
     assert hit == set(range(len(spans)))  # glyphs are wider than a column: each one is read
 
 
+def test_text_labels_name_the_whole_text_on_every_patch_of_its_box(train_tiny):
+    from llava.data import synthetic
+
+    encoder = train_tiny.Encoder(patch_size=28)
+    samples = [s for s in synthetic.generate_split("train", 200) if s.text]
+    word = next(s for s in samples if not s.text.isdigit())
+    number = next(s for s in samples if s.text.isdigit() and len(s.text) == 2)
+    for sample, expected in ((word, [synthetic.OCR_WORDS.index(word.text.lower()), 10, 10, 10]),
+                             (number, [train_tiny.NUMBER_CLASS, int(number.text[0]), int(number.text[1]), 10])):
+        labels = encoder.text_labels(sample)  # (144, 4)
+        box = {row * 12 + col for row, col in encoder.text_cells(sample)}
+        assert box and box == {p for p in range(144) if labels[p, 0] >= 0}
+        assert all(labels[p].tolist() == expected for p in box)
+        assert (labels[[p for p in range(144) if p not in box]] == -1).all()
+    no_text = next(s for s in synthetic.generate_split("train", 20) if not s.text)
+    assert (encoder.text_labels(no_text) == -1).all()
+
+
+def test_init_from_starts_fresh_on_later_samples_and_adds_missing_heads(train_tiny, tmp_path):
+    torch.set_num_threads(1)
+    first = train_tiny.main(TINY + ["--steps", "2", "--out", str(tmp_path / "a"), "--text-aux-weight", "0"])
+    ckpt = torch.load(tmp_path / "a" / "last.pt", map_location="cpu", weights_only=False)
+    del ckpt["heads"]["text.1.weight"], ckpt["heads"]["text.1.bias"]  # a checkpoint from before the text head
+    torch.save(ckpt, tmp_path / "old.pt")
+    second = train_tiny.main(TINY + ["--steps", "2", "--out", str(tmp_path / "b"),
+                                     "--init-from", str(tmp_path / "old.pt")])
+    assert first["samples"] == 12 and second["step"] == 2 and second["samples"] == 12
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert "data from train sample 12" in log and "new heads: ['text']" in log
+    assert torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=False)["first_sample"] == 12
+
+
 def test_fresh_image_and_text_tokens_enter_at_the_same_scale(train_tiny):
     """initialize(): image tokens from the projector and text embeddings both have an RMS near 1."""
     from llava.data import synthetic
