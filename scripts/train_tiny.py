@@ -331,14 +331,18 @@ class TrainableLlava(LlavaForCausalLM):
     """LlavaForCausalLM whose image encoding also keeps the final CLS and the select layer's patches.
 
     Same parameters (and names) as the parent: `state_dict()` is the checkpoint.
-    With `token_drop` > 0, each training image keeps, with that probability, a
-    random sorted subset of its visual tokens (between 5% and all but one), so
-    the decoder sees sequences of many lengths and cannot key on where the
-    image ends (the shortcut that made the shipped model fragile to pruning
-    before the LLM; see its MODEL_CARD.md).
+    With `token_drop` > 0, each training image keeps, with that probability,
+    its `foreground` tokens (objects and text, a (B, P) mask the training loop
+    sets before each forward) and a random share (0-100%) of the rest, in
+    order. The decoder then sees images of many lengths and cannot key on
+    where the image ends (the shortcut that made the first shipped model
+    fragile to pruning before the LLM), while every question stays answerable:
+    dropping the objects too turned a fifth of the answers into noise and
+    stalled the decoder. Without a mask, any token may go (at least one stays).
     """
 
     token_drop: float = 0.0
+    foreground: torch.Tensor | None = None
 
     def encode_images(self, pixel_values):
         if not self.training:
@@ -352,13 +356,17 @@ class TrainableLlava(LlavaForCausalLM):
                 features = x[:, 1:]
         self.aux_outputs = (tower.post_layernorm(x[:, 0]), features)
         projected = self.mm_projector(features)
-        P = features.shape[1]
+        B, P = features.shape[:2]
+        foreground = self.foreground if self.foreground is not None else torch.zeros(B, P, dtype=torch.bool)
         images, indices = [], []
-        for tokens in projected:
+        for tokens, always in zip(projected, foreground):
             keep = torch.arange(P, device=tokens.device)
             if self.token_drop > 0 and torch.rand(()) < self.token_drop:
-                count = int(torch.randint(max(1, P // 20), P, ()))
-                keep = torch.randperm(P, device=tokens.device)[:count].sort().values
+                rest = (~always).nonzero().flatten()
+                share = float(torch.rand(()))
+                count = max(round(share * len(rest)), 0 if always.any() else 1)
+                kept = rest[torch.randperm(len(rest))[:count]]
+                keep = torch.cat([always.nonzero().flatten(), kept]).sort().values.to(tokens.device)
             images.append(tokens[keep])
             indices.append(keep)
         return images, indices
@@ -591,8 +599,8 @@ def parse_args(argv=None):
                    help="share of questions asked without LLaVA's short-answer instruction, so that a bare "
                         "question (as `fastv run --prompt` sends it) also gets a one-word answer")
     g.add_argument("--token-drop", type=float, default=0.0,
-                   help="probability that a training image keeps only a random subset of its visual tokens "
-                        "(5%% to all but one), so the decoder cannot key on the sequence length")
+                   help="probability that a training image keeps only its object and text tokens and a random "
+                        "share of the rest, so the decoder cannot key on the sequence length")
     g.add_argument("--cls-aux-weight", type=float, default=0.5, help="weight of the CLS head's loss")
     g.add_argument("--patch-aux-weight", type=float, default=0.5, help="weight of the patch head's loss (0: off)")
     g.add_argument("--ocr-aux-weight", type=float, default=0.5, help="weight of the OCR head's loss (0: off)")
@@ -709,6 +717,7 @@ def main(argv=None) -> dict:
         lr = lr_at(step, progress, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        model.foreground = (batch["patch_labels"][..., 0] != NO_COLOR) | (batch["text_labels"][..., 0] >= 0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             loss_lm = lm_loss(model, batch["ids"], batch["label_index"], batch["pixels"])
             aux, parts = aux_losses(heads, model.aux_outputs, batch, args)

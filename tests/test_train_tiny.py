@@ -123,7 +123,7 @@ def test_fresh_image_and_text_tokens_enter_at_the_same_scale(train_tiny):
         assert 0.5 < tokens.pow(2).mean().sqrt().item() < 2.0
 
 
-def test_token_drop_gives_training_images_random_token_subsets(train_tiny):
+def test_token_drop_keeps_the_foreground_and_a_random_share_of_the_rest(train_tiny):
     from llava.data import synthetic
 
     args = train_tiny.parse_args(TINY + ["--token-drop", "1.0"])
@@ -131,14 +131,20 @@ def test_token_drop_gives_training_images_random_token_subsets(train_tiny):
     model = train_tiny.TrainableLlava(train_tiny.model_config(args, len(train_tiny.build_tokenizer())))
     model.token_drop = args.token_drop
     encoder = train_tiny.Encoder(patch_size=56)
-    items = [encoder(synthetic.make_sample("train", i)) for i in range(4)]
+    items = [encoder(synthetic.make_sample("train", i)) for i in range(6)]
     batch = train_tiny.collate(items)
+    P = model.config.vision.num_patches
+    foreground = torch.zeros(len(items), P, dtype=torch.bool)
+    foreground[:, [0, 5]] = True
+    model.foreground = foreground
     model.train()
     images, indices = model.encode_images(batch["pixels"])
-    P = model.config.vision.num_patches
     for tokens, index in zip(images, indices):
-        assert 1 <= len(index) < P and tokens.shape[0] == len(index)
-        assert torch.equal(index, index.unique())  # sorted, no repeats
+        assert tokens.shape[0] == len(index) and {0, 5} <= set(index.tolist())
+        assert torch.equal(index, index.unique())  # in order, no repeats
+    assert len({len(index) for index in indices}) > 1  # images of many lengths
+    model.foreground = None  # without a mask any token may go, but one always stays
+    assert all(len(index) >= 1 for index in model.encode_images(batch["pixels"])[1])
     loss = train_tiny.lm_loss(model, batch["ids"], batch["label_index"], batch["pixels"])
     assert torch.isfinite(loss)
     model.eval()  # evaluation always sees every token
