@@ -49,12 +49,16 @@ final model in the llava-hf layout (config.json, model.safetensors in fp16,
 tokenizer files, preprocessor_config.json) that `load_pretrained_model` and
 transformers' `LlavaForConditionalGeneration` both load.
 
-The shipped models/llava-shapes-tiny is this script's defaults run for 85
-minutes of the project's 2-core CPU (a 55-minute run resumed with a longer
-budget; MODEL_CARD.md has the commands and the log)::
+The shipped models/llava-shapes-tiny took two runs of the project's 2-core
+CPU (MODEL_CARD.md has the exact commands and logs): 85 minutes from scratch without the
+position and text heads, then 95 more from those weights with them, more
+turns per image, token drop and a lower learning rate::
 
-    .venv/bin/python scripts/train_tiny.py --steps 100000 --max-minutes 85 --seed 0 \\
-        --out runs/shapes-tiny2 --export runs/shapes-tiny2/export
+    .venv/bin/python scripts/train_tiny.py --steps 100000 --max-minutes 85 --seed 0 \
+        --where-aux-weight 0 --text-aux-weight 0 --out runs/shapes-tiny2
+    .venv/bin/python scripts/train_tiny.py --steps 100000 --max-minutes 95 --seed 0 \
+        --init-from runs/shapes-tiny2/last.pt --extra-turns 7 --token-drop 0.5 \
+        --lr 3e-4 --min-lr-ratio 0.1 --out runs/shapes-tiny3 --export runs/shapes-tiny3/export
 
 Reproducible from `--seed` (weight init; the data is fixed by the sample
 index, so a resumed run sees the same samples) up to the nondeterminism of
@@ -63,7 +67,7 @@ schedule follows the wall clock, so the step count (logged) depends on the
 machine's speed and load.
 
 Speed on the project's 2-core AVX2 CPU: fp32, about 18 samples/s
-single-turn, 11-17 samples/s with --extra-turns 3 (the default). bf16
+single-turn, 11-17 samples/s with --extra-turns 3 (the default), 11-13 with 7. bf16
 autocast is about 25x slower on a CPU without native bf16, hence fp32.
 """
 

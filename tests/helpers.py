@@ -151,9 +151,11 @@ def hf_input_ids(prompts: list[list[int]], num_patches: int, image_token_id: int
 def load_script(name: str):
     """scripts/<name>.py imported as a module (the scripts folder is not a package)."""
     import importlib.util
+    import sys
 
     path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
