@@ -61,6 +61,14 @@ class LlavaPipeline:
     def method_spec(self) -> str:
         return self.model.pruning.spec
 
+    def encode(self, requests: list[Request]) -> tuple[list[str], list[list[int]], torch.Tensor | None]:
+        """Requests -> conversation prompts, their ids (-200 marks each image) and the images' pixel values."""
+        prompts = [build_prompt(r.text, self.conv_mode, with_image=r.image is not None) for r in requests]
+        prompt_ids = [tokenizer_image_token(p, self.tokenizer) for p in prompts]
+        images = [r.image for r in requests if r.image is not None]
+        pixel_values = self.image_processor(images).to(self.model.device) if images else None
+        return prompts, prompt_ids, pixel_values
+
     def answer(
         self,
         requests: list[Request],
@@ -70,10 +78,7 @@ class LlavaPipeline:
         seed: int | None = 0,
     ) -> list[Answer]:
         """Answer every request in one batch (left-padded)."""
-        prompts = [build_prompt(r.text, self.conv_mode, with_image=r.image is not None) for r in requests]
-        prompt_ids = [tokenizer_image_token(p, self.tokenizer) for p in prompts]
-        images = [r.image for r in requests if r.image is not None]
-        pixel_values = self.image_processor(images).to(self.model.device) if images else None
+        prompts, prompt_ids, pixel_values = self.encode(requests)
         out = generate(
             self.model, prompt_ids, pixel_values, max_new_tokens=max_new_tokens,
             eos_token_id=self.tokenizer.eos_token_id, temperature=temperature, top_p=top_p, seed=seed,

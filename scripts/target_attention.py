@@ -37,10 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fastv.cli import SHIPPED_MODEL  # noqa: E402
-from llava.conversation import build_prompt  # noqa: E402
 from llava.data import synthetic  # noqa: E402
-from llava.mm_utils import tokenizer_image_token  # noqa: E402
-from llava.pipeline import LlavaPipeline  # noqa: E402
+from llava.pipeline import LlavaPipeline, Request  # noqa: E402
 
 
 @dataclass
@@ -68,24 +66,26 @@ def attention_rows(pipe: LlavaPipeline, samples: list, batch_size: int = 32) -> 
     uniform = uniform_objects = 0.0
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
-        ids = [tokenizer_image_token(build_prompt(s.prompt, pipe.conv_mode), pipe.tokenizer) for s in batch]
-        inputs = model.prepare_inputs(ids, pipe.image_processor([s.image for s in batch]))
+        _, ids, pixels = pipe.encode([Request(s.image, s.prompt) for s in batch])
+        inputs = model.prepare_inputs(ids, pixels)
+        targets, foreground = [], []  # per sample: the target's tokens, every object's (and the target's) tokens
+        for s in batch:
+            tokens = synthetic.tokens_on_grid(s.patches, vision.patch_size)
+            every = tokens.union(*(synthetic.tokens_on_grid(o["patches"], vision.patch_size) for o in s.objects))
+            targets.append(sorted(tokens))
+            foreground.append(sorted(every))
+            uniform += len(tokens) / vision.num_patches
+            uniform_objects += len(tokens) / len(every)
         for layer in range(layers):
             probe = _Probe(layer + 1)
             model.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, probe, False)
-            for b, sample in enumerate(batch):
+            for b, (tokens, every) in enumerate(zip(targets, foreground)):
                 span = inputs.spans[b][0]
                 on_image = probe.row[b, :, span.start:span.start + span.length]  # (H, P)
-                tokens = sorted(synthetic.tokens_on_grid(sample.patches, vision.patch_size))
-                every = sorted(set(tokens).union(*(synthetic.tokens_on_grid(o["patches"], vision.patch_size)
-                                                   for o in sample.objects)))
-                total = on_image.sum(-1).clamp_min(1e-12)
-                image[layer] += on_image.sum(-1)
-                target[layer] += on_image[:, tokens].sum(-1) / total
-                objects[layer] += on_image[:, every].sum(-1) / total
-                if layer == 0:
-                    uniform += len(tokens) / span.length
-                    uniform_objects += len(tokens) / len(every)
+                total = on_image.sum(-1)
+                image[layer] += total
+                target[layer] += on_image[:, tokens].sum(-1) / total.clamp_min(1e-12)
+                objects[layer] += on_image[:, every].sum(-1) / total.clamp_min(1e-12)
     n = len(samples)
     return [{"layer": layer, "head": head, "image": 100 * image[layer, head].item() / n,
              "target": 100 * target[layer, head].item() / n, "objects": 100 * objects[layer, head].item() / n,

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fastv.cli import SHIPPED_MODEL
+from tests.helpers import hf_input_ids
 
 pytestmark = pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(),
                                 reason="the shipped model is not in this checkout")
@@ -12,7 +13,6 @@ pytestmark = pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(),
 def test_shipped_model_matches_transformers_on_a_test_question():
     from transformers import LlavaForConditionalGeneration
 
-    from llava.constants import IMAGE_TOKEN_INDEX
     from llava.conversation import build_prompt
     from llava.data import synthetic
     from llava.mm_utils import tokenizer_image_token
@@ -26,11 +26,9 @@ def test_shipped_model_matches_transformers_on_a_test_question():
         ours = model([ids], pixels, use_cache=False, all_logits=True).logits[0]
 
     reference = LlavaForConditionalGeneration.from_pretrained(str(SHIPPED_MODEL), dtype=torch.float32).eval()
-    image = reference.config.image_token_index
-    n = model.config.tokens_per_image
-    expanded = [t for token in ids for t in ([image] * n if token == IMAGE_TOKEN_INDEX else [token])]
+    input_ids, mask = hf_input_ids([ids], model.config.tokens_per_image, reference.config.image_token_index)
     with torch.no_grad():
-        theirs = reference(input_ids=torch.tensor([expanded]), pixel_values=pixels).logits[0]
+        theirs = reference(input_ids=input_ids, attention_mask=mask, pixel_values=pixels).logits[0]
 
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
