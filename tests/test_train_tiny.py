@@ -96,11 +96,12 @@ def test_init_from_starts_fresh_on_later_samples_and_adds_missing_heads(train_ti
     ckpt = torch.load(tmp_path / "a" / "last.pt", map_location="cpu", weights_only=False)
     del ckpt["heads"]["text.1.weight"], ckpt["heads"]["text.1.bias"]  # a checkpoint from before the text head
     torch.save(ckpt, tmp_path / "old.pt")
-    second = train_tiny.main(TINY + ["--steps", "2", "--out", str(tmp_path / "b"),
-                                     "--init-from", str(tmp_path / "old.pt")])
+    second = train_tiny.main(TINY + ["--steps", "2", "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "old.pt"),
+                                     "--align-aux-weight", "0.5", "--text-rate", "0.9", "--turn-weights", "ocr=3"])
     assert first["samples"] == 12 and second["step"] == 2 and second["samples"] == 12
     log = (tmp_path / "b" / "train.log").read_text()
     assert "data from train sample 12" in log and "new heads: ['text']" in log
+    assert " align " in log  # the alignment loss ran (text on most images at --text-rate 0.9)
     assert torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=False)["first_sample"] == 12
 
 
@@ -149,3 +150,150 @@ def test_token_drop_keeps_the_foreground_and_a_random_share_of_the_rest(train_ti
     assert torch.isfinite(loss)
     model.eval()  # evaluation always sees every token
     assert all(len(index) == P for index in model.encode_images(batch["pixels"])[1])
+
+
+def test_align_labels_name_the_word_token_or_the_digit_under_each_text_patch(train_tiny):
+    from llava.data import synthetic
+
+    encoder = train_tiny.Encoder(patch_size=28)
+    samples = [s for s in synthetic.generate_split("train", 200) if s.text]
+    word = next(s for s in samples if not s.text.isdigit())
+    labels = encoder.align_labels(word)
+    box = {row * 12 + col for row, col in encoder.text_cells(word)}
+    assert {p for p in range(144) if labels[p] >= 0} == box
+    assert {encoder.tokenizer.decode([int(labels[p])]) for p in box} == {word.text.lower()}
+
+    number = next(s for s in samples if s.text.isdigit() and len(set(s.text)) == len(s.text))
+    labels = encoder.align_labels(number)
+    named = [p for p in range(144) if labels[p] >= 0]
+    assert named and set(named) <= {row * 12 + col for row, col in encoder.text_cells(number)}
+    digits = [encoder.tokenizer.convert_ids_to_tokens(int(labels[p])) for p in named]
+    assert set(digits) == set(number.text)  # every digit is under some patch, and nothing else is named
+    for p in named:  # the named digit is the glyph under one of the patch's columns
+        glyphs = {train_tiny.OCR_CHARS[c] for c in encoder.ocr_labels(number)[p].tolist()
+                  if 0 <= c < len(train_tiny.OCR_CHARS)}
+        assert encoder.tokenizer.convert_ids_to_tokens(int(labels[p])) in glyphs
+    no_text = next(s for s in synthetic.generate_split("train", 20) if not s.text)
+    assert (encoder.align_labels(no_text) == -1).all()
+
+
+def test_turn_weights_change_the_mix_of_extra_questions(train_tiny):
+    from llava.data import synthetic
+
+    assert train_tiny.parse_turn_weights("ocr=3, position=2") == {"ocr": 3.0, "position": 2.0}
+    for bad in ("ocr", "colour=2", "ocr=-1"):
+        with pytest.raises((ValueError, train_tiny.argparse.ArgumentTypeError)):
+            train_tiny.parse_turn_weights(bad)
+
+    def share(encoder, kind_words):
+        questions = [q for i in range(120) for q, _ in encoder.extra_questions(synthetic.make_sample("train", i))]
+        return sum(any(w in q for w in kind_words) for q in questions) / len(questions)
+
+    uniform = train_tiny.Encoder(patch_size=28, extra_turns=3)
+    weighted = train_tiny.Encoder(patch_size=28, extra_turns=3, turn_weights={"position": 6})
+    sides = ("left or the right", "top or the bottom")
+    assert share(weighted, sides) > 2 * share(uniform, sides)
+    # no weights: the same questions as before the option existed (the shipped model's stages used them)
+    assert train_tiny.Encoder(patch_size=28, extra_turns=3, turn_weights={}).turn_weights is None
+
+
+def test_text_rate_prints_text_more_often_but_the_benchmark_keeps_the_default():
+    from llava.data import synthetic
+
+    def with_text(**kw):
+        return sum(synthetic.make_sample("train", i, **kw).text is not None for i in range(120) if i % 6 != 5)
+
+    assert with_text(text_probability=0.9) > 2 * with_text()
+    assert with_text(text_probability=0.0) == 0
+    default = synthetic.make_sample("test", 3)
+    assert default.question == synthetic.make_sample("test", 3, synthetic.TEXT_PROBABILITY).question
+
+
+def test_ground_loss_reads_the_heads_own_attention_row(train_tiny):
+    """ground_loss recomputes one head's row from the layer's input: it must be the row the layer computes
+    (checked against the decoder's own last-row scores, the ones FastV uses), also with token drop."""
+    from llava.data import synthetic
+
+    args = train_tiny.parse_args(TINY + ["--token-drop", "1.0"])
+    torch.manual_seed(0)
+    model = train_tiny.TrainableLlava(train_tiny.model_config(args, len(train_tiny.build_tokenizer())))
+    model.token_drop = args.token_drop
+    train_tiny.initialize(model)
+    train_tiny.capture_attention_input(model, -1)
+    encoder = train_tiny.Encoder(patch_size=56)
+    batch = train_tiny.collate([encoder(synthetic.make_sample("train", i)) for i in range(6)])
+    batch["ids"] = batch["prompt"]  # then the grounded query is each sequence's last token
+    assert sum(bool(t) for t in batch["target_tokens"]) >= 4
+    model.foreground = torch.zeros(6, 36, dtype=torch.bool)
+    for b, targets in enumerate(batch["target_tokens"]):
+        model.foreground[b, targets] = True
+    model.train()
+    train_tiny.lm_loss(model, batch["ids"], [[len(ids) - 1] for ids in batch["ids"]], batch["pixels"])
+    head = 1
+    loss = train_tiny.ground_loss(model, batch, -1, head)
+
+    class Probe:
+        layer, mode, needs_scores, row = model.config.text.num_layers, "mask", True, None
+
+        def keep_mask(self, attention, key_mask):
+            self.row = attention
+            return key_mask
+
+    inputs, probe = model.last_inputs, Probe()
+    assert any(len(span.patch_index) < 36 for spans in inputs.spans for span in spans)  # tokens were dropped
+    with torch.no_grad():
+        model.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, probe, False)
+    expected = []
+    for b, targets in enumerate(batch["target_tokens"]):
+        span = inputs.spans[b][0]
+        kept = [i for i, p in enumerate(span.patch_index.tolist()) if p in targets]
+        if kept:
+            expected.append(-probe.row[b, head, [span.start + i for i in kept]].sum().log())
+    torch.testing.assert_close(loss.detach(), torch.stack(expected).mean(), rtol=1e-5, atol=1e-5)
+    loss.backward()  # it trains the head's query and key projections
+    attn = model.language_model.layers[-1].self_attn
+    assert attn.q_proj.weight.grad.abs().sum() > 0 and attn.k_proj.weight.grad.abs().sum() > 0
+
+
+def test_copy_loss_is_what_the_head_adds_when_it_attends_to_one_text_token(train_tiny):
+    import copy
+
+    import torch.nn.functional as F
+
+    from llava.data import synthetic
+
+    args = train_tiny.parse_args(TINY)
+    torch.manual_seed(0)
+    model = train_tiny.TrainableLlava(train_tiny.model_config(args, len(train_tiny.build_tokenizer())))
+    train_tiny.initialize(model)
+    train_tiny.capture_attention_input(model, -1)
+    encoder = train_tiny.Encoder(patch_size=56)
+    samples = [s for s in synthetic.generate_split("train", 30) if s.text][:3]
+    batch = train_tiny.collate([encoder(s) for s in samples])
+    model.train()
+    train_tiny.lm_loss(model, batch["ids"], batch["label_index"], batch["pixels"])
+    head = 1
+    loss = train_tiny.copy_loss(model, batch, -1, head)
+
+    # reference: the layer's own attention, its query let see one text token, other heads' outputs zeroed
+    attn = copy.deepcopy(model.language_model.layers[-1].self_attn)
+    hd = attn.head_dim
+    with torch.no_grad():
+        keep = torch.zeros_like(attn.o_proj.weight)
+        keep[:, head * hd:(head + 1) * hd] = 1
+        attn.o_proj.weight.mul_(keep)
+    x, cos, sin = model.attention_input
+    inputs, N = model.last_inputs, x.shape[1]
+    logits, labels = [], []
+    for b, spans in enumerate(inputs.spans):
+        for i, p in enumerate(spans[0].patch_index.tolist()):
+            if batch["align_labels"][b, p] >= 0:
+                mask = torch.eye(N, dtype=torch.bool)[None, None]  # (1, 1, N, N): rows see themselves,
+                mask[..., -1, :] = False  # the last row sees that one text token only
+                mask[..., -1, spans[0].start + i] = True
+                out, _, _ = attn(x[b:b + 1], cos[b:b + 1], sin[b:b + 1], inputs.key_mask[b:b + 1], mask, None, False)
+                logits.append(model.lm_head(model.language_model.norm(out[0, -1])))
+                labels.append(int(batch["align_labels"][b, p]))
+    assert len(labels) >= 3
+    expected = F.cross_entropy(torch.stack(logits).float(), torch.tensor(labels))
+    torch.testing.assert_close(loss.detach(), expected.detach(), rtol=1e-5, atol=1e-5)

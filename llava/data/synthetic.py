@@ -210,8 +210,13 @@ def generate_split(split: str, n: int, start: int = 0) -> Iterator[Sample]:
         yield make_sample(split, index)
 
 
-def make_sample(split: str, index: int) -> Sample:
-    """Sample ``index`` of ``split``, generated from its own seed alone."""
+def make_sample(split: str, index: int, text_probability: float = TEXT_PROBABILITY) -> Sample:
+    """Sample ``index`` of ``split``, generated from its own seed alone.
+
+    ``text_probability`` (of printing text on an image whose question is not
+    ocr) is for training only: a run may print text more often to see more
+    words. The benchmark's splits always use the default.
+    """
     rng = np.random.default_rng(sample_seed(split, index))
     question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]
     # Two-way variants alternate every cycle of six samples, so that any
@@ -219,7 +224,7 @@ def make_sample(split: str, index: int) -> Sample:
     even_cycle = (index // len(QUESTION_TYPES)) % 2 == 0
     plan = _Plan(question_type, want_yes=even_cycle, count_all=even_cycle)
     while True:  # redraw the scene until it supports the question (rarely more than once)
-        objects, text, text_bbox = _sample_scene(rng, plan)
+        objects, text, text_bbox = _sample_scene(rng, plan, text_probability)
         question = _ask(rng, plan, objects, text)
         if question is not None:
             break
@@ -250,12 +255,12 @@ def make_sample(split: str, index: int) -> Sample:
 # Scenes: what is in the image and where
 
 
-def _sample_scene(rng: np.random.Generator, plan: _Plan):
+def _sample_scene(rng: np.random.Generator, plan: _Plan, text_probability: float = TEXT_PROBABILITY):
     """Objects (dicts without patches), text (or None) and the text box (or None)."""
     while True:  # redraw until everything fits without overlap
         shapes = _scene_shapes(rng, plan)
         sizes = [str(s) for s in rng.choice(list(SIZES), len(shapes))]
-        with_text = plan.question_type == "ocr" or rng.random() < TEXT_PROBABILITY
+        with_text = plan.question_type == "ocr" or rng.random() < text_probability
         text = _sample_text(rng) if with_text else None
         box_sizes = [_text_box_size(text)] if text is not None else []
         box_sizes += [(2 * SIZES[size] + 1,) * 2 for size in sizes]
