@@ -57,7 +57,11 @@ Auxiliary training signals (training-only heads, never saved in the checkpoint):
   token's `align_labels` id. Grounding put 99.8% of that head's attention on
   the text box within 1,000 steps, yet the ocr answers stayed at chance: the
   head looked at the word but did not carry it. This trains the carrying on
-  every text-box token of every batch.
+  every text-box token of every batch. `--object-copy-aux-weight` asks the
+  same of object tokens: carried by that head, they must read as their
+  colour among the colour words, their shape among the shape words and their
+  side between left/right and top/bottom (where the object is clearly in
+  one half), the answers a question about that object gets.
 - **Position head** (`--where-aux-weight`) on the same features: every patch
   names its own row and column. The ViT's position embedding is added at its
   input only and nothing else asks the select layer to keep it; the first
@@ -239,6 +243,7 @@ class Encoder:
             "ocr_labels": self.ocr_labels(sample),
             "text_labels": self.text_labels(sample),
             "align_labels": self.align_labels(sample),
+            "side_labels": self.side_labels(sample),
             "target_tokens": sorted(synthetic.tokens_on_grid(sample.patches, self.patch_size)),
             "type": sample.question_type,
             "answer": sample.answer,
@@ -347,6 +352,18 @@ class Encoder:
             y[row * self.grid + col] = label
         return y
 
+    def side_labels(self, sample) -> torch.Tensor:
+        """(P, 2) for each patch of one object: 0/1 = left/right and 0/1 = top/bottom, the answers a
+        position question about that object gets; -1 where the object straddles the middle, and elsewhere."""
+        y = torch.full((self.grid * self.grid, 2), -1, dtype=torch.long)
+        owner = {}
+        for k, obj in enumerate(sample.objects):
+            sides = [synthetic._side(obj["bbox"], axis) for axis in ("x", "y")]
+            label = torch.tensor([-1 if side is None else int(side in ("right", "bottom")) for side in sides])
+            for cell in synthetic.tokens_on_grid(obj["patches"], self.patch_size):
+                y[cell] = -1 if owner.setdefault(cell, k) != k else label
+        return y
+
     def align_labels(self, sample) -> torch.Tensor:
         """(P,) the vocabulary id each text-box patch should read as through the LM head; -1 elsewhere.
 
@@ -407,6 +424,7 @@ def collate(items: list[dict]) -> dict:
         "ocr_labels": torch.stack([it["ocr_labels"] for it in items]),
         "text_labels": torch.stack([it["text_labels"] for it in items]),
         "align_labels": torch.stack([it["align_labels"] for it in items]),
+        "side_labels": torch.stack([it["side_labels"] for it in items]),
         "target_tokens": [it["target_tokens"] for it in items],
         "type": [it["type"] for it in items],
         "answer": [it["answer"] for it in items],
@@ -611,32 +629,50 @@ def ground_loss(model: TrainableLlava, batch: dict, layer: int, head: int) -> to
     return torch.stack(losses).mean() if losses else None
 
 
-def copy_loss(model: TrainableLlava, batch: dict, layer: int, head: int) -> torch.Tensor | None:
-    """Cross-entropy of the LM head reading, through the grounded head's value and output projections,
-    each text-box token as its `align_labels` id (None if the batch has no text).
+def copy_losses(model: TrainableLlava, batch: dict, layer: int, head: int, tokenizer) -> dict[str, torch.Tensor]:
+    """What the grounded head carries from one image token, read by the LM head, must say that token's
+    answers: {"copy": the text-box tokens' loss, "object_copy": the object tokens'} (a name is missing
+    when the batch has no such token).
 
-    What the head adds to the residual stream when it attends to one text-box
-    token alone; with grounding it attends to the box, so this is the copy
-    that the ocr answer needs, trained on every text-box token instead of on
-    the sparse ocr answers only.
+    `out(t)` is what the head adds to the residual stream when it attends to
+    token t alone (its value and output projections). Through the final norm
+    and the LM head: a text-box token must read as its `align_labels` id (full
+    vocabulary); an object's token must read as its colour among the colour
+    words, its shape among the shape words, and its side (`side_labels`)
+    between "left"/"right" and between "top"/"bottom". With grounding the head
+    attends to the question's target, so this is the carrying the colour,
+    shape, position and ocr answers need, trained on every such token instead
+    of on the answers only.
     """
     x = model.attention_input[0]  # (B, N, D), the layer's normed input
     inputs, attn = model.last_inputs, model.language_model.layers[layer].self_attn
-    rows, cols, labels = [], [], []
-    for b, spans in enumerate(inputs.spans):
-        span = spans[0]
-        for i, p in enumerate(span.patch_index.tolist()):
-            if batch["align_labels"][b, p] >= 0:
-                rows.append(b)
-                cols.append(span.start + i)
-                labels.append(int(batch["align_labels"][b, p]))
-    if not labels:
-        return None
+    slots = [(b, span.start + i, p) for b, spans in enumerate(inputs.spans)
+             for span in spans[:1] for i, p in enumerate(span.patch_index.tolist())]
+    rows, cols, patches = (torch.tensor(v) for v in zip(*slots))
+    text = batch["align_labels"][rows, patches]  # (n,)
+    colour, shape = batch["patch_labels"][rows, patches].unbind(-1)
+    sides = batch["side_labels"][rows, patches]  # (n, 2)
+    use = (text >= 0) | ((colour >= 0) & (colour < NO_COLOR) & (shape >= 0)) | (sides >= 0).any(-1)
+    if not use.any():
+        return {}
+    rows, cols, text, colour, shape, sides = rows[use], cols[use], text[use], colour[use], shape[use], sides[use]
     hd, kv_head = attn.head_dim, head // (attn.num_heads // attn.num_kv_heads)
     values = attn.v_proj(x[rows, cols]).view(len(rows), attn.num_kv_heads, hd)[:, kv_head]  # (n, hd)
     out = values @ attn.o_proj.weight[:, head * hd:(head + 1) * hd].T  # (n, D)
-    logits = model.lm_head(model.language_model.norm(out)).float()
-    return F.cross_entropy(logits, torch.tensor(labels))
+    logits = model.lm_head(model.language_model.norm(out)).float()  # (n, V)
+    losses, object_losses = {}, []
+    if (text >= 0).any():
+        losses["copy"] = F.cross_entropy(logits[text >= 0], text[text >= 0])
+    obj = (colour >= 0) & (colour < NO_COLOR) & (shape >= 0)
+    for words, labels, where in ((synthetic.COLORS, colour, obj), (synthetic.SHAPES, shape, obj),
+                                 (("left", "right"), sides[:, 0], sides[:, 0] >= 0),
+                                 (("top", "bottom"), sides[:, 1], sides[:, 1] >= 0)):
+        if where.any():
+            ids = [tokenizer(" " + w, add_special_tokens=False).input_ids[0] for w in words]
+            object_losses.append(F.cross_entropy(logits[where][:, ids], labels[where]))
+    if object_losses:
+        losses["object_copy"] = sum(object_losses)
+    return losses
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -803,6 +839,9 @@ def parse_args(argv=None):
     g.add_argument("--copy-aux-weight", type=float, default=0.0,
                    help="weight of the copy loss: the grounded head's value/output projections carry each "
                         "text-box token to the LM head as its word (or digit) (0: off)")
+    g.add_argument("--object-copy-aux-weight", type=float, default=0.0,
+                   help="the same for object tokens: carried to the LM head, they read as their colour, "
+                        "shape and side words (0: off)")
     g = p.add_argument_group("logging")
     g.add_argument("--log-every", type=int, default=20, help="steps between loss lines")
     g.add_argument("--eval-every", type=int, default=250, help="steps between validation runs")
@@ -851,7 +890,7 @@ def main(argv=None) -> dict:
     model = TrainableLlava(config)
     model.token_drop = args.token_drop
     initialize(model)
-    if args.ground_aux_weight > 0 or args.copy_aux_weight > 0:
+    if args.ground_aux_weight > 0 or args.copy_aux_weight > 0 or args.object_copy_aux_weight > 0:
         capture_attention_input(model, args.ground_layer)
     heads = AuxHeads(config.vision.hidden_size, synthetic.IMAGE_SIZE // args.patch_size)
     params = [p for p in list(model.parameters()) + list(heads.parameters()) if p.requires_grad]
@@ -924,11 +963,12 @@ def main(argv=None) -> dict:
                 if ground is not None:
                     loss = loss + args.ground_aux_weight * ground
                     parts["ground"] = ground.item()
-            if args.copy_aux_weight > 0:
-                copy = copy_loss(model, batch, args.ground_layer, args.ground_head)
-                if copy is not None:
-                    loss = loss + args.copy_aux_weight * copy
-                    parts["copy"] = copy.item()
+            if args.copy_aux_weight > 0 or args.object_copy_aux_weight > 0:
+                weights = {"copy": args.copy_aux_weight, "object_copy": args.object_copy_aux_weight}
+                for name, value in copy_losses(model, batch, args.ground_layer, args.ground_head, tokenizer).items():
+                    if weights[name] > 0:
+                        loss = loss + weights[name] * value
+                        parts[name] = value.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)

@@ -273,7 +273,7 @@ def test_copy_loss_is_what_the_head_adds_when_it_attends_to_one_text_token(train
     model.train()
     train_tiny.lm_loss(model, batch["ids"], batch["label_index"], batch["pixels"])
     head = 1
-    loss = train_tiny.copy_loss(model, batch, -1, head)
+    loss = train_tiny.copy_losses(model, batch, -1, head, encoder.tokenizer)["copy"]
 
     # reference: the layer's own attention, its query let see one text token, other heads' outputs zeroed
     attn = copy.deepcopy(model.language_model.layers[-1].self_attn)
@@ -297,3 +297,22 @@ def test_copy_loss_is_what_the_head_adds_when_it_attends_to_one_text_token(train
     assert len(labels) >= 3
     expected = F.cross_entropy(torch.stack(logits).float(), torch.tensor(labels))
     torch.testing.assert_close(loss.detach(), expected.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_side_labels_give_each_object_token_its_position_answers(train_tiny):
+    from llava.data import synthetic
+
+    encoder = train_tiny.Encoder(patch_size=28)
+    seen = set()
+    for sample in synthetic.generate_split("train", 60):
+        labels = encoder.side_labels(sample)
+        cells = [synthetic.tokens_on_grid(obj["patches"], 28) for obj in sample.objects]
+        for k, obj in enumerate(sample.objects):
+            alone = cells[k].difference(*(c for j, c in enumerate(cells) if j != k))
+            expected = [{"left": 0, "right": 1, "top": 0, "bottom": 1, None: -1}[synthetic._side(obj["bbox"], axis)]
+                        for axis in ("x", "y")]
+            for cell in alone:
+                assert labels[cell].tolist() == expected
+                seen.update(expected)
+        assert (labels[[p for p in range(144) if not any(p in c for c in cells)]] == -1).all()
+    assert seen == {-1, 0, 1}
