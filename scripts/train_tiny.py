@@ -76,16 +76,18 @@ final model in the llava-hf layout (config.json, model.safetensors in fp16,
 tokenizer files, preprocessor_config.json) that `load_pretrained_model` and
 transformers' `LlavaForConditionalGeneration` both load.
 
-The shipped models/llava-shapes-tiny took two runs of the project's 2-core
-CPU (MODEL_CARD.md has the exact commands and logs): 85 minutes from scratch without the
-position and text heads, then 95 more from those weights with them, more
-turns per image, token drop and a lower learning rate::
+The shipped models/llava-shapes-tiny took three stages on the project's
+2-core CPU, 5.2 hours in all (MODEL_CARD.md has every command and log): 85
+minutes from scratch without the position and text heads; 105 more from
+those weights with them, more turns per image, token drop and a lower
+learning rate; then 123 more in which the alignment, grounding and copy
+losses were added one run at a time. The last of those runs::
 
-    .venv/bin/python scripts/train_tiny.py --steps 100000 --max-minutes 85 --seed 0 \
-        --where-aux-weight 0 --text-aux-weight 0 --out runs/shapes-tiny2
-    .venv/bin/python scripts/train_tiny.py --steps 100000 --max-minutes 95 --seed 0 \
-        --init-from runs/shapes-tiny2/last.pt --extra-turns 7 --token-drop 0.5 \
-        --lr 3e-4 --min-lr-ratio 0.1 --out runs/shapes-tiny3 --export runs/shapes-tiny3/export
+    .venv/bin/python scripts/train_tiny.py --steps 100000 --max-minutes 50 --seed 0 \
+        --init-from runs/shapes-tiny6/last.pt --extra-turns 7 --token-drop 0.5 \
+        --lr 3e-4 --min-lr-ratio 0.1 --turn-weights ocr=3,position=2,exist=2 --text-rate 0.8 \
+        --align-aux-weight 0.5 --ground-aux-weight 0.5 --copy-aux-weight 0.5 \
+        --object-copy-aux-weight 0.5 --out runs/shapes-tiny7 --export runs/shapes-tiny7/export
 
 Reproducible from `--seed` (weight init; the data is fixed by the sample
 index, so a resumed run sees the same samples) up to the nondeterminism of
