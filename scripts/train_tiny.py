@@ -538,7 +538,8 @@ def lm_loss(model: LlavaForCausalLM, seqs: list[list[int]], label_index: list[li
     return F.cross_entropy(logits, labels)
 
 
-def aux_losses(heads: AuxHeads, model: TrainableLlava, batch: dict, args) -> tuple[torch.Tensor, dict[str, float]]:
+def aux_losses(heads: AuxHeads, model: TrainableLlava, batch: dict, args,
+               tokenizer) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the auxiliary losses of the last training forward, and each loss by name (for the log).
 
     A loss whose weight is 0, or whose labels are all -1 in this batch (no
@@ -585,6 +586,15 @@ def aux_losses(heads: AuxHeads, model: TrainableLlava, batch: dict, args) -> tup
         logits = model.lm_head(model.language_model.norm(tokens)).float()
         losses["align"] = F.cross_entropy(logits, labels[labels >= 0])
         weights["align"] = args.align_aux_weight
+    if args.ground_aux_weight > 0:
+        ground = ground_loss(model, batch, args.ground_layer, args.ground_head)
+        if ground is not None:
+            losses["ground"], weights["ground"] = ground, args.ground_aux_weight
+    copy_weights = {"copy": args.copy_aux_weight, "object_copy": args.object_copy_aux_weight}
+    if any(w > 0 for w in copy_weights.values()):
+        for name, loss in copy_losses(model, batch, args.ground_layer, args.ground_head, tokenizer).items():
+            if copy_weights[name] > 0:
+                losses[name], weights[name] = loss, copy_weights[name]
     total = sum(weights[name] * loss for name, loss in losses.items())
     return total, {name: loss.item() for name, loss in losses.items()}
 
@@ -958,19 +968,8 @@ def main(argv=None) -> dict:
         model.foreground = (batch["patch_labels"][..., 0] != NO_COLOR) | (batch["text_labels"][..., 0] >= 0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             loss_lm = lm_loss(model, batch["ids"], batch["label_index"], batch["pixels"])
-            aux, parts = aux_losses(heads, model, batch, args)
+            aux, parts = aux_losses(heads, model, batch, args, tokenizer)
             loss = loss_lm + aux
-            if args.ground_aux_weight > 0:
-                ground = ground_loss(model, batch, args.ground_layer, args.ground_head)
-                if ground is not None:
-                    loss = loss + args.ground_aux_weight * ground
-                    parts["ground"] = ground.item()
-            if args.copy_aux_weight > 0 or args.object_copy_aux_weight > 0:
-                weights = {"copy": args.copy_aux_weight, "object_copy": args.object_copy_aux_weight}
-                for name, value in copy_losses(model, batch, args.ground_layer, args.ground_head, tokenizer).items():
-                    if weights[name] > 0:
-                        loss = loss + weights[name] * value
-                        parts[name] = value.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)

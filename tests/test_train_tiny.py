@@ -97,11 +97,14 @@ def test_init_from_starts_fresh_on_later_samples_and_adds_missing_heads(train_ti
     del ckpt["heads"]["text.1.weight"], ckpt["heads"]["text.1.bias"]  # a checkpoint from before the text head
     torch.save(ckpt, tmp_path / "old.pt")
     second = train_tiny.main(TINY + ["--steps", "2", "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "old.pt"),
-                                     "--align-aux-weight", "0.5", "--text-rate", "0.9", "--turn-weights", "ocr=3"])
+                                     "--align-aux-weight", "0.5", "--text-rate", "0.9", "--turn-weights", "ocr=3",
+                                     "--ground-aux-weight", "0.5", "--copy-aux-weight", "0.5",
+                                     "--object-copy-aux-weight", "0.5"])
     assert first["samples"] == 12 and second["step"] == 2 and second["samples"] == 12
     log = (tmp_path / "b" / "train.log").read_text()
     assert "data from train sample 12" in log and "new heads: ['text']" in log
-    assert " align " in log  # the alignment loss ran (text on most images at --text-rate 0.9)
+    for name in ("align", "ground", "copy", "object_copy"):  # each loss ran (text on most images at --text-rate 0.9)
+        assert f" {name} " in log
     assert torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=False)["first_sample"] == 12
 
 
