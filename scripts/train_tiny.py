@@ -609,6 +609,12 @@ def capture_attention_input(model: TrainableLlava, layer: int) -> None:
     model.language_model.layers[layer].self_attn.register_forward_pre_hook(hook)
 
 
+def image_positions(inputs) -> list[dict[int, int]]:
+    """Per sample of the last forward: patch index -> its position in the sequence (kept patches only)."""
+    return [{int(p): span.start + i for i, p in enumerate(span.patch_index)} for spans in inputs.spans
+            for span in spans[:1]]
+
+
 def ground_loss(model: TrainableLlava, batch: dict, layer: int, head: int) -> torch.Tensor | None:
     """-log of the attention that one decoder head, at the position predicting the first answer,
     puts on the question's target tokens (mean over samples that have any; None if none has).
@@ -632,10 +638,8 @@ def ground_loss(model: TrainableLlava, batch: dict, layer: int, head: int) -> to
     allowed = inputs.key_mask & (torch.arange(N)[None, :] <= query[:, None])
     log_attention = logits.masked_fill(~allowed, float("-inf")).log_softmax(dim=-1)
     losses = []
-    for b, targets in enumerate(batch["target_tokens"]):
-        span = inputs.spans[b][0]
-        slot = {int(p): i for i, p in enumerate(span.patch_index)}  # patch -> its place among the kept tokens
-        positions = [span.start + slot[p] for p in targets if p in slot]
+    for b, (targets, where) in enumerate(zip(batch["target_tokens"], image_positions(inputs))):
+        positions = [where[p] for p in targets if p in where]
         if positions:
             losses.append(-log_attention[b, positions].logsumexp(dim=0))
     return torch.stack(losses).mean() if losses else None
@@ -658,8 +662,7 @@ def copy_losses(model: TrainableLlava, batch: dict, layer: int, head: int, token
     """
     x = model.attention_input[0]  # (B, N, D), the layer's normed input
     inputs, attn = model.last_inputs, model.language_model.layers[layer].self_attn
-    slots = [(b, span.start + i, p) for b, spans in enumerate(inputs.spans)
-             for span in spans[:1] for i, p in enumerate(span.patch_index.tolist())]
+    slots = [(b, col, p) for b, where in enumerate(image_positions(inputs)) for p, col in where.items()]
     rows, cols, patches = (torch.tensor(v) for v in zip(*slots))
     text = batch["align_labels"][rows, patches]  # (n,)
     colour, shape = batch["patch_labels"][rows, patches].unbind(-1)

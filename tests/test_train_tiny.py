@@ -19,6 +19,18 @@ def train_tiny():
     return load_script("train_tiny")
 
 
+def tiny_model(train_tiny, *extra_args, capture_layer=None):
+    """A freshly initialised TrainableLlava of the TINY config (seed 0), with `--token-drop` applied."""
+    args = train_tiny.parse_args(TINY + list(extra_args))
+    torch.manual_seed(0)
+    model = train_tiny.TrainableLlava(train_tiny.model_config(args, len(train_tiny.build_tokenizer())))
+    model.token_drop = args.token_drop
+    train_tiny.initialize(model)
+    if capture_layer is not None:
+        train_tiny.capture_attention_input(model, capture_layer)
+    return model
+
+
 def test_train_save_resume_export(train_tiny, tmp_path):
     torch.set_num_threads(1)
     out, export = tmp_path / "run", tmp_path / "model"
@@ -112,10 +124,7 @@ def test_fresh_image_and_text_tokens_enter_at_the_same_scale(train_tiny):
     """initialize(): image tokens from the projector and text embeddings both have an RMS near 1."""
     from llava.data import synthetic
 
-    args = train_tiny.parse_args(TINY)
-    torch.manual_seed(0)
-    model = train_tiny.TrainableLlava(train_tiny.model_config(args, len(train_tiny.build_tokenizer())))
-    train_tiny.initialize(model)
+    model = tiny_model(train_tiny)
     encoder = train_tiny.Encoder(patch_size=56)
     item = encoder(synthetic.make_sample("train", 0))
     with torch.no_grad():
@@ -130,10 +139,7 @@ def test_fresh_image_and_text_tokens_enter_at_the_same_scale(train_tiny):
 def test_token_drop_keeps_the_foreground_and_a_random_share_of_the_rest(train_tiny):
     from llava.data import synthetic
 
-    args = train_tiny.parse_args(TINY + ["--token-drop", "1.0"])
-    torch.manual_seed(0)
-    model = train_tiny.TrainableLlava(train_tiny.model_config(args, len(train_tiny.build_tokenizer())))
-    model.token_drop = args.token_drop
+    model = tiny_model(train_tiny, "--token-drop", "1.0")
     encoder = train_tiny.Encoder(patch_size=56)
     items = [encoder(synthetic.make_sample("train", i)) for i in range(6)]
     batch = train_tiny.collate(items)
@@ -217,12 +223,7 @@ def test_ground_loss_reads_the_heads_own_attention_row(train_tiny):
     (checked against the decoder's own last-row scores, the ones FastV uses), also with token drop."""
     from llava.data import synthetic
 
-    args = train_tiny.parse_args(TINY + ["--token-drop", "1.0"])
-    torch.manual_seed(0)
-    model = train_tiny.TrainableLlava(train_tiny.model_config(args, len(train_tiny.build_tokenizer())))
-    model.token_drop = args.token_drop
-    train_tiny.initialize(model)
-    train_tiny.capture_attention_input(model, -1)
+    model = tiny_model(train_tiny, "--token-drop", "1.0", capture_layer=-1)
     encoder = train_tiny.Encoder(patch_size=56)
     batch = train_tiny.collate([encoder(synthetic.make_sample("train", i)) for i in range(6)])
     batch["ids"] = batch["prompt"]  # then the grounded query is each sequence's last token
@@ -265,11 +266,7 @@ def test_copy_loss_is_what_the_head_adds_when_it_attends_to_one_text_token(train
 
     from llava.data import synthetic
 
-    args = train_tiny.parse_args(TINY)
-    torch.manual_seed(0)
-    model = train_tiny.TrainableLlava(train_tiny.model_config(args, len(train_tiny.build_tokenizer())))
-    train_tiny.initialize(model)
-    train_tiny.capture_attention_input(model, -1)
+    model = tiny_model(train_tiny, capture_layer=-1)
     encoder = train_tiny.Encoder(patch_size=56)
     samples = [s for s in synthetic.generate_split("train", 30) if s.text][:3]
     batch = train_tiny.collate([encoder(s) for s in samples])
