@@ -62,12 +62,6 @@ Auxiliary training signals (training-only heads, never saved in the checkpoint):
   colour among the colour words, their shape among the shape words and their
   side between left/right and top/bottom (where the object is clearly in
   one half), the answers a question about that object gets.
-- **Count head** (`--count-aux-weight`, off by default) on the same
-  features: every patch of one object names how many objects the image holds
-  and how many of them share its shape, the answers to "How many shapes are
-  there?" and "How many <shape>s are there?". A grounded head that attends
-  to the counted objects then finds the count in each of them, instead of
-  the decoder having to count by spreading its attention.
 - **Position head** (`--where-aux-weight`) on the same features: every patch
   names its own row and column. The ViT's position embedding is added at its
   input only and nothing else asks the select layer to keep it; the first
@@ -252,7 +246,6 @@ class Encoder:
             "text_labels": self.text_labels(sample),
             "align_labels": self.align_labels(sample),
             "side_labels": self.side_labels(sample),
-            "count_labels": self.count_labels(sample),
             "target_tokens": sorted(synthetic.tokens_on_grid(sample.patches, self.patch_size)),
             "type": sample.question_type,
             "answer": sample.answer,
@@ -373,18 +366,6 @@ class Encoder:
                 y[cell] = -1 if owner.setdefault(cell, k) != k else label
         return y
 
-    def count_labels(self, sample) -> torch.Tensor:
-        """(P, 2) for each patch of one object: the number of objects in the image and the number
-        sharing its shape, each minus 1 (classes 0..MAX_OBJECTS-1); -1 on shared and other patches."""
-        y = torch.full((self.grid * self.grid, 2), -1, dtype=torch.long)
-        shapes = [obj["shape"] for obj in sample.objects]
-        owner = {}
-        for k, obj in enumerate(sample.objects):
-            label = torch.tensor([len(shapes) - 1, shapes.count(obj["shape"]) - 1])
-            for cell in synthetic.tokens_on_grid(obj["patches"], self.patch_size):
-                y[cell] = -1 if owner.setdefault(cell, k) != k else label
-        return y
-
     def align_labels(self, sample) -> torch.Tensor:
         """(P,) the vocabulary id each text-box patch should read as through the LM head; -1 elsewhere.
 
@@ -446,7 +427,6 @@ def collate(items: list[dict]) -> dict:
         "text_labels": torch.stack([it["text_labels"] for it in items]),
         "align_labels": torch.stack([it["align_labels"] for it in items]),
         "side_labels": torch.stack([it["side_labels"] for it in items]),
-        "count_labels": torch.stack([it["count_labels"] for it in items]),
         "target_tokens": [it["target_tokens"] for it in items],
         "type": [it["type"] for it in items],
         "answer": [it["answer"] for it in items],
@@ -520,7 +500,6 @@ class AuxHeads(nn.Module):
         self.ocr = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, OCR_COLUMNS * (len(OCR_CHARS) + 1)))
         self.where = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * grid))  # the patch's row and column
         self.text = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, NUMBER_CLASS + 1 + DIGIT_SLOTS * 11))
-        self.count = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * synthetic.MAX_OBJECTS))
 
 
 def initialize(model: LlavaForCausalLM) -> None:
@@ -591,9 +570,6 @@ def aux_losses(heads: AuxHeads, model: TrainableLlava, batch: dict, args,
         labels = torch.stack([index // grid, index % grid], dim=-1).expand(B, P, 2)
         losses["where"] = softmax_loss(heads.where, labels, grid)
         weights["where"] = args.where_aux_weight
-    if args.count_aux_weight > 0:
-        losses["counts"] = softmax_loss(heads.count, batch["count_labels"], synthetic.MAX_OBJECTS)
-        weights["counts"] = args.count_aux_weight
     if args.ocr_aux_weight > 0 and (batch["ocr_labels"] >= 0).any():
         losses["ocr"] = softmax_loss(heads.ocr, batch["ocr_labels"], len(OCR_CHARS) + 1)
         weights["ocr"] = args.ocr_aux_weight
@@ -866,9 +842,6 @@ def parse_args(argv=None):
                    help="weight of the position head's loss (each patch names its row and column; 0: off)")
     g.add_argument("--text-aux-weight", type=float, default=0.5,
                    help="weight of the text head's loss (each text-box patch names the word or digits; 0: off)")
-    g.add_argument("--count-aux-weight", type=float, default=0.0,
-                   help="weight of the count head's loss (each object patch names how many objects there are "
-                        "and how many share its shape)")
     g.add_argument("--align-aux-weight", type=float, default=0.0,
                    help="weight of the alignment loss: the LM head reads each text-box image token "
                         "(after the projector) as the word's token, or a number's digit (0: off)")

@@ -111,11 +111,11 @@ def test_init_from_starts_fresh_on_later_samples_and_adds_missing_heads(train_ti
     second = train_tiny.main(TINY + ["--steps", "2", "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "old.pt"),
                                      "--align-aux-weight", "0.5", "--text-rate", "0.9", "--turn-weights", "ocr=3",
                                      "--ground-aux-weight", "0.5", "--copy-aux-weight", "0.5",
-                                     "--object-copy-aux-weight", "0.5", "--count-aux-weight", "0.5"])
+                                     "--object-copy-aux-weight", "0.5"])
     assert first["samples"] == 12 and second["step"] == 2 and second["samples"] == 12
     log = (tmp_path / "b" / "train.log").read_text()
     assert "data from train sample 12" in log and "new heads: ['text']" in log
-    for name in ("align", "ground", "copy", "object_copy", "counts"):  # each loss ran (text on most images at --text-rate 0.9)
+    for name in ("align", "ground", "copy", "object_copy"):  # each loss ran (text on most images at --text-rate 0.9)
         assert f" {name} " in log
     assert torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=False)["first_sample"] == 12
 
@@ -316,25 +316,3 @@ def test_side_labels_give_each_object_token_its_position_answers(train_tiny):
                 seen.update(expected)
         assert (labels[[p for p in range(144) if not any(p in c for c in cells)]] == -1).all()
     assert seen == {-1, 0, 1}
-
-
-def test_count_labels_give_each_object_token_both_count_answers(train_tiny):
-    from llava.data import synthetic
-
-    encoder = train_tiny.Encoder(patch_size=28)
-    seen = set()
-    for sample in synthetic.generate_split("train", 60):
-        labels = encoder.count_labels(sample)
-        cells = [synthetic.tokens_on_grid(obj["patches"], 28) for obj in sample.objects]
-        for k, obj in enumerate(sample.objects):
-            alone = cells[k].difference(*(c for j, c in enumerate(cells) if j != k))
-            same_shape = sum(o["shape"] == obj["shape"] for o in sample.objects)
-            for cell in alone:
-                assert labels[cell].tolist() == [len(sample.objects) - 1, same_shape - 1]
-                seen.add(same_shape)
-        assert (labels[[p for p in range(144) if not any(p in c for c in cells)]] == -1).all()
-        if sample.question_type == "count":  # every target token names the answer in its question's column
-            column = 0 if sample.question == synthetic.TEMPLATES["count_all"] else 1
-            named = labels[sorted(synthetic.tokens_on_grid(sample.patches, 28)), column]
-            assert (named[named >= 0] == int(sample.answer) - 1).all() and (named >= 0).any()
-    assert seen >= {1, 2}
