@@ -138,6 +138,17 @@ def test_another_method_is_not_mixed_into_a_run(data, tmp_path):
         run("pope", data, tmp_path / "out", method="fastv:k=2,keep=8")
 
 
+def test_a_retrained_model_in_the_same_folder_is_not_mixed_into_a_run(data, tmp_path):
+    model = tmp_path / "tiny"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"first weights")
+    run("pope", data, tmp_path / "out", limit=1, model_path=str(model))
+    run("pope", data, tmp_path / "out", limit=2, model_path=str(model))  # the same weights resume
+    (model / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(InputError, match="holds answers made with weights="):
+        run("pope", data, tmp_path / "out", model_path=str(model))
+
+
 def test_limit_and_unknown_benchmark(data, tmp_path):
     scores = run("pope", data, tmp_path / "out", limit=2)
     assert scores["run"]["questions"] == 2 and len(lines(tmp_path / "out/answers.jsonl")) == 2

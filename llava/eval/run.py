@@ -59,7 +59,31 @@ from llava.eval.registry import BENCHMARKS, Benchmark, get_benchmark
 ANSWERS = "answers.jsonl"
 DEFAULT_PIPELINE = "llava.pipeline:LlavaPipeline.load"
 # Settings that change the answers: a directory holding answers made with other values is not resumed.
-SAME_RUN_SETTINGS = ("benchmark", "model_id", "method", "conv_mode", "max_new_tokens", "temperature", "seed")
+SAME_RUN_SETTINGS = ("benchmark", "model_id", "weights", "method", "conv_mode", "max_new_tokens", "temperature",
+                     "seed")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+FINGERPRINT_BYTES = 1 << 20  # read from each end of every weights file
+
+
+def weights_fingerprint(model_path: str | None) -> str | None:
+    """A short digest of a checkpoint folder's weights, so that answers of a retrained model saved
+    under the same folder name are not resumed as this model's.
+
+    Hashes each weights file's name, size and first and last MiB (the header and
+    the data at both ends: retraining changes them, and a 14 GB checkpoint is not
+    read in full). None when `model_path` is not a local folder.
+    """
+    if not model_path or not Path(model_path).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(f for f in Path(model_path).iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}:".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(FINGERPRINT_BYTES))
+            handle.seek(max(size - FINGERPRINT_BYTES, 0))
+            digest.update(handle.read(FINGERPRINT_BYTES))
+    return digest.hexdigest()[:16]
 
 
 def run_benchmark(
@@ -101,6 +125,7 @@ def run_benchmark(
     previous = read_run(output_dir)
     settings = {
         "benchmark": bench.name, "model_path": model_path, "model_id": Path(model_path).name if model_path else None,
+        "weights": weights_fingerprint(model_path),
         "method": _canonical(method or previous.get("method")), "conv_mode": conv_mode, "max_new_tokens": max_new_tokens,
         "temperature": temperature, "seed": seed,
     }
