@@ -12,10 +12,10 @@ budget; MEASURED copies the three rows checked here). Decoding is greedy and
 deterministic, so the margin only absorbs float noise from other CPUs and
 batch layouts flipping a near-tie answer: 4 points is 12 of 300 questions.
 
-The shipped model of 2026-11-24 scores 98.3% unpruned on these questions
-(MODEL_CARD.md), 96.0% with FasterVLM at 25% and 89.0% with FastV; a method
-that keeps the wrong tokens (random keeps score 58.0% here, uniform 66.7%)
-fails its floor.
+The shipped model (trained in one 57-minute run, 2026-11-24) scores 93.3%
+unpruned on these questions (MODEL_CARD.md), 75.0% with FasterVLM at 25% and
+84.3% with FastV; a method that keeps the wrong tokens (random keeps score
+54.3% here, uniform 65.0%) fails its floor.
 """
 
 import pytest
@@ -27,9 +27,9 @@ QUESTIONS = 300
 SHARE = 0.25  # of the 144 visual tokens: 36 kept
 MARGIN = 4.0  # points under the measured accuracy
 MEASURED = {  # accuracy (%) at SHARE from sweep.json (none: unpruned), shipped model of 2026-11-24
-    "none": 98.3,
-    "fastervlm": 96.0,
-    "fastv": 89.0,
+    "none": 93.3,
+    "fastervlm": 75.0,
+    "fastv": 84.3,
 }
 
 pytestmark = pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(),

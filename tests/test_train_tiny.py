@@ -202,7 +202,7 @@ def test_turn_weights_change_the_mix_of_extra_questions(train_tiny):
     weighted = train_tiny.Encoder(patch_size=28, extra_turns=3, turn_weights={"position": 6})
     sides = ("left or the right", "top or the bottom")
     assert share(weighted, sides) > 2 * share(uniform, sides)
-    # no weights: the same questions as before the option existed (the shipped model's stages used them)
+    # no weights: the same questions as before the option existed (the earlier model's stages 1-2 used them)
     assert train_tiny.Encoder(patch_size=28, extra_turns=3, turn_weights={}).turn_weights is None
 
 
