@@ -296,12 +296,19 @@ class Encoder:
         touching two objects are (-1, -1), skipped.
         """
         y = torch.tensor([NO_COLOR, -1]).repeat(self.grid * self.grid, 1)
+        objects = [torch.tensor([COLOR_ID[obj["color"]], SHAPE_ID[obj["shape"]]]) for obj in sample.objects]
+        for cell, k in self.object_cells(sample).items():
+            y[cell] = -1 if k is None else objects[k]
+        return y
+
+    def object_cells(self, sample) -> dict[int, int | None]:
+        """Each patch of the model's grid that an object touches -> that object's index in
+        `sample.objects`, or None where two or more objects touch it."""
         owner = {}
         for k, obj in enumerate(sample.objects):
             for cell in synthetic.tokens_on_grid(obj["patches"], self.patch_size):
-                shared = owner.setdefault(cell, k) != k
-                y[cell] = -1 if shared else torch.tensor([COLOR_ID[obj["color"]], SHAPE_ID[obj["shape"]]])
-        return y
+                owner[cell] = k if owner.get(cell, k) == k else None
+        return owner
 
     def text_cells(self, sample) -> list[tuple[int, int]]:
         """(row, col) of the model's patches that the text box touches; empty without text."""
@@ -355,12 +362,10 @@ class Encoder:
         """(P, 2) for each patch of one object: 0/1 = left/right and 0/1 = top/bottom, the answers a
         position question about that object gets; -1 where the object straddles the middle, and elsewhere."""
         y = torch.full((self.grid * self.grid, 2), -1, dtype=torch.long)
-        owner = {}
-        for k, obj in enumerate(sample.objects):
-            sides = [synthetic._side(obj["bbox"], axis) for axis in ("x", "y")]
-            label = torch.tensor([-1 if side is None else int(side in ("right", "bottom")) for side in sides])
-            for cell in synthetic.tokens_on_grid(obj["patches"], self.patch_size):
-                y[cell] = -1 if owner.setdefault(cell, k) != k else label
+        sides = [[synthetic._side(obj["bbox"], axis) for axis in ("x", "y")] for obj in sample.objects]
+        for cell, k in self.object_cells(sample).items():
+            if k is not None:
+                y[cell] = torch.tensor([-1 if side is None else int(side in ("right", "bottom")) for side in sides[k]])
         return y
 
     def align_labels(self, sample) -> torch.Tensor:
