@@ -162,3 +162,45 @@ def test_stats_describe_the_prefill_on_every_decoding_path(loaded, batch, pruned
 def test_spec_round_trip():
     for spec in ["fastv:k=3,keep=288", "fastervlm:keep=58", "random:keep=64", "fastv:ratio=0.5,mode=mask", "none"]:
         assert parse_method(spec).spec == spec
+
+
+def prompts_ending_in_images(tokenizer) -> list[list[int]]:
+    """An ordinary prompt's system text + 'USER:' ending in one image; the same ending in the second of two
+    images; and the ordinary prompt itself (its image mid-sequence). Three lengths, 1 + 2 + 1 images."""
+    ordinary = prompts_for(tokenizer, QUESTIONS[:1])[0]
+    head = ordinary[: ordinary.index(helpers.IMAGE_TOKEN_INDEX)]
+    image = helpers.IMAGE_TOKEN_INDEX
+    return [head + [image], head[:5] + [image] + head[5:9] + [image], ordinary]
+
+
+@pytest.mark.parametrize("spec", ["fastv:k=1,keep={keep}", "fastv:k=2,ratio=0.75"])
+def test_prompt_ending_in_an_image_keeps_its_query_token_and_mask_equals_inplace(loaded, pruned, spec):
+    tokenizer, model, processor, _ = loaded
+    ending, two_images, ordinary = prompts_ending_in_images(tokenizer)
+    pixel_values = processor(helpers.random_images(4, seed=23))
+    cases = [  # (prompts, their images in order)
+        ([ending], pixel_values[:1]),
+        ([two_images], pixel_values[:2]),
+        ([ending, two_images, ordinary], pixel_values),  # mixed batch, three lengths
+        ([ordinary, ending], pixel_values[:2]),
+    ]
+    keep_plus_query = 0
+    for prompts, images in cases:
+        results, tokens = {}, {}
+        for mode in ("inplace", "mask"):
+            method = pruned(f"{spec},mode={mode}")
+            results[mode] = model(prompts, images)
+            tokens[mode] = generate(model, prompts, images, max_new_tokens=8).tokens
+        assert results["inplace"].keep_mask.equal(results["mask"].keep_mask)
+        assert_close(results["inplace"].logits, results["mask"].logits, atol=1e-5, rtol=1e-5)
+        assert tokens["inplace"] == tokens["mask"]
+        assert results["inplace"].keep_mask[:, -1].all()  # every sample's last real token stays
+        promised = method.budget(PATCHES)
+        for prompt, kept in zip(prompts, results["inplace"].stats.kept_in_llm):
+            counts = [len(k) for k in kept]
+            if prompt[-1] == helpers.IMAGE_TOKEN_INDEX:  # the query token is the last span's last patch
+                assert kept[-1][-1] == PATCHES - 1 and counts[-1] in (promised, promised + 1)
+                keep_plus_query += counts[-1] - promised
+                counts = counts[:-1]
+            assert counts == [promised] * len(counts)
+    assert keep_plus_query > 0  # the query token was outside the top-keep at least once: the case that matters

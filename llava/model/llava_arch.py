@@ -74,7 +74,10 @@ class LlavaOutput:
 
 
 class _SpanPruning:
-    """Adapts a LayerPruner (which picks tokens inside visual spans) to the decoder's seam."""
+    """Adapts a LayerPruner (which picks tokens inside visual spans) to the decoder's seam.
+
+    The decoder adds each sample's last real token to whatever this returns (see InLLMPruning).
+    """
 
     def __init__(self, pruner: LayerPruner, spans: list[list[VisualSpan]], fixed_keep: torch.Tensor | None):
         self.pruner, self.spans, self.fixed_keep = pruner, spans, fixed_keep

@@ -12,7 +12,11 @@ What it adds, all in `LlamaDecoder.forward`'s one loop over layers:
   in every layer. In *inplace* mode the hidden states, position ids and key
   mask are gathered to the kept tokens (re-packed with left padding, so each
   sample in a batch keeps its own set) and layers k.. run on fewer tokens; in
-  *mask* mode every row stays and the dropped keys are masked.
+  *mask* mode every row stays and the dropped keys are masked. The seam always
+  also keeps each sample's last real token, the query whose row ranked the
+  tokens, outside the pruner's budget: without it a prompt ending in `<image>`
+  would lose its query row in inplace mode (next-token logits read from another
+  row) but not in mask mode.
 - **A ragged KV cache.** Each layer caches its own keys with its own key mask,
   so layers < k hold N tokens and layers >= k hold N' tokens. Decoding appends
   one token to every layer; positions continue the unpruned numbering.
@@ -87,6 +91,9 @@ class InLLMPruning(Protocol):
     `layer` = k: scores come from layer k-1, layers k.. see the kept tokens.
     `keep_mask(attention, key_mask)` gets the last query row of layer k-1's attention,
     (B, H, N) fp32 (None if `needs_scores` is False), and returns (B, N) bool, True = keep.
+    The decoder then also keeps every sample's last real token (the query row), whatever the
+    pruner chose: a visual span ending there keeps `keep` tokens, or `keep + 1` when the query
+    token was not among them.
     """
 
     layer: int
@@ -308,6 +315,9 @@ class LlamaDecoder(nn.Module):
 
             if pruning is not None and index == pruning.layer - 1:
                 keep = pruning.keep_mask(last_row, key_mask) & key_mask  # (B, N)
+                # The query row stays, outside the budget: the next-token logits are read from it, and a
+                # prompt may end in an image token the pruner dropped. Left padding: it is the last column.
+                keep[:, -1] = key_mask[:, -1]
                 if pruning.mode == "inplace":
                     index_kept, key_mask = pack_kept(keep)  # (B, N'), (B, N')
                     gather = lambda t: t.gather(1, index_kept[..., None].expand(-1, -1, t.shape[-1]))

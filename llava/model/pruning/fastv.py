@@ -4,6 +4,9 @@ Score of image token i = mean over heads of the attention probability from the
 last query token to token i at layer k-1 (fp32, causal softmax over all keys).
 Per image, the top `keep` tokens stay (ties towards the lower index), in their
 original order; text and system tokens always stay. Layers k.. see the kept set.
+The model's seam also keeps each sample's last real token (the query that ranks),
+outside the budget: when a prompt ends in `<image>` and that token is not in the
+top `keep`, its span keeps `keep + 1` tokens, and `PruneStats.kept_in_llm` says so.
 
 The model computes the attention row (one query, O(N d)) and gathers the kept
 tokens; this file holds only the rule. Batches: each sample is scored on its own
