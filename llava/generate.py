@@ -9,17 +9,26 @@ cache-free paths exist for faithfulness studies:
 - a LayerPruner with `reselect_every_step`: every step recomputes and re-selects
   from the newest token's attention, as FastV's released code without a cache.
 
+Each sample stops at its end-of-sequence token ("eos"), after `max_new_tokens`
+("max_new_tokens"), or when its next token would sit at position `context_len`
+("context": the window is full; a prompt of L real tokens, visual tokens
+included, gets at most context_len - L new tokens). A longer prompt than the
+context is an InputError.
+
 Timings: `prefill_s` is the time to the first token (vision tower, pruning, LLM
 prefill, first sampling), `total_s` the whole call; both synchronise CUDA.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 
+from llava.constants import MAX_SEED
 from llava.errors import InputError
 from llava.model.llava_arch import LlavaForCausalLM, MultimodalInputs
 from llava.model.pruning.base import LayerPruner, PruneStats
@@ -28,9 +37,33 @@ from llava.model.pruning.base import LayerPruner, PruneStats
 @dataclass
 class GenerationOutput:
     tokens: list[list[int]]  # per sample: generated ids, the stop token excluded
+    stop_reasons: list[str]  # per sample: "eos", "max_new_tokens" or "context" (see the module docstring)
     stats: PruneStats
     prefill_s: float
     total_s: float
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_generation_options(
+    max_new_tokens: int, temperature: float, top_p: float | None = None, seed: int | None = None
+) -> None:
+    """Raise InputError naming the first bad option. The CLI and the eval runner call this before loading
+    a model, and `generate()` calls it too.
+
+    max_new_tokens: an int >= 0 (0 generates nothing); temperature: finite, >= 0 (0 = greedy);
+    top_p: in (0, 1] when given; seed: an int in [0, 2**63 - 1] when given.
+    """
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not (math.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, Real) or not 0 < top_p <= 1):
+        raise InputError(f"top_p must be in (0, 1], got {top_p!r}")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed <= MAX_SEED):
+        raise InputError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
 
 
 def synchronized_time(device: torch.device) -> float:
@@ -79,17 +112,24 @@ def generate(
     use_cache: bool = True,
     context_len: int | None = None,
 ) -> GenerationOutput:
-    """Generate for a batch of prompts (token ids with -200 per image) and their images, in order."""
+    """Generate for a batch of prompts (token ids with -200 per image) and their images, in order.
+
+    `context_len`: the window, the model's max_position_embeddings by default (never more).
+    """
+    check_generation_options(max_new_tokens, temperature, top_p, seed)
     device = model.device
     start = synchronized_time(device)
     generator = None
     if temperature > 0:
         generator = torch.Generator(device=device).manual_seed(seed if seed is not None else 0)
     inputs = model.prepare_inputs(prompts, pixel_values)
-    context_len = context_len or model.config.text.max_position_embeddings
-    longest = int(inputs.key_mask.sum(dim=1).max())
-    if longest > context_len:
-        raise InputError(f"prompt of {longest} tokens (visual tokens included) is longer than the context of {context_len}")
+    model_context = model.config.text.max_position_embeddings
+    context_len = model_context if context_len is None else min(context_len, model_context)
+    lengths = inputs.key_mask.sum(dim=1).tolist()  # real tokens per sample, visual tokens included
+    if max(lengths) > context_len:
+        raise InputError(f"prompt of {max(lengths)} tokens (visual tokens included) is longer than the context of {context_len}")
+    # New tokens each sample may add: the last one sits at position context_len - 1 at most.
+    limits = [min(max_new_tokens, context_len - n) for n in lengths]
 
     reselect = isinstance(model.pruning, LayerPruner) and model.pruning.reselect_every_step
     use_cache = use_cache and not reselect
@@ -100,15 +140,21 @@ def generate(
 
     B = len(prompts)
     tokens: list[list[int]] = [[] for _ in range(B)]
-    finished = [False] * B
-    for step in range(max_new_tokens):
+    # A sample that reaches its limit stops for the budget when the window had room for it, else for the window.
+    at_limit = ["max_new_tokens" if limit == max_new_tokens else "context" for limit in limits]
+    stop_reasons: list[str | None] = [at_limit[b] if limits[b] == 0 else None for b in range(B)]
+    while True:
         for b, token in enumerate(next_token.tolist()):  # one host sync per step
-            if not finished[b]:
-                finished[b] = token == eos_token_id
-                if not finished[b]:
+            if stop_reasons[b] is None:
+                if token == eos_token_id:
+                    stop_reasons[b] = "eos"
+                else:
                     tokens[b].append(token)
-        if all(finished) or step == max_new_tokens - 1:
+                    if len(tokens[b]) == limits[b]:
+                        stop_reasons[b] = at_limit[b]
+        if all(stop_reasons):
             break
+        # Stopped samples still ride along in the batch; what they compute is never read.
         if use_cache:
             logits, cache = model.decode(next_token[:, None], cache)
         else:
@@ -117,4 +163,7 @@ def generate(
                 fixed_keep = torch.cat([fixed_keep, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
             logits = model.forward_inputs(inputs, use_cache=False, fixed_keep=fixed_keep).logits
         next_token = sample_next(logits[:, -1], temperature, top_p, generator)
-    return GenerationOutput(tokens=tokens, stats=out.stats, prefill_s=prefill_s, total_s=synchronized_time(device) - start)
+    return GenerationOutput(
+        tokens=tokens, stop_reasons=stop_reasons, stats=out.stats, prefill_s=prefill_s,
+        total_s=synchronized_time(device) - start,
+    )

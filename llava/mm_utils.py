@@ -105,7 +105,9 @@ def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = IMAGE
     """Token ids of `prompt` with `image_token_index` where each `<image>` stands."""
     ids: list[int] = []
     for number, chunk in enumerate(prompt.split(DEFAULT_IMAGE_TOKEN)):
-        chunk_ids = tokenizer(chunk).input_ids
+        # verbose=False: no transformers warning against the tokenizer's model_max_length, a number that
+        # need not be the model's context; generate() checks the whole prompt, visual tokens included.
+        chunk_ids = tokenizer(chunk, verbose=False).input_ids
         if number > 0:
             if chunk_ids and chunk_ids[0] == tokenizer.bos_token_id:
                 chunk_ids = chunk_ids[1:]

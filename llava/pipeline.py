@@ -32,6 +32,7 @@ class Answer:
     kept: list[list[int]]  # per image: original patch indices kept (after layer k for in-LLM methods)
     prefill_s: float
     total_s: float
+    stop_reason: str  # "eos", "max_new_tokens" or "context" (the context window is full)
 
 
 class LlavaPipeline:
@@ -89,7 +90,9 @@ class LlavaPipeline:
             Answer(
                 text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
                 prompt=prompt, prompt_ids=ids, visual_tokens=visual, kept=kept_b,
-                prefill_s=out.prefill_s, total_s=out.total_s,
+                prefill_s=out.prefill_s, total_s=out.total_s, stop_reason=stop_reason,
             )
-            for prompt, ids, tokens, visual, kept_b in zip(prompts, prompt_ids, out.tokens, out.stats.visual_tokens, kept)
+            for prompt, ids, tokens, visual, kept_b, stop_reason in zip(
+                prompts, prompt_ids, out.tokens, out.stats.visual_tokens, kept, out.stop_reasons
+            )
         ]

@@ -40,6 +40,7 @@ class Answer:
     kept: list[list[int]]
     prefill_s: float
     total_s: float
+    stop_reason: str = "eos"
 
 
 class FakePipeline:
