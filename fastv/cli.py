@@ -41,21 +41,28 @@ def run(
     vision_tower: str | None = None,
     as_json: bool = False,
 ) -> dict:
-    """Answer one question about one image and report what pruning kept and how long it took."""
+    """Answer one question about one image (None: a text-only prompt) and report what pruning kept
+    and how long it took. Every option is checked before a model is loaded."""
+    from llava.conversation import conversation_template
+    from llava.generate import check_generation_options
     from llava.mm_utils import load_image
+    from llava.model.builder import resolve_device
     from llava.model.pruning.registry import parse_method
     from llava.pipeline import LlavaPipeline, Request
 
-    parse_method(method)  # fail on a bad spec before loading a model
-    if model_path is None:
-        if not (SHIPPED_MODEL / "config.json").is_file():
-            raise InputError(f"no --model-path given and the shipped model is not in this checkout ({SHIPPED_MODEL})")
-        model_path = str(SHIPPED_MODEL)
-    picture = load_image(image) if image else None
+    parse_method(method)
+    conversation_template(conv_mode)
+    resolve_device(device)
+    check_generation_options(max_new_tokens, temperature)
     if not prompt.strip():
         raise InputError("the prompt is empty")
     if "<image>" in prompt:
         raise InputError("write the prompt without '<image>': the image goes in front of it, as in LLaVA-1.5")
+    if model_path is None:
+        if not (SHIPPED_MODEL / "config.json").is_file():
+            raise InputError(f"no --model-path given and the shipped model is not in this checkout ({SHIPPED_MODEL})")
+        model_path = str(SHIPPED_MODEL)
+    picture = load_image(image) if image is not None else None  # --image "" is a missing image, not no image
     pipe = LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device, vision_tower=vision_tower)
     (answer,) = pipe.answer([Request(image=picture, text=prompt)], max_new_tokens=max_new_tokens, temperature=temperature)
     result = {"method": pipe.method_spec, **dataclasses.asdict(answer)}
@@ -94,14 +101,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="answer a question about an image, with a pruning method")
     p.add_argument("--model-path", help="llava-hf or original LLaVA checkpoint folder (default: the shipped model)")
-    p.add_argument("--image", help="image file (omit for a text-only prompt)")
+    p.add_argument("--image", help="image file (leave the option out for a text-only prompt)")
     p.add_argument("--prompt", required=True, help="the question, without <image>")
     p.add_argument("--method", default="none", help=METHOD_HELP)
     p.add_argument("--conv-mode", default="vicuna_v1", help="conversation template (vicuna_v1, llava_v1, plain)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated at most")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--vision-tower", help="CLIP folder for original-LLaVA checkpoints (overrides mm_vision_tower)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, >= 0 (0 = greedy)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked against this machine)")
+    p.add_argument("--vision-tower",
+                   help="CLIP folder of an original-LLaVA checkpoint (instead of mm_vision_tower); not for llava-hf folders")
     p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
 
     sub.add_parser("methods", help="list the pruning methods and their parameters")
@@ -134,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             from fastv import report
 
             print(report.report(**args))
-    except (InputError, CheckpointError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (InputError, CheckpointError, OSError) as error:  # OSError: a file that cannot be read or written
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # one line, whatever the message
         return 2
     return 0
 

@@ -58,13 +58,18 @@ conv_templates["v1"] = conv_templates["vicuna_v1"]
 default_conversation = conv_templates["vicuna_v1"]
 
 
-def build_prompt(question: str, conv_mode: str = "vicuna_v1", with_image: bool = True) -> str:
-    """One user turn (with `<image>\\n` in front when an image goes with it), ready for the assistant."""
+def conversation_template(conv_mode: str) -> Conversation:
+    """A fresh copy of the template named `conv_mode`; InputError naming the mode when there is none."""
     if conv_mode not in conv_templates:
         raise InputError(f"unknown conversation mode '{conv_mode}' (available: {', '.join(sorted(conv_templates))})")
+    return conv_templates[conv_mode].copy()
+
+
+def build_prompt(question: str, conv_mode: str = "vicuna_v1", with_image: bool = True) -> str:
+    """One user turn (with `<image>\\n` in front when an image goes with it), ready for the assistant."""
+    conv = conversation_template(conv_mode)
     if with_image and "<image>" not in question:
         question = "<image>\n" + question
-    conv = conv_templates[conv_mode].copy()
     conv.append_message(conv.roles[0], question)
     conv.append_message(conv.roles[1], None)
     return conv.get_prompt()

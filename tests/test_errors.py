@@ -41,11 +41,26 @@ def cli_error(capsys, *argv) -> str:
     ("fastv:keep=3,mode=fast", "fastv:mode must be one of inplace, mask, got 'fast'"),
     ("fastervlm", "method 'fastervlm' needs keep (e.g. fastervlm:keep=...)"),
     ("fastervlm:keep", "method parameter 'keep' in 'fastervlm:keep' must be written key=value"),
+    ("fastv:keep=36,keep=10", "method parameter 'keep' is given twice in 'fastv:keep=36,keep=10'"),
+    ("random:keep=8,seed=9223372036854775808", "random:seed must be in 0..9223372036854775807, got 9223372036854775808"),
+    ("random:keep=8,seed=-1", "random:seed must be in 0..9223372036854775807, got -1"),
+    ("fastv:ratio=nan", "fastv:ratio is the fraction dropped and must be in [0, 1], got nan"),
+    ("fastv:keep=-1", "fastv:keep must be >= 0, got -1"),
+    ("pool:keep=-4", "keep must be >= 0, got -4"),
 ])
 def test_method_spec_errors(spec, message):
     with pytest.raises(InputError) as error:
         parse_method(spec)
     assert message in str(error.value)
+
+
+def test_random_accepts_every_seed_it_validates():
+    from llava.model.pruning.base import VisionInputs
+
+    inputs = VisionInputs(features=torch.zeros(16, 8), cls_attention={}, keys={}, grid=(4, 4), image_index=0,
+                          pixel_values=torch.ones(3, 4, 4))
+    for seed in (0, 2**40, 2**63 - 1):
+        assert len(parse_method(f"random:keep=4,seed={seed}").select(inputs).indices) == 4
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -162,3 +177,47 @@ def test_cli_errors(capsys, tiny_llava_dir, image_file, tmp_path):
         capsys, "run", "--model-path", str(tiny_llava_dir), "--image", str(image_file), "--prompt", " ")
     assert "no config.json" in cli_error(
         capsys, "run", "--model-path", str(tmp_path), "--image", str(image_file), "--prompt", "hi")
+
+
+def test_cli_checks_its_options_before_loading_a_model(capsys, tmp_path):
+    """Each of these is wrong whatever the model: the error names it, not the missing checkpoint."""
+    run = ["run", "--model-path", str(tmp_path / "missing"), "--prompt", "hi"]
+    assert "unknown device 'foo' (use cpu, cuda, cuda:N or mps)" in cli_error(capsys, *run, "--device", "foo")
+    assert "unknown conversation mode 'chatml'" in cli_error(capsys, *run, "--conv-mode", "chatml")
+    assert "method parameter 'keep' is given twice" in cli_error(capsys, *run, "--method", "fastv:keep=3,keep=4")
+    assert "max_new_tokens must be an integer >= 0, got -1" in cli_error(capsys, *run, "--max-new-tokens", "-1")
+    assert "temperature must be a finite number >= 0" in cli_error(capsys, *run, "--temperature", "nan")
+    assert f"checkpoint folder not found: {tmp_path / 'missing'}" in cli_error(capsys, *run)
+
+
+def test_cli_empty_image_is_an_error_not_a_text_only_prompt(capsys, tiny_llava_dir):
+    err = cli_error(capsys, "run", "--model-path", str(tiny_llava_dir), "--prompt", "what is in this image ?", "--image", "")
+    assert "image" in err
+
+
+def test_cli_vision_tower_for_a_llava_hf_checkpoint(capsys, tiny_llava_dir, tmp_path):
+    err = cli_error(capsys, "run", "--model-path", str(tiny_llava_dir), "--prompt", "hi", "--vision-tower", str(tmp_path))
+    assert "--vision-tower is for original-LLaVA checkpoints; a llava-hf folder holds its own vision tower" in err
+
+
+def test_cli_file_system_errors_print_one_line(capsys, tiny_llava_dir, monkeypatch):
+    from llava import pipeline
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "ckpt/model.safetensors")
+
+    monkeypatch.setattr(pipeline.LlavaPipeline, "load", unreadable)
+    err = cli_error(capsys, "run", "--model-path", str(tiny_llava_dir), "--prompt", "hi")
+    assert err == "error: [Errno 13] Permission denied: 'ckpt/model.safetensors'"
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "fastv.cli", "run", "--model-path", str(tmp_path / "checkpoints" / "llava-v1.5-7b"),
+         "--prompt", "hi"], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: checkpoint folder not found: {tmp_path / 'checkpoints' / 'llava-v1.5-7b'}"

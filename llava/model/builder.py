@@ -8,7 +8,9 @@ Two layouts are read:
   (or transformers 5's `model.language_model.*` / `model.vision_tower.*` names);
 - **original LLaVA** (`liuhaotian/llava-v1.5-7b`): `config.json` of a `llava_llama`
   model with `mm_*` fields, keys `model.layers.*`, `model.mm_projector.{0,2}`, and the
-  CLIP weights in the folder named by `mm_vision_tower` (override with `vision_tower=`).
+  CLIP folder named by `mm_vision_tower` (override with `vision_tower=`), whose config,
+  preprocessing and weights are read; vision weights stored in the checkpoint itself (a
+  tower trained unfrozen) take precedence over the CLIP folder's.
 
 Weights come from safetensors, or `.bin` files read with `weights_only=True`; no
 code from a checkpoint ever runs. A missing, unexpected or mis-shaped weight is a
@@ -18,14 +20,17 @@ checkpoint's tensors are assigned to it, so a 7B model is held in memory once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 
-from llava.errors import CheckpointError
+from llava.errors import CheckpointError, InputError
 from llava.mm_utils import ImageProcessor
 from llava.model.language_model.llava_llama import LlamaConfig, rope_inverse_frequencies
 from llava.model.llava_arch import LlavaConfig, LlavaForCausalLM
@@ -50,13 +55,39 @@ CLIP_RULES = [(r"^(?:vision_model\.)?", "vision_tower.")]
 CLIP_SKIPPED = re.compile(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)")
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'mps', checked against this machine: InputError naming what is wrong."""
+    text = str(name).strip()
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device '{text}' (use cpu, cuda, cuda:N or mps)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device '{text}': no CUDA GPU is available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            names = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise InputError(f"device '{text}': this machine has {count} CUDA GPU{'s' * (count != 1)} ({names})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device '{text}': MPS is not available on this machine")
+    return device
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float16 on CUDA (as LLaVA), float32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 def load_pretrained_model(
     model_path: str,
     model_base: str | None = None,
     model_name: str | None = None,
     load_8bit: bool = False,
     load_4bit: bool = False,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     pruning=None,
     vision_tower: str | None = None,
@@ -66,33 +97,34 @@ def load_pretrained_model(
     `model_base`: a folder whose weights are loaded first (e.g. the base LLM of a
     projector-only checkpoint); `model_path`'s weights override them. `model_name`
     is accepted for LLaVA compatibility and not used: behaviour follows config.json.
-    `pruning`: a method spec string or object, attached with `model.set_pruning`.
+    `vision_tower`: the CLIP folder of an original-layout checkpoint (instead of
+    `mm_vision_tower`). `pruning`: a method spec string or object, attached with `model.set_pruning`.
     """
     del model_name  # behaviour is chosen by config fields, never by the folder's name
-    path = Path(model_path)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{model_path}: no config.json (is this a LLaVA checkpoint folder?)")
-    if (path / "adapter_config.json").is_file():
-        raise CheckpointError(f"{model_path}: LoRA checkpoints are not supported; merge the adapter first")
-    dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
-    config, vision_folder = read_config(path, vision_tower)
-    tokenizer = load_tokenizer(path)  # before the weights: a bad tokenizer fails in seconds, not minutes
+    device = resolve_device(device)
+    if load_8bit and load_4bit:
+        raise InputError("choose one of 8-bit and 4-bit loading, not both")
+    dtype = dtype or default_dtype(device)
+    checkpoint = read_checkpoint(model_path, vision_tower)
+    base_files = weight_files(checkpoint_folder(model_base)) if model_base is not None else []
+    files, clip_files = checkpoint.resolve_weight_files()
+    tokenizer = load_tokenizer(checkpoint.folder)  # before the weights: a bad tokenizer fails in seconds, not minutes
 
-    weights = {}
-    if model_base is not None:
-        weights.update(_normalise(read_weights(Path(model_base)), KEY_RULES))
-    weights.update(_normalise(read_weights(path), KEY_RULES))
-    if vision_folder is not None and not any(k.startswith("vision_tower.") for k in weights):
-        clip = {k: v for k, v in read_weights(vision_folder).items() if not CLIP_SKIPPED.match(k)}
-        weights.update(_normalise(clip, CLIP_RULES))
+    weights = _normalise(read_weights(base_files), KEY_RULES)
+    weights.update(_normalise(read_weights(files), KEY_RULES))
+    # LLaVA loads the tower from the CLIP folder; a checkpoint trained with the tower unfrozen holds its own, which wins.
+    clip = {k: v for k, v in read_weights(clip_files).items() if not CLIP_SKIPPED.match(k)}
+    for key, value in _normalise(clip, CLIP_RULES).items():
+        weights.setdefault(key, value)
 
+    config = checkpoint.config
     with torch.device("meta"):
         model = LlavaForCausalLM(config)
     if config.text.tie_word_embeddings and "lm_head.weight" not in weights:
         weights["lm_head.weight"] = weights.get("language_model.embed_tokens.weight")
     check_weights(model, weights, model_path)
     quantize = load_8bit or load_4bit
-    target = "cpu" if quantize else device
+    target = torch.device("cpu") if quantize else device
     # Convert tensor by tensor, dropping each source as it goes, so the checkpoint is not held twice.
     state = {key: weights.pop(key).to(device=target, dtype=dtype) for key in list(weights)}
     model.load_state_dict(state, assign=True)
@@ -105,79 +137,177 @@ def load_pretrained_model(
     if pruning is not None:
         model.set_pruning(pruning)
 
-    image_processor = ImageProcessor.from_folder(path, vision_folder, image_size=config.vision.image_size)
+    processor = ImageProcessor.from_folder(checkpoint.folder, checkpoint.vision_folder, image_size=config.vision.image_size)
+    image_processor = dataclasses.replace(processor, pad_to_square=checkpoint.pad_to_square)
     return tokenizer, model, image_processor, config.text.max_position_embeddings
+
+
+def checkpoint_weight_files(model_path: str, vision_tower: str | None = None) -> list[Path]:
+    """Every weight file `load_pretrained_model(model_path, vision_tower=...)` reads, found as it finds
+    them (the checkpoint's, then the separate CLIP folder's), without reading any tensor."""
+    files, clip_files = read_checkpoint(model_path, vision_tower).resolve_weight_files()
+    return files + clip_files
 
 
 def load_tokenizer(path: Path):
     try:
         return transformers.AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, ImportError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: cannot load the tokenizer ({detail})") from error
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({_first_line(error)})") from error
 
 
 # ---- config ------------------------------------------------------------------------------------
 
+# Fields a transformers LlamaConfig always writes at the top of its config.json: an original-layout
+# config without one is not one that transformers saved, and its default (Llama-7B's) would be a guess.
+ORIGINAL_TEXT_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "max_position_embeddings", "rms_norm_eps",
+)
+# Original-LLaVA switches that change the prompt or the tokenizer, which we do not reproduce.
+ORIGINAL_PROMPT_FLAGS = {
+    "mm_use_im_start_end": "the image would sit between <im_start> and <im_end> tokens",
+    "mm_use_im_patch_token": "LLaVA would add an <im_patch> token to the tokenizer",
+}
 
-def read_config(path: Path, vision_tower: str | None = None) -> tuple[LlavaConfig, Path | None]:
-    """config.json (either layout) -> our LlavaConfig, and the separate CLIP folder if the layout has one."""
-    raw = json.loads((path / "config.json").read_text())
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint folder as its config.json describes it."""
+
+    folder: Path
+    config: LlavaConfig
+    vision_folder: Path | None  # the original layout's separate CLIP folder
+    pad_to_square: bool  # LLaVA's image_aspect_ratio 'pad': pad the image to a square before CLIP's resize and crop
+
+    def resolve_weight_files(self) -> tuple[list[Path], list[Path]]:
+        """(the checkpoint's weight files, the separate CLIP folder's): what the loader reads."""
+        files = weight_files(self.folder)
+        return files, weight_files(self.vision_folder) if self.vision_folder is not None else []
+
+
+def checkpoint_folder(model_path: str, what: str = "checkpoint") -> Path:
+    """The folder `model_path` names, checked to be one."""
+    if not str(model_path).strip():
+        raise CheckpointError(f"the {what} path is empty")
+    path = Path(model_path)
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file, not a {what} folder")
+    if not path.is_dir():
+        raise CheckpointError(f"{what} folder not found: {path}")
+    return path
+
+
+def read_checkpoint(model_path: str, vision_tower: str | None = None) -> Checkpoint:
+    """config.json (either layout) -> our LlavaConfig, its separate CLIP folder if the layout has one,
+    and its preprocessing. Every field that would change the model, the prompt or the preprocessing
+    is either honoured or refused by name; training-only fields (tune_mm_mlp_adapter, mm_projector_lr,
+    tokenizer_padding_side, ...) and mm_hidden_size (the weights' shapes are checked) are not read."""
+    path = checkpoint_folder(model_path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: no config.json (is this a LLaVA checkpoint folder?)")
+    if (path / "adapter_config.json").is_file():
+        raise CheckpointError(f"{path}: LoRA checkpoints are not supported; merge the adapter first")
+    raw = read_json(path / "config.json")
     if raw.get("model_type") == "llava_next" or "image_grid_pinpoints" in raw:
         raise CheckpointError(f"{path}: LLaVA-NeXT (anyres) checkpoints are not supported yet; LLaVA-1.5 ones are")
-    if "text_config" in raw or "vision_config" in raw:  # llava-hf
-        text_raw = dict(raw.get("text_config") or {})
-        if text_raw.get("model_type", "llama") != "llama":
-            raise CheckpointError(f"{path}: only Llama language models are supported, got '{text_raw['model_type']}'")
-        strategy = raw.get("vision_feature_select_strategy", "default")
-        if strategy != "default":
-            raise CheckpointError(f"{path}: vision_feature_select_strategy '{strategy}' is not supported (only 'default')")
-        act = raw.get("projector_hidden_act", "gelu")
-        if act != "gelu":
-            raise CheckpointError(f"{path}: projector_hidden_act '{act}' is not supported (only 'gelu')")
-        layer = raw.get("vision_feature_layer", -2)
-        if not isinstance(layer, int):
-            raise CheckpointError(f"{path}: several vision feature layers ({layer}) are not supported")
-        vision_raw = dict(raw.get("vision_config") or {})
-        text_raw.setdefault("tie_word_embeddings", raw.get("tie_word_embeddings", False))
-        config = LlavaConfig(
-            vision=vision_config_from(vision_raw),
-            text=text_config_from(text_raw),
-            projector_type="mlp2x_gelu",
-            select_layer=layer,
-        )
-        return config, None
-
-    if "mm_vision_tower" in raw or vision_tower is not None:  # original LLaVA
-        folder = Path(vision_tower or raw["mm_vision_tower"])
-        if not (folder / "config.json").is_file():  # the hub name in mm_vision_tower, not a local folder
+    llava_hf = "LlavaForConditionalGeneration" in (raw.get("architectures") or [])
+    if llava_hf or "text_config" in raw or "vision_config" in raw:
+        if vision_tower is not None:
             raise CheckpointError(
-                f"{path}: the vision tower folder '{folder}' (mm_vision_tower) has no config.json;"
-                " pass --vision-tower PATH to a local CLIP folder"
+                f"{path}: --vision-tower is for original-LLaVA checkpoints; a llava-hf folder holds its own vision tower"
             )
-        feature = raw.get("mm_vision_select_feature", "patch")
-        if feature != "patch":
-            raise CheckpointError(f"{path}: mm_vision_select_feature '{feature}' is not supported (only 'patch')")
-        clip_raw = json.loads((folder / "config.json").read_text())
-        vision_raw = clip_raw.get("vision_config", clip_raw)
-        text_raw = {k: v for k, v in raw.items() if not k.startswith("mm_")}
-        config = LlavaConfig(
-            vision=vision_config_from(vision_raw),
-            text=text_config_from(text_raw),
-            projector_type=raw.get("mm_projector_type", "linear"),
-            select_layer=raw.get("mm_vision_select_layer", -2),
-        )
-        return config, folder
+        return Checkpoint(path, _llava_hf_config(path, raw), vision_folder=None, pad_to_square=True)
+    if "mm_vision_tower" in raw or vision_tower is not None:
+        return _original_checkpoint(path, raw, vision_tower)
     raise CheckpointError(f"{path}: config.json is neither a llava-hf nor an original LLaVA config")
 
 
-def text_config_from(raw: dict) -> LlamaConfig:
+def _llava_hf_config(path: Path, raw: dict) -> LlavaConfig:
+    text_raw, vision_raw = (dict(_section(raw, name, path / "config.json")) for name in ("text_config", "vision_config"))
+    if text_raw.get("model_type", "llama") != "llama":
+        raise CheckpointError(f"{path}: only Llama language models are supported, got '{text_raw['model_type']}'")
+    strategy = raw.get("vision_feature_select_strategy", "default")
+    if strategy != "default":
+        raise CheckpointError(f"{path}: vision_feature_select_strategy '{strategy}' is not supported (only 'default')")
+    act = raw.get("projector_hidden_act", "gelu")
+    if act != "gelu":
+        raise CheckpointError(f"{path}: projector_hidden_act '{act}' is not supported (only 'gelu')")
+    layer = _select_layer(path, raw.get("vision_feature_layer", -2))
+    text_raw.setdefault("tie_word_embeddings", raw.get("tie_word_embeddings", False))
+    # Inside the sections, a missing field is transformers' default, as transformers reads it: its
+    # save_pretrained leaves out default values (llava-hf/llava-1.5-7b-hf's text_config has no hidden_size).
+    return LlavaConfig(
+        vision=vision_config_from(vision_raw, path),
+        text=text_config_from(text_raw, path),
+        projector_type="mlp2x_gelu",
+        select_layer=layer,
+    )
+
+
+def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Checkpoint:
+    if raw.get("model_type", "llava_llama") not in ("llava_llama", "llava"):
+        raise CheckpointError(f"{path}: model_type '{raw['model_type']}' is not supported (original LLaVA: llava_llama)")
+    missing = [name for name in ORIGINAL_TEXT_FIELDS if name not in raw]
+    if missing:
+        raise CheckpointError(f"{path / 'config.json'} lacks {', '.join(missing)} (the language model's sizes)")
+    for flag, effect in ORIGINAL_PROMPT_FLAGS.items():
+        if raw.get(flag):
+            raise CheckpointError(f"{path}: {flag}={json.dumps(raw[flag])} is not supported ({effect}); only false is")
+    # LLaVA's process_images pads to a square for 'pad' and otherwise uses CLIP's resize and crop alone.
+    aspect_ratio = raw.get("image_aspect_ratio")
+    if aspect_ratio not in (None, "pad", "square"):
+        raise CheckpointError(f"{path}: image_aspect_ratio '{aspect_ratio}' is not supported (supported: pad, square)")
+    merge = raw.get("mm_patch_merge_type", "flat")
+    if merge != "flat":
+        raise CheckpointError(f"{path}: mm_patch_merge_type '{merge}' is not supported (only 'flat')")
+    feature = raw.get("mm_vision_select_feature", "patch")
+    if feature != "patch":
+        raise CheckpointError(f"{path}: mm_vision_select_feature '{feature}' is not supported (only 'patch')")
+    projector = raw.get("mm_projector_type", "linear")  # LLaVA's default
+    if not isinstance(projector, str) or not re.fullmatch(r"linear|mlp\d+x_gelu", projector):
+        raise CheckpointError(f"{path}: mm_projector_type '{projector}' is not supported (supported: linear, mlp<N>x_gelu)")
+    layer = _select_layer(path, raw.get("mm_vision_select_layer", -2))
+
+    if vision_tower is not None:
+        folder, named_by = checkpoint_folder(vision_tower, "vision tower"), "--vision-tower"
+    else:
+        folder, named_by = Path(str(raw["mm_vision_tower"])), "mm_vision_tower"
+    if not (folder / "config.json").is_file():  # e.g. the hub name in mm_vision_tower, not a local folder
+        raise CheckpointError(
+            f"{path}: the vision tower folder '{folder}' ({named_by}) has no config.json;"
+            " pass --vision-tower PATH to a local CLIP folder"
+        )
+    clip_raw = read_json(folder / "config.json")
+    vision_raw = _section(clip_raw, "vision_config", folder / "config.json") if "vision_config" in clip_raw else clip_raw
+    text_raw = {k: v for k, v in raw.items() if not k.startswith("mm_")}
+    config = LlavaConfig(
+        vision=vision_config_from(vision_raw, folder),
+        text=text_config_from(text_raw, path),
+        projector_type=projector,
+        select_layer=layer,
+    )
+    return Checkpoint(path, config, vision_folder=folder, pad_to_square=aspect_ratio == "pad")
+
+
+def _select_layer(path: Path, layer) -> int:
+    if isinstance(layer, list):
+        raise CheckpointError(f"{path}: several vision feature layers ({layer}) are not supported")
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise CheckpointError(f"{path}: the vision feature layer must be an integer, got {json.dumps(layer)}")
+    return layer
+
+
+def text_config_from(raw: dict, source: Path) -> LlamaConfig:
     """Fill transformers' LlamaConfig defaults (it also normalises legacy rope fields), then copy ours."""
-    hf = transformers.LlamaConfig(**_config_fields(raw))
+    act = raw.get("hidden_act", "silu")
+    if act != "silu":
+        raise CheckpointError(f"{source}: hidden_act '{act}' of the language model is not supported (only 'silu')")
+    hf = _transformers_config(transformers.LlamaConfig, raw, source, "language model")
     rope = dict(hf.rope_parameters or {})
     rope_type = rope.get("rope_type", "default")
     if rope_type not in ("default", "linear", "llama3"):
-        raise CheckpointError(f"rope scaling '{rope_type}' is not supported (supported: default, linear, llama3)")
+        raise CheckpointError(f"{source}: rope scaling '{rope_type}' is not supported (supported: default, linear, llama3)")
     return LlamaConfig(
         vocab_size=hf.vocab_size,
         hidden_size=hf.hidden_size,
@@ -200,8 +330,11 @@ def text_config_from(raw: dict) -> LlamaConfig:
     )
 
 
-def vision_config_from(raw: dict) -> VisionConfig:
-    hf = transformers.CLIPVisionConfig(**_config_fields(raw))
+def vision_config_from(raw: dict, source: Path) -> VisionConfig:
+    hf = _transformers_config(transformers.CLIPVisionConfig, raw, source, "vision tower")
+    if hf.hidden_act not in ("gelu", "quick_gelu"):
+        supported = "supported: gelu, quick_gelu"
+        raise CheckpointError(f"{source}: vision hidden_act '{hf.hidden_act}' is not supported ({supported})")
     return VisionConfig(
         hidden_size=hf.hidden_size,
         intermediate_size=hf.intermediate_size,
@@ -215,44 +348,109 @@ def vision_config_from(raw: dict) -> VisionConfig:
     )
 
 
-def _config_fields(raw: dict) -> dict:
-    """A config.json section less the keys that name a class rather than set a field."""
-    return {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "_name_or_path")}
+def _transformers_config(cls, raw: dict, source: Path, part: str):
+    """transformers' config of one part, less the keys that name a class rather than set a field."""
+    fields = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "_name_or_path")}
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as error:  # a field of the wrong type or value
+        raise CheckpointError(f"{source}: the {part}'s config is not valid ({_first_line(error)})") from error
+
+
+def read_json(file: Path) -> dict:
+    """A JSON object from `file`; CheckpointError naming the file when it is not one."""
+    try:
+        value = json.loads(file.read_text())
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{file} is not valid JSON (not UTF-8 text)") from error
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno}, column {error.colno}"
+        raise CheckpointError(f"{file} is not valid JSON ({where}: {error.msg})") from error
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, got {_json_kind(value)}")
+    return value
+
+
+def _section(raw: dict, name: str, file: Path) -> dict:
+    if name not in raw:  # transformers would silently assume Llama-7B / CLIP ViT-L sizes
+        raise CheckpointError(f"{file} has no {name}: the sizes of the model are not given")
+    if not isinstance(raw[name], dict):
+        raise CheckpointError(f"{file}: {name} must be a JSON object, got {_json_kind(raw[name])}")
+    return raw[name]
+
+
+def _json_kind(value) -> str:
+    kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 # ---- weights -----------------------------------------------------------------------------------
 
 
-def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder: safetensors (single or sharded), else .bin with weights_only."""
-    from safetensors.torch import load_file
-
-    files = _weight_files(folder, "model.safetensors")
-    if files:
-        loader = lambda f: load_file(str(f))
-    else:
-        files = _weight_files(folder, "pytorch_model.bin") or sorted(folder.glob("mm_projector*.bin"))
-        loader = lambda f: torch.load(f, map_location="cpu", weights_only=True)
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a folder as the loader reads them: safetensors (single or sharded), else
+    pytorch_model*.bin, else a projector-only mm_projector*.bin."""
+    files = (
+        _named_weight_files(folder, "model.safetensors")
+        or _named_weight_files(folder, "pytorch_model.bin")
+        or sorted(folder.glob("mm_projector*.bin"))
+    )
     if not files:
         raise CheckpointError(f"{folder}: no weights found (looked for *.safetensors and pytorch_model*.bin)")
-    weights = {}
-    for file in files:
-        try:
-            weights.update(loader(file))
-        except Exception as error:  # corrupt or truncated file
-            raise CheckpointError(f"{file}: cannot read weights ({type(error).__name__}: {error})") from error
-    return {k: v for k, v in weights.items() if not IGNORED_KEYS.search(k)}
+    return files
 
 
-def _weight_files(folder: Path, name: str) -> list[Path]:
+def _named_weight_files(folder: Path, name: str) -> list[Path]:
     if (folder / name).is_file():
         return [folder / name]
     index = folder / f"{name}.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} has no weight_map (tensor name -> shard file)")
+        shards = sorted(set(map(str, weight_map.values())))
+        for shard in shards:
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"{index} lists {shard}, which is not in the folder")
         return [folder / shard for shard in shards]
     stem, suffix = name.rsplit(".", 1)
     return sorted(folder.glob(f"{stem}*.{suffix}"))
+
+
+def read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    """All tensors of `files` (see weight_files), less the buffers that are not weights."""
+    weights = {}
+    for file in files:
+        weights.update(_read_weight_file(file))
+    return {k: v for k, v in weights.items() if not IGNORED_KEYS.search(k)}
+
+
+def _read_weight_file(file: Path) -> dict[str, torch.Tensor]:
+    """One safetensors file, or a .bin read with weights_only=True: no code from it ever runs."""
+    from safetensors.torch import load_file
+
+    try:
+        if file.suffix == ".safetensors":
+            tensors = load_file(str(file))
+        else:
+            tensors = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's refusal; its advice (weights_only=False) would run the file's code
+        needed = re.search(r"GLOBAL (\S+)", str(error))
+        holds = f"it needs the Python object {needed.group(1)}" if needed else "it is corrupt or holds pickled Python objects"
+        raise CheckpointError(f"{file}: not a plain tensor file ({holds}); it will not be unpickled") from error
+    except Exception as error:  # corrupt or truncated file
+        raise CheckpointError(f"{file}: cannot read weights ({type(error).__name__}: {_first_line(error)})") from error
+    if not isinstance(tensors, dict):
+        raise CheckpointError(f"{file} holds a {type(tensors).__name__}, not a dict of named tensors")
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{file}: '{key}' holds a {type(value).__name__}, not a tensor")
+    return tensors
 
 
 def _normalise(weights: dict[str, torch.Tensor], rules) -> dict[str, torch.Tensor]:

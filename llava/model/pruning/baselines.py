@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llava.constants import MAX_SEED
 from llava.errors import InputError
 from llava.model.pruning.base import KeepArgs, KeepBudgetPruner, Kept, MethodArgs, PruningMethod, VisionInputs
 from llava.model.pruning.registry import register
@@ -41,6 +42,11 @@ class NoPruning(PruningMethod):
 class RandomArgs(KeepArgs):
     seed: int = 0
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"random:seed must be in 0..{MAX_SEED}, got {self.seed}")
+
 
 @register
 class RandomPruner(KeepBudgetPruner):
@@ -50,7 +56,8 @@ class RandomPruner(KeepBudgetPruner):
 
     def select(self, inputs: VisionInputs) -> Kept:
         patches = self.patch_count(inputs)
-        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + _checksum(inputs.pixel_values))
+        # Reduced to the 64 bits a torch generator takes (unchanged for the seeds that fit).
+        generator = torch.Generator().manual_seed((self.args.seed * 1_000_003 + _checksum(inputs.pixel_values)) % 2**64)
         chosen = torch.randperm(patches, generator=generator)[: self.args.keep]
         return Kept(indices=chosen.sort().values.to(inputs.features.device))
 

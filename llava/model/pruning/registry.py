@@ -1,8 +1,8 @@
 """The one place methods are registered, and the parser of method spec strings.
 
 A spec is `name` or `name:key=value,key=value`, e.g. `fastv:k=2,keep=288`,
-`fastervlm:keep=58`, `random:keep=64,seed=0`. Values are converted to the types
-of the method's `Args` dataclass, which validates them.
+`fastervlm:keep=58`, `random:keep=64,seed=0`; each key at most once. Values are
+converted to the types of the method's `Args` dataclass, which validates them.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def parse_method(spec: str | None) -> PruningMethod:
                 f"unknown parameter '{key}' for method '{cls.name}'{_did_you_mean(key, fields)}"
                 f" (parameters: {', '.join(fields) or 'none'})"
             )
+        if key in values:  # which one was meant is not for us to guess
+            raise InputError(f"method parameter '{key}' is given twice in '{spec}'")
         values[key] = _convert(raw.strip(), hints[key], f"{cls.name}:{key}")
     try:
         args = cls.Args(**values)
