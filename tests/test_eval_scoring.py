@@ -49,6 +49,8 @@ def answers_for(questions, texts):
     ("none", "0"),
     ("Line one\nline\ttwo", "line 1 line 2"),
     ("Im here", "im here"),  # the official table's "Im" key is capitalised and never matches
+    ("." * 40, "." * 8),  # the official re.sub passes re.UNICODE (32) as its count: at most 32 periods go
+    ("a." * 33, "a" * 32 + "a."),
 ])
 def test_vqa_normalisation(raw, normalised):
     assert normalize_vqa_answer(raw) == normalised
@@ -71,6 +73,10 @@ def test_vqa_soft_accuracy_by_number_of_matching_humans():
     ("B.Louisiana", "ABCD", None),  # LLaVA's rule wants ". " after the letter
     ("Louisiana", "ABCD", None),
     (None, "ABCD", None),
+    ("BC", "ABCD", None),  # two letters are no answer (a substring of "ABCD" is not one letter)
+    ("ABCD", "ABCD", None),
+    ("", "ABCD", None),
+    ("  C ", "ABCD", "C"),
 ])
 def test_option_letter(answer, letters, letter):
     assert parse_option_letter(answer, letters) == letter
@@ -348,3 +354,87 @@ def test_mmvet_and_llavabench_write_the_judges_input_and_no_score(tmp_path):
                                               "category": "detail"}])
     questions = list(llavabench.load_questions(folder / "questions.jsonl", folder / "images"))
     assert llavabench.score(questions, {}, folder, tmp_path)["score"] is None
+
+
+# ----------------------------------------------------------------------------- every question counts
+
+
+def test_percent_of_nothing_is_no_number():
+    from llava.eval.common import accuracy_by, percent
+
+    assert percent(1, 4) == 25.0 and percent(0, 0) is None
+    assert accuracy_by([]) == {"accuracy": None, "questions": 0, "groups": {}}
+    # a question no annotation grades (group None) counts wrong overall, in no group
+    assert accuracy_by([("a", True), (None, False)]) == {"accuracy": 50.0, "questions": 2, "groups": {"a": 100.0}}
+
+
+def test_scienceqa_two_letters_are_wrong_and_an_unknown_id_counts(tmp_path):
+    folder = tmp_path / "scienceqa"
+    write_json(folder / "llava_test_CQM-A.json", [
+        {"id": pid, "conversations": [{"from": "human", "value": f"Question: q{pid}?"}]} for pid in ("1", "2", "3")
+    ] + [{"id": "4"}])  # no conversations: unreadable
+    write_json(folder / "problems.json", {"1": {"choices": ["x", "y", "z"], "answer": 1},
+                                          "2": {"choices": ["x", "y", "z"], "answer": 2}})
+    questions = list(scienceqa.load_questions(folder / "llava_test_CQM-A.json", folder / "images/test"))
+    result = scienceqa.score(questions, answers_for(questions, ["BC", "C", "A", None]), folder, tmp_path)
+    # "BC" is no option (was scored as B, right); "C" right; "3" is not in problems.json and the
+    # fourth entry is unreadable: both wrong. 1 of 4 = 25, no question with an image: no number
+    assert result["accuracy"] == pytest.approx(25.0) and result["questions"] == 4
+    assert (result["not_in_problems"], result["unparsed_answers"], result["img_accuracy"]) == (2, 1, None)
+
+
+def test_seed_and_mmbench_refuse_two_letters(tmp_path):
+    folder = tmp_path / "seed_bench"
+    text = f"How many?\nA. One\nB. Two\nC. Three\nD. Four\n{CHOICE}"
+    write_jsonl(folder / "llava-seed-bench.jsonl",
+                [{"question_id": str(i), "image": f"SEED-Bench-image/{i}.jpg", "text": text} for i in range(3)])
+    write_json(folder / "SEED-Bench.json", {
+        "question_type": {"Scene Understanding": 1},
+        "questions": [{"question_id": str(i), "answer": "B", "question_type_id": 1, "data_type": "image"}
+                      for i in range(2)]})
+    questions = list(seed.load_questions(folder / "llava-seed-bench.jsonl", folder))
+    result = seed.score(questions, answers_for(questions, ["AB", "B", "B"]), folder, tmp_path)
+    # "AB" wrong, "B" right, the third is not in the annotations: wrong. 1 of 3
+    assert result["accuracy"] == pytest.approx(100 / 3) and result["questions"] == 3
+    assert result["not_in_annotations"] == 1 and result["dimensions"] == {"Scene Understanding": 50.0}
+
+    folder = tmp_path / "mmbench"
+    _mmbench_tsv(folder / "mmbench_dev_20230712.tsv")
+    questions = list(mmbench.load_questions(folder / "mmbench_dev_20230712.tsv", None))
+    truths = [q.fields["answer"] for q in questions]
+    both = [t + ("A" if t != "A" else "B") for t in truths]  # the right letter and another
+    result = mmbench.score(questions, answers_for(questions, both), folder, tmp_path)
+    assert result["accuracy"] == 0.0
+
+
+def test_mme_puts_back_the_yes_no_suffix_and_counts_an_unknown_question_wrong(tmp_path):
+    folder = tmp_path / "MME"
+    release = folder / "MME_Benchmark_release_version"
+    _mme_files(release, "existence", "1.jpg", [("Is there a cat? Please answer yes or no.", "Yes"),
+                                               ("Is there a car?  Please answer yes or no.", "No")])
+    lines = [
+        {"question_id": "existence/1.jpg", "image": "existence/1.jpg", "text": f"Is there a cat?\n{SHORT}",
+         "category": "existence"},  # the suffix missing: LLaVA's converter puts it back
+        {"question_id": "existence/1.jpg", "image": "existence/1.jpg", "text": "Is there a car?  Please answer yes or no.",
+         "category": "existence"},  # two spaces, no instruction
+        {"question_id": "existence/1.jpg", "image": "existence/1.jpg", "text": "Is there a bus?", "category": "existence"},
+    ]
+    write_jsonl(folder / "llava_mme.jsonl", lines)
+    questions = list(mme.load_questions(folder / "llava_mme.jsonl", release))
+    result = mme.score(questions, answers_for(questions, ["Yes", "No", "No"]), folder, tmp_path)
+    # cat and car right, bus not in the annotations: wrong. acc 2/3, acc+ 0 (one image, not all right)
+    existence = result["subtasks"]["existence"]
+    assert existence["acc"] == pytest.approx(200 / 3) and existence["acc_plus"] == 0.0
+    assert existence["questions"] == 3 and result["not_in_annotations"] == 1
+
+
+def test_unannotated_questions_count_wrong_in_every_accuracy(tmp_path):
+    # TextVQA: one matched question answered right, one the annotations lack -> 50, not 100
+    folder = tmp_path / "textvqa"
+    write_jsonl(folder / "llava_textvqa_val_v051_ocr.jsonl",
+                [{"question_id": i, "image": f"{i}.jpg", "text": f"what is it?\n{SHORT}"} for i in ("a", "b")])
+    write_json(folder / "TextVQA_0.5.1_val.json",
+               {"data": [{"image_id": "a", "question_id": 1, "question": "what is it?", "answers": ["it"] * 10}]})
+    questions = list(textvqa.load_questions(folder / "llava_textvqa_val_v051_ocr.jsonl", folder / "train_images"))
+    result = textvqa.score(questions, answers_for(questions, ["it", "it"]), folder, tmp_path)
+    assert (result["accuracy"], result["questions"], result["not_in_annotations"]) == (50.0, 2, 1)

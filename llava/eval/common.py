@@ -13,6 +13,11 @@ Answers are LLaVA's JSONL lines: `question_id`, `prompt`, `text`, `answer_id`,
 image, prompt too long, unreadable question line) is still a line: `text` is ""
 and `metadata.error` says why. Scorers count such an answer as wrong, never as
 a free point.
+
+Every question the file holds is in the denominator. A question the annotations
+cannot grade (an unreadable line, or an id the annotations lack) is counted
+wrong, and `not_in_annotations` says how many there were; in `accuracy_by` such
+a question has group None: it counts in the overall number, in no group.
 """
 
 from __future__ import annotations
@@ -261,6 +266,9 @@ PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_",
 # "(?!<=\d)" is a look-ahead, not the look-behind it was meant to be: as released, a
 # period is dropped unless a digit follows it ("3.5" stays, "5." -> "5").
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+# The official processor calls periodStrip.sub("", text, re.UNICODE): re.UNICODE (32) lands in
+# `count`, so at most the first 32 such periods go.
+PERIOD_STRIP_COUNT = int(re.UNICODE)
 
 
 def normalize_vqa_answer(answer: str) -> str:
@@ -289,7 +297,7 @@ def _process_punctuation(text: str) -> str:
             out = out.replace(mark, "")
         else:
             out = out.replace(mark, " ")
-    return PERIOD_STRIP.sub("", out)
+    return PERIOD_STRIP.sub("", out, count=PERIOD_STRIP_COUNT)
 
 
 def vqa_soft_accuracy(prediction: str | None, human_answers: list[str]) -> float:
@@ -323,12 +331,12 @@ def parse_option_letter(answer: str | None, letters: str = OPTION_LETTERS) -> st
     """The option letter an answer picks, by the rules of LLaVA's ScienceQA scorer, else None.
 
     "B" -> B; "B. Louisiana" -> B; "... The answer is B." -> B (only if said once);
-    anything else, or a letter not in `letters`, -> None (counted wrong).
+    anything else ("BC", "", a letter not in `letters`) -> None (counted wrong).
     """
     if answer is None:
         return None
     answer = answer.strip()
-    if answer in letters:
+    if len(answer) == 1:  # one letter, not any substring of `letters` ("BC" in "ABCD")
         letter = answer
     elif len(answer) >= 3 and answer[0] in letters and answer[1:3] == ". ":
         letter = answer[0]
@@ -341,21 +349,25 @@ def parse_option_letter(answer: str | None, letters: str = OPTION_LETTERS) -> st
 # ----------------------------------------------------------------------------- numbers and tables
 
 
-def percent(part: float, whole: float) -> float:
-    return 100.0 * part / whole if whole else 0.0
+def percent(part: float, whole: float) -> float | None:
+    """100 * part / whole; None (shown "-") when there is nothing to take a share of, never 0.0."""
+    return 100.0 * part / whole if whole else None
 
 
-def accuracy_by(groups: Iterable[tuple[str, bool]]) -> dict:
-    """{"accuracy": overall %, "questions": n, "groups": {group: %}} from (group, correct) pairs."""
-    right: dict[str, int] = {}
-    count: dict[str, int] = {}
+def accuracy_by(groups: Iterable[tuple[str | None, bool]]) -> dict:
+    """{"accuracy": overall %, "questions": n, "groups": {group: %}} from (group, correct) pairs.
+
+    A pair with group None (a question no annotation grades) counts in the overall number only.
+    """
+    right: dict[str | None, int] = {}
+    count: dict[str | None, int] = {}
     for group, correct in groups:
         count[group] = count.get(group, 0) + 1
         right[group] = right.get(group, 0) + bool(correct)
     return {
         "accuracy": percent(sum(right.values()), sum(count.values())),
         "questions": sum(count.values()),
-        "groups": {group: percent(right[group], count[group]) for group in count},
+        "groups": {group: percent(right[group], count[group]) for group in count if group is not None},
     }
 
 

@@ -40,13 +40,12 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
     predictions, correct, graded, unmatched = [], 0, 0, 0
     for question in questions:
         text = answer_text(answers.get(question.key))
-        predictions.append({"questionId": question.question_id, "prediction": prediction(text)})
+        if question.error is None:  # an unreadable line has no GQA question id to submit
+            predictions.append({"questionId": question.question_id, "prediction": prediction(text)})
         annotation = annotations.get(str(question.question_id))
-        if annotation is None:
-            unmatched += 1
-            continue
-        graded += 1
-        correct += text is not None and prediction(text) == annotation["answer"]
+        graded += 1  # a question no annotation grades is counted wrong
+        unmatched += annotation is None
+        correct += annotation is not None and text is not None and prediction(text) == annotation["answer"]
     write_json(output_dir / "testdev_balanced_predictions.json", predictions)
     return {"accuracy": percent(correct, graded), "questions": graded, "not_in_annotations": unmatched,
             "predictions_file": "testdev_balanced_predictions.json"}

@@ -80,7 +80,9 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
         text = answer_text(answers.get(question.key))
         predictions[question.question_id] = text or ""
         truth = question.fields.get("answer")
-        if not is_none(truth):
+        if question.error is not None:  # an unreadable row: counted wrong, in no category
+            graded.append((None, False))
+        elif not is_none(truth):
             graded.append((question.fields["category"], parse_option_letter(text, question.fields["options"]) == truth.strip()))
     name = Path(QUESTION_FILES[lang]).stem + "_submission.xlsx"
     write_submission(read_tsv(question_file), predictions, output_dir / name)

@@ -13,6 +13,13 @@ Scoring is that of MME's eval_tool (calculation.py): the answer is lower-cased;
 wrong. acc = % questions right; acc+ = % images with both questions right; the
 subtask score is acc + acc+ (at most 200). Perception sums the 10 perception
 subtasks (at most 2000), cognition the 4 cognition subtasks (at most 800).
+
+A question is looked up in its image's annotation file by its text less the
+short-answer instruction, whitespace collapsed; a text without " Please answer
+yes or no." gets it back first, as LLaVA's convert_answer_to_mme does. A question
+still not found is counted wrong and `not_in_annotations` counts it; an
+unreadable line (no subtask, no image) is named in the run's scores.json and counted
+in `not_in_annotations`, in no subtask.
 """
 
 from __future__ import annotations
@@ -48,8 +55,17 @@ def parse_yes_no(answer: str) -> str | None:
     return None
 
 
+YES_NO = "Please answer yes or no."
+
+
 def _same_text(text: str) -> str:
     return " ".join(text.split())  # LLaVA's file and MME's differ in spacing before "Please answer yes or no."
+
+
+def annotation_text(question: Question) -> str:
+    """The question as MME's annotation files write it (the key `ground_truth` returns)."""
+    text = _same_text(without_instruction(question.text, SHORT_ANSWER))
+    return text if text.endswith(YES_NO) else f"{text} {YES_NO}"
 
 
 def ground_truth(release: Path, subtask: str, image: str) -> dict[str, str]:
@@ -71,16 +87,19 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
     release = folder / IMAGE_FOLDER
     results: dict[str, dict[str, list[bool]]] = {}  # subtask -> image -> [question right?]
     truths: dict[tuple[str, str], dict[str, str]] = {}
+    unmatched = 0
     for question in questions:
+        if question.error is not None:
+            unmatched += 1
+            continue
         image = question.fields["image"]
         subtask = question.fields["category"] or str(question.question_id).split("/")[0]
         if (subtask, image) not in truths:
             truths[subtask, image] = ground_truth(release, subtask, image)
-        truth = truths[subtask, image].get(_same_text(without_instruction(question.text, SHORT_ANSWER)))
-        if truth is None:
-            raise InputError(f"MME question {question.question_id!r} not found in its annotation file: {question.text!r}")
+        truth = truths[subtask, image].get(annotation_text(question))
+        unmatched += truth is None
         text = answer_text(answers.get(question.key))
-        right = text is not None and parse_yes_no(text) == truth
+        right = truth is not None and text is not None and parse_yes_no(text) == truth
         results.setdefault(subtask, {}).setdefault(image, []).append(right)
     subtasks = {}
     for subtask, images in results.items():
@@ -92,4 +111,5 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
         "perception": sum(subtasks[s]["score"] for s in PERCEPTION if s in subtasks),
         "cognition": sum(subtasks[s]["score"] for s in COGNITION if s in subtasks),
         "subtasks": subtasks,
+        "not_in_annotations": unmatched,
     }

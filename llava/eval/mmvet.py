@@ -31,7 +31,8 @@ def load_questions(question_file: Path, image_folder: Path):
 
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
-    results = {f"v1_{q.question_id}": answer_text(answers.get(q.key)) or "" for q in questions}
+    # An unreadable line has no MM-Vet id to grade; the run names it in scores.json.
+    results = {f"v1_{q.question_id}": answer_text(answers.get(q.key)) or "" for q in questions if q.error is None}
     write_json(output_dir / JUDGE_INPUT, results)
     return {
         "score": None, "judge_input": JUDGE_INPUT, "questions": len(results),

@@ -13,7 +13,11 @@ percent; the reported number is the mean F1 over the splits.
 
 A label is found by the question's image and text (the label files carry both);
 failing that, by position within the split, as LLaVA's scorer pairs them.
-An answer that is missing or an error counts as the wrong one.
+An answer that is missing or an error counts as the wrong one. A question no
+label covers (an unreadable line, which names no split; a question beyond its
+split's labels) cannot enter F1, which needs the label: `unlabelled` counts
+them, and the run's scores.json names the unreadable ones. With no "yes"
+prediction (or no "yes" label) precision (recall) is 0, as sklearn's default.
 """
 
 from __future__ import annotations
@@ -58,8 +62,8 @@ def split_metrics(predictions: list[str], labels: list[str]) -> dict:
     fp = sum(p == "yes" and l == "no" for p, l in pairs)
     tn = sum(p == "no" and l == "no" for p, l in pairs)
     fn = sum(p == "no" and l == "yes" for p, l in pairs)
-    precision = percent(tp, tp + fp)
-    recall = percent(tp, tp + fn)
+    precision = percent(tp, tp + fp) if tp + fp else 0.0
+    recall = percent(tp, tp + fn) if tp + fn else 0.0
     return {
         "accuracy": percent(tp + tn, len(pairs)),
         "precision": precision,
@@ -71,7 +75,7 @@ def split_metrics(predictions: list[str], labels: list[str]) -> dict:
 
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
-    per_split = {}
+    per_split, graded = {}, 0
     for split in SPLITS:
         asked = [q for q in questions if q.fields.get("category") == split]
         if not asked:
@@ -89,10 +93,12 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
             predictions.append(parse_yes_no(text) if text is not None else ("yes" if label == "no" else "no"))
             truths.append(label)
         per_split[split] = split_metrics(predictions, truths)
+        graded += len(truths)
     if not per_split:
-        return {"f1": 0.0, "splits": {}}
+        return {"f1": None, "splits": {}, "unlabelled": len(questions)}
     return {
         "f1": sum(m["f1"] for m in per_split.values()) / len(per_split),
         "accuracy": sum(m["accuracy"] for m in per_split.values()) / len(per_split),
         "splits": per_split,
+        "unlabelled": len(questions) - graded,
     }

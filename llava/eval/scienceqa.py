@@ -54,14 +54,15 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
     unparsed, unmatched = 0, 0
     for question in questions:
         problem = problems.get(str(question.question_id))
-        if problem is None:
-            unmatched += 1
-            continue
-        letters = OPTION_LETTERS[: len(problem["choices"])]
         text = answer_text(answers.get(question.key))
-        letter = parse_option_letter(text, letters)
-        unparsed += text is not None and letter is None
-        correct = letter is not None and letters.index(letter) == problem["answer"]
+        if problem is None:  # counted wrong
+            unmatched += 1
+            correct = False
+        else:
+            letters = OPTION_LETTERS[: len(problem["choices"])]
+            letter = parse_option_letter(text, letters)
+            unparsed += text is not None and letter is None
+            correct = letter is not None and letters.index(letter) == problem["answer"]
         for group in ("all", "img") if question.has_image else ("all",):
             count[group] += 1
             right[group] += correct

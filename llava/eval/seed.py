@@ -45,8 +45,9 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
     graded, unmatched = [], 0
     for question in questions:
         annotation = truth.get(str(question.question_id))
-        if annotation is None:
+        if annotation is None:  # counted wrong, in no dimension
             unmatched += 1
+            graded.append((None, False))
             continue
         letter = parse_option_letter(answer_text(answers.get(question.key)), "ABCD")
         graded.append((dimension_name.get(annotation["question_type_id"], str(annotation["question_type_id"])),

@@ -69,7 +69,8 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
     graded = []
     for question in questions:
         annotation = truth.get(question.question_id)
-        if annotation is None:
+        if annotation is None:  # an unreadable line, or an id the annotations lack: wrong, in no type
+            graded.append((None, False))
             continue
         prediction = answer_text(answers.get(question.key))
         graded.append((annotation["question_type"], is_correct(prediction, annotation["answer"])))

@@ -42,8 +42,9 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
     for question in questions:
         asked = question.text.split("\n")[0].lower()  # the question is the first line, as LLaVA's scorer reads it
         annotation = by_image_and_question.get((question.question_id, asked)) or by_question_id.get(question.question_id)
-        if annotation is None:
+        if annotation is None:  # counted wrong: no human answer to match
             unmatched += 1
+            pairs.append((None, []))
             continue
         pairs.append((answer_text(answers.get(question.key)), annotation["answers"]))
     return {**vqa_accuracy(pairs), "not_in_annotations": unmatched}

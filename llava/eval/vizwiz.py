@@ -52,6 +52,7 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
     submission = [
         {"image": q.fields["image"], "answer": normalize_vqa_answer(answer_text(answers.get(q.key)) or "")}
         for q in questions
+        if q.error is None  # an unreadable line names no image to submit an answer for
     ]
     write_json(output_dir / SUBMISSION, submission)
     return {
@@ -61,4 +62,4 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
 
 
 def score_val(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
-    return vqa_accuracy((answer_text(answers.get(q.key)), q.fields["answers"]) for q in questions)
+    return vqa_accuracy((answer_text(answers.get(q.key)), q.fields.get("answers", [])) for q in questions)

@@ -65,5 +65,6 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
 def score_val(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
     annotations = read_json(folder / VAL_ANNOTATIONS, "VQAv2 val annotations")["annotations"]
     humans = {a["question_id"]: [h["answer"] for h in a["answers"]] for a in annotations}
-    pairs = [(answer_text(answers.get(q.key)), humans[q.question_id]) for q in questions if q.question_id in humans]
-    return vqa_accuracy(pairs)
+    # A question the annotations lack has no human answer to match: counted wrong.
+    pairs = [(answer_text(answers.get(q.key)), humans.get(q.question_id, [])) for q in questions]
+    return {**vqa_accuracy(pairs), "not_in_annotations": sum(q.question_id not in humans for q in questions)}
