@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from llava.errors import CheckpointError, InputError
+from llava.errors import CheckpointError, InputError, print_error
 
 # The small LLaVA the project trains and ships (models/llava-shapes-tiny/MODEL_CARD.md).
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "llava-shapes-tiny"
@@ -46,7 +46,7 @@ def run(
     from llava.conversation import conversation_template
     from llava.generate import check_generation_options
     from llava.mm_utils import load_image
-    from llava.model.builder import resolve_device
+    from llava.device import resolve_device
     from llava.model.pruning.registry import parse_method
     from llava.pipeline import LlavaPipeline, Request
 
@@ -143,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(report.report(**args))
     except (InputError, CheckpointError, OSError) as error:  # OSError: a file that cannot be read or written
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # one line, whatever the message
-        return 2
+        return print_error(error)
     return 0
 
 

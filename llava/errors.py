@@ -7,3 +7,22 @@ class InputError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as it is: missing, unexpected or mis-shaped weights."""
+
+
+EXIT_USAGE = 2  # the exit status of every error a user can fix
+
+
+def print_error(error: Exception) -> int:
+    """Print `error: <message>` as one line on stderr and return EXIT_USAGE, for a command's main.
+
+    An OSError (a file that cannot be read or written, a full disk) says what failed and on which path,
+    without Python's errno prefix.
+    """
+    import sys
+
+    if isinstance(error, OSError) and error.strerror:
+        message = error.strerror + (f": {error.filename}" if error.filename else "")
+    else:
+        message = str(error)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_USAGE

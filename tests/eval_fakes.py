@@ -234,6 +234,30 @@ def make_mmvet(root: Path) -> None:
     _simple(root, "mm-vet", "llava-mm-vet.jsonl", "images", ["What is x in the equation?", "Which is larger?", "Why?"])
 
 
+def five_questions_one_malformed(root: Path, benchmark: str) -> Path:
+    """Four questions the fake answers right and, third, a line without `text` (gqa or shapes); the question file.
+
+    Every question the file holds counts: 80.00 over 5, not 100.00 over 4.
+    """
+    folder, question_file, image_folder = {
+        "gqa": ("gqa", "llava_gqa_testdev_balanced.jsonl", "data/images"),
+        "shapes": ("shapes", "questions.jsonl", "images"),
+    }[benchmark]
+    words = ["apple", "table", "dog", "sky"]
+    records = []
+    for i, word in enumerate(words):
+        save_image(root / folder / image_folder / f"g{i}.png", seed=i)
+        records.append({"question_id": str(i), "image": f"g{i}.png", "text": f"What is the {word}?", "category": "ocr"})
+    records.insert(2, '{"question_id": "9", "image": "g0.png"}')  # no text
+    write_jsonl(root / folder / question_file, records)
+    if benchmark == "gqa":
+        write_json(root / folder / "data/testdev_balanced_questions.json", {str(i): {"answer": w} for i, w in enumerate(words)})
+    else:
+        write_json(root / folder / "annotations.json",
+                   [{"question_id": str(i), "answer": w, "question_type": "ocr"} for i, w in enumerate(words)])
+    return root / folder / question_file
+
+
 BUILDERS = {
     "textvqa": make_textvqa, "vqav2": make_vqav2, "gqa": make_gqa, "vizwiz": make_vizwiz, "sqa": make_sqa,
     "pope": make_pope, "mme": make_mme, "mmbench": make_mmbench,

@@ -8,7 +8,8 @@ import torch
 
 from llava.errors import CheckpointError, InputError
 from llava.model import builder
-from llava.model.builder import checkpoint_weight_files, load_pretrained_model, resolve_device
+from llava.device import resolve_device
+from llava.model.builder import checkpoint_weight_files, load_pretrained_model
 from tests import helpers
 
 

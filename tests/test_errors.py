@@ -208,7 +208,7 @@ def test_cli_file_system_errors_print_one_line(capsys, tiny_llava_dir, monkeypat
 
     monkeypatch.setattr(pipeline.LlavaPipeline, "load", unreadable)
     err = cli_error(capsys, "run", "--model-path", str(tiny_llava_dir), "--prompt", "hi")
-    assert err == "error: [Errno 13] Permission denied: 'ckpt/model.safetensors'"
+    assert err == "error: Permission denied: ckpt/model.safetensors"
 
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from llava.errors import InputError
 from llava.eval.run import run_benchmark
-from tests.eval_fakes import FakePipeline, make_mmbench, make_pope, make_textvqa, write_jsonl
+from tests.eval_fakes import FakePipeline, five_questions_one_malformed, make_mmbench, make_pope, make_textvqa, write_jsonl
 
 
 def lines(path):
@@ -36,7 +36,7 @@ def test_answer_lines_are_llavas(data, tmp_path):
     assert list(first) == ["question_id", "prompt", "text", "answer_id", "model_id", "metadata"]
     assert first["question_id"] == 0 and first["text"] == "Yes" and first["model_id"] == "tiny"
     assert first["prompt"] == "Is there a dog in the image?\nAnswer the question using a single word or phrase."
-    assert first["metadata"] == {"visual_tokens": [8], "kept_tokens": [8]}
+    assert first["metadata"] == {"visual_tokens": [8], "kept_tokens": [8], "stop_reason": "eos"}
     run_json = json.loads((tmp_path / "out/run.json").read_text())
     assert scores["run"] == run_json
     assert run_json["method_spec"] == "fastervlm:keep=8" and run_json["budget"] == 8 and run_json["model_id"] == "tiny"
@@ -86,8 +86,9 @@ def test_bad_data_gives_per_question_errors_and_a_finished_run(data, tmp_path):
     assert errors["long"].startswith("prompt too long")
     assert all(a["text"] == "" for a in answers if a["question_id"] in errors)
     assert (scores["run"]["answered"], scores["run"]["errors"]) == (1, 4)
-    # the three unreadable questions that have annotations count as wrong: 1 right of 3 (+ "long", not annotated)
-    assert scores["metrics"]["accuracy"] == pytest.approx(100 / 3)
+    # every question the file holds counts: the four errors (two of them not annotated) are wrong, 1 right of 5
+    assert scores["metrics"]["accuracy"] == pytest.approx(20.0)
+    assert (scores["metrics"]["questions"], scores["metrics"]["not_in_annotations"]) == (5, 2)
 
     # errors are answers: a rerun asks nothing ...
     run_benchmark("textvqa", no_model, data, tmp_path / "out", progress=False)
@@ -192,3 +193,116 @@ def test_only_malformed_lines_left_need_no_model(data, tmp_path):
     run("pope", data, tmp_path / "out", limit=3)
     scores = run_benchmark("pope", no_model, data, tmp_path / "out", progress=False)
     assert (scores["run"]["answered"], scores["run"]["errors"]) == (3, 1)
+
+
+# ----------------------------------------------------------------------------- numbers you can trust
+
+
+@pytest.mark.parametrize("benchmark", ["gqa", "shapes"])
+def test_a_malformed_question_counts_as_wrong_and_is_named(benchmark, data, tmp_path):
+    question_file = five_questions_one_malformed(data, benchmark)
+    scores = run(benchmark, data, tmp_path / "out")
+    assert scores["metrics"]["accuracy"] == pytest.approx(80.0)  # was 100.00 over 4
+    assert scores["metrics"]["questions"] == 5
+    assert [u["question_id"] for u in scores["unreadable"]] == [f"{question_file.name}:3"]
+    assert "missing field 'text'" in scores["unreadable"][0]["error"]
+
+
+def test_a_killed_run_leaves_no_stale_score(data, tmp_path, monkeypatch):
+    run("pope", data, tmp_path / "out", limit=1)
+    assert (tmp_path / "out/scores.json").is_file()
+
+    def killed(self, requests, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FakePipeline, "answer", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run("pope", data, tmp_path / "out")
+    assert not (tmp_path / "out/scores.json").exists() and not (tmp_path / "out/scores.txt").exists()
+    run_json = json.loads((tmp_path / "out/run.json").read_text())
+    assert run_json["finished"] is None and run_json["questions"] == 3
+
+
+def test_every_run_records_its_question_set(data, tmp_path):
+    a = run("pope", data, tmp_path / "a")["run"]["question_set"]
+    b = run("pope", data, tmp_path / "b", limit=2)["run"]["question_set"]
+    assert a == run("pope", data, tmp_path / "c")["run"]["question_set"] and a != b
+
+
+def test_an_empty_question_file_is_refused(data, tmp_path):
+    (data / "pope/llava_pope_test.jsonl").write_text("")
+    with pytest.raises(InputError, match="llava_pope_test.jsonl holds no questions"):
+        run("pope", data, tmp_path / "out")
+    assert not (tmp_path / "out/scores.json").exists()
+
+
+def test_a_retried_answer_is_not_lost_to_an_old_error_in_a_shard(data, tmp_path):
+    # a two-process run killed before its merge: rank 1's shard holds an error for question 1
+    run("pope", data, tmp_path / "out")
+    answers = lines(tmp_path / "out/answers.jsonl")
+    error = dict(answers[1], text="", metadata={"error": "cannot read image img1.jpg"})
+    write_jsonl(tmp_path / "out/answers.jsonl", [answers[0], answers[2]])
+    write_jsonl(tmp_path / "out/answers.rank1.jsonl", [error])
+    scores = run("pope", data, tmp_path / "out", retry_errors=True)
+    assert [a["text"] for a in lines(tmp_path / "out/answers.jsonl")] == ["Yes", "Yes", "Yes"]
+    assert (scores["run"]["answered"], scores["run"]["errors"]) == (3, 0)
+    assert not list((tmp_path / "out").glob("answers.rank*.jsonl"))
+
+
+@pytest.mark.parametrize("setting, before, after", [
+    ("dtype", "float16", "float32"), ("device", "cuda", "cpu"), ("quantization", "4bit", "none"),
+])
+def test_a_resume_under_other_settings_is_refused(data, tmp_path, setting, before, after):
+    run("pope", data, tmp_path / "out", limit=1, **{setting: before})
+    with pytest.raises(InputError, match=f"holds answers made with {setting}='{before}', not '{after}'"):
+        run("pope", data, tmp_path / "out", **{setting: after})
+
+
+def test_the_fingerprint_covers_a_separate_clip_folder(data, tmp_path):
+    from tests.helpers import make_tiny_llava, to_original_layout
+
+    model, clip = tmp_path / "llava-v1.5", tmp_path / "clip"
+    make_tiny_llava(tmp_path / "hf")
+    to_original_layout(tmp_path / "hf", model, clip)
+    run("pope", data, tmp_path / "out", limit=1, model_path=str(model))
+    run("pope", data, tmp_path / "out", limit=2, model_path=str(model))  # the same weights resume
+    weights = clip / "pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\1")  # another CLIP under the same name
+    with pytest.raises(InputError, match="holds answers made with weights="):
+        run("pope", data, tmp_path / "out", model_path=str(model))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": -3}, "--batch-size must be at least 1, got -3"),
+    ({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
+    ({"limit": -1}, "--limit must be at least 1"),
+    ({"max_new_tokens": -1}, "max_new_tokens"),
+    ({"temperature": float("nan")}, "temperature"),
+])
+def test_bad_numeric_options_are_refused_before_anything_is_written(data, tmp_path, options, message):
+    with pytest.raises(InputError, match=message):
+        run("pope", data, tmp_path / "out", **options)
+    assert not (tmp_path / "out/answers.jsonl").exists()
+
+
+def test_max_new_tokens_zero_means_zero(data, tmp_path):
+    scores = run("pope", data, tmp_path / "out", max_new_tokens=0)
+    assert scores["run"]["max_new_tokens"] == 0
+
+
+def test_a_limit_above_the_question_count_says_so(data, tmp_path, capsys):
+    scores = run("pope", data, tmp_path / "out", limit=20)
+    assert scores["run"]["questions"] == 3
+    assert "--limit 20 but" in capsys.readouterr().err
+
+
+def test_the_stop_reason_is_in_the_metadata(data, tmp_path):
+    run("pope", data, tmp_path / "out")
+    assert lines(tmp_path / "out/answers.jsonl")[0]["metadata"]["stop_reason"] == "eos"
+
+
+@pytest.mark.parametrize("target", ["file", "file/sub"])
+def test_an_output_dir_that_cannot_be_one_is_refused(data, tmp_path, target):
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(InputError, match="cannot use .* as the output directory: it or a folder above it is a file"):
+        run("pope", data, tmp_path / target)

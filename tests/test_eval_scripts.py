@@ -158,3 +158,23 @@ def test_script_with_the_real_pipeline_on_a_tiny_llava(script, data_root, tiny_l
         before = (run_dir / "answers.jsonl").read_text()
         bash(script, "8", env=env)  # finished: scored again, nothing regenerated
         assert (run_dir / "answers.jsonl").read_text() == before
+
+
+def test_the_default_checkpoint_absent_is_one_line(data_root, tmp_path):
+    """A fresh machine has no checkpoints/llava-v1.5-7b: the script says so in one line, exit status 2."""
+    env = script_env(data_root, tmp_path, EVAL_ARGS="--no-progress --device cpu")
+    env.pop("MODEL_PATH")
+    result = bash("scripts/v1_5/eval/pope.sh", "8", env=env, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: ") and "checkpoints/llava-v1.5-7b" in result.stderr
+
+
+def test_gqa_script_counts_a_malformed_question_wrong(tmp_path):
+    from tests.eval_fakes import five_questions_one_malformed
+
+    five_questions_one_malformed(tmp_path / "data", "gqa")
+    bash("scripts/v1_5/eval/gqa.sh", "8", env=script_env(tmp_path / "data", tmp_path))
+    scores = json.loads((tmp_path / "tiny-llava/fastervlm_8/gqa/scores.json").read_text())
+    assert (scores["metrics"]["accuracy"], scores["metrics"]["questions"]) == (80.0, 5)  # was 100.00 over 4
+    assert [u["question_id"] for u in scores["unreadable"]] == ["llava_gqa_testdev_balanced.jsonl:3"]

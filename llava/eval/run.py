@@ -8,9 +8,13 @@ The output directory holds:
     answers.jsonl   one LLaVA answer line per question (question_id, prompt, text, answer_id,
                     model_id, metadata), written and flushed as each answer comes, merged into
                     question order at the end
-    run.json        the run's settings and what happened (model, method spec, budget, mean visual
-                    tokens entering the LLM, versions, seed, answered, errors)
-    scores.json     the benchmark's metrics, its headline number and run.json's content
+    run.json        the run's settings and what happened (model, weights digest, method spec, budget,
+                    dtype, device, quantization, mean visual tokens entering the LLM, versions,
+                    seed, questions, question_set digest, answered, errors, missing; `finished` is
+                    null while the run answers)
+    scores.json     the benchmark's metrics, its headline number, the unreadable question lines
+                    (counted wrong) and run.json's content; removed when a run starts to answer,
+                    so a killed run leaves no stale score
     scores.txt      the same as a table a person can read
     plus the files a benchmark's server or judge takes (submission JSON, .xlsx, ...)
 
@@ -18,8 +22,9 @@ A question that cannot be answered (missing or corrupt image, prompt too long fo
 the context, unreadable question line) gets an answer line with `text` "" and
 `metadata.error`, and the run goes on. Running again resumes: questions already
 in answers.jsonl are not asked again (error lines neither, unless
-`--retry-errors`); when every question is answered, no model is loaded and the
-run only scores again.
+`--retry-errors`; an error line never replaces an answer); when every question is
+answered, no model is loaded and the run only scores again. A directory holding
+answers made with another model, weights, method or generation setting is refused.
 
 Several processes (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK): each answers every
 WORLD_SIZE-th of the questions still unanswered into `answers.rank<R>.jsonl` on
@@ -50,7 +55,7 @@ from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
-from llava.errors import InputError
+from llava.errors import CheckpointError, InputError, print_error
 from llava.eval.common import (
     AnswerWriter, Question, answer_key, format_table, number_repeats, open_image, read_jsonl, write_json,
 )
@@ -60,23 +65,23 @@ ANSWERS = "answers.jsonl"
 DEFAULT_PIPELINE = "llava.pipeline:LlavaPipeline.load"
 # Settings that change the answers: a directory holding answers made with other values is not resumed.
 SAME_RUN_SETTINGS = ("benchmark", "model_id", "weights", "method", "conv_mode", "max_new_tokens", "temperature",
-                     "seed")
+                     "seed", "dtype", "device", "quantization")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 FINGERPRINT_BYTES = 1 << 20  # read from each end of every weights file
 
 
-def weights_fingerprint(model_path: str | None) -> str | None:
-    """A short digest of a checkpoint folder's weights, so that answers of a retrained model saved
-    under the same folder name are not resumed as this model's.
+def weights_fingerprint(files: list[Path]) -> str | None:
+    """A short digest of the weight files a run loads, so that answers of other weights saved
+    under the same folder name (a retrained model, another CLIP folder) are not resumed.
 
-    Hashes each weights file's name, size and first and last MiB (the header and
-    the data at both ends: retraining changes them, and a 14 GB checkpoint is not
-    read in full). None when `model_path` is not a local folder.
+    Hashes each file's name, size and first and last MiB (the header and the data
+    at both ends: retraining changes them, and a 14 GB checkpoint is not read in
+    full). None when there are no files to hash.
     """
-    if not model_path or not Path(model_path).is_dir():
+    if not files:
         return None
     digest = hashlib.sha256()
-    for file in sorted(f for f in Path(model_path).iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file()):
+    for file in files:
         size = file.stat().st_size
         digest.update(f"{file.name}:{size}:".encode())
         with file.open("rb") as handle:
@@ -84,6 +89,33 @@ def weights_fingerprint(model_path: str | None) -> str | None:
             handle.seek(max(size - FINGERPRINT_BYTES, 0))
             digest.update(handle.read(FINGERPRINT_BYTES))
     return digest.hexdigest()[:16]
+
+
+def loaded_weight_files(model_path: str | None, vision_tower: str | None = None) -> list[Path]:
+    """Every weight file a run of `model_path` loads: the checkpoint's and, for the original
+    layout, its separate CLIP folder's (as the loader resolves it). [] when `model_path` is not
+    a local folder; a folder without config.json (a test's fake model) has its own files."""
+    if not model_path or not Path(model_path).is_dir():
+        return []
+    if not (Path(model_path) / "config.json").is_file():
+        return sorted(f for f in Path(model_path).iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+    from llava.model.builder import checkpoint_weight_files
+
+    return checkpoint_weight_files(model_path, vision_tower)
+
+
+def check_run_options(batch_size: int, limit: int | None) -> None:
+    """The runner's own numeric options (generation options: llava.generate.check_generation_options)."""
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1 (it is the number of questions asked), got {limit}")
+
+
+def question_set(questions: list[Question]) -> str:
+    """A short digest of the ordered question keys: runs over the same questions share it."""
+    keys = json.dumps([list(q.key) for q in questions], default=str, ensure_ascii=False)
+    return hashlib.sha256(keys.encode()).hexdigest()[:16]
 
 
 def run_benchmark(
@@ -103,6 +135,10 @@ def run_benchmark(
     retry_errors: bool = False,
     question_file: str | Path | None = None,
     image_folder: str | Path | None = None,
+    vision_tower: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    quantization: str | None = None,
     rank: int = 0,
     world_size: int = 1,
     barrier: Callable[[], None] | None = None,
@@ -114,20 +150,26 @@ def run_benchmark(
     arguments returning one, called only if there is something to answer. Its
     requests are made with the `Request` class of the module defining its class
     (llava.pipeline.Request for LlavaPipeline). `method=None` means the method
-    recorded in the directory's run.json, else "none".
+    recorded in the directory's run.json, else "none". `vision_tower`, `dtype`
+    (e.g. "float16"), `device` (its type: "cuda", "cpu") and `quantization`
+    ("8bit", "4bit" or "none") are recorded, and a directory holding answers made
+    with other values is not resumed (None: not known, not checked).
     Returns scores.json's content on rank 0, None on the other ranks.
     """
+    from llava.generate import check_generation_options
+
     bench = get_benchmark(benchmark)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_run_options(batch_size, limit)
+    max_new_tokens = bench.max_new_tokens if max_new_tokens is None else max_new_tokens
+    check_generation_options(max_new_tokens, temperature, seed=seed)
+    output_dir = prepare_output_dir(Path(output_dir))
     questions = load_questions(bench, Path(data_root), question_file, image_folder, limit)
-    max_new_tokens = max_new_tokens or bench.max_new_tokens
     previous = read_run(output_dir)
     settings = {
         "benchmark": bench.name, "model_path": model_path, "model_id": Path(model_path).name if model_path else None,
-        "weights": weights_fingerprint(model_path),
+        "weights": weights_fingerprint(loaded_weight_files(model_path, vision_tower)), "vision_tower": vision_tower,
         "method": _canonical(method or previous.get("method")), "conv_mode": conv_mode, "max_new_tokens": max_new_tokens,
-        "temperature": temperature, "seed": seed,
+        "temperature": temperature, "seed": seed, "dtype": dtype, "device": device, "quantization": quantization,
     }
     check_same_run(previous, settings, output_dir)
 
@@ -139,7 +181,13 @@ def run_benchmark(
     loaded = None
     if mine:
         if rank == 0:
-            write_json(output_dir / "run.json", {**previous, **settings, "started": _now(), "finished": None})
+            # The old scores no longer describe answers.jsonl: a run killed from here on leaves none.
+            for stale in ("scores.json", "scores.txt"):
+                (output_dir / stale).unlink(missing_ok=True)
+            write_json(output_dir / "run.json", {
+                **previous, **settings, "questions": len(questions), "question_set": question_set(questions),
+                "started": _now(), "finished": None,
+            })
         if any(q.error is None for q in mine):  # malformed question lines need no model
             loaded = pipeline() if callable(pipeline) and not hasattr(pipeline, "answer") else pipeline
         request_type = sys.modules[type(loaded).__module__].Request if loaded is not None else None
@@ -157,10 +205,14 @@ def run_benchmark(
     answers = merge_answers(output_dir, questions)
     run = run_record(questions, answers, settings, previous, loaded, world_size, batch_size, data_root, question_file)
     write_json(output_dir / "run.json", run)
-    well_formed = [q for q in questions if q.error is None]
-    metrics = bench.score(well_formed, answers, Path(data_root) / bench.folder, output_dir)
+    # Every question the file holds is scored: an unreadable one counts as wrong, and is named here.
+    metrics = bench.score(questions, answers, Path(data_root) / bench.folder, output_dir)
     headline = {"metric": bench.headline, "value": metrics.get(bench.headline) if bench.headline else None}
-    scores = {"benchmark": bench.name, "title": bench.title, "headline": headline, "metrics": metrics, "run": run}
+    scores = {
+        "benchmark": bench.name, "title": bench.title, "headline": headline, "metrics": metrics,
+        "unreadable": [{"question_id": q.question_id, "error": q.error} for q in questions if q.error],
+        "run": run,
+    }
     write_json(output_dir / "scores.json", scores)
     table = scores_table(scores)
     (output_dir / "scores.txt").write_text(table + "\n", encoding="utf-8")
@@ -168,14 +220,34 @@ def run_benchmark(
     return scores
 
 
+def prepare_output_dir(output_dir: Path) -> Path:
+    """Create the run directory; a path that cannot be one is an InputError naming it."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"cannot use {output_dir} as the output directory: it or a folder above it is a file")
+    except OSError as error:
+        raise InputError(f"cannot create the output directory {output_dir}: {error.strerror}")
+    if not os.access(output_dir, os.W_OK):
+        raise InputError(f"cannot write to the output directory {output_dir}")
+    return output_dir
+
+
 def load_questions(bench: Benchmark, data_root: Path, question_file, image_folder, limit: int | None) -> list[Question]:
+    """The benchmark's questions, the first `limit` of them if given; a file holding none is an InputError."""
     folder = data_root / bench.folder
     question_file = Path(question_file) if question_file else folder / bench.question_file
     if image_folder:
         image_folder = Path(image_folder)
     elif bench.image_folder is not None:
         image_folder = folder / bench.image_folder
-    return number_repeats(list(islice(bench.load_questions(question_file, image_folder), limit)))
+    questions = list(islice(bench.load_questions(question_file, image_folder), limit))
+    if not questions:
+        raise InputError(f"{question_file} holds no questions: nothing to answer or score")
+    if limit is not None and len(questions) < limit:
+        print(f"note: --limit {limit} but {question_file} holds {len(questions)} questions: all "
+              f"{len(questions)} are asked", file=sys.stderr)
+    return number_repeats(questions)
 
 
 # ----------------------------------------------------------------------------- answering
@@ -216,7 +288,8 @@ def ask(pipeline, ready: list, **generation) -> list:
 
 
 def answer_line(question: Question, answer, pipeline) -> dict:
-    metadata = {"visual_tokens": list(answer.visual_tokens), "kept_tokens": [len(k) for k in answer.kept]}
+    metadata = {"visual_tokens": list(answer.visual_tokens), "kept_tokens": [len(k) for k in answer.kept],
+                "stop_reason": answer.stop_reason}  # "eos", "max_new_tokens" or "context" (the window is full)
     return _line(question, answer.text, pipeline, metadata)
 
 
@@ -240,12 +313,22 @@ def _line(question: Question, text: str, pipeline, metadata: dict) -> dict:
 
 
 def read_answers(output_dir: Path) -> dict:
-    """{question key: answer line} from answers.jsonl and any shard files; a later line wins."""
+    """{question key: answer line} from answers.jsonl and any shard files.
+
+    A later line replaces an earlier one for the same question, except that an
+    error line never replaces an answer, whatever the file order: after a sharded
+    run was killed before its merge, `--retry-errors` writes its fresh answer into
+    answers.jsonl while the old error line still sits in a shard read after it.
+    """
     answers = {}
     for path in [output_dir / ANSWERS, *sorted(output_dir.glob("answers.rank*.jsonl"))]:
         for record in read_jsonl(path):
-            if "question_id" in record:
-                answers[answer_key(record)] = record
+            if "question_id" not in record:
+                continue
+            key = answer_key(record)
+            if _is_error(record) and key in answers and not _is_error(answers[key]):
+                continue
+            answers[key] = record
     return answers
 
 
@@ -295,6 +378,7 @@ def run_record(questions, answers, settings, previous, pipeline, world_size, bat
         "method_spec": method_spec,
         **parse_budget(method_spec),
         "questions": len(questions),
+        "question_set": question_set(questions),
         "answered": len(good),
         "errors": len(lines) - len(good),
         "missing": len(questions) - len(lines),
@@ -429,6 +513,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--question-file", help="another question file in the benchmark's format")
     parser.add_argument("--image-folder", help="another image folder")
     parser.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+                        help="weights' dtype [default: auto = float16 on CUDA, float32 on CPU]")
     parser.add_argument("--vision-tower", help="CLIP folder for original-LLaVA checkpoints")
     parser.add_argument("--load-8bit", action="store_true", help="8-bit weights through bitsandbytes (CUDA)")
     parser.add_argument("--load-4bit", action="store_true", help="4-bit weights through bitsandbytes (CUDA)")
@@ -454,25 +540,28 @@ def main(argv=None) -> int:
         get_benchmark(args.benchmark)
         output_dir = Path(args.output_dir or default_output_dir(args.model_path, args.method, args.benchmark))
         method = args.method or read_run(output_dir).get("method") or "none"
+        device, dtype = resolve_device_and_dtype(args.device, args.dtype, local_rank)
 
         def load():  # only called when something is left to answer
             if not args.model_path:
                 raise InputError("--model-path is needed: some questions have no answer yet")
             return import_object(args.pipeline)(
-                args.model_path, method=method, conv_mode=args.conv_mode, device=args.device or _device(local_rank),
+                args.model_path, method=method, conv_mode=args.conv_mode, device=str(device), dtype=dtype,
                 vision_tower=args.vision_tower, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
             )
 
+        quantization = "8bit" if args.load_8bit else "4bit" if args.load_4bit else "none"
         run_benchmark(
             args.benchmark, load, args.data_root, output_dir, model_path=args.model_path,
             method=method, conv_mode=args.conv_mode, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, limit=args.limit,
             retry_errors=args.retry_errors, question_file=args.question_file, image_folder=args.image_folder,
-            rank=rank, world_size=world_size, barrier=barrier, progress=not args.no_progress,
+            vision_tower=args.vision_tower, dtype=str(dtype).removeprefix("torch."), device=device.type,
+            quantization=quantization, rank=rank, world_size=world_size, barrier=barrier,
+            progress=not args.no_progress,
         )
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (InputError, CheckpointError, OSError) as error:  # OSError: a full disk, a folder removed under a run
+        return print_error(error)
     finally:
         if barrier:
             import torch.distributed as dist
@@ -481,10 +570,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def _device(local_rank: int) -> str:
+def resolve_device_and_dtype(device: str | None, dtype: str, local_rank: int):
+    """(torch.device, torch.dtype) of a run: `--device` checked against this machine (default
+    cuda:LOCAL_RANK when there is CUDA, else cpu) and `--dtype` ("auto": the loader's default for it)."""
     import torch
 
-    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    from llava.device import default_dtype, resolve_device
+
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    resolved = resolve_device(device)
+    return resolved, default_dtype(resolved) if dtype == "auto" else getattr(torch, dtype)
 
 
 if __name__ == "__main__":
