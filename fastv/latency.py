@@ -58,6 +58,23 @@ def small_llava(folder: Path, vision_layers: int, text_layers: int) -> None:
     ).save_pretrained(folder)
 
 
+def check_options(vision_layers, text_layers, methods, batch, repeats, warmup, device, out) -> torch.device:
+    """Refuse bad options with one InputError before a model is built; the device, checked against this machine."""
+    from llava.device import resolve_device
+    from llava.errors import InputError
+    from llava.model.pruning.registry import parse_method
+
+    for name, value, least in [("--vision-layers", vision_layers, 1), ("--text-layers", text_layers, 1),
+                               ("--batch", batch, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0)]:
+        if value < least:
+            raise InputError(f"{name} must be at least {least}, got {value}")
+    for spec in methods:
+        parse_method(spec)
+    if out and Path(out).is_dir():
+        raise InputError(f"--out {out} is a folder: name the JSON file to write (the Markdown goes beside it)")
+    return resolve_device(device)
+
+
 def main(
     vision_layers: int = 12,
     text_layers: int = 4,
@@ -69,13 +86,13 @@ def main(
     dtype: str = "float32",
     out: str | None = None,
 ) -> dict:
+    dev = check_options(vision_layers, text_layers, methods, batch, repeats, warmup, device, out)
     from transformers import LlavaForConditionalGeneration
 
     from llava.generate import synchronized_time
     from llava.model.builder import load_pretrained_model
 
     torch_dtype = getattr(torch, dtype)
-    dev = torch.device(device)
     now = lambda: synchronized_time(dev)
     with tempfile.TemporaryDirectory() as tmp:
         small_llava(Path(tmp), vision_layers, text_layers)
