@@ -1,9 +1,12 @@
 """Image preprocessing and prompt tokenization, as LLaVA-1.5 does them.
 
-- Images: pad to a square with the processor's mean colour (LLaVA-1.5's
-  `image_aspect_ratio: pad`), then CLIP preprocessing: bicubic resize of the short
-  edge, centre crop, rescale to [0, 1], normalise. Matches transformers'
-  CLIPImageProcessor (PIL backend) to float precision (tested).
+- Image files: one reader for the CLI and the evaluation (`decode_image`): EXIF
+  orientation applied, 16-bit and float images by their real range, a pixel limit.
+- Images: transparency laid over the processor's mean colour, then pad to a square
+  with the same colour (LLaVA-1.5's `image_aspect_ratio: pad`), then CLIP
+  preprocessing: bicubic resize of the short edge, centre crop, rescale to [0, 1],
+  normalise. Matches transformers' CLIPImageProcessor (PIL backend) to float
+  precision (tested).
 - Prompts: the text is split at each `<image>`; every chunk is tokenized on its own
   and -200 marks where each image's tokens go. Chunks after the first lose their
   BOS, as LLaVA's `tokenizer_image_token` does.
@@ -12,12 +15,13 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llava.errors import InputError
@@ -26,17 +30,95 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+MAX_IMAGE_PIXELS = 178_956_970
+"""Images with more pixels are refused before they are decoded: PIL's own decompression-bomb error
+threshold (2 x Image.MAX_IMAGE_PIXELS, about 13,400 x 13,400), a 0.5 GB RGB buffer for a picture
+CLIP shrinks to 336 px. A 20,000 x 20,000 file is an InputError (in an evaluation: that question's
+error line), never a crash or an hour of decoding."""
+
+
+def decode_image(source, name: str) -> Image.Image:
+    """Decode an image file (a path or a binary file object; `name` says which in messages) for the
+    model: RGB, or RGBA when it has transparency (`ImageProcessor` composites it onto its mean colour).
+
+    - EXIF orientation is applied (`ImageOps.exif_transpose`): a phone photo stands as it was taken.
+    - Integer modes wider than 8 bits ("I;16*", 16-bit PNG and TIFF) are read by their type's full
+      range, 0..65535 -> 0..255; mode "I" (32-bit) as 16-bit when every value fits 0..65535, else
+      stretched from its min..max. Float images ("F") are read as 0..1 when every value lies there,
+      else stretched from min..max (a constant image outside 0..1 is clipped to 0..255); NaN is 0.
+      (`convert("RGB")` clips both: 16-bit images came out all white, float ones all black.)
+    - Palette, grey, bilevel, CMYK, ... convert as PIL converts them; a palette or grey image with a
+      transparent colour keeps its transparency.
+    A missing, unreadable, corrupt or too large (`MAX_IMAGE_PIXELS`) image is an InputError naming it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours
+            with Image.open(source) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise InputError(_too_large(name, width, height))
+                image.load()  # decode now, so a truncated file fails here and not later
+                return _for_the_model(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError as error:  # PIL's guard fires inside open, before ours can
+        raise InputError(f"image {name} is too large to decode ({error}); the limit is {MAX_IMAGE_PIXELS:,} pixels") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"cannot read image {name}: not an image or corrupt ({error})") from error
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB; a missing or unreadable file is an InputError naming it."""
+    """The image file at `path`, as `decode_image` reads it; a path that is no image file is an InputError saying why."""
+    text = str(path)
+    if not text.strip():
+        raise InputError("the image path is empty")
+    if "://" in text:
+        raise InputError(f"image {text}: URLs are not fetched; download the image and pass the local file")
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"image {path} is a folder, not an image file")
     if not path.is_file():
         raise InputError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now, so a truncated file fails here and not later
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise InputError(f"cannot read image {path}: not an image or corrupt ({error})") from error
+    return decode_image(path, str(path))
+
+
+def _too_large(name: str, width: int, height: int) -> str:
+    return (f"image {name} is too large: {width} x {height} = {width * height:,} pixels, "
+            f"the limit is {MAX_IMAGE_PIXELS:,} (see llava.mm_utils.MAX_IMAGE_PIXELS)")
+
+
+def _for_the_model(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        if mode == "I" and values.size and not (values.min() >= 0 and values.max() <= 65535):
+            return _grey(_stretch(values))
+        return _grey(values / 257.0)  # 65535 / 255: 0 -> 0, 65535 -> 255
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        in_unit_range = values.size and values.min() >= 0 and values.max() <= 1
+        return _grey(values * 255.0 if in_unit_range else _stretch(values))
+    return image.convert("RGBA" if _has_transparency(image) else "RGB")
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    low, high = values.min(), values.max()
+    return (values - low) * 255.0 / (high - low) if high > low else values
+
+
+def _grey(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+def composite_on(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """An RGB image: an image with transparency laid over `background`, any other converted."""
+    if not _has_transparency(image):
+        return image.convert("RGB")
+    canvas = Image.new("RGBA", image.size, background + (255,))
+    return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -85,7 +167,7 @@ class ImageProcessor:
         return torch.stack([self.preprocess(image) for image in images])
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
+        image = composite_on(image, self.background)  # transparency shows the colour LLaVA pads with
         if self.pad_to_square:
             image = expand_to_square(image, self.background)
         size = self.image_size

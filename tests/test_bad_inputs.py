@@ -23,7 +23,8 @@ FAKE = ["--pipeline", "tests.eval_fakes:FakePipeline.load", "--no-progress"]
 
 @pytest.fixture(scope="module")
 def places(tmp_path_factory, tiny_llava_dir):
-    """Paths the rows name: {image}, {folder}, {file}, {tiny}, {bad_json}, {not_object}, {data}, {empty}."""
+    """Paths the rows name: {image}, {folder}, {file}, {tiny}, {bad_json}, {not_object}, {data}, {empty},
+    {missing} (no checkpoint there), {bomb} (a PNG header claiming 20,000 x 20,000 pixels)."""
     root = tmp_path_factory.mktemp("bad-inputs")
     image = root / "picture.png"
     helpers.random_images(1, seed=3)[0].save(image)
@@ -31,13 +32,14 @@ def places(tmp_path_factory, tiny_llava_dir):
     for name, text in [("bad-json", "{not json"), ("not-object", "[1, 2]")]:
         (root / name).mkdir()
         (root / name / "config.json").write_text(text)
+    (root / "bomb.png").write_bytes(helpers.huge_png(20_000, 20_000))
     data = make_all(root / "data")
     empty = root / "empty-data"
     make_pope(empty)
     write_jsonl(empty / "pope/llava_pope_test.jsonl", [])
     return {"image": image, "folder": root, "file": root / "a-file.txt", "tiny": tiny_llava_dir,
             "bad_json": root / "bad-json", "not_object": root / "not-object", "data": data, "empty": empty,
-            "missing": root / "checkpoints/llava-v1.5-7b"}
+            "missing": root / "checkpoints/llava-v1.5-7b", "bomb": root / "bomb.png"}
 
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -54,6 +56,11 @@ CLI_ROWS = [
     (["run", "--prompt", "hi", "--conv-mode", "bogus"], "unknown conversation mode 'bogus'"),
     (["run", "--prompt", "  "], "the prompt is empty"),
     (["run", "--prompt", "hi", "--image", "{folder}/nothing.png"], "image not found"),
+    (["run", "--prompt", "hi", "--image", ""], "the image path is empty"),
+    (["run", "--prompt", "hi", "--image", "{folder}"], "is a folder, not an image file"),
+    (["run", "--prompt", "hi", "--image", "https://example.com/cat.jpg"], "https://example.com/cat.jpg: URLs are not fetched"),
+    (["run", "--prompt", "hi", "--image", "{file}"], "not an image or corrupt"),
+    (["run", "--prompt", "hi", "--image", "{bomb}"], "is too large"),
     (["run", "--prompt", "hi", "--model-path", "{missing}"], "checkpoint folder not found"),
     (["run", "--prompt", "hi", "--model-path", "{file}"], "is a file, not a checkpoint folder"),
     (["run", "--prompt", "hi", "--model-path", "{bad_json}"], "is not valid JSON"),

@@ -31,9 +31,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from llava.errors import InputError
+from llava.mm_utils import decode_image, load_image
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
@@ -218,23 +219,16 @@ def answer_text(record: dict | None) -> str | None:
 
 
 def open_image(question: Question) -> Image.Image:
-    """The question's image as RGB; a missing, corrupt or undecodable image is an InputError naming it."""
+    """The question's image, read as `fastv run` reads one (`llava.mm_utils.decode_image`: EXIF
+    orientation, 16-bit and float images, a pixel limit); a missing, corrupt, undecodable or too
+    large image is an InputError naming it, which the runner writes as that question's error line."""
     if question.image_base64 is not None:
         try:
             source = io.BytesIO(base64.b64decode(question.image_base64))
         except (binascii.Error, ValueError) as error:
             raise InputError(f"cannot read the image of question {question.question_id}: not base64 ({error})")
-        name = f"of question {question.question_id} (base64 in the question file)"
-    else:
-        source, name = question.image, str(question.image)
-        if not Path(source).is_file():
-            raise InputError(f"image not found: {name}")
-    try:
-        with Image.open(source) as image:
-            image.load()  # decode now, so a truncated file fails here
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise InputError(f"cannot read image {name}: not an image or corrupt ({error})") from error
+        return decode_image(source, f"of question {question.question_id} (base64 in the question file)")
+    return load_image(question.image)
 
 
 # ----------------------------------------------------------------------------- VQA answers
