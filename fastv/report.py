@@ -1,13 +1,24 @@
 """`fastv report RUN_DIRS...`: the paper-style table of evaluation runs, as Markdown and CSV.
 
-Rows: method and budget (one table per checkpoint); columns: benchmarks, each the
-benchmark's headline number (scores.json); last column: the mean over the row's
-benchmarks of its score relative to the unpruned run's ("none"), in percent, as
-FasterVLM's tables report it. "Tokens" is the mean number of visual tokens that
-entered the LLM per image, as measured (run.json), not the budget asked for.
+Rows: method and budget (one table per checkpoint); columns: benchmarks, each cell
+the benchmark's headline number (scores.json) and, in brackets, the number of
+questions it was taken over; last column: the mean over the row's benchmarks of
+its score relative to the unpruned run's ("none"), in percent, as FasterVLM's
+tables report it. "Tokens" is the mean number of visual tokens that entered the
+LLM per image, as measured (run.json), not the budget asked for.
 
-Each argument is a run directory (holding scores.json) or a folder searched for
-them, e.g. `fastv report outputs/eval`. Benchmarks scored by a server or a GPT
+A run that is not a score is never shown as one: a run that never finished
+(killed or still running: run.json's `finished` is null, or there is no
+scores.json), one with unanswered questions, or one over zero questions shows
+`-*`, and a line under the table names its folder and what is wrong. Of two runs
+of one cell, a complete run wins over an incomplete one, then the later one.
+When a benchmark's runs in one table were taken over different question sets
+(run.json's `question_set` digest, or the question count for older runs), its
+cells carry `†`, a line says which, and the benchmark is left out of the average.
+
+Each argument is a run directory (holding scores.json or run.json) or a folder
+searched for them, e.g. `fastv report outputs/eval`. A corrupt scores.json or
+run.json is an error naming the file. Benchmarks scored by a server or a GPT
 judge (VQAv2 and VizWiz test, MM-Vet, LLaVA-Bench) have no local number: put the
 score you got back in `external_score.json` ({"value": 78.5, "source": "EvalAI"})
 in the run directory and the table shows it.
@@ -22,56 +33,130 @@ import json
 import sys
 from pathlib import Path
 
+from llava.errors import InputError, print_error
 from llava.eval.registry import BENCHMARKS
+
+# What a cell can say besides its score (a mark after the number, explained under the table).
+INCOMPLETE = "*"  # the run has not answered every question, or never finished (killed or still running)
+OTHER_QUESTIONS = "†"  # this column's runs were taken over different question sets: not comparable
 
 
 def collect(run_dirs: list[str]) -> list[dict]:
-    """Every scores.json under the given paths, with its directory."""
+    """Every run under the given paths (a directory holding scores.json or run.json), read as `read_run_dir` reads it."""
     found = []
     for run_dir in run_dirs:
         path = Path(run_dir)
-        paths = [path / "scores.json"] if (path / "scores.json").is_file() else sorted(path.rglob("scores.json"))
-        if not paths:
-            raise FileNotFoundError(f"no scores.json in {path}")
-        for scores_path in paths:
-            scores = json.loads(scores_path.read_text(encoding="utf-8"))
-            scores["value"] = headline_value(scores, scores_path.parent)
-            found.append(scores)
+        if not path.exists():
+            raise InputError(f"no such run directory or folder: {path}")
+        if _is_run(path):
+            folders = [path]
+        else:
+            folders = sorted({p.parent for name in ("scores.json", "run.json") for p in path.rglob(name)})
+        if not folders:
+            raise InputError(f"no scores.json or run.json in {path}: nothing to report")
+        found += [read_run_dir(folder) for folder in folders]
     return found
 
 
+def _is_run(path: Path) -> bool:
+    return (path / "scores.json").is_file() or (path / "run.json").is_file()
+
+
+def read_run_dir(folder: Path) -> dict:
+    """{benchmark, run, value, questions, complete, why, folder} of one run directory.
+
+    `value` is the headline number only for a complete run: scores.json present, run.json (when
+    there) not left unfinished, every question answered, and more than zero questions; otherwise
+    `why` says what is wrong and the run stands in the table as "-" with a mark, never as a score.
+    """
+    scores = _read_json(folder / "scores.json")
+    run = _read_json(folder / "run.json")
+    if run is None:
+        run = (scores or {}).get("run", {})
+    benchmark = (scores or {}).get("benchmark") or run.get("benchmark") or folder.name
+    questions, missing = run.get("questions"), run.get("missing") or 0
+    if scores is None:
+        why = f"not finished: {run.get('answered', 0)} of {questions} answered (no scores.json)"
+    elif run.get("finished", "") is None:  # run.json says a run started after this score was written
+        why = f"not finished: {run.get('answered', 0)} of {questions} answered (scores.json is an older run's)"
+    elif not questions:
+        why = "0 questions: no score"
+    elif missing:
+        why = f"{missing} of {questions} questions have no answer (counted wrong)"
+    else:
+        why = None
+    value = headline_value(scores, folder) if scores is not None and why is None else None
+    return {"benchmark": benchmark, "run": run, "value": value, "questions": questions, "complete": why is None,
+            "why": why, "folder": folder}
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{path} is not valid JSON ({error}): rerun the benchmark into that folder, or remove it")
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a JSON object: rerun the benchmark into that folder, or remove it")
+    return data
+
+
 def headline_value(scores: dict, run_dir: Path) -> float | None:
-    value = scores.get("headline", {}).get("value")
+    value = (scores.get("headline") or {}).get("value")
     external = run_dir / "external_score.json"
     if value is None and external.is_file():
-        value = json.loads(external.read_text(encoding="utf-8")).get("value")
+        value = (_read_json(external) or {}).get("value")
     return value
 
 
+def _preference(entry: dict) -> tuple:
+    """Of two runs of one cell the complete one wins; then the later one."""
+    run = entry["run"]
+    return (entry["complete"], run.get("finished") or "", run.get("started") or "")
+
+
 def build_rows(runs: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
-    """{model: [row]} with row = {method, budget, tokens, scores: {benchmark: value}, relative}; benchmark order."""
+    """{model: [row]} with row = {method, budget, tokens, cells: {benchmark: run}, relative}; benchmark order.
+
+    A row's `relative` leaves out the benchmarks whose runs in that table were taken over different
+    question sets (they are marked OTHER_QUESTIONS).
+    """
     models: dict[str, dict[tuple, dict]] = {}
-    for scores in sorted(runs, key=lambda s: s["run"].get("finished") or ""):  # a later run of the same cell wins
-        run = scores["run"]
+    for entry in sorted(runs, key=_preference):  # the preferred run of a cell comes last and wins
+        run = entry["run"]
         row_key = (run.get("method_spec") or "none", run.get("budget"), run.get("ratio"))
         row = models.setdefault(run.get("model_id") or "?", {}).setdefault(row_key, {
             "method": run.get("method_name") or "none", "spec": row_key[0], "budget": run.get("budget"),
-            "ratio": run.get("ratio"), "tokens": [], "scores": {},
+            "ratio": run.get("ratio"), "cells": {},
         })
-        row["scores"][scores["benchmark"]] = scores["value"]
-        if run.get("visual_tokens_mean") is not None:
-            row["tokens"].append(run["visual_tokens_mean"])
-    present = {s["benchmark"] for s in runs}
-    benchmarks = [name for name in BENCHMARKS if name in present]
+        row["cells"][entry["benchmark"]] = entry
+    present = {entry["benchmark"] for entry in runs}
+    benchmarks = [name for name in BENCHMARKS if name in present] + sorted(present - set(BENCHMARKS))
     tables = {}
     for model, rows in models.items():
         ordered = sorted(rows.values(), key=lambda r: (r["method"] != "none", r["method"], -(r["budget"] or 0), r["spec"]))
+        mixed = {b for b in benchmarks if len(question_sets(ordered, b)) > 1}
         baseline = next((r for r in ordered if r["method"] == "none"), None)
         for row in ordered:
-            row["tokens"] = sum(row["tokens"]) / len(row["tokens"]) if row["tokens"] else None
-            row["relative"] = relative_to(row, baseline, benchmarks)
+            tokens = [e["run"]["visual_tokens_mean"] for e in row["cells"].values()
+                      if e["complete"] and e["run"].get("visual_tokens_mean") is not None]
+            row["tokens"] = sum(tokens) / len(tokens) if tokens else None
+            row["scores"] = {b: e["value"] for b, e in row["cells"].items()}
+            row["mixed"] = mixed
+        for row in ordered:
+            row["relative"] = relative_to(row, baseline, [b for b in benchmarks if b not in mixed])
         tables[model] = ordered
     return tables, benchmarks
+
+
+def question_sets(rows: list[dict], benchmark: str) -> set:
+    """The distinct question sets of a benchmark's complete runs in one table (a digest, or the count
+    for a run.json written before digests were recorded)."""
+    return {
+        e["run"].get("question_set") or f"{e['questions']} questions"
+        for r in rows if (e := r["cells"].get(benchmark)) is not None and e["complete"]
+    }
 
 
 def relative_to(row: dict, baseline: dict | None, benchmarks: list[str]) -> float | None:
@@ -98,15 +183,42 @@ def _number(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _cell(entry: dict | None, mixed: bool) -> str:
+    """"score (questions)"; a run that is no score shows "-" with its mark, never a number."""
+    if entry is None:
+        return "-"
+    if not entry["complete"]:
+        return f"-{INCOMPLETE}"
+    mark = OTHER_QUESTIONS if mixed else ""
+    return f"{_number(entry['value'])} ({entry['questions']}){mark}"
+
+
 def table_cells(rows: list[dict], benchmarks: list[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["Method", "Budget", "Tokens"] + [BENCHMARKS[b].title for b in benchmarks] + ["Avg. (% of unpruned)"]
+    title = lambda b: BENCHMARKS[b].title if b in BENCHMARKS else b
+    header = ["Method", "Budget", "Tokens"] + [title(b) for b in benchmarks] + ["Avg. (% of unpruned)"]
     body = [
         [row["spec"] if row["method"] != "none" else "none (unpruned)", _budget(row), _number(row["tokens"])]
-        + [_number(row["scores"].get(b)) for b in benchmarks]
+        + [_cell(row["cells"].get(b), b in row["mixed"]) for b in benchmarks]
         + [_number(row["relative"]) + ("%" if row["relative"] is not None else "")]
         for row in rows
     ]
     return header, body
+
+
+def notes(rows: list[dict], benchmarks: list[str]) -> list[str]:
+    """The lines under a table: what the cells say, and every run that is not a score, by folder."""
+    lines = ["Cells: headline score (questions it was taken over)."]
+    for row in rows:
+        for benchmark in benchmarks:
+            entry = row["cells"].get(benchmark)
+            if entry is not None and not entry["complete"]:
+                lines.append(f"{INCOMPLETE} {row['spec']}, {benchmark}: {entry['why']} ({entry['folder']})")
+    for benchmark in sorted(rows[0]["mixed"]) if rows else []:
+        sets = sorted({f"{row['spec']}: {row['cells'][benchmark]['questions']} questions"
+                       for row in rows if benchmark in row["cells"] and row["cells"][benchmark]["complete"]})
+        lines.append(f"{OTHER_QUESTIONS} {benchmark}: the runs were taken over different question sets ({'; '.join(sets)}); "
+                     "not comparable, left out of the average")
+    return lines
 
 
 def report(run_dirs: list[str], out: str | None = None) -> str:
@@ -118,7 +230,7 @@ def report(run_dirs: list[str], out: str | None = None) -> str:
         header, body = table_cells(rows, benchmarks)
         markdown += [f"### {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         markdown += ["| " + " | ".join(cells) + " |" for cells in body]
-        markdown.append("")
+        markdown += [""] + [f"{line}  " for line in notes(rows, benchmarks)] + [""]
         rows_for_csv += [["Model"] + header] if not rows_for_csv else []
         rows_for_csv += [[model] + cells for cells in body]
     text = "\n".join(markdown)
@@ -145,9 +257,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         print(report(args.run_dirs, args.out))
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (InputError, OSError) as error:
+        return print_error(error)
     return 0
 
 

@@ -7,9 +7,11 @@ budget) gets its own run directory under `--out` (answers, scores, run.json), so
 an interrupted sweep resumes where it stopped. Writes `sweep.json`, `sweep.md`
 (overall accuracy per method and budget, then per question type) and `sweep.png`.
 
-Budgets are shares of the visual tokens per image: `keep = round(share * tokens)`.
-`pool` needs a square grid, so it keeps the nearest square number of tokens; the
-table reports the tokens each run really kept (mean over questions).
+Budgets are shares of the visual tokens per image, in (0, 1]: `keep = round(share *
+tokens)`. `pool` needs a square grid, so it keeps the nearest square number of
+tokens; the table reports the tokens each run really kept (mean over questions)
+and the number of questions each score was taken over. Every option is checked
+before the model is loaded.
 """
 
 from __future__ import annotations
@@ -50,6 +52,28 @@ def method_spec(name: str, share: float, tokens: int) -> str:
     return f"{name}:keep={keep}"
 
 
+def check_options(out, names, shares, limit, max_new_tokens, batch_size, device) -> None:
+    """InputError naming the first bad option; nothing is loaded or computed before this passes."""
+    from llava.device import resolve_device
+    from llava.errors import InputError
+    from llava.eval.run import check_run_options, prepare_output_dir
+    from llava.generate import check_generation_options
+    from llava.model.pruning.registry import available_methods, parse_method
+
+    bad = [share for share in shares if not 0 < share <= 1]
+    if bad or not shares:
+        raise InputError(f"--shares must be fractions of the visual tokens kept, in (0, 1]; got {', '.join(map(str, bad or shares)) or 'none'}")
+    known = available_methods()
+    for name in names:
+        if name not in known:
+            parse_method(name)  # the registry's "unknown method ... did you mean" error
+    check_run_options(batch_size, limit)
+    if max_new_tokens is not None:
+        check_generation_options(max_new_tokens, 0.0)
+    resolve_device(device)
+    prepare_output_dir(Path(out))
+
+
 def main(
     out: str,
     model_path: str | None = None,
@@ -69,6 +93,8 @@ def main(
     from llava.model.pruning.registry import available_methods
     from llava.pipeline import LlavaPipeline
 
+    names = methods or available_methods()
+    check_options(out, names, shares, limit, max_new_tokens, batch_size, device)
     model_path = model_path or str(SHIPPED_MODEL)
     bench = get_benchmark(benchmark)
     folder = Path(data_root) / bench.folder
@@ -78,7 +104,6 @@ def main(
         write_split("test", n_questions, folder)
     pipe = LlavaPipeline.load(model_path, device=device)
     tokens = pipe.model.config.tokens_per_image
-    names = methods or available_methods()
 
     runs = []
     for name in names:
@@ -92,7 +117,7 @@ def main(
             metrics = scores["metrics"]
             runs.append({
                 "method": name, "spec": spec, "share": share,
-                "kept_tokens": scores["run"].get("kept_tokens_mean"),
+                "kept_tokens": scores["run"].get("kept_tokens_mean"), "questions": scores["run"]["questions"],
                 "accuracy": metrics.get("accuracy", scores["headline"]["value"]),
                 "types": metrics.get("types", {}),
             })
@@ -112,27 +137,35 @@ def to_markdown(result: dict) -> str:
     unpruned = next((r for r in runs if r["method"] == "none"), None)
     tokens = result["tokens_per_image"]
     header = " | ".join(f"{s:.0%} ({round(s * tokens)})" for s in shares)
+    counts = sorted({r.get("questions") for r in runs}, key=str)
+    over = (f"over {counts[0]} questions each" if len(counts) == 1
+            else f"over different numbers of questions ({', '.join(map(str, counts))}: see the per-type table)")
     lines = [
-        f"Accuracy (%) on {result['benchmark']}, by method and share of the {tokens} visual tokens kept per image",
+        f"Accuracy (%) on {result['benchmark']}, by method and share of the {tokens} visual tokens kept per image, {over}",
         "",
         f"| method | {header} |",
         "|---|" + "---:|" * len(shares),
     ]
     if unpruned:
-        lines.append(f"| none (unpruned) | {unpruned['accuracy']:.1f} |" + " |" * (len(shares) - 1))
+        lines.append(f"| none (unpruned) | {_number(unpruned['accuracy'])} |" + " |" * (len(shares) - 1))
     for name in dict.fromkeys(r["method"] for r in runs if r["method"] != "none"):
         by_share = {r["share"]: r for r in runs if r["method"] == name}
-        cells = [f"{by_share[s]['accuracy']:.1f}" if s in by_share else "" for s in shares]
+        cells = [_number(by_share[s]["accuracy"]) if s in by_share else "" for s in shares]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     types = sorted({t for r in runs for t in r["types"]})
     if types:
-        lines += ["", "Per question type:", "", "| method | kept | " + " | ".join(types) + " |",
-                  "|---|---:|" + "---:|" * len(types)]
+        lines += ["", "Per question type (\"-\": the run had no question of that type):", "",
+                  "| method | kept | questions | " + " | ".join(types) + " |", "|---|---:|---:|" + "---:|" * len(types)]
         for r in runs:
             kept = f"{r['kept_tokens']:.0f}" if r["kept_tokens"] is not None else ""
-            lines.append(f"| {r['spec']} | {kept} | " + " | ".join(f"{r['types'].get(t, 0):.1f}" for t in types) + " |")
+            cells = " | ".join(_number(r["types"].get(t)) for t in types)
+            lines.append(f"| {r['spec']} | {kept} | {r.get('questions', '')} | {cells} |")
     return "\n".join(lines)
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def plot(result: dict, path: Path) -> None:
@@ -143,7 +176,10 @@ def plot(result: dict, path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
     for name in dict.fromkeys(r["method"] for r in result["runs"]):
-        points = sorted((r["share"], r["accuracy"]) for r in result["runs"] if r["method"] == name)
+        points = sorted((r["share"], r["accuracy"]) for r in result["runs"]
+                        if r["method"] == name and r["accuracy"] is not None)
+        if not points:
+            continue
         if name == "none":
             axis.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label="none (unpruned)")
         else:

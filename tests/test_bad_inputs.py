@@ -66,6 +66,11 @@ CLI_ROWS = [
     (["run", "--prompt", "hi", "--model-path", "{bad_json}"], "is not valid JSON"),
     (["run", "--prompt", "hi", "--model-path", "{not_object}"], "config.json"),
     (["run", "--prompt", "hi", "--model-path", "{tiny}", "--vision-tower", "{folder}"], "--vision-tower"),
+    (["sweep", "--out", "{folder}/sweep", "--shares", "0"], "--shares must be fractions of the visual tokens kept"),
+    (["sweep", "--out", "{file}"], "it or a folder above it is a file"),
+    (["sweep", "--out", "{folder}/sweep", "--batch-size", "-3"], "--batch-size must be at least 1"),
+    (["report", "{folder}/nothing"], "no such run directory or folder"),
+    (["report", "{bad_json}"], "no scores.json or run.json in"),
     (["bench-prefill", "--repeats", "0"], "--repeats must be at least 1"),
     (["bench-prefill", "--batch", "0"], "--batch must be at least 1"),
     (["bench-prefill", "--device", "foo"], "unknown device 'foo'"),
@@ -95,7 +100,7 @@ EVAL_ROWS = [
 
 def fill(argv, places, tmp_path):
     argv = [a.format(**places) for a in argv]
-    if argv and argv[0] in ("run", "bench-prefill"):
+    if argv and argv[0] in ("run", "bench-prefill", "sweep", "report"):
         return argv
     defaults = {"--data-root": str(places["data"]), "--output-dir": str(tmp_path / "out"), "--model-path": "tiny"}
     return argv + [item for flag, value in defaults.items() if flag not in argv for item in (flag, value)]

@@ -8,14 +8,16 @@ import pytest
 from fastv.report import main, report
 
 
-def make_run(root, model, method, benchmark, value, tokens, finished="2026-01-01T00:00:00", external=None):
+def make_run(root, model, method, benchmark, value, tokens, finished="2026-01-01T00:00:00", external=None,
+             questions=100, question_set="set-a"):
     keep = int(method.split("keep=")[1]) if "keep=" in method else None
     run_dir = root / model / method.replace(":", "_") / benchmark
     run_dir.mkdir(parents=True)
     scores = {
         "benchmark": benchmark, "title": benchmark, "headline": {"metric": "x", "value": value}, "metrics": {},
         "run": {"model_id": model, "method_spec": method, "method_name": method.split(":")[0], "budget": keep,
-                "ratio": None, "visual_tokens_mean": tokens, "finished": finished},
+                "ratio": None, "visual_tokens_mean": tokens, "finished": finished, "questions": questions,
+                "answered": questions, "errors": 0, "missing": 0, "question_set": question_set},
     }
     (run_dir / "scores.json").write_text(json.dumps(scores))
     if external is not None:
@@ -44,11 +46,13 @@ def test_table_rows_columns_and_average_ratio(runs, tmp_path):
     lines = text.splitlines()
     assert lines[0] == "### llava-v1.5-7b"
     assert lines[2] == "| Method | Budget | Tokens | VQAv2 | TextVQA | POPE | MME | Avg. (% of unpruned) |"
-    assert lines[4] == "| none (unpruned) | - | 576.0 | 78.0 | 60.0 | 80.0 | 1500.0 | 100.0% |"
+    assert lines[4] == "| none (unpruned) | - | 576.0 | 78.0 (100) | 60.0 (100) | 80.0 (100) | 1500.0 (100) | 100.0% |"
     # keep=64: 74.1/78 = 0.95, 54/60 = 0.90, 84/80 = 1.05, 1200/1500 = 0.80 -> mean 92.5%
-    assert lines[5] == "| fastervlm:keep=128 | 128 | 128.0 | - | 57.0 | - | - | 95.0% |"  # 57/60 only
-    assert lines[6] == "| fastervlm:keep=64 | 64 | 64.0 | 74.1 | 54.0 | 84.0 | 1200.0 | 92.5% |"
+    assert lines[5] == "| fastervlm:keep=128 | 128 | 128.0 | - | 57.0 (100) | - | - | 95.0% |"  # 57/60 only
+    assert lines[6] == "| fastervlm:keep=64 | 64 | 64.0 | 74.1 (100) | 54.0 (100) | 84.0 (100) | 1200.0 (100) | 92.5% |"
+    assert lines[8] == "Cells: headline score (questions it was taken over).  "
     assert (tmp_path / "table.md").read_text() == text
+    assert "*" not in text and "†" not in text
     rows = list(csv.reader((tmp_path / "table.csv").open()))
     assert rows[0][:3] == ["Model", "Method", "Budget"] and rows[3][-1] == "92.5%"
 
@@ -57,12 +61,96 @@ def test_the_later_of_two_runs_of_one_cell_wins_and_models_get_their_own_table(r
     make_run(tmp_path / "again", "llava-v1.5-7b", "fastervlm:keep=128", "textvqa", 48.0, 128, finished="2027-01-01")
     make_run(tmp_path / "again", "llava-v1.6-vicuna-7b", "none", "textvqa", 64.0, 2880)
     text = report([str(runs), str(tmp_path / "again")], None)
-    assert "| fastervlm:keep=128 | 128 | 128.0 | - | 48.0 | - | - | 80.0% |" in text
+    assert "| fastervlm:keep=128 | 128 | 128.0 | - | 48.0 (100) | - | - | 80.0% |" in text
     assert "### llava-v1.6-vicuna-7b" in text
 
 
 def test_command_line(runs, capsys, tmp_path):
     assert main([str(runs / "llava-v1.5-7b/none/textvqa")]) == 0
-    assert "| none (unpruned) | - | 576.0 | 60.0 | 100.0% |" in capsys.readouterr().out
+    assert "| none (unpruned) | - | 576.0 | 60.0 (100) | 100.0% |" in capsys.readouterr().out
     assert main([str(tmp_path / "nothing")]) == 2
-    assert capsys.readouterr().err.startswith("error: no scores.json in")
+    assert capsys.readouterr().err.strip() == f"error: no such run directory or folder: {tmp_path / 'nothing'}"
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.startswith("error: no scores.json or run.json in")
+
+
+def row_of(text, spec):
+    return next(line for line in text.splitlines() if line.startswith(f"| {spec} |"))
+
+
+def test_a_killed_run_after_a_limited_one_is_no_score(runs):
+    # a --limit 5 run finished, then a full run into the same folder was killed: run.json unfinished
+    # (older runners also left the 5-question scores.json in place)
+    run_dir = make_run(runs, "llava-v1.5-7b", "fastervlm:keep=32", "textvqa", 70.0, 32, questions=5, question_set="b")
+    killed = {**json.loads((run_dir / "scores.json").read_text())["run"], "questions": 100, "answered": 12,
+              "finished": None, "question_set": "set-a"}
+    (run_dir / "run.json").write_text(json.dumps(killed))
+    text = report([str(runs)])
+    assert row_of(text, "fastervlm:keep=32") == "| fastervlm:keep=32 | 32 | - | - | -* | - | - | - |"
+    assert f"* fastervlm:keep=32, textvqa: not finished: 12 of 100 answered (scores.json is an older run's) ({run_dir})" in text
+    (run_dir / "scores.json").unlink()  # what today's runner leaves: run.json only
+    text = report([str(runs)])
+    assert row_of(text, "fastervlm:keep=32").startswith("| fastervlm:keep=32 | 32 | - | - | -* |")
+    assert "not finished: 12 of 100 answered (no scores.json)" in text
+
+
+def test_an_empty_run_never_replaces_the_real_unpruned_cell(runs, tmp_path):
+    later = make_run(tmp_path / "later", "llava-v1.5-7b", "none", "textvqa", 0.0, None, finished="2027-01-01",
+                     questions=0, question_set="empty")
+    text = report([str(runs), str(tmp_path / "later")])
+    assert row_of(text, "none (unpruned)").startswith("| none (unpruned) | - | 576.0 | 78.0 (100) | 60.0 (100) |")
+    alone = report([str(later)])
+    assert row_of(alone, "none (unpruned)") == "| none (unpruned) | - | - | -* | - |"
+    assert "0 questions: no score" in alone
+
+
+def test_unanswered_questions_mark_the_run(runs):
+    run_dir = runs / "llava-v1.5-7b/fastervlm_keep=64/pope"
+    scores = json.loads((run_dir / "scores.json").read_text())
+    scores["run"]["missing"] = 3
+    (run_dir / "scores.json").write_text(json.dumps(scores))
+    text = report([str(runs)])
+    assert row_of(text, "fastervlm:keep=64") == "| fastervlm:keep=64 | 64 | 64.0 | 74.1 (100) | 54.0 (100) | -* | 1200.0 (100) | 88.3% |"  # 0.95, 0.9, 0.8
+    assert "pope: 3 of 100 questions have no answer (counted wrong)" in text
+
+
+def test_runs_over_different_question_sets_are_flagged_and_left_out_of_the_average(runs):
+    make_run(runs, "llava-v1.5-7b", "fastervlm:keep=16", "textvqa", 30.0, 16, questions=5, question_set="first-5")
+    text = report([str(runs)])
+    assert row_of(text, "none (unpruned)").startswith("| none (unpruned) | - | 576.0 | 78.0 (100) | 60.0 (100)† |")
+    assert row_of(text, "fastervlm:keep=16") == "| fastervlm:keep=16 | 16 | 16.0 | - | 30.0 (5)† | - | - | - |"
+    # keep=64 without TextVQA: 74.1/78, 84/80, 1200/1500 -> (0.95 + 1.05 + 0.8) / 3 = 93.3%
+    assert row_of(text, "fastervlm:keep=64").endswith("| 93.3% |")
+    assert ("† textvqa: the runs were taken over different question sets (fastervlm:keep=128: 100 questions; "
+            "fastervlm:keep=16: 5 questions; fastervlm:keep=64: 100 questions; none: 100 questions)") in text
+
+
+@pytest.mark.parametrize("name, content", [("scores.json", "{cut"), ("run.json", "[1]")])
+def test_a_corrupt_run_file_is_one_line_naming_it(runs, capsys, name, content):
+    broken = runs / "llava-v1.5-7b/none/pope" / name
+    broken.write_text(content)
+    assert main([str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {broken} is not ") and "\n" not in err
+
+
+def test_report_of_real_runner_directories(tmp_path, monkeypatch):
+    """The runner's own files: a finished --limit 2 run, then a killed full run into the same folder."""
+    from llava.eval.run import run_benchmark
+    from tests.eval_fakes import FakePipeline, make_pope
+
+    make_pope(tmp_path / "data")
+    out = tmp_path / "outputs/tiny/none/pope"
+    run_benchmark("pope", FakePipeline("tiny", "none"), tmp_path / "data", out, method="none", limit=2, progress=False)
+    assert row_of(report([str(tmp_path / "outputs")]), "none (unpruned)") == "| none (unpruned) | - | 576.0 | 50.0 (2) | 100.0% |"
+
+    def killed(self, requests, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FakePipeline, "answer", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark("pope", FakePipeline("tiny", "none"), tmp_path / "data", out, method="none", progress=False)
+    text = report([str(tmp_path / "outputs")])
+    assert row_of(text, "none (unpruned)") == "| none (unpruned) | - | - | -* | - |"
+    assert "not finished: 2 of 3 answered (no scores.json)" in text

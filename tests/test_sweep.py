@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from fastv import sweep
+from llava.errors import InputError
 
 
 def test_sweep_writes_runs_table_and_plot(tiny_llava_dir, tmp_path):
@@ -18,7 +21,7 @@ def test_sweep_writes_runs_table_and_plot(tiny_llava_dir, tmp_path):
     assert all(0 <= r["accuracy"] <= 100 for r in result["runs"])
     assert json.loads((out / "sweep.json").read_text()) == result
     table = (out / "sweep.md").read_text()
-    assert "| fastervlm |" in table and "Per question type:" in table
+    assert "| fastervlm |" in table and "Per question type" in table
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     # Every run has its own resumable directory; a second sweep answers nothing new.
     again = sweep.main(
@@ -33,3 +36,46 @@ def test_method_spec_for_shares():
     assert sweep.method_spec("fastv", 0.25, 576) == "fastv:k=2,keep=144"
     assert sweep.method_spec("pool", 0.1, 576) == "pool:keep=64"  # nearest square to 58
     assert sweep.method_spec("none", 0.1, 576) == "none"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"shares": [0.5, 0]}, r"--shares must be fractions of the visual tokens kept, in \(0, 1\]; got 0"),
+    ({"shares": [1.5]}, r"in \(0, 1\]; got 1.5"),
+    ({"batch_size": 0}, "--batch-size must be at least 1"),
+    ({"limit": -1}, "--limit must be at least 1"),
+    ({"max_new_tokens": -1}, "max_new_tokens must be an integer >= 0"),
+    ({"device": "foo"}, "unknown device 'foo'"),
+    ({"methods": ["fastervlmm"]}, "unknown method 'fastervlmm'"),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path, options, message, monkeypatch):
+    from llava import pipeline
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(pipeline.LlavaPipeline, "load", no_load)
+    with pytest.raises(InputError, match=message):
+        sweep.main(str(tmp_path / "sweep"), data_root=str(tmp_path / "data"), **options)
+
+
+def test_out_pointing_at_a_file_is_refused(tmp_path, capsys):
+    from fastv.cli import main
+
+    (tmp_path / "taken").write_text("")
+    for out in (tmp_path / "taken", tmp_path / "taken/sweep"):
+        assert main(["sweep", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: cannot use {out} as the output directory: it or a folder above it is a file"
+
+
+def test_table_counts_questions_and_marks_missing_types():
+    result = {"benchmark": "shapes", "tokens_per_image": 100, "runs": [
+        {"method": "none", "spec": "none", "share": 1.0, "kept_tokens": 100, "questions": 5, "accuracy": 80.0,
+         "types": {"color": 100.0, "count": 50.0}},
+        {"method": "fastervlm", "spec": "fastervlm:keep=50", "share": 0.5, "kept_tokens": 50, "questions": 5,
+         "accuracy": 60.0, "types": {"color": 60.0}},  # no count question in this run: "-", not 0.0
+    ]}
+    table = sweep.to_markdown(result)
+    assert "kept per image, over 5 questions each" in table.splitlines()[0]
+    assert "| fastervlm:keep=50 | 50 | 5 | 60.0 | - |" in table
+    assert "| none | 100 | 5 | 100.0 | 50.0 |" in table

@@ -430,11 +430,18 @@ def scores_table(scores: dict) -> str:
 
 
 def read_run(output_dir: Path) -> dict:
+    """The run.json of a run directory ({} when there is none). One that cannot be read is an InputError:
+    without it nobody can tell which settings the answers beside it were made with."""
     path = output_dir / "run.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except ValueError:
+    if not path.is_file():
         return {}
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        run = error
+    if not isinstance(run, dict):
+        raise InputError(f"{path} is not a JSON object of run settings ({run}): fix it, or remove the run directory")
+    return run
 
 
 def _canonical(method: str | None) -> str:
