@@ -39,4 +39,4 @@ def test_methods_lists_every_method(capsys):
 
 def test_report_subcommand(capsys, tmp_path):
     assert main(["report", str(tmp_path / "nothing")]) == 2
-    assert "no scores.json" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == f"error: no such run directory or folder: {tmp_path / 'nothing'}"
