@@ -256,6 +256,9 @@ def test_a_resume_under_other_settings_is_refused(data, tmp_path, setting, befor
     run("pope", data, tmp_path / "out", limit=1, **{setting: before})
     with pytest.raises(InputError, match=f"holds answers made with {setting}='{before}', not '{after}'"):
         run("pope", data, tmp_path / "out", **{setting: after})
+    # scoring finished answers again loads no model: another machine may do it
+    rescored = run("pope", data, tmp_path / "out", limit=1, **{setting: after})["run"]
+    assert rescored["questions"] == 1 and rescored[setting] == before  # what the answers were made with
 
 
 def test_the_fingerprint_covers_a_separate_clip_folder(data, tmp_path):

@@ -78,6 +78,10 @@ def test_transparency_shows_the_processors_mean_colour(tmp_path):
     palette.info["transparency"] = 0
     shown = pixels(composite_on(load_image(saved(tmp_path, palette, "palette.png", transparency=0)), MEAN_COLOUR))
     assert tuple(shown[0, 0]) == MEAN_COLOUR
+    palette_alpha = Image.new("PA", (2, 1), (1, 0))  # PNG cannot store "PA": the mode as PIL makes it
+    palette_alpha.putpalette([0, 0, 0, 10, 20, 30])
+    palette_alpha.putpixel((1, 0), (1, 255))  # colour 1 = (10, 20, 30): clear, then opaque
+    assert pixels(composite_on(palette_alpha, MEAN_COLOUR)).tolist() == [[list(MEAN_COLOUR), [10, 20, 30]]]
     # the processor sees the mean colour, the same as it pads with: all-transparent = an all-mean image
     processor = ImageProcessor(image_size=4)
     assert processor([load_image(saved(tmp_path, Image.new("RGBA", (4, 4)), "empty.png"))]).abs().max() < 0.02

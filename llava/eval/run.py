@@ -64,8 +64,8 @@ from llava.eval.registry import BENCHMARKS, Benchmark, get_benchmark
 ANSWERS = "answers.jsonl"
 DEFAULT_PIPELINE = "llava.pipeline:LlavaPipeline.load"
 # Settings that change the answers: a directory holding answers made with other values is not resumed.
-SAME_RUN_SETTINGS = ("benchmark", "model_id", "weights", "method", "conv_mode", "max_new_tokens", "temperature",
-                     "seed", "dtype", "device", "quantization")
+ANSWER_SETTINGS = ("benchmark", "model_id", "weights", "method", "conv_mode", "max_new_tokens", "temperature", "seed")
+SAME_RUN_SETTINGS = ANSWER_SETTINGS + ("dtype", "device", "quantization")  # checked when something is left to answer
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 FINGERPRINT_BYTES = 1 << 20  # read from each end of every weights file
 
@@ -171,10 +171,13 @@ def run_benchmark(
         "method": _canonical(method or previous.get("method")), "conv_mode": conv_mode, "max_new_tokens": max_new_tokens,
         "temperature": temperature, "seed": seed, "dtype": dtype, "device": device, "quantization": quantization,
     }
-    check_same_run(previous, settings, output_dir)
-
     done = read_answers(output_dir)
     todo = [q for q in questions if q.key not in done or (retry_errors and _is_error(done[q.key]))]
+    # Scoring finished answers again needs no model: another machine (dtype, device) may do it, and
+    # run.json keeps saying what the answers were made with.
+    check_same_run(previous, settings, output_dir, SAME_RUN_SETTINGS if todo else ANSWER_SETTINGS)
+    if not todo:
+        settings.update({name: previous[name] for name in SAME_RUN_SETTINGS if previous.get(name) is not None})
     if barrier:
         barrier()  # every rank has read the same answers before any writes more
     mine = todo[rank::world_size]
@@ -356,9 +359,9 @@ def _is_error(record: dict) -> bool:
 # ----------------------------------------------------------------------------- run metadata
 
 
-def check_same_run(previous: dict, settings: dict, output_dir: Path) -> None:
-    """Refuse to mix answers made with another model or method into one answers file."""
-    for name in SAME_RUN_SETTINGS:
+def check_same_run(previous: dict, settings: dict, output_dir: Path, names=SAME_RUN_SETTINGS) -> None:
+    """Refuse to mix answers made with another model, method or setting (`names`) into one answers file."""
+    for name in names:
         before, now = previous.get(name), settings.get(name)
         if before is not None and now is not None and before != now:
             raise InputError(
