@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from llava.data import synthetic
+from llava.errors import CheckpointError, InputError, print_error
 from llava.eval import shapes
 from llava.pipeline import LlavaPipeline, Request
 
@@ -56,12 +57,18 @@ def main(argv=None) -> dict:
     p.add_argument("--json", type=Path, help="also write the JSON result here")
     p.add_argument("--predictions", type=Path, help="write every prediction here (JSON lines)")
     args = p.parse_args(argv)
+    for name, least in (("n", 1), ("start", 0), ("batch_size", 1), ("threads", 1)):
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     methods = args.method or ["none"]
     samples = list(synthetic.generate_split(args.split, args.n, args.start))
     results, all_records = {}, []
     for method in methods:
-        pipe = LlavaPipeline.load(args.model_path, method=method)
+        try:
+            pipe = LlavaPipeline.load(args.model_path, method=method)
+        except (InputError, CheckpointError, OSError) as error:
+            sys.exit(print_error(error))
         t0 = time.time()
         results[method], records = evaluate(pipe, samples, args.batch_size)
         print(f"# {method}: {len(samples)} samples in {time.time() - t0:.0f}s", file=sys.stderr)

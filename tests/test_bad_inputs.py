@@ -139,3 +139,27 @@ def test_as_a_process_the_error_is_one_line_without_traceback(command, argv, wor
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--n", "0"], "--n must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--n", "2", "--method", "fastvv"], "unknown method 'fastvv'"),
+    (["--n", "2", "--model-path", "{missing}"], "checkpoint folder not found"),
+])
+def test_the_shapes_evaluation_script_answers_bad_input_in_one_line(argv, words, places, capsys):
+    script = helpers.load_script("eval_shapes")
+    with pytest.raises(SystemExit) as exited:
+        script.main([a.format(**places) for a in argv])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert words in err and "Traceback" not in err
+
+
+def test_a_sweep_limit_above_the_question_count_says_so(tiny_llava_dir, tmp_path, capsys):
+    from fastv import sweep
+
+    sweep.main(str(tmp_path / "sweep"), model_path=str(tiny_llava_dir), data_root=str(tmp_path / "data"),
+               methods=["none"], limit=20, n_questions=2, batch_size=2, max_new_tokens=2)
+    err = capsys.readouterr().err
+    assert "note: --limit 20 but" in err and "holds 2 questions: all 2 are asked" in err

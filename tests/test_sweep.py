@@ -79,3 +79,17 @@ def test_table_counts_questions_and_marks_missing_types():
     assert "kept per image, over 5 questions each" in table.splitlines()[0]
     assert "| fastervlm:keep=50 | 50 | 5 | 60.0 | - |" in table
     assert "| none | 100 | 5 | 100.0 | 50.0 |" in table
+
+
+def test_a_corrupt_run_file_in_a_sweep_folder(tiny_llava_dir, tmp_path):
+    """A corrupt run.json is a one-line error naming it; a corrupt scores.json is never read, only rewritten."""
+    options = dict(model_path=str(tiny_llava_dir), data_root=str(tmp_path / "data"), methods=["none"],
+                   limit=2, n_questions=4, batch_size=2, max_new_tokens=2)
+    first = sweep.main(str(tmp_path / "sweep"), **options)
+    run_dir = tmp_path / "sweep/none"
+    (run_dir / "scores.json").write_text("{cut")
+    assert sweep.main(str(tmp_path / "sweep"), **options) == first
+    assert json.loads((run_dir / "scores.json").read_text())["run"]["questions"] == 2
+    (run_dir / "run.json").write_text("[1]")
+    with pytest.raises(InputError, match=f"^{run_dir / 'run.json'} is not a JSON object"):
+        sweep.main(str(tmp_path / "sweep"), **options)

@@ -57,8 +57,11 @@ def is_correct(prediction: str | None, answer: str) -> bool:
 
 
 def fractions_by_type(graded) -> dict[str, float]:
-    """(question type, correct) pairs -> {type: fraction right, ..., "overall": fraction right}."""
+    """(question type, correct) pairs -> {type: fraction right, ..., "overall": fraction right}.
+    No pairs: an InputError, never an overall 0 or a division by zero."""
     result = accuracy_by(graded)
+    if not result["questions"]:
+        raise InputError("no questions were graded: nothing to take a fraction of")
     fractions = {t: result["groups"][t] / 100 for t in QUESTION_TYPES if t in result["groups"]}
     fractions["overall"] = result["accuracy"] / 100
     return fractions
