@@ -7,6 +7,10 @@
   preprocessing: bicubic resize of the short edge, centre crop, rescale to [0, 1],
   normalise. Matches transformers' CLIPImageProcessor (PIL backend) to float
   precision (tested).
+- LLaVA-NeXT's anyres (`ImageProcessor.anyres`): the best resolution of
+  `image_grid_pinpoints`, the image resized into it and padded with black, cut into
+  crops after a squashed base view. Matches transformers' LlavaNextImageProcessor
+  (PIL backend) to float precision (tested on six shapes).
 - Prompts: the text is split at each `<image>`; every chunk is tokenized on its own
   and -200 marks where each image's tokens go. Chunks after the first lose their
   BOS, as LLaVA's `tokenizer_image_token` does.
@@ -15,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +137,49 @@ def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Im
     return square
 
 
+# ----------------------------------------------------------------------------- anyres (LLaVA-NeXT)
+
+
+def select_best_resolution(image_size: tuple[int, int], pinpoints) -> tuple[int, int]:
+    """The (height, width) of `pinpoints` ([[height, width], ...], as `image_grid_pinpoints`) that
+    LLaVA-NeXT picks for an image of `image_size` = (height, width): the one that keeps the most of
+    the image's pixels when it is scaled to fit (never more than the image has), then the one that
+    wastes the fewest pixels on padding; the first such in the list on a tie."""
+    height, width = image_size
+    best, best_key = None, None
+    for target_height, target_width in pinpoints:
+        scale = min(target_width / width, target_height / height)
+        effective = min(int(width * scale) * int(height * scale), width * height)
+        key = (effective, -(target_width * target_height - effective))
+        if best_key is None or key > best_key:
+            best, best_key = (int(target_height), int(target_width)), key
+    return best
+
+
+def resize_and_pad(image: Image.Image, target: tuple[int, int], resample=Image.BICUBIC) -> Image.Image:
+    """`image` scaled (aspect ratio kept) to fit `target` = (height, width), centred on black, as
+    LLaVA-NeXT pads: the side that limits the scale fills the target, the other is rounded up."""
+    target_height, target_width = target
+    scale_width, scale_height = target_width / image.width, target_height / image.height
+    if scale_width < scale_height:
+        size = (target_width, min(math.ceil(image.height * scale_width), target_height))
+    else:
+        size = (min(math.ceil(image.width * scale_height), target_width), target_height)
+    canvas = Image.new("RGB", (target_width, target_height), (0, 0, 0))
+    canvas.paste(image.resize(size, resample=resample), ((target_width - size[0]) // 2, (target_height - size[1]) // 2))
+    return canvas
+
+
+@dataclass(frozen=True)
+class AnyresImage:
+    """One image cut as LLaVA-NeXT cuts it: the base view first, then the crops row by row."""
+
+    pixel_values: torch.Tensor  # (1 + rows * cols, 3, S, S): base, then crops in row-major order
+    grid: tuple[int, int]  # (rows, cols) of crops
+    resolution: tuple[int, int]  # (height, width) chosen from the pinpoints
+    image_size: tuple[int, int]  # (height, width) of the original image: the model unpads to it
+
+
 @dataclass(frozen=True)
 class ImageProcessor:
     """CLIP preprocessing with LLaVA-1.5's pad-to-square in front."""
@@ -181,6 +229,25 @@ class ImageProcessor:
         pixels = np.asarray(image, dtype=np.float32) * np.float32(self.rescale_factor)  # (S, S, 3)
         pixels = (pixels - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
         return torch.from_numpy(pixels.transpose(2, 0, 1).copy())  # (3, S, S)
+
+
+    def anyres(self, image: Image.Image, pinpoints) -> AnyresImage:
+        """LLaVA-NeXT's anyres preprocessing: the best resolution of `pinpoints` ([[height, width]]),
+        the image resized into it and padded, cut into `image_size` crops, after the whole image
+        squashed to one crop (the base view); each view then through CLIP preprocessing. Pinpoints
+        must be multiples of the crop size."""
+        size = self.image_size
+        for pinpoint in pinpoints:
+            if len(pinpoint) != 2 or any(int(side) <= 0 or int(side) % size for side in pinpoint):
+                raise InputError(f"image_grid_pinpoints entry {list(pinpoint)} is not a [height, width] in multiples of {size}")
+        image = composite_on(image, self.background)
+        resolution = select_best_resolution((image.height, image.width), pinpoints)
+        canvas = resize_and_pad(image, resolution)
+        rows, cols = resolution[0] // size, resolution[1] // size
+        crops = [canvas.crop((c * size, r * size, (c + 1) * size, (r + 1) * size)) for r in range(rows) for c in range(cols)]
+        base = image.resize((size, size), resample=Image.BICUBIC)
+        views = [self.preprocess(view) for view in [base, *crops]]  # square already: no padding, no crop
+        return AnyresImage(torch.stack(views), (rows, cols), resolution, (image.height, image.width))
 
 
 def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = IMAGE_TOKEN_INDEX) -> list[int]:
