@@ -202,12 +202,8 @@ def _llava_hf_config(path: Path, raw: dict) -> LlavaConfig:
     text_raw, vision_raw = (dict(_section(raw, name, path / "config.json")) for name in ("text_config", "vision_config"))
     if text_raw.get("model_type", "llama") != "llama":
         raise CheckpointError(f"{path}: only Llama language models are supported, got '{text_raw['model_type']}'")
-    strategy = raw.get("vision_feature_select_strategy", "default")
-    if strategy != "default":
-        raise CheckpointError(f"{path}: vision_feature_select_strategy '{strategy}' is not supported (only 'default')")
-    act = raw.get("projector_hidden_act", "gelu")
-    if act != "gelu":
-        raise CheckpointError(f"{path}: projector_hidden_act '{act}' is not supported (only 'gelu')")
+    _only(path, raw, "vision_feature_select_strategy", "default")
+    _only(path, raw, "projector_hidden_act", "gelu")
     layer = _select_layer(path, raw.get("vision_feature_layer", -2))
     text_raw.setdefault("tie_word_embeddings", raw.get("tie_word_embeddings", False))
     # Inside the sections, a missing field is transformers' default, as transformers reads it: its
@@ -233,12 +229,8 @@ def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Che
     aspect_ratio = raw.get("image_aspect_ratio")
     if aspect_ratio not in (None, "pad", "square"):
         raise CheckpointError(f"{path}: image_aspect_ratio '{aspect_ratio}' is not supported (supported: pad, square)")
-    merge = raw.get("mm_patch_merge_type", "flat")
-    if merge != "flat":
-        raise CheckpointError(f"{path}: mm_patch_merge_type '{merge}' is not supported (only 'flat')")
-    feature = raw.get("mm_vision_select_feature", "patch")
-    if feature != "patch":
-        raise CheckpointError(f"{path}: mm_vision_select_feature '{feature}' is not supported (only 'patch')")
+    _only(path, raw, "mm_patch_merge_type", "flat")
+    _only(path, raw, "mm_vision_select_feature", "patch")
     projector = raw.get("mm_projector_type", "linear")  # LLaVA's default
     if not isinstance(projector, str) or not re.fullmatch(r"linear|mlp\d+x_gelu", projector):
         raise CheckpointError(f"{path}: mm_projector_type '{projector}' is not supported (supported: linear, mlp<N>x_gelu)")
@@ -263,6 +255,13 @@ def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Che
         select_layer=layer,
     )
     return Checkpoint(path, config, vision_folder=folder, pad_to_square=aspect_ratio == "pad")
+
+
+def _only(path: Path, raw: dict, field: str, supported: str) -> None:
+    """A config field whose one supported value is also its default: anything else is refused by name."""
+    value = raw.get(field, supported)
+    if value != supported:
+        raise CheckpointError(f"{path}: {field} '{value}' is not supported (only '{supported}')")
 
 
 def _select_layer(path: Path, layer) -> int:
