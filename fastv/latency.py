@@ -61,13 +61,12 @@ def small_llava(folder: Path, vision_layers: int, text_layers: int) -> None:
 def check_options(vision_layers, text_layers, methods, batch, repeats, warmup, device, out) -> torch.device:
     """Refuse bad options with one InputError before a model is built; the device, checked against this machine."""
     from llava.device import resolve_device
-    from llava.errors import InputError
+    from llava.errors import InputError, check_at_least
     from llava.model.pruning.registry import parse_method
 
     for name, value, least in [("--vision-layers", vision_layers, 1), ("--text-layers", text_layers, 1),
                                ("--batch", batch, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0)]:
-        if value < least:
-            raise InputError(f"{name} must be at least {least}, got {value}")
+        check_at_least(name, value, least)
     for spec in methods:
         parse_method(spec)
     if out and Path(out).is_dir():

@@ -12,6 +12,12 @@ class CheckpointError(ValueError):
 EXIT_USAGE = 2  # the exit status of every error a user can fix
 
 
+def check_at_least(option: str, value: int, least: int, why: str = "") -> None:
+    """InputError `<option> must be at least <least>[ (why)], got <value>` when value < least."""
+    if value < least:
+        raise InputError(f"{option} must be at least {least}{f' ({why})' if why else ''}, got {value}")
+
+
 def print_error(error: Exception) -> int:
     """Print `error: <message>` as one line on stderr and return EXIT_USAGE, for a command's main.
 

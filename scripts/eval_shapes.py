@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from llava.data import synthetic
-from llava.errors import CheckpointError, InputError, print_error
+from llava.errors import CheckpointError, InputError, check_at_least, print_error
 from llava.eval import shapes
 from llava.pipeline import LlavaPipeline, Request
 
@@ -57,9 +57,11 @@ def main(argv=None) -> dict:
     p.add_argument("--json", type=Path, help="also write the JSON result here")
     p.add_argument("--predictions", type=Path, help="write every prediction here (JSON lines)")
     args = p.parse_args(argv)
-    for name, least in (("n", 1), ("start", 0), ("batch_size", 1), ("threads", 1)):
-        if getattr(args, name) < least:
-            p.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
+    try:
+        for name, least in (("n", 1), ("start", 0), ("batch_size", 1), ("threads", 1)):
+            check_at_least(f"--{name.replace('_', '-')}", getattr(args, name), least)
+    except InputError as error:
+        sys.exit(print_error(error))
     torch.set_num_threads(args.threads)
     methods = args.method or ["none"]
     samples = list(synthetic.generate_split(args.split, args.n, args.start))

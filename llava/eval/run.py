@@ -55,7 +55,7 @@ from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
-from llava.errors import CheckpointError, InputError, print_error
+from llava.errors import CheckpointError, InputError, check_at_least, print_error
 from llava.eval.common import (
     AnswerWriter, Question, answer_key, format_table, number_repeats, open_image, read_jsonl, write_json,
 )
@@ -106,10 +106,9 @@ def loaded_weight_files(model_path: str | None, vision_tower: str | None = None)
 
 def check_run_options(batch_size: int, limit: int | None) -> None:
     """The runner's own numeric options (generation options: llava.generate.check_generation_options)."""
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be at least 1 (it is the number of questions asked), got {limit}")
+    check_at_least("--batch-size", batch_size, 1)
+    if limit is not None:
+        check_at_least("--limit", limit, 1, "it is the number of questions asked")
 
 
 def question_set(questions: list[Question]) -> str:
