@@ -120,7 +120,7 @@ def build_rows(runs: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
     """{model: [row]} with row = {method, budget, tokens, cells: {benchmark: run}, relative}; benchmark order.
 
     A row's `relative` leaves out the benchmarks whose runs in that table were taken over different
-    question sets (they are marked OTHER_QUESTIONS).
+    question sets (`mixed_benchmarks`; their cells are marked OTHER_QUESTIONS).
     """
     models: dict[str, dict[tuple, dict]] = {}
     for entry in sorted(runs, key=_preference):  # the preferred run of a cell comes last and wins
@@ -136,18 +136,22 @@ def build_rows(runs: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
     tables = {}
     for model, rows in models.items():
         ordered = sorted(rows.values(), key=lambda r: (r["method"] != "none", r["method"], -(r["budget"] or 0), r["spec"]))
-        mixed = {b for b in benchmarks if len(question_sets(ordered, b)) > 1}
+        mixed = mixed_benchmarks(ordered, benchmarks)
         baseline = next((r for r in ordered if r["method"] == "none"), None)
         for row in ordered:
             tokens = [e["run"]["visual_tokens_mean"] for e in row["cells"].values()
                       if e["complete"] and e["run"].get("visual_tokens_mean") is not None]
             row["tokens"] = sum(tokens) / len(tokens) if tokens else None
             row["scores"] = {b: e["value"] for b, e in row["cells"].items()}
-            row["mixed"] = mixed
         for row in ordered:
             row["relative"] = relative_to(row, baseline, [b for b in benchmarks if b not in mixed])
         tables[model] = ordered
     return tables, benchmarks
+
+
+def mixed_benchmarks(rows: list[dict], benchmarks: list[str]) -> set[str]:
+    """The benchmarks whose complete runs in one table were taken over different question sets."""
+    return {b for b in benchmarks if len(question_sets(rows, b)) > 1}
 
 
 def question_sets(rows: list[dict], benchmark: str) -> set:
@@ -196,9 +200,10 @@ def _cell(entry: dict | None, mixed: bool) -> str:
 def table_cells(rows: list[dict], benchmarks: list[str]) -> tuple[list[str], list[list[str]]]:
     title = lambda b: BENCHMARKS[b].title if b in BENCHMARKS else b
     header = ["Method", "Budget", "Tokens"] + [title(b) for b in benchmarks] + ["Avg. (% of unpruned)"]
+    mixed = mixed_benchmarks(rows, benchmarks)
     body = [
         [row["spec"] if row["method"] != "none" else "none (unpruned)", _budget(row), _number(row["tokens"])]
-        + [_cell(row["cells"].get(b), b in row["mixed"]) for b in benchmarks]
+        + [_cell(row["cells"].get(b), b in mixed) for b in benchmarks]
         + [_number(row["relative"]) + ("%" if row["relative"] is not None else "")]
         for row in rows
     ]
@@ -213,7 +218,7 @@ def notes(rows: list[dict], benchmarks: list[str]) -> list[str]:
             entry = row["cells"].get(benchmark)
             if entry is not None and not entry["complete"]:
                 lines.append(f"{INCOMPLETE} {row['spec']}, {benchmark}: {entry['why']} ({entry['folder']})")
-    for benchmark in sorted(rows[0]["mixed"]) if rows else []:
+    for benchmark in sorted(mixed_benchmarks(rows, benchmarks)):
         sets = sorted({f"{row['spec']}: {row['cells'][benchmark]['questions']} questions"
                        for row in rows if benchmark in row["cells"] and row["cells"][benchmark]["complete"]})
         lines.append(f"{OTHER_QUESTIONS} {benchmark}: the runs were taken over different question sets ({'; '.join(sets)}); "
