@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,15 +181,42 @@ class AnyresImage:
     image_size: tuple[int, int]  # (height, width) of the original image: the model unpads to it
 
 
+def parse_image_grid(text: str, crop: int) -> tuple[int, int]:
+    """'672x672' (width x height in pixels, multiples of the crop size) -> (height, width)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not match:
+        raise InputError(f"--image-grid must be WIDTHxHEIGHT in pixels, e.g. {2 * crop}x{2 * crop}; got '{text}'")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width <= 0 or height <= 0 or width % crop or height % crop:
+        raise InputError(f"--image-grid {width}x{height} must be made of whole {crop}-pixel crops (e.g. {2 * crop}x{2 * crop})")
+    return height, width
+
+
+def check_pinpoints(pinpoints, crop: int) -> tuple[tuple[int, int], ...]:
+    """`image_grid_pinpoints` ([[height, width], ...]) as a tuple of pairs, each a multiple of the crop size."""
+    if not isinstance(pinpoints, (list, tuple)) or not pinpoints:
+        raise InputError(f"image_grid_pinpoints must be a non-empty list of [height, width] pairs, got {pinpoints!r}")
+    pairs = []
+    for pinpoint in pinpoints:
+        valid = isinstance(pinpoint, (list, tuple)) and len(pinpoint) == 2 and all(
+            isinstance(side, int) and not isinstance(side, bool) and side > 0 and side % crop == 0 for side in pinpoint)
+        if not valid:
+            raise InputError(f"image_grid_pinpoints entry {pinpoint!r} is not a [height, width] in multiples of {crop} (the crop size)")
+        pairs.append((pinpoint[0], pinpoint[1]))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class ImageProcessor:
-    """CLIP preprocessing with LLaVA-1.5's pad-to-square in front."""
+    """CLIP preprocessing with LLaVA-1.5's pad-to-square in front, or LLaVA-NeXT's anyres cut
+    (when `image_grid_pinpoints` is set)."""
 
     image_size: int = 336  # short edge after resize, and the crop
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     rescale_factor: float = 1 / 255
     pad_to_square: bool = True
+    image_grid_pinpoints: tuple[tuple[int, int], ...] | None = None  # (height, width) canvases of anyres
 
     @classmethod
     def from_folder(cls, *folders: Path | None, image_size: int | None = None) -> "ImageProcessor":
@@ -210,8 +238,10 @@ class ImageProcessor:
     def background(self) -> tuple[int, int, int]:
         return tuple(int(x * 255) for x in self.image_mean)
 
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> pixel values (I, 3, S, S) float32."""
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor | list[AnyresImage]:
+        """PIL images -> pixel values (I, 3, S, S) float32, or one AnyresImage each for LLaVA-NeXT."""
+        if self.image_grid_pinpoints is not None:
+            return [self.anyres(image, self.image_grid_pinpoints) for image in images]
         return torch.stack([self.preprocess(image) for image in images])
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -237,9 +267,7 @@ class ImageProcessor:
         squashed to one crop (the base view); each view then through CLIP preprocessing. Pinpoints
         must be multiples of the crop size."""
         size = self.image_size
-        for pinpoint in pinpoints:
-            if len(pinpoint) != 2 or any(int(side) <= 0 or int(side) % size for side in pinpoint):
-                raise InputError(f"image_grid_pinpoints entry {list(pinpoint)} is not a [height, width] in multiples of {size}")
+        pinpoints = check_pinpoints(pinpoints, size)
         image = composite_on(image, self.background)
         resolution = select_best_resolution((image.height, image.width), pinpoints)
         canvas = resize_and_pad(image, resolution)

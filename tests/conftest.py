@@ -26,3 +26,26 @@ def loaded(tiny_llava_dir):
     from llava.model.builder import load_pretrained_model
 
     return load_pretrained_model(str(tiny_llava_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_next_dir(tmp_path_factory):
+    """A random tiny llava-hf LLaVA-NeXT checkpoint: the same CLIP and Llama, anyres over 112-px crops."""
+    folder = tmp_path_factory.mktemp("tiny-llava-next")
+    helpers.make_tiny_llava_next(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_next_reference(tiny_next_dir):
+    """transformers' own LlavaNextForConditionalGeneration loaded from the same folder (fp32)."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    return LlavaNextForConditionalGeneration.from_pretrained(tiny_next_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def loaded_next(tiny_next_dir):
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(str(tiny_next_dir))

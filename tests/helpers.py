@@ -75,8 +75,40 @@ def make_tiny_llava(folder: Path, seed: int = 0, **config_overrides):
     return model
 
 
+TINY_PINPOINTS = [[112, 224], [224, 112], [224, 224], [336, 112], [112, 336]]  # [height, width], 112-px crops
+
+
+def make_tiny_llava_next(folder: Path, seed: int = 0, pinpoints=TINY_PINPOINTS, **config_overrides):
+    """Save a random LlavaNextForConditionalGeneration (the tiny CLIP + Llama of `tiny_configs`, anyres
+    over `pinpoints`) + tokenizer + LlavaNextImageProcessor config; return the HF model."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    torch.manual_seed(seed)
+    parts = tiny_configs(**config_overrides)
+    config = LlavaNextConfig(vision_config=parts.vision_config, text_config=parts.text_config,
+                             image_token_index=parts.image_token_index, image_grid_pinpoints=pinpoints)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 2.0 / p.shape[-1] ** 0.5)
+        model.model.image_newline.normal_(0, 1.0)
+    model.save_pretrained(folder)
+    make_tokenizer(config.text_config.vocab_size).save_pretrained(folder)
+    size = config.vision_config.image_size
+    (Path(folder) / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": {"height": size, "width": size}, "size": {"shortest_edge": size},
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_center_crop": True, "do_normalize": True, "do_rescale": True, "do_resize": True, "do_pad": True,
+        "resample": 3, "rescale_factor": 1 / 255, "image_grid_pinpoints": pinpoints,
+        "image_processor_type": "LlavaNextImageProcessor",
+    }))
+    return model
+
+
 def to_original_layout(hf_folder: Path, out: Path, clip_out: Path, embed_vision: bool = False, full_clip: bool = False) -> None:
-    """Rewrite a llava-hf folder into liuhaotian/llava-v1.5 keys plus a separate CLIP folder (.bin).
+    """Rewrite a llava-hf folder into liuhaotian/llava-v1.5 keys plus a separate CLIP folder (.bin); a
+    LlavaNext folder becomes liuhaotian/llava-v1.6's layout (anyres, spatial_unpad, [width, height] pinpoints).
 
     embed_vision: also store the CLIP weights in the LLaVA checkpoint, as
     `model.vision_tower.vision_tower.vision_model.*` (checkpoints trained with the tower unfrozen).
@@ -99,6 +131,8 @@ def to_original_layout(hf_folder: Path, out: Path, clip_out: Path, embed_vision:
             llm[key.replace("multi_modal_projector.linear_2.", "model.mm_projector.2.")] = value
         elif key.startswith("vision_tower."):
             clip[key.replace("vision_tower.", "vision_model.", 1)] = value
+        elif key == "image_newline":
+            llm["model.image_newline"] = value
         else:
             raise AssertionError(key)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +160,9 @@ def to_original_layout(hf_folder: Path, out: Path, clip_out: Path, embed_vision:
         mm_vision_select_feature="patch", mm_hidden_size=vision["hidden_size"], image_aspect_ratio="pad",
         mm_use_im_start_end=False, mm_use_im_patch_token=False,
     )
+    if cfg.get("model_type") == "llava_next":
+        original.update(image_aspect_ratio="anyres", mm_patch_merge_type="spatial_unpad",
+                        image_grid_pinpoints=[[w, h] for h, w in cfg["image_grid_pinpoints"]])
     (out / "config.json").write_text(json.dumps(original))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (hf_folder / name).exists():
@@ -138,9 +175,12 @@ def random_images(n: int, seed: int = 0, sizes=((160, 120), (90, 140), (112, 112
             for i in range(n)]
 
 
-def hf_input_ids(prompts: list[list[int]], num_patches: int, image_token_id: int, pad_id: int = 3):
-    """Our -200 prompts -> transformers' input_ids (image token repeated) with left padding + mask."""
-    expanded = [sum(([image_token_id] * num_patches if t == IMAGE_TOKEN_INDEX else [t] for t in ids), []) for ids in prompts]
+def hf_input_ids(prompts: list[list[int]], num_patches, image_token_id: int, pad_id: int = 3):
+    """Our -200 prompts -> transformers' input_ids (image token repeated) with left padding + mask.
+    `num_patches`: tokens per image, or a list of them for the images in order (LLaVA-NeXT)."""
+    counts = iter(num_patches) if isinstance(num_patches, (list, tuple)) else None
+    expanded = [sum(([image_token_id] * (next(counts) if counts else num_patches) if t == IMAGE_TOKEN_INDEX else [t]
+                     for t in ids), []) for ids in prompts]
     width = max(len(e) for e in expanded)
     input_ids = torch.full((len(expanded), width), pad_id)
     mask = torch.zeros(len(expanded), width, dtype=torch.long)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import torch
 
-NEWLINE = -1  # the (partition, patch) pair of an image_newline token: (NEWLINE, NEWLINE)
+from llava.model.pruning.base import NEWLINE  # the (partition, patch) pair of an image_newline token: (NEWLINE, NEWLINE)
+
 MERGES = ("spatial_unpad", "spatial")
 
 

@@ -1,13 +1,17 @@
-"""load_pretrained_model(): LLaVA-1.5 checkpoints in either layout, every weight accounted for.
+"""load_pretrained_model(): LLaVA-1.5 and LLaVA-NeXT checkpoints in either layout, every weight accounted for.
 
 Two layouts are read:
 
-- **llava-hf** (`LlavaForConditionalGeneration`, e.g. `llava-hf/llava-1.5-7b-hf`): one
-  folder, `config.json` with `text_config` / `vision_config`, keys
-  `language_model.model.*`, `multi_modal_projector.linear_{1,2}`, `vision_tower(.vision_model).*`
-  (or transformers 5's `model.language_model.*` / `model.vision_tower.*` names);
-- **original LLaVA** (`liuhaotian/llava-v1.5-7b`): `config.json` of a `llava_llama`
-  model with `mm_*` fields, keys `model.layers.*`, `model.mm_projector.{0,2}`, and the
+- **llava-hf** (`LlavaForConditionalGeneration`, e.g. `llava-hf/llava-1.5-7b-hf`, and
+  `LlavaNextForConditionalGeneration`, e.g. `llava-hf/llava-v1.6-vicuna-7b-hf`): one
+  folder, `config.json` with `text_config` / `vision_config` (NeXT: `image_grid_pinpoints`
+  as [height, width] pairs; its merge is always `spatial_unpad`), keys
+  `language_model.model.*`, `multi_modal_projector.linear_{1,2}`, `vision_tower(.vision_model).*`,
+  `image_newline` (or transformers 5's `model.language_model.*` / `model.vision_tower.*` names);
+- **original LLaVA** (`liuhaotian/llava-v1.5-7b`, `liuhaotian/llava-v1.6-vicuna-7b`): `config.json`
+  of a `llava_llama` model with `mm_*` fields (NeXT: `image_aspect_ratio: anyres`,
+  `mm_patch_merge_type`, `image_grid_pinpoints` as [width, height] pairs, LLaVA's order), keys
+  `model.layers.*`, `model.mm_projector.{0,2}`, `model.image_newline`, and the
   CLIP folder named by `mm_vision_tower` (override with `vision_tower=`), whose config,
   preprocessing and weights are read; vision weights stored in the checkpoint itself (a
   tower trained unfrozen) take precedence over the CLIP folder's.
@@ -20,6 +24,7 @@ checkpoint's tensors are assigned to it, so a 7B model is held in memory once.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import pickle
@@ -32,7 +37,8 @@ import transformers
 
 from llava.device import default_dtype, resolve_device
 from llava.errors import CheckpointError, InputError
-from llava.mm_utils import ImageProcessor
+from llava.mm_utils import ImageProcessor, check_pinpoints, parse_image_grid
+from llava.model.anyres import MERGES
 from llava.model.language_model.llava_llama import LlamaConfig, rope_inverse_frequencies
 from llava.model.llava_arch import LlavaConfig, LlavaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import VisionConfig
@@ -48,6 +54,7 @@ KEY_RULES = [
     (r"^(?:model\.)?multi_modal_projector\.linear_2\.", "mm_projector.2."),
     (r"^(?:model\.)?vision_tower\.(?:vision_tower\.)?(?:vision_model\.)?", "vision_tower."),
     (r"^model\.mm_projector\.", "mm_projector."),
+    (r"^(?:model\.)?image_newline$", "image_newline"),
     (r"^model\.(embed_tokens|layers|norm)\.", r"language_model.\1."),
     (r"^lm_head\.", "lm_head."),
 ]
@@ -66,6 +73,8 @@ def load_pretrained_model(
     dtype: torch.dtype | None = None,
     pruning=None,
     vision_tower: str | None = None,
+    patch_merge: str | None = None,
+    image_grid: str | None = None,
 ):
     """Returns (tokenizer, model, image_processor, context_len), as LLaVA's builder does.
 
@@ -74,6 +83,9 @@ def load_pretrained_model(
     is accepted for LLaVA compatibility and not used: behaviour follows config.json.
     `vision_tower`: the CLIP folder of an original-layout checkpoint (instead of
     `mm_vision_tower`). `pruning`: a method spec string or object, attached with `model.set_pruning`.
+    LLaVA-NeXT only: `patch_merge` ('spatial' or 'spatial_unpad') instead of the checkpoint's, and
+    `image_grid` ('WIDTHxHEIGHT' in pixels, e.g. '672x672'): cut every image into that one canvas
+    instead of choosing among the checkpoint's pinpoints.
     """
     del model_name  # behaviour is chosen by config fields, never by the folder's name
     device = resolve_device(device)
@@ -81,6 +93,7 @@ def load_pretrained_model(
         raise InputError("choose one of 8-bit and 4-bit loading, not both")
     dtype = dtype or default_dtype(device)
     checkpoint = read_checkpoint(model_path, vision_tower)
+    pinpoints = anyres_options(checkpoint, patch_merge, image_grid)  # checked before any weight is read
     base_files = weight_files(checkpoint_folder(model_base)) if model_base is not None else []
     files, clip_files = checkpoint.resolve_weight_files()
     tokenizer = load_tokenizer(checkpoint.folder)  # before the weights: a bad tokenizer fails in seconds, not minutes
@@ -97,6 +110,13 @@ def load_pretrained_model(
         model = LlavaForCausalLM(config)
     if config.text.tie_word_embeddings and "lm_head.weight" not in weights:
         weights["lm_head.weight"] = weights.get("language_model.embed_tokens.weight")
+    if config.anyres and "image_newline" not in weights:
+        if checkpoint.vision_folder is None or config.patch_merge != "spatial":
+            raise CheckpointError(
+                f"{model_path}: this LLaVA-NeXT checkpoint has no image_newline weight (the token after each row"
+                " of the spatial_unpad merge)"
+            )
+        model.image_newline = None  # original LLaVA makes the token only for an 'unpad' merge
     check_weights(model, weights, model_path)
     quantize = load_8bit or load_4bit
     target = torch.device("cpu") if quantize else device
@@ -109,12 +129,28 @@ def load_pretrained_model(
 
         quantize_language_model(model, bits=8 if load_8bit else 4, device=device, compute_dtype=dtype)
     model.eval().requires_grad_(False)
+    model.set_patch_merge(patch_merge)
     if pruning is not None:
         model.set_pruning(pruning)
 
     processor = ImageProcessor.from_folder(checkpoint.folder, checkpoint.vision_folder, image_size=config.vision.image_size)
-    image_processor = dataclasses.replace(processor, pad_to_square=checkpoint.pad_to_square)
+    image_processor = dataclasses.replace(processor, pad_to_square=checkpoint.pad_to_square, image_grid_pinpoints=pinpoints)
     return tokenizer, model, image_processor, config.text.max_position_embeddings
+
+
+def anyres_options(checkpoint: Checkpoint, patch_merge: str | None, image_grid: str | None):
+    """Check the LLaVA-NeXT options against the checkpoint; the pinpoints its images are cut by (None: LLaVA-1.5)."""
+    config = checkpoint.config
+    if not config.anyres:
+        for name, value in (("--patch-merge", patch_merge), ("--image-grid", image_grid)):
+            if value is not None:
+                raise InputError(f"{name} is for LLaVA-NeXT (anyres) checkpoints; {checkpoint.folder} is LLaVA-1.5")
+        return None
+    if patch_merge is not None and patch_merge not in MERGES:
+        raise InputError(f"unknown patch merge '{patch_merge}' (known: {', '.join(MERGES)})")
+    if image_grid is None:
+        return config.image_grid_pinpoints
+    return (parse_image_grid(image_grid, config.vision.image_size),)
 
 
 def checkpoint_weight_files(model_path: str, vision_tower: str | None = None) -> list[Path]:
@@ -184,21 +220,25 @@ def read_checkpoint(model_path: str, vision_tower: str | None = None) -> Checkpo
     if (path / "adapter_config.json").is_file():
         raise CheckpointError(f"{path}: LoRA checkpoints are not supported; merge the adapter first")
     raw = read_json(path / "config.json")
-    if raw.get("model_type") == "llava_next" or "image_grid_pinpoints" in raw:
-        raise CheckpointError(f"{path}: LLaVA-NeXT (anyres) checkpoints are not supported yet; LLaVA-1.5 ones are")
-    llava_hf = "LlavaForConditionalGeneration" in (raw.get("architectures") or [])
+    architectures = raw.get("architectures") or []
+    llava_next = raw.get("model_type") == "llava_next" or "LlavaNextForConditionalGeneration" in architectures
+    llava_hf = llava_next or "LlavaForConditionalGeneration" in architectures
     if llava_hf or "text_config" in raw or "vision_config" in raw:
         if vision_tower is not None:
             raise CheckpointError(
                 f"{path}: --vision-tower is for original-LLaVA checkpoints; a llava-hf folder holds its own vision tower"
             )
-        return Checkpoint(path, _llava_hf_config(path, raw), vision_folder=None, pad_to_square=True)
+        return Checkpoint(path, _llava_hf_config(path, raw, llava_next), vision_folder=None, pad_to_square=True)
     if "mm_vision_tower" in raw or vision_tower is not None:
         return _original_checkpoint(path, raw, vision_tower)
     raise CheckpointError(f"{path}: config.json is neither a llava-hf nor an original LLaVA config")
 
 
-def _llava_hf_config(path: Path, raw: dict) -> LlavaConfig:
+# transformers' LlavaNextConfig default, used when a llava-hf NeXT config.json leaves the field out
+HF_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def _llava_hf_config(path: Path, raw: dict, llava_next: bool) -> LlavaConfig:
     text_raw, vision_raw = (dict(_section(raw, name, path / "config.json")) for name in ("text_config", "vision_config"))
     if text_raw.get("model_type", "llama") != "llama":
         raise CheckpointError(f"{path}: only Llama language models are supported, got '{text_raw['model_type']}'")
@@ -206,14 +246,35 @@ def _llava_hf_config(path: Path, raw: dict) -> LlavaConfig:
     _only(path, raw, "projector_hidden_act", "gelu")
     layer = _select_layer(path, raw.get("vision_feature_layer", -2))
     text_raw.setdefault("tie_word_embeddings", raw.get("tie_word_embeddings", False))
+    if not llava_next and "image_grid_pinpoints" in raw:
+        raise CheckpointError(f"{path}: image_grid_pinpoints in a LlavaForConditionalGeneration config (LLaVA-NeXT is llava_next)")
     # Inside the sections, a missing field is transformers' default, as transformers reads it: its
     # save_pretrained leaves out default values (llava-hf/llava-1.5-7b-hf's text_config has no hidden_size).
+    vision = vision_config_from(vision_raw, path)
+    pinpoints = _pinpoints(path, raw.get("image_grid_pinpoints", HF_NEXT_PINPOINTS), vision) if llava_next else None
     return LlavaConfig(
-        vision=vision_config_from(vision_raw, path),
+        vision=vision,
         text=text_config_from(text_raw, path),
         projector_type="mlp2x_gelu",
         select_layer=layer,
+        image_grid_pinpoints=pinpoints,
     )
+
+
+def _pinpoints(path: Path, pinpoints, vision: VisionConfig, width_first: bool = False):
+    """image_grid_pinpoints as (height, width) pairs; original LLaVA writes them [width, height],
+    sometimes as a string of a Python list."""
+    if isinstance(pinpoints, str):
+        try:
+            pinpoints = ast.literal_eval(pinpoints)
+        except (ValueError, SyntaxError) as error:
+            raise CheckpointError(f"{path}: image_grid_pinpoints '{pinpoints}' is not a list of [width, height] pairs") from error
+    if width_first and isinstance(pinpoints, (list, tuple)):
+        pinpoints = [p[::-1] if isinstance(p, (list, tuple)) else p for p in pinpoints]
+    try:
+        return check_pinpoints(pinpoints, vision.image_size)
+    except InputError as error:
+        raise CheckpointError(f"{path}: {error}") from error
 
 
 def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Checkpoint:
@@ -225,11 +286,19 @@ def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Che
     for flag, effect in ORIGINAL_PROMPT_FLAGS.items():
         if raw.get(flag):
             raise CheckpointError(f"{path}: {flag}={json.dumps(raw[flag])} is not supported ({effect}); only false is")
-    # LLaVA's process_images pads to a square for 'pad' and otherwise uses CLIP's resize and crop alone.
+    # LLaVA's process_images pads to a square for 'pad', cuts the image into crops for 'anyres'
+    # (LLaVA-NeXT) and otherwise uses CLIP's resize and crop alone.
     aspect_ratio = raw.get("image_aspect_ratio")
-    if aspect_ratio not in (None, "pad", "square"):
-        raise CheckpointError(f"{path}: image_aspect_ratio '{aspect_ratio}' is not supported (supported: pad, square)")
-    _only(path, raw, "mm_patch_merge_type", "flat")
+    if aspect_ratio not in (None, "pad", "square", "anyres"):
+        raise CheckpointError(f"{path}: image_aspect_ratio '{aspect_ratio}' is not supported (supported: pad, square, anyres)")
+    merge = raw.get("mm_patch_merge_type", "flat")
+    if aspect_ratio == "anyres":
+        if merge not in MERGES:
+            raise CheckpointError(f"{path}: mm_patch_merge_type '{merge}' is not supported with anyres (supported: {', '.join(MERGES)})")
+        if "image_grid_pinpoints" not in raw:
+            raise CheckpointError(f"{path}: image_aspect_ratio 'anyres' needs image_grid_pinpoints (the canvases of the crops)")
+    else:
+        _only(path, raw, "mm_patch_merge_type", "flat")
     _only(path, raw, "mm_vision_select_feature", "patch")
     projector = raw.get("mm_projector_type", "linear")  # LLaVA's default
     if not isinstance(projector, str) or not re.fullmatch(r"linear|mlp\d+x_gelu", projector):
@@ -247,12 +316,16 @@ def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Che
         )
     clip_raw = read_json(folder / "config.json")
     vision_raw = _section(clip_raw, "vision_config", folder / "config.json") if "vision_config" in clip_raw else clip_raw
-    text_raw = {k: v for k, v in raw.items() if not k.startswith("mm_")}
+    text_raw = {k: v for k, v in raw.items() if not k.startswith("mm_") and k != "image_grid_pinpoints"}
+    vision = vision_config_from(vision_raw, folder)
+    anyres = aspect_ratio == "anyres"
     config = LlavaConfig(
-        vision=vision_config_from(vision_raw, folder),
+        vision=vision,
         text=text_config_from(text_raw, path),
         projector_type=projector,
         select_layer=layer,
+        image_grid_pinpoints=_pinpoints(path, raw["image_grid_pinpoints"], vision, width_first=True) if anyres else None,
+        patch_merge=merge if anyres else LlavaConfig.patch_merge,
     )
     return Checkpoint(path, config, vision_folder=folder, pad_to_square=aspect_ratio == "pad")
 

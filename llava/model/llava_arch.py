@@ -1,13 +1,21 @@
-"""LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning"): the glue.
+"""LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning") and LLaVA-NeXT: the glue.
 
 CLIP ViT -> (pre-LLM pruning seam) -> projector -> spliced into the text
 embeddings at each `<image>` placeholder (-200 in the input ids, LLaVA's
 convention) -> Llama decoder (with the in-LLM pruning seam) -> lm_head.
 
-Reproduces transformers' `LlavaForConditionalGeneration` with pruning off (tested
-to 1e-4 in fp32). Records a `VisualSpan` per image (where its tokens sit and
-which patches they are) and `PruneStats` per forward, so nothing downstream
-hard-codes 576.
+LLaVA-NeXT (`config.image_grid_pinpoints` set: anyres) is a mode of the same
+glue. An image arrives as an `AnyresImage`: its base view and crops, which go
+through the vision tower, the pre-LLM pruner and the projector as views of one
+batch, each a partition of its own; the kept tokens of all partitions are then
+laid out as `config.patch_merge` says (llava/model/anyres.py: base first, then the
+stitched crops, unpadded with an `image_newline` token after each row for
+`spatial_unpad`).
+
+Reproduces transformers' `LlavaForConditionalGeneration` and
+`LlavaNextForConditionalGeneration` with pruning off (tested to 1e-4 in fp32).
+Records a `VisualSpan` per image (where its tokens sit, which partition and
+patch each is) and `PruneStats` per forward, so nothing downstream hard-codes 576.
 """
 
 from __future__ import annotations
@@ -20,10 +28,13 @@ from torch import nn
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.errors import InputError
+from llava.mm_utils import AnyresImage
+from llava.model.anyres import MERGES, anyres_layout, keep_in_layout
 from llava.model.language_model.llava_llama import LLAMA_PRESETS, KVCache, LlamaConfig, LlamaDecoder
 from llava.model.multimodal_encoder.clip_encoder import VISION_PRESETS, CLIPVisionTower, VisionConfig
 from llava.model.multimodal_projector import build_projector
 from llava.model.pruning.base import (
+    NEWLINE,
     LayerPruner,
     PruneStats,
     PruningMethod,
@@ -41,16 +52,39 @@ class LlavaConfig:
     text: LlamaConfig = field(default_factory=LlamaConfig)
     projector_type: str = "mlp2x_gelu"
     select_layer: int = -2  # transformers' hidden_states index fed to the LLM (CLS removed)
+    # LLaVA-NeXT (anyres): the canvases an image may be cut into, as (height, width) in pixels; None = LLaVA-1.5
+    image_grid_pinpoints: tuple[tuple[int, int], ...] | None = None
+    patch_merge: str = "spatial_unpad"  # LLaVA-NeXT: how the crops become tokens (anyres.MERGES)
+
+    @property
+    def anyres(self) -> bool:
+        return self.image_grid_pinpoints is not None
 
     @property
     def tokens_per_image(self) -> int:
+        """Patches of one view: the whole image for LLaVA-1.5, one partition (base or crop) for NeXT."""
         return self.vision.num_patches
 
 
+# LLaVA-NeXT's stock canvases (liuhaotian/llava-v1.6-*, llava-hf/llava-v1.6-*): 2x1, 1x2, 2x2, 3x1, 1x3 crops.
+NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+_CLIP_L = VISION_PRESETS["clip-vit-large-patch14-336"]
 LLAVA_PRESETS = {
-    "llava-v1.5-7b": LlavaConfig(VISION_PRESETS["clip-vit-large-patch14-336"], LLAMA_PRESETS["vicuna-7b-v1.5"]),
-    "llava-v1.5-13b": LlavaConfig(VISION_PRESETS["clip-vit-large-patch14-336"], LLAMA_PRESETS["vicuna-13b-v1.5"]),
+    "llava-v1.5-7b": LlavaConfig(_CLIP_L, LLAMA_PRESETS["vicuna-7b-v1.5"]),
+    "llava-v1.5-13b": LlavaConfig(_CLIP_L, LLAMA_PRESETS["vicuna-13b-v1.5"]),
+    "llava-v1.6-vicuna-7b": LlavaConfig(_CLIP_L, LLAMA_PRESETS["vicuna-7b-v1.5"], image_grid_pinpoints=NEXT_PINPOINTS),
+    "llava-v1.6-vicuna-13b": LlavaConfig(_CLIP_L, LLAMA_PRESETS["vicuna-13b-v1.5"], image_grid_pinpoints=NEXT_PINPOINTS),
 }
+
+
+@dataclass
+class ImageTokens:
+    """One image's visual tokens as they enter the LLM, with what each token is."""
+
+    features: torch.Tensor  # (T, D)
+    patch_index: torch.Tensor  # (T,) see VisualSpan
+    partition: torch.Tensor | None = None  # (T,) see VisualSpan; None for LLaVA-1.5
+    partition_grid: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -109,6 +143,8 @@ class LlavaForCausalLM(nn.Module):
         self.mm_projector = build_projector(config.projector_type, config.vision.hidden_size, config.text.hidden_size)
         self.language_model = LlamaDecoder(config.text)
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        if config.anyres:  # the token after each stitched row of spatial_unpad (transformers' and LLaVA's name)
+            self.image_newline = nn.Parameter(torch.randn(config.text.hidden_size) / config.text.hidden_size**0.5)
         self.pruning: PruningMethod = parse_method("none")
 
     def set_pruning(self, method: PruningMethod | str | None) -> PruningMethod:
@@ -118,6 +154,18 @@ class LlavaForCausalLM(nn.Module):
         method.validate(self.config.vision.num_layers, self.config.text.num_layers, self.config.tokens_per_image)
         self.pruning = method
         return method
+
+    def set_patch_merge(self, merge: str | None) -> None:
+        """LLaVA-NeXT: lay the crops out by `merge` (anyres.MERGES) instead of the checkpoint's; None keeps it."""
+        if merge is None:
+            return
+        if not self.config.anyres:
+            raise InputError("--patch-merge is for LLaVA-NeXT (anyres) checkpoints; this one is LLaVA-1.5")
+        if merge not in MERGES:
+            raise InputError(f"unknown patch merge '{merge}' (known: {', '.join(MERGES)})")
+        if merge == "spatial_unpad" and self.image_newline is None:
+            raise InputError("this LLaVA-NeXT checkpoint has no image_newline, which the spatial_unpad merge needs")
+        self.config = dataclasses.replace(self.config, patch_merge=merge)
 
     @property
     def device(self) -> torch.device:
@@ -130,7 +178,8 @@ class LlavaForCausalLM(nn.Module):
     # ---- images --------------------------------------------------------------------------------
 
     def encode_images(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """pixel_values (I, 3, S, S) -> per image: projected features (T_i, D) and original patch indices (T_i,)."""
+        """pixel_values (I, 3, S, S) -> per view (an image, or a NeXT base view or crop): projected features
+        (T_i, D) and original patch indices (T_i,), as the pre-LLM pruner chose them."""
         vision = self.config.vision
         pruner = self.pruning if isinstance(self.pruning, VisionPruner) else None
         select = vision.layer_index(self.config.select_layer)
@@ -163,12 +212,58 @@ class LlavaForCausalLM(nn.Module):
                 chosen = [self.mm_projector(c) for c in chosen]
         return chosen, indices
 
+    def image_tokens(self, images: torch.Tensor | list[AnyresImage]) -> list[ImageTokens]:
+        """Images in order -> the visual tokens of each. LLaVA-1.5 takes pixel values (I, 3, S, S); LLaVA-NeXT
+        takes `AnyresImage`s (`ImageProcessor.anyres`), whose views all go through the vision tower in one batch."""
+        if not self.config.anyres:
+            if not isinstance(images, torch.Tensor):
+                raise InputError("this LLaVA-1.5 model takes pixel values (I, 3, S, S), not anyres images")
+            return [ImageTokens(f, i) for f, i in zip(*self.encode_images(images))]
+        if isinstance(images, torch.Tensor) or not all(isinstance(image, AnyresImage) for image in images):
+            raise InputError("this LLaVA-NeXT model takes anyres images (ImageProcessor.anyres), not a pixel tensor")
+        views = torch.cat([image.pixel_values for image in images]).to(self.device)
+        features, indices = self.encode_images(views)
+        tokens, first = [], 0
+        for image in images:
+            views_of_image = image.pixel_values.shape[0]
+            last = first + views_of_image
+            tokens.append(self._lay_out(image, features[first:last], indices[first:last]))
+            first = last
+        return tokens
+
+    def _lay_out(self, image: AnyresImage, features: list[torch.Tensor], indices: list[torch.Tensor]) -> ImageTokens:
+        """One NeXT image's kept tokens per partition -> its tokens in the order of `config.patch_merge`."""
+        rows, cols = image.grid
+        partitions = 1 + rows * cols
+        if len(features) != partitions:
+            raise InputError(f"an anyres image of a {rows}x{cols} crop grid needs {partitions} views, got {len(features)}")
+        indices = [i.cpu() for i in indices]
+        if any(bool((i < 0).any()) for i in indices):  # merged/extra tokens have no place in the stitched grid
+            raise InputError(f"method '{self.pruning.name}' makes merged tokens, which the anyres layout cannot place")
+        side = self.config.vision.grid_size
+        layout = anyres_layout(image.grid, side, image.image_size, self.config.patch_merge)
+        layout = layout[keep_in_layout(layout, indices, partitions)]  # (T, 2): (partition, patch) per token
+        # Row of (partition, patch) in the kept features laid end to end; the newline embedding goes last.
+        slot = torch.full((partitions, side * side), -1, dtype=torch.long)
+        first = 0
+        for p, kept in enumerate(indices):
+            slot[p, kept] = first + torch.arange(len(kept))
+            first += len(kept)
+        newline = layout[:, 0] == NEWLINE
+        source = torch.where(newline, first, slot[layout[:, 0].clamp(min=0), layout[:, 1].clamp(min=0)])
+        pieces = list(features)
+        if bool(newline.any()):
+            pieces.append(self.image_newline[None].to(features[0].dtype))
+        gathered = torch.cat(pieces)[source.to(self.device)]
+        layout = layout.to(self.device)
+        return ImageTokens(gathered, patch_index=layout[:, 1], partition=layout[:, 0], partition_grid=image.grid)
+
     # ---- splicing ------------------------------------------------------------------------------
 
-    def prepare_inputs(self, prompts: list[list[int]], pixel_values: torch.Tensor | None) -> MultimodalInputs:
-        """Token ids with -200 placeholders (one list per sample) + images in order -> a padded batch."""
+    def prepare_inputs(self, prompts: list[list[int]], images: torch.Tensor | list[AnyresImage] | None) -> MultimodalInputs:
+        """Token ids with -200 placeholders (one list per sample) + images in order (see `image_tokens`) -> a padded batch."""
         n_placeholders = sum(ids.count(IMAGE_TOKEN_INDEX) for ids in prompts)
-        n_images = 0 if pixel_values is None else pixel_values.shape[0]
+        n_images = 0 if images is None else len(images)
         if n_placeholders != n_images:
             raise InputError(f"the prompts have {n_placeholders} <image> placeholder(s) but {n_images} image(s) were given")
         if any(len(ids) == 0 for ids in prompts):
@@ -177,28 +272,32 @@ class LlavaForCausalLM(nn.Module):
         bad = sorted({t for ids in prompts for t in ids if t != IMAGE_TOKEN_INDEX and not 0 <= t < vocab})
         if bad:
             raise InputError(f"token ids {bad[:5]} are outside the vocabulary of {vocab}")
-        images, patch_indices = self.encode_images(pixel_values) if n_images else ([], [])
+        images = self.image_tokens(images) if n_images else []
 
         grid = (self.config.vision.grid_size, self.config.vision.grid_size)
         embed = self.language_model.embed_tokens
         sequences, all_spans, stats = [], [], PruneStats()
-        image_iter = iter(zip(images, patch_indices))
+        image_iter = iter(images)
         for ids in prompts:
             ids_tensor = torch.tensor(ids, device=self.device)
             text = embed(ids_tensor.clamp(min=0))  # (L, D); placeholder rows are replaced below
             pieces, spans, length, last = [], [], 0, 0
             for pos in (ids_tensor == IMAGE_TOKEN_INDEX).nonzero()[:, 0].tolist():
-                features, index = next(image_iter)
-                pieces += [text[last:pos], features.to(text.dtype)]
+                image = next(image_iter)
+                pieces += [text[last:pos], image.features.to(text.dtype)]
                 length += pos - last
-                spans.append(VisualSpan(start=length, length=features.shape[0], grid=grid, patch_index=index))
-                length += features.shape[0]
+                span = VisualSpan(length, image.features.shape[0], grid, image.patch_index, image.partition, image.partition_grid)
+                spans.append(span)
+                length += span.length
                 last = pos + 1
             pieces.append(text[last:])
             sequences.append(torch.cat(pieces))
             all_spans.append(spans)
             stats.visual_tokens.append([s.length for s in spans])
-            stats.kept.append([s.patch_index.tolist() for s in spans])
+            stats.kept.append([s.kept_ids() for s in spans])
+            stats.kept_partitions.append([s.kept_partitions() for s in spans])
+            stats.partition_grid.append([s.partition_grid for s in spans])
+            stats.newline_tokens.append([int(s.newline.sum()) for s in spans])
 
         width = max(s.shape[0] for s in sequences)
         B, D = len(sequences), sequences[0].shape[1]
@@ -237,20 +336,19 @@ class LlavaForCausalLM(nn.Module):
             k, real_after = pruning.layer, out.keep_mask.sum(dim=1).tolist()
             stats.seq_lens = [[n0] * k + [n1] * (num_layers - k) for n0, n1 in zip(real_before, real_after)]
         if out.keep_mask is not None:
-            stats.kept_in_llm = [
-                [span.patch_index[out.keep_mask[b, span.start : span.end]].tolist() for span in spans]
-                for b, spans in enumerate(inputs.spans)
-            ]
+            kept = [[(span, out.keep_mask[b, span.start : span.end]) for span in spans] for b, spans in enumerate(inputs.spans)]
+            stats.kept_in_llm = [[span.kept_ids(keep) for span, keep in sample] for sample in kept]
+            stats.kept_partitions_in_llm = [[span.kept_partitions(keep) for span, keep in sample] for sample in kept]
         return LlavaOutput(self.lm_head(hidden), out.key_mask, out.cache, out.keep_mask, stats)
 
     def forward(
         self,
         prompts: list[list[int]],
-        pixel_values: torch.Tensor | None = None,
+        images: torch.Tensor | list[AnyresImage] | None = None,
         use_cache: bool = True,
         all_logits: bool = False,
     ) -> LlavaOutput:
-        return self.forward_inputs(self.prepare_inputs(prompts, pixel_values), use_cache, all_logits)
+        return self.forward_inputs(self.prepare_inputs(prompts, images), use_cache, all_logits)
 
     def decode(self, tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """tokens (B, Q) appended after `cache` -> logits (B, Q, V) and the grown cache."""

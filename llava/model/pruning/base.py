@@ -24,18 +24,65 @@ import torch
 from llava.errors import InputError
 
 
+NEWLINE = -1  # the partition (and patch) of a LLaVA-NeXT image_newline token
+
+
 @dataclass
 class VisualSpan:
-    """Where one image's tokens sit in a sample's (padded) sequence, and which patches they are."""
+    """Where one image's tokens sit in a sample's (padded) sequence, and which patches they are.
+
+    An image is one or more partitions of `grid` patches each: LLaVA-1.5's single view (partition
+    0, `partition_grid` (0, 0)), or LLaVA-NeXT's base view (partition 0) and crops 1 + r * cols + c
+    of a `partition_grid` = (rows, cols) crop grid. `partition` and `patch_index` say, per token,
+    which partition and which patch of it the token is; image_newline tokens have NEWLINE in both.
+    """
 
     start: int  # index of the first visual token in the sequence
-    length: int  # visual tokens entering the LLM for this image
-    grid: tuple[int, int]  # patch grid of the image before pruning, e.g. (24, 24)
-    patch_index: torch.Tensor  # (length,) original raster index of every token; -1 for a merged/extra token
+    length: int  # visual tokens entering the LLM for this image (newline tokens included)
+    grid: tuple[int, int]  # patch grid of one partition before pruning, e.g. (24, 24)
+    patch_index: torch.Tensor  # (length,) raster index in its partition; -1 for a merged/extra or newline token
+    partition: torch.Tensor | None = None  # (length,) partition of every token; None: all in partition 0
+    partition_grid: tuple[int, int] = (0, 0)  # (rows, cols) of crops; (0, 0) without crops
 
     @property
     def end(self) -> int:
         return self.start + self.length
+
+    @property
+    def partitions(self) -> int:
+        return 1 + self.partition_grid[0] * self.partition_grid[1]
+
+    @property
+    def token_partition(self) -> torch.Tensor:
+        """(length,) the partition of every token (NEWLINE for a newline token)."""
+        if self.partition is None:
+            return torch.zeros(self.length, dtype=torch.long, device=self.patch_index.device)
+        return self.partition
+
+    @property
+    def newline(self) -> torch.Tensor:
+        """(length,) bool: the image_newline tokens, which no method prunes and no budget counts."""
+        return self.token_partition == NEWLINE
+
+    def kept_partitions(self, keep: torch.Tensor | None = None) -> list[list[int]]:
+        """Per partition, the sorted patch indices of its tokens (of those where `keep`, a (length,)
+        bool, is True): merged/extra tokens (-1) and newline tokens are not patches of any."""
+        partition, patch = self.token_partition, self.patch_index
+        if keep is not None:
+            partition, patch = partition[keep], patch[keep]
+        return [sorted(patch[(partition == p) & (patch >= 0)].tolist()) for p in range(self.partitions)]
+
+    def kept_ids(self, keep: torch.Tensor | None = None) -> list[int]:
+        """The tokens' patch ids in sequence order, newline tokens left out: the patch index for one
+        partition (LLaVA-1.5's `kept`), else partition * patches + patch (an index into the image's
+        partitions laid end to end, base first); -1 stays -1."""
+        partition, patch = self.token_partition, self.patch_index
+        if keep is not None:
+            partition, patch = partition[keep], patch[keep]
+        patches = self.grid[0] * self.grid[1]
+        visual = partition != NEWLINE
+        ids = torch.where(patch >= 0, partition * patches + patch, patch)
+        return ids[visual].tolist()
 
 
 @dataclass
@@ -152,9 +199,20 @@ class LayerPruner(PruningMethod):
 
 @dataclass
 class PruneStats:
-    """What pruning did in one forward, per sample."""
+    """What pruning did in one forward, per sample (lists per image inside). A LLaVA-1.5 image is one
+    partition; a LLaVA-NeXT one is its base view, then its crops in row-major order."""
 
-    visual_tokens: list[list[int]] = field(default_factory=list)  # per sample, per image: tokens entering the LLM
-    kept: list[list[list[int]]] = field(default_factory=list)  # per sample, per image: original patch indices
-    kept_in_llm: list[list[list[int]]] | None = None  # in-LLM pruning: patch indices kept after layer k
+    visual_tokens: list[list[int]] = field(default_factory=list)  # tokens entering the LLM (newline tokens included)
+    kept: list[list[list[int]]] = field(default_factory=list)  # VisualSpan.kept_ids of the tokens entering the LLM
+    kept_partitions: list[list[list[list[int]]]] = field(default_factory=list)  # per partition: sorted patch indices
+    partition_grid: list[list[tuple[int, int]]] = field(default_factory=list)  # (rows, cols) of crops, (0, 0) for none
+    newline_tokens: list[list[int]] = field(default_factory=list)  # image_newline tokens among visual_tokens
+    kept_in_llm: list[list[list[int]]] | None = None  # in-LLM pruning: `kept` after layer k
+    kept_partitions_in_llm: list[list[list[list[int]]]] | None = None  # in-LLM pruning: `kept_partitions` after layer k
     seq_lens: list[list[int]] = field(default_factory=list)  # per sample, per layer: real tokens the layer ran on
+
+    def partition_tokens(self, in_llm: bool = True) -> list[list[list[int]]]:
+        """Per sample, per image, per partition: patches kept (after layer k for in-LLM pruning
+        when `in_llm`); merged/extra tokens are not counted."""
+        kept = self.kept_partitions_in_llm if in_llm and self.kept_partitions_in_llm is not None else self.kept_partitions
+        return [[[len(p) for p in image] for image in sample] for sample in kept]

@@ -8,6 +8,11 @@ The model's seam also keeps each sample's last real token (the query that ranks)
 outside the budget: when a prompt ends in `<image>` and that token is not in the
 top `keep`, its span keeps `keep + 1` tokens, and `PruneStats.kept_in_llm` says so.
 
+LLaVA-NeXT: an image's span covers all its visual tokens; its image_newline
+tokens always stay and are not counted. `keep` is per partition (base view or
+crop, as the v1_6 scripts' budget), so an image keeps keep x partitions tokens,
+chosen by score over the whole image; `ratio` applies to its non-newline tokens.
+
 The model computes the attention row (one query, O(N d)) and gathers the kept
 tokens; this file holds only the rule. Batches: each sample is scored on its own
 row (the released code used row 0 for the whole batch).
@@ -68,10 +73,11 @@ class FastV(LayerPruner):
         if self.args.keep is not None:
             check_budget(self.args.keep, tokens_per_image, "each image")
 
-    def kept_count(self, length: int) -> int:
+    def kept_count(self, length: int, partitions: int = 1) -> int:
+        """Tokens kept of an image of `length` candidates (newline tokens not counted) in `partitions` views."""
         if self.args.ratio is not None:
             return round(length * (1 - self.args.ratio))
-        return self.args.keep
+        return self.args.keep * partitions
 
     def budget(self, tokens_per_image: int) -> int:
         return self.kept_count(tokens_per_image)
@@ -80,7 +86,10 @@ class FastV(LayerPruner):
         scores = attention.mean(dim=0)  # (N,) mean over heads
         kept = []
         for number, span in enumerate(spans):
-            keep = self.kept_count(span.length)
-            check_budget(keep, span.length, f"image {number} of the sample")
-            kept.append(top_k_indices(scores[span.start : span.end], keep))
+            newline = span.newline
+            candidates = (~newline).nonzero()[:, 0]
+            keep = self.kept_count(len(candidates), span.partitions)
+            check_budget(keep, len(candidates), f"image {number} of the sample")
+            chosen = candidates[top_k_indices(scores[span.start : span.end][candidates], keep)]
+            kept.append(torch.cat([chosen, newline.nonzero()[:, 0]]).sort().values)
         return kept
