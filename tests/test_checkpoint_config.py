@@ -39,8 +39,8 @@ def edit_config(folder, edit):
 @pytest.mark.parametrize("field, value, message", [
     ("mm_use_im_start_end", True, "mm_use_im_start_end=true is not supported"),
     ("mm_use_im_patch_token", True, "mm_use_im_patch_token=true is not supported"),
-    ("image_aspect_ratio", "anyres", "image_aspect_ratio 'anyres' is not supported (supported: pad, square)"),
-    ("image_aspect_ratio", "crop", "image_aspect_ratio 'crop' is not supported (supported: pad, square)"),
+    ("image_aspect_ratio", "anyres", "mm_patch_merge_type 'flat' is not supported with anyres (supported: spatial_unpad, spatial)"),
+    ("image_aspect_ratio", "crop", "image_aspect_ratio 'crop' is not supported (supported: pad, square, anyres)"),
     ("mm_patch_merge_type", "spatial_unpad", "mm_patch_merge_type 'spatial_unpad' is not supported (only 'flat')"),
     ("mm_projector_type", "identity", "mm_projector_type 'identity' is not supported (supported: linear, mlp<N>x_gelu)"),
     ("mm_vision_select_layer", [-2, -5], "several vision feature layers ([-2, -5]) are not supported"),

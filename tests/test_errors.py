@@ -143,15 +143,6 @@ def test_checkpoint_folder_problems(tiny_llava_dir, tmp_path):
         load_pretrained_model(str(folder))
 
 
-def test_llava_next_checkpoint_is_refused_by_name(tiny_llava_dir, tmp_path):
-    folder = tmp_path / "next"
-    shutil.copytree(tiny_llava_dir, folder)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(dict(config, model_type="llava_next", image_grid_pinpoints=[[336, 672]])))
-    with pytest.raises(CheckpointError, match="LLaVA-NeXT \\(anyres\\) checkpoints are not supported yet"):
-        load_pretrained_model(str(folder))
-
-
 def test_original_layout_without_its_clip_folder(tiny_llava_dir, tmp_path):
     helpers.to_original_layout(tiny_llava_dir, tmp_path / "ckpt", tmp_path / "clip")
     shutil.rmtree(tmp_path / "clip")

@@ -1,11 +1,18 @@
 """Contracts every registered method keeps (STYLE.md): keep-all == none, budget kept, batch == single,
-mask == inplace, cached decoding == recompute. The tiny model has 64 patches per image and 3 LLM layers."""
+mask == inplace, cached decoding == recompute. The tiny model has 64 patches per image (per partition
+on LLaVA-NeXT) and 3 LLM layers. The five contracts run on three models (`subject`): LLaVA-1.5, LLaVA-NeXT
+with its stock spatial_unpad merge (crop grids chosen per image, newline tokens), and LLaVA-NeXT under
+FasterVLM's protocol (spatial merge, a fixed 2x2 grid)."""
+
+from dataclasses import dataclass
 
 import pytest
 import torch
 from torch.testing import assert_close
 
 from llava.generate import generate
+from llava.model.builder import load_pretrained_model
+from llava.model.pruning.base import LayerPruner
 from llava.model.pruning.registry import available_methods, parse_method
 from tests import helpers
 from tests.test_model_parity import QUESTIONS, prompts_for
@@ -21,19 +28,30 @@ SPECS = {
 }
 VARIANTS = list(SPECS.values()) + ["fastv:k=1,keep={keep},mode=mask", "fastv:k=2,ratio=0.75"]
 PATCHES = 64
+SUBJECTS = ("llava-1.5", "llava-next", "llava-next-spatial-2x2")
+
+
+@pytest.fixture(scope="module", params=SUBJECTS)
+def subject(request):
+    """(tokenizer, model, image_processor, context_len) of one of the three models."""
+    if request.param == "llava-1.5":
+        return request.getfixturevalue("loaded")
+    if request.param == "llava-next":
+        return request.getfixturevalue("loaded_next")
+    return load_pretrained_model(str(request.getfixturevalue("tiny_next_dir")), patch_merge="spatial", image_grid="224x224")
 
 
 @pytest.fixture
-def pruned(loaded):
+def pruned(subject):
     """Set a method on the shared model for one test, and put 'none' back afterwards."""
-    model = loaded[1]
+    model = subject[1]
     yield lambda spec: model.set_pruning(spec.format(keep=16))
     model.set_pruning("none")
 
 
 @pytest.fixture(scope="module")
-def batch(loaded):
-    tokenizer, _, processor, _ = loaded
+def batch(subject):
+    tokenizer, _, processor, _ = subject
     questions = QUESTIONS + ["read the word"]
     return prompts_for(tokenizer, questions), processor(helpers.random_images(4, seed=21))
 
@@ -43,8 +61,8 @@ def test_every_registered_method_has_a_contract_spec():
 
 
 @pytest.mark.parametrize("spec", [s for s in SPECS.values() if "{keep}" in s] + ["fastv:k=1,keep={keep},mode=mask"])
-def test_keeping_everything_equals_no_pruning_exactly(loaded, batch, spec):
-    model = loaded[1]
+def test_keeping_everything_equals_no_pruning_exactly(subject, batch, spec):
+    model = subject[1]
     prompts, pixel_values = batch
     model.set_pruning("none")
     expected = model(prompts, pixel_values, all_logits=True).logits
@@ -56,25 +74,66 @@ def test_keeping_everything_equals_no_pruning_exactly(loaded, batch, spec):
     assert torch.equal(out.logits, expected)
 
 
+@dataclass
+class ImageCount:
+    """What one image of a forward gave the LLM, from PruneStats."""
+
+    partitions: list[int]  # patches kept per partition
+    candidates: int  # its visual tokens without pruning, newline tokens not counted
+    padded: bool  # spatial_unpad: some crop patches fall in the padding and never enter the LLM
+
+
 @pytest.mark.parametrize("spec", VARIANTS)
-def test_number_kept_equals_the_budget(loaded, pruned, spec):
-    tokenizer, model, processor, _ = loaded
-    method = pruned(spec)
+def test_number_kept_equals_the_budget(subject, pruned, spec):
+    tokenizer, model, processor, _ = subject
     one_image = prompts_for(tokenizer, QUESTIONS[:1])[0]
     two_images = one_image[:3] + [helpers.IMAGE_TOKEN_INDEX] + one_image[3:]  # a second image in the prompt
-    pixel_values = processor(helpers.random_images(3, seed=22))
-    out = model([two_images, prompts_for(tokenizer, QUESTIONS[1:2])[0]], pixel_values)
-    promised = method.budget(PATCHES)
-    kept = out.stats.kept_in_llm or out.stats.kept
-    assert [[len(k) for k in sample] for sample in kept] == [[promised, promised], [promised]]
+    prompts = [two_images, prompts_for(tokenizer, QUESTIONS[1:2])[0]]
+    images = processor(helpers.random_images(3, seed=22))
+    full = model(prompts, images).stats
+    method = pruned(spec)
+    out = model(prompts, images).stats
+    counts = [
+        ImageCount(kept, visual - newline, sum(before) < PATCHES * len(before))
+        for sample, sample_full, sample_visual, sample_newline in zip(
+            out.partition_tokens(), full.partition_tokens(), full.visual_tokens, full.newline_tokens)
+        for kept, before, visual, newline in zip(sample, sample_full, sample_visual, sample_newline)
+    ]
+    assert len(counts) == 3
+    promised = method.budget(PATCHES)  # per image (LLaVA-1.5), per partition (NeXT); a ratio: of PATCHES
+    for image in counts:
+        partitions = len(image.partitions)
+        if isinstance(method, LayerPruner):  # chosen over the whole image
+            expected = method.kept_count(image.candidates, partitions)
+            assert sum(image.partitions) == min(expected, image.candidates)
+        elif image.padded:  # every partition chose `promised`; the crops' patches in the padding are gone
+            assert image.partitions[0] == promised and all(n <= promised for n in image.partitions)
+        else:
+            assert image.partitions == [promised] * partitions
+    kept = out.kept_partitions_in_llm or out.kept_partitions
     for sample in kept:
-        for indices in sample:
-            assert indices == sorted(indices) and len(set(indices)) == len(indices)
-            assert all(0 <= i < PATCHES for i in indices)
+        for image in sample:
+            for indices in image:
+                assert indices == sorted(indices) and len(set(indices)) == len(indices)
+                assert all(0 <= i < PATCHES for i in indices)
 
 
-def test_fastv_mask_mode_equals_inplace(loaded, batch, pruned):
-    model = loaded[1]
+def test_the_spatial_protocol_keeps_exactly_five_times_keep(subject):
+    """FasterVLM's NeXT protocol: base + 2x2 crops, each its own top keep, no newline: 5 x keep tokens."""
+    tokenizer, model, processor, _ = subject
+    if model.config.patch_merge != "spatial" or not model.config.anyres:
+        pytest.skip("the spatial 2x2 protocol only")
+    model.set_pruning("fastervlm:keep=29")
+    try:
+        out = model(prompts_for(tokenizer, QUESTIONS[:2]), processor(helpers.random_images(2, seed=24)))
+    finally:
+        model.set_pruning("none")
+    assert out.stats.visual_tokens == [[145], [145]] and out.stats.newline_tokens == [[0], [0]]
+    assert out.stats.partition_tokens() == [[[29] * 5], [[29] * 5]]
+
+
+def test_fastv_mask_mode_equals_inplace(subject, batch, pruned):
+    model = subject[1]
     prompts, pixel_values = batch
     results, tokens = {}, {}
     for mode in ("inplace", "mask"):
@@ -85,14 +144,18 @@ def test_fastv_mask_mode_equals_inplace(loaded, batch, pruned):
     assert_close(results["inplace"].logits, results["mask"].logits, atol=1e-5, rtol=1e-5)
     assert tokens["inplace"] == tokens["mask"]
     # Mask mode saves nothing: every layer still runs on all rows, and the stats say so.
-    n = [len(p) - 1 + PATCHES for p in prompts]
+    stats = results["inplace"].stats
+    n = [len(p) - 1 + visual[0] for p, visual in zip(prompts, stats.visual_tokens)]
+    dropped = [visual[0] - len(kept[0]) - newline[0]
+               for visual, kept, newline in zip(stats.visual_tokens, stats.kept_in_llm, stats.newline_tokens)]
+    assert min(dropped) > 0
     assert results["mask"].stats.seq_lens == [[m] * 3 for m in n]
-    assert results["inplace"].stats.seq_lens == [[m, m - 54, m - 54] for m in n]
+    assert stats.seq_lens == [[m, m - d, m - d] for m, d in zip(n, dropped)]
 
 
 @pytest.mark.parametrize("spec", VARIANTS)
-def test_batch_of_four_equals_four_single_runs(loaded, batch, pruned, spec):
-    model = loaded[1]
+def test_batch_of_four_equals_four_single_runs(subject, batch, pruned, spec):
+    model = subject[1]
     pruned(spec)
     prompts, pixel_values = batch
     together = model(prompts, pixel_values)
@@ -105,8 +168,8 @@ def test_batch_of_four_equals_four_single_runs(loaded, batch, pruned, spec):
 
 
 @pytest.mark.parametrize("spec", VARIANTS)
-def test_cached_decoding_equals_recompute_without_cache(loaded, batch, pruned, spec):
-    model = loaded[1]
+def test_cached_decoding_equals_recompute_without_cache(subject, batch, pruned, spec):
+    model = subject[1]
     pruned(spec)
     prompts, pixel_values = batch
     cached = generate(model, prompts, pixel_values, max_new_tokens=10, use_cache=True).tokens
@@ -114,24 +177,26 @@ def test_cached_decoding_equals_recompute_without_cache(loaded, batch, pruned, s
     assert cached == recomputed
 
 
-def test_fastv_pruned_cache_layout(loaded, batch, pruned):
-    model = loaded[1]
+def test_fastv_pruned_cache_layout(subject, batch, pruned):
+    model = subject[1]
     pruned("fastv:k=2,keep=16")
     prompts, pixel_values = batch
     out = model(prompts, pixel_values)
-    real = out.stats.seq_lens
-    n = [len(p) - 1 + PATCHES for p in prompts]  # the -200 becomes 64 tokens
-    assert real == [[m, m, m - 48] for m in n]
-    lengths = out.cache.seq_lens()
-    assert lengths[0] == lengths[1] == max(n) and lengths[2] == max(n) - 48
+    stats = out.stats
+    n = [len(p) - 1 + visual[0] for p, visual in zip(prompts, stats.visual_tokens)]  # the -200 becomes the image's tokens
+    dropped = [visual[0] - len(kept[0]) - newline[0]
+               for visual, kept, newline in zip(stats.visual_tokens, stats.kept_in_llm, stats.newline_tokens)]
+    assert stats.seq_lens == [[m, m, m - d] for m, d in zip(n, dropped)]
+    after = max(m - d for m, d in zip(n, dropped))
+    assert out.cache.seq_lens() == [max(n), max(n), after]
     assert out.cache.next_position.tolist() == n  # decoding continues the unpruned numbering
     _, cache = model.decode(torch.tensor([[5]] * 4), out.cache)
-    assert cache.seq_lens() == [max(n) + 1, max(n) + 1, max(n) - 47]
+    assert cache.seq_lens() == [max(n) + 1, max(n) + 1, after + 1]
     assert cache.next_position.tolist() == [m + 1 for m in n]
 
 
-def test_reselect_every_step_reprunes_from_the_newest_token(loaded, batch, pruned):
-    model = loaded[1]
+def test_reselect_every_step_reprunes_from_the_newest_token(subject, batch, pruned):
+    model = subject[1]
     prompts, pixel_values = batch
     pruned("fastv:k=2,keep=16")
     cached = generate(model, prompts, pixel_values, max_new_tokens=6).tokens
@@ -150,8 +215,8 @@ def test_reselect_every_step_reprunes_from_the_newest_token(loaded, batch, prune
     assert reselected.stats.kept_in_llm == prefill.kept_in_llm and reselected.stats.seq_lens == prefill.seq_lens
 
 
-def test_stats_describe_the_prefill_on_every_decoding_path(loaded, batch, pruned):
-    model = loaded[1]
+def test_stats_describe_the_prefill_on_every_decoding_path(subject, batch, pruned):
+    model = subject[1]
     prompts, pixel_values = batch
     pruned("fastv:k=2,keep=16")
     cached = generate(model, prompts, pixel_values, max_new_tokens=6, use_cache=True).stats
@@ -174,8 +239,10 @@ def prompts_ending_in_images(tokenizer) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("spec", ["fastv:k=1,keep={keep}", "fastv:k=2,ratio=0.75"])
-def test_prompt_ending_in_an_image_keeps_its_query_token_and_mask_equals_inplace(loaded, pruned, spec):
-    tokenizer, model, processor, _ = loaded
+def test_prompt_ending_in_an_image_keeps_its_query_token_and_mask_equals_inplace(subject, pruned, spec):
+    tokenizer, model, processor, _ = subject
+    if model.config.anyres and model.config.patch_merge == "spatial_unpad":
+        pytest.skip("a spatial_unpad image ends in a newline token, which always stays")
     ending, two_images, ordinary = prompts_ending_in_images(tokenizer)
     pixel_values = processor(helpers.random_images(4, seed=23))
     cases = [  # (prompts, their images in order)
@@ -186,6 +253,8 @@ def test_prompt_ending_in_an_image_keeps_its_query_token_and_mask_equals_inplace
     ]
     keep_plus_query = 0
     for prompts, images in cases:
+        model.set_pruning("none")
+        full = model(prompts, images).stats
         results, tokens = {}, {}
         for mode in ("inplace", "mask"):
             method = pruned(f"{spec},mode={mode}")
@@ -195,12 +264,13 @@ def test_prompt_ending_in_an_image_keeps_its_query_token_and_mask_equals_inplace
         assert_close(results["inplace"].logits, results["mask"].logits, atol=1e-5, rtol=1e-5)
         assert tokens["inplace"] == tokens["mask"]
         assert results["inplace"].keep_mask[:, -1].all()  # every sample's last real token stays
-        promised = method.budget(PATCHES)
-        for prompt, kept in zip(prompts, results["inplace"].stats.kept_in_llm):
+        for prompt, kept, every, visual, grids in zip(
+                prompts, results["inplace"].stats.kept_in_llm, full.kept, full.visual_tokens, full.partition_grid):
             counts = [len(k) for k in kept]
+            promised = [method.kept_count(n, 1 + rows * cols) for n, (rows, cols) in zip(visual, grids)]
             if prompt[-1] == helpers.IMAGE_TOKEN_INDEX:  # the query token is the last span's last patch
-                assert kept[-1][-1] == PATCHES - 1 and counts[-1] in (promised, promised + 1)
-                keep_plus_query += counts[-1] - promised
-                counts = counts[:-1]
-            assert counts == [promised] * len(counts)
+                assert kept[-1][-1] == every[-1][-1] and counts[-1] in (promised[-1], promised[-1] + 1)
+                keep_plus_query += counts[-1] - promised[-1]
+                counts, promised = counts[:-1], promised[:-1]
+            assert counts == promised
     assert keep_plus_query > 0  # the query token was outside the top-keep at least once: the case that matters

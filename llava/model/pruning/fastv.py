@@ -11,7 +11,8 @@ top `keep`, its span keeps `keep + 1` tokens, and `PruneStats.kept_in_llm` says 
 LLaVA-NeXT: an image's span covers all its visual tokens; its image_newline
 tokens always stay and are not counted. `keep` is per partition (base view or
 crop, as the v1_6 scripts' budget), so an image keeps keep x partitions tokens,
-chosen by score over the whole image; `ratio` applies to its non-newline tokens.
+chosen by score over the whole image, or all of them when unpadding left it
+fewer; `ratio` applies to its non-newline tokens.
 
 The model computes the attention row (one query, O(N d)) and gathers the kept
 tokens; this file holds only the rule. Batches: each sample is scored on its own
@@ -89,6 +90,8 @@ class FastV(LayerPruner):
             newline = span.newline
             candidates = (~newline).nonzero()[:, 0]
             keep = self.kept_count(len(candidates), span.partitions)
+            if span.partitions > 1:  # spatial_unpad may leave fewer than keep x partitions tokens
+                keep = min(keep, len(candidates))
             check_budget(keep, len(candidates), f"image {number} of the sample")
             chosen = candidates[top_k_indices(scores[span.start : span.end][candidates], keep)]
             kept.append(torch.cat([chosen, newline.nonzero()[:, 0]]).sort().values)
