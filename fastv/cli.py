@@ -40,9 +40,12 @@ def run(
     device: str = "cpu",
     vision_tower: str | None = None,
     as_json: bool = False,
+    patch_merge: str | None = None,
+    image_grid: str | None = None,
 ) -> dict:
     """Answer one question about one image (None: a text-only prompt) and report what pruning kept
-    and how long it took. Every option is checked before a model is loaded."""
+    and how long it took. Every option is checked before a model is loaded (the LLaVA-NeXT ones,
+    `patch_merge` and `image_grid`, against the checkpoint's config, before its weights)."""
     from llava.conversation import conversation_template
     from llava.generate import check_generation_options
     from llava.mm_utils import load_image
@@ -63,18 +66,24 @@ def run(
             raise InputError(f"no --model-path given and the shipped model is not in this checkout ({SHIPPED_MODEL})")
         model_path = str(SHIPPED_MODEL)
     picture = load_image(image) if image is not None else None  # --image "" is a missing image, not no image
-    pipe = LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device, vision_tower=vision_tower)
+    pipe = LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device, vision_tower=vision_tower,
+                              patch_merge=patch_merge, image_grid=image_grid)
     (answer,) = pipe.answer([Request(image=picture, text=prompt)], max_new_tokens=max_new_tokens, temperature=temperature)
     result = {"method": pipe.method_spec, **dataclasses.asdict(answer)}
     result["answer"] = result.pop("text")
     if as_json:
         print(json.dumps(result))
     else:
-        tokens_per_image = pipe.model.config.tokens_per_image
+        config = pipe.model.config
         visual = ", ".join(str(n) for n in answer.visual_tokens) or "0 (no image)"
         print(f"answer: {answer.text}")
         print(f"method: {pipe.method_spec}")
-        print(f"visual tokens entering the LLM: {visual} (of {tokens_per_image} per image)")
+        if config.anyres:
+            grids = ", ".join(f"{rows}x{cols} crops" for rows, cols in answer.partition_grid)
+            per = f"{config.tokens_per_image} per partition; {grids}; {config.patch_merge} merge"
+        else:
+            per = f"{config.tokens_per_image} per image"
+        print(f"visual tokens entering the LLM: {visual} (of {per})")
         if answer.kept and len(answer.kept[0]) != (answer.visual_tokens or [0])[0]:
             print(f"visual tokens kept after in-LLM pruning: {', '.join(str(len(k)) for k in answer.kept)}")
         print(f"prefill (time to first token): {answer.prefill_s:.3f} s, total: {answer.total_s:.3f} s")
@@ -110,7 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked against this machine)")
     p.add_argument("--vision-tower",
                    help="CLIP folder of an original-LLaVA checkpoint (instead of mm_vision_tower); not for llava-hf folders")
-    p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
+    p.add_argument("--patch-merge", metavar="spatial|spatial_unpad",
+                   help="LLaVA-NeXT: how the crops become tokens (default: the checkpoint's; FasterVLM's protocol: spatial)")
+    p.add_argument("--image-grid", metavar="WxH",
+                   help="LLaVA-NeXT: cut every image into this canvas in pixels, e.g. 672x672 (default: the best of the"
+                        " checkpoint's image_grid_pinpoints)")
+    p.add_argument("--json", dest="as_json", action="store_true",
+                   help="print one JSON object (kept_partitions and partition_grid per image: see docs/PIPELINE_API.md)")
 
     sub.add_parser("methods", help="list the pruning methods and their parameters")
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from llava.conversation import build_prompt
 from llava.generate import generate
-from llava.mm_utils import tokenizer_image_token
+from llava.mm_utils import AnyresImage, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 
 
@@ -28,8 +28,11 @@ class Answer:
     text: str
     prompt: str
     prompt_ids: list[int]  # -200 where each image's tokens go
-    visual_tokens: list[int]  # per image: tokens entering the LLM
-    kept: list[list[int]]  # per image: original patch indices kept (after layer k for in-LLM methods)
+    visual_tokens: list[int]  # per image: tokens entering the LLM (LLaVA-NeXT: image_newline tokens included)
+    kept: list[list[int]]  # per image: original patch indices kept (after layer k for in-LLM methods); NeXT:
+    #                        partition * patches + patch, the image's partitions laid end to end
+    kept_partitions: list[list[list[int]]]  # per image, per partition (base, then crops row-major): sorted patch indices
+    partition_grid: list[list[int]]  # per image: [rows, cols] of crops; [0, 0] for LLaVA-1.5
     prefill_s: float
     total_s: float
     stop_reason: str  # "eos", "max_new_tokens" or "context" (the context window is full)
@@ -51,10 +54,13 @@ class LlavaPipeline:
         vision_tower: str | None = None,
         load_8bit: bool = False,
         load_4bit: bool = False,
+        patch_merge: str | None = None,
+        image_grid: str | None = None,
     ) -> "LlavaPipeline":
+        """`patch_merge` and `image_grid`: LLaVA-NeXT's options (see load_pretrained_model)."""
         tokenizer, model, image_processor, context_len = load_pretrained_model(
             model_path, device=device, dtype=dtype, pruning=method, vision_tower=vision_tower,
-            load_8bit=load_8bit, load_4bit=load_4bit,
+            load_8bit=load_8bit, load_4bit=load_4bit, patch_merge=patch_merge, image_grid=image_grid,
         )
         return cls(tokenizer, model, image_processor, context_len, Path(model_path).name, conv_mode)
 
@@ -62,13 +68,16 @@ class LlavaPipeline:
     def method_spec(self) -> str:
         return self.model.pruning.spec
 
-    def encode(self, requests: list[Request]) -> tuple[list[str], list[list[int]], torch.Tensor | None]:
-        """Requests -> conversation prompts, their ids (-200 marks each image) and the images' pixel values."""
+    def encode(self, requests: list[Request]) -> tuple[list[str], list[list[int]], torch.Tensor | list[AnyresImage] | None]:
+        """Requests -> conversation prompts, their ids (-200 marks each image) and the images as the model
+        takes them: pixel values (LLaVA-1.5) or anyres images (LLaVA-NeXT)."""
         prompts = [build_prompt(r.text, self.conv_mode, with_image=r.image is not None) for r in requests]
         prompt_ids = [tokenizer_image_token(p, self.tokenizer) for p in prompts]
-        images = [r.image for r in requests if r.image is not None]
-        pixel_values = self.image_processor(images).to(self.model.device) if images else None
-        return prompts, prompt_ids, pixel_values
+        pictures = [r.image for r in requests if r.image is not None]
+        images = self.image_processor(pictures) if pictures else None
+        if isinstance(images, torch.Tensor):
+            images = images.to(self.model.device)
+        return prompts, prompt_ids, images
 
     def answer(
         self,
@@ -85,14 +94,18 @@ class LlavaPipeline:
             eos_token_id=self.tokenizer.eos_token_id, temperature=temperature, top_p=top_p, seed=seed,
             context_len=self.context_len,
         )
-        kept = out.stats.kept_in_llm or out.stats.kept
+        stats = out.stats
+        kept = stats.kept_in_llm or stats.kept
+        kept_partitions = stats.kept_partitions_in_llm or stats.kept_partitions
         return [
             Answer(
                 text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                prompt=prompt, prompt_ids=ids, visual_tokens=visual, kept=kept_b,
-                prefill_s=out.prefill_s, total_s=out.total_s, stop_reason=stop_reason,
+                prompt=prompt, prompt_ids=ids, visual_tokens=visual, kept=kept_b, kept_partitions=partitions,
+                partition_grid=[list(g) for g in grid], prefill_s=out.prefill_s, total_s=out.total_s,
+                stop_reason=stop_reason,
             )
-            for prompt, ids, tokens, visual, kept_b, stop_reason in zip(
-                prompts, prompt_ids, out.tokens, out.stats.visual_tokens, kept, out.stop_reasons
+            for prompt, ids, tokens, visual, kept_b, partitions, grid, stop_reason in zip(
+                prompts, prompt_ids, out.tokens, stats.visual_tokens, kept, kept_partitions, stats.partition_grid,
+                out.stop_reasons,
             )
         ]

@@ -16,6 +16,11 @@
 #   NPROC                (from CUDA_VISIBLE_DEVICES) number of processes, whatever the GPUs
 #   PYTHON               .venv/bin/python if setup.sh made one, else python
 #   EVAL_ARGS            (empty)                   more options for the runner, e.g. "--limit 100"
+#   PATCH_MERGE          spatial (v1_6)            LLaVA-NeXT merge: spatial (FasterVLM's protocol), spatial_unpad, or
+#                                                  checkpoint (the checkpoint's own, stock NeXT: spatial_unpad)
+#   IMAGE_GRID           672x672 (v1_6)            LLaVA-NeXT canvas, WIDTHxHEIGHT in pixels, or auto (the best of the
+#                                                  checkpoint's image_grid_pinpoints, as stock NeXT)
+#   On v1_6, a run under other than FasterVLM's protocol (spatial, 672x672) gets its own run dir: <method>_<budget>_<merge>_<grid>.
 set -euo pipefail
 
 llava_eval() {
@@ -42,6 +47,13 @@ llava_eval() {
         if [[ $method == *:* ]]; then spec="$method,keep=$budget"; else spec="$method:keep=$budget"; fi
         label=$(echo "${method}" | sed 's/=//g; s/[:,]/_/g')_$budget
     fi
+    local anyres=()
+    if [[ $version == v1_6 ]]; then
+        local merge=${PATCH_MERGE:-spatial} grid=${IMAGE_GRID:-672x672}
+        [[ $merge == checkpoint ]] || anyres+=(--patch-merge "$merge")
+        [[ $grid == auto ]] || anyres+=(--image-grid "$grid")
+        [[ $merge == spatial && $grid == 672x672 ]] || label="${label}_${merge}_${grid}"
+    fi
     local output_dir="${OUTPUT_ROOT:-outputs/eval}/$(basename "$model")/$label/$bench"
 
     local nproc=${NPROC:-}
@@ -57,9 +69,9 @@ llava_eval() {
     # torchrun (torch's own launcher, run through this python); each process takes cuda:LOCAL_RANK
     (( nproc > 1 )) && launcher=("$python" -m torch.distributed.run --standalone --nproc_per_node "$nproc")
 
-    echo "[$bench] model=$model method=$spec processes=$nproc -> $output_dir" >&2
+    echo "[$bench] model=$model method=$spec ${anyres[*]} processes=$nproc -> $output_dir" >&2
     # shellcheck disable=SC2086  # EVAL_ARGS is a list of options
     "${launcher[@]}" -m llava.eval.run --benchmark "$bench" --model-path "$model" --method "$spec" \
         --data-root "${DATA_ROOT:-playground/data/eval}" --output-dir "$output_dir" \
-        --conv-mode "${CONV_MODE:-vicuna_v1}" ${EVAL_ARGS:-} "$@"
+        --conv-mode "${CONV_MODE:-vicuna_v1}" "${anyres[@]}" ${EVAL_ARGS:-} "$@"
 }

@@ -160,6 +160,42 @@ def test_script_with_the_real_pipeline_on_a_tiny_llava(script, data_root, tiny_l
         assert (run_dir / "answers.jsonl").read_text() == before
 
 
+@pytest.mark.skipif(not _real_pipeline_importable(), reason="llava.pipeline cannot be imported")
+@pytest.mark.parametrize("script", [f"scripts/v1_6/eval/{b}.sh" for b in ("textvqa", "sqa", "pope", "mme")])
+def test_v1_6_script_with_the_real_pipeline_on_a_tiny_llava_next(script, data_root, tiny_next_dir, tmp_path):
+    """LLaVA-NeXT scripts (four kinds of scoring; ScienceQA with a text-only question) over 3 questions on a
+    tiny random LLaVA-NeXT under FasterVLM's protocol: the spatial merge on one 2x2 canvas (224x224 for its
+    112-px crops; 672x672, the default, for 336-px ones). Every v1_5 script runs on the real model above."""
+    bench = Path(script).stem
+    env = script_env(data_root, tmp_path / "out", MODEL_PATH=str(tiny_next_dir), IMAGE_GRID="224x224",
+                     EVAL_ARGS="--max-new-tokens 4 --no-progress")
+    result = bash(script, "8", env=env)
+    assert "--patch-merge spatial --image-grid 224x224" in result.stderr
+    run_dir = tmp_path / "out" / Path(tiny_next_dir).name / "fastervlm_8_spatial_224x224" / bench
+    answers = [json.loads(line) for line in (run_dir / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 3 and all("error" not in a["metadata"] for a in answers)
+    visual = [a["metadata"]["visual_tokens"] for a in answers]  # 8 per partition: base + 4 crops, no newline
+    assert all(v in ([40], []) for v in visual) and visual.count([]) == (1 if bench == "sqa" else 0)
+    for answer in answers:
+        if answer["metadata"]["visual_tokens"]:
+            assert answer["metadata"]["partition_grid"] == [[2, 2]]
+            assert answer["metadata"]["partition_tokens"] == [[8] * 5]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert (run["patch_merge"], run["image_grid"]) == ("spatial", "224x224")
+
+
+def test_v1_6_scripts_default_to_fastervlms_protocol_and_can_be_told_otherwise(data_root, tmp_path):
+    env = script_env(data_root, tmp_path)
+    result = bash("scripts/v1_6/eval/pope.sh", "8", env=env)
+    assert "--patch-merge spatial --image-grid 672x672" in result.stderr
+    assert (tmp_path / "tiny-llava/fastervlm_8/pope/run.json").is_file()
+    stock = bash("scripts/v1_6/eval/pope.sh", "8", env={**env, "PATCH_MERGE": "checkpoint", "IMAGE_GRID": "auto"})
+    assert "--patch-merge" not in stock.stderr and "--image-grid" not in stock.stderr
+    assert (tmp_path / "tiny-llava/fastervlm_8_checkpoint_auto/pope/run.json").is_file()
+    v1_5 = bash("scripts/v1_5/eval/pope.sh", "8", env=env)
+    assert "--patch-merge" not in v1_5.stderr
+
+
 def test_the_default_checkpoint_absent_is_one_line(data_root, tmp_path):
     """A fresh machine has no checkpoints/llava-v1.5-7b: the script says so in one line, exit status 2."""
     env = script_env(data_root, tmp_path, EVAL_ARGS="--no-progress --device cpu")

@@ -64,7 +64,8 @@ from llava.eval.registry import BENCHMARKS, Benchmark, get_benchmark
 ANSWERS = "answers.jsonl"
 DEFAULT_PIPELINE = "llava.pipeline:LlavaPipeline.load"
 # Settings that change the answers: a directory holding answers made with other values is not resumed.
-ANSWER_SETTINGS = ("benchmark", "model_id", "weights", "method", "conv_mode", "max_new_tokens", "temperature", "seed")
+ANSWER_SETTINGS = ("benchmark", "model_id", "weights", "method", "conv_mode", "max_new_tokens", "temperature", "seed",
+                   "patch_merge", "image_grid")
 SAME_RUN_SETTINGS = ANSWER_SETTINGS + ("dtype", "device", "quantization")  # checked when something is left to answer
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 FINGERPRINT_BYTES = 1 << 20  # read from each end of every weights file
@@ -135,6 +136,8 @@ def run_benchmark(
     question_file: str | Path | None = None,
     image_folder: str | Path | None = None,
     vision_tower: str | None = None,
+    patch_merge: str | None = None,
+    image_grid: str | None = None,
     dtype: str | None = None,
     device: str | None = None,
     quantization: str | None = None,
@@ -152,7 +155,9 @@ def run_benchmark(
     recorded in the directory's run.json, else "none". `vision_tower`, `dtype`
     (e.g. "float16"), `device` (its type: "cuda", "cpu") and `quantization`
     ("8bit", "4bit" or "none") are recorded, and a directory holding answers made
-    with other values is not resumed (None: not known, not checked).
+    with other values is not resumed (None: not known, not checked). `patch_merge`
+    and `image_grid` are LLaVA-NeXT's options as given to the pipeline (None: the
+    checkpoint's), recorded and checked the same way.
     Returns scores.json's content on rank 0, None on the other ranks.
     """
     from llava.generate import check_generation_options
@@ -169,6 +174,7 @@ def run_benchmark(
         "weights": weights_fingerprint(loaded_weight_files(model_path, vision_tower)), "vision_tower": vision_tower,
         "method": _canonical(method or previous.get("method")), "conv_mode": conv_mode, "max_new_tokens": max_new_tokens,
         "temperature": temperature, "seed": seed, "dtype": dtype, "device": device, "quantization": quantization,
+        "patch_merge": patch_merge, "image_grid": image_grid,
     }
     done = read_answers(output_dir)
     todo = [q for q in questions if q.key not in done or (retry_errors and _is_error(done[q.key]))]
@@ -292,6 +298,10 @@ def ask(pipeline, ready: list, **generation) -> list:
 def answer_line(question: Question, answer, pipeline) -> dict:
     metadata = {"visual_tokens": list(answer.visual_tokens), "kept_tokens": [len(k) for k in answer.kept],
                 "stop_reason": answer.stop_reason}  # "eos", "max_new_tokens" or "context" (the window is full)
+    grids = getattr(answer, "partition_grid", None)
+    if grids and any(rows for rows, _ in grids):  # LLaVA-NeXT: what each partition kept
+        metadata["partition_grid"] = grids
+        metadata["partition_tokens"] = [[len(p) for p in image] for image in answer.kept_partitions]
     return _line(question, answer.text, pipeline, metadata)
 
 
@@ -525,6 +535,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
                         help="weights' dtype [default: auto = float16 on CUDA, float32 on CPU]")
     parser.add_argument("--vision-tower", help="CLIP folder for original-LLaVA checkpoints")
+    parser.add_argument("--patch-merge", metavar="spatial|spatial_unpad",
+                        help="LLaVA-NeXT: how the crops become tokens [default: the checkpoint's]")
+    parser.add_argument("--image-grid", metavar="WxH",
+                        help="LLaVA-NeXT: cut every image into this canvas in pixels, e.g. 672x672 [default: the best"
+                             " of the checkpoint's image_grid_pinpoints]")
     parser.add_argument("--load-8bit", action="store_true", help="8-bit weights through bitsandbytes (CUDA)")
     parser.add_argument("--load-4bit", action="store_true", help="4-bit weights through bitsandbytes (CUDA)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -551,12 +566,16 @@ def main(argv=None) -> int:
         method = args.method or read_run(output_dir).get("method") or "none"
         device, dtype = resolve_device_and_dtype(args.device, args.dtype, local_rank)
 
+        # Passed only when given, so that a --pipeline without them keeps working for LLaVA-1.5.
+        anyres_options = {k: v for k, v in (("patch_merge", args.patch_merge), ("image_grid", args.image_grid)) if v}
+
         def load():  # only called when something is left to answer
             if not args.model_path:
                 raise InputError("--model-path is needed: some questions have no answer yet")
             return import_object(args.pipeline)(
                 args.model_path, method=method, conv_mode=args.conv_mode, device=str(device), dtype=dtype,
                 vision_tower=args.vision_tower, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
+                **anyres_options,
             )
 
         quantization = "8bit" if args.load_8bit else "4bit" if args.load_4bit else "none"
@@ -565,7 +584,8 @@ def main(argv=None) -> int:
             method=method, conv_mode=args.conv_mode, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, limit=args.limit,
             retry_errors=args.retry_errors, question_file=args.question_file, image_folder=args.image_folder,
-            vision_tower=args.vision_tower, dtype=str(dtype).removeprefix("torch."), device=device.type,
+            vision_tower=args.vision_tower, patch_merge=args.patch_merge, image_grid=args.image_grid,
+            dtype=str(dtype).removeprefix("torch."), device=device.type,
             quantization=quantization, rank=rank, world_size=world_size, barrier=barrier,
             progress=not args.no_progress,
         )
