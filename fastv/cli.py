@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from llava.conversation import conv_templates
 from llava.errors import CheckpointError, InputError, print_error
 
 # The small LLaVA the project trains and ships (models/llava-shapes-tiny/MODEL_CARD.md).
@@ -113,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="image file (leave the option out for a text-only prompt)")
     p.add_argument("--prompt", required=True, help="the question, without <image>")
     p.add_argument("--method", default="none", help=METHOD_HELP)
-    p.add_argument("--conv-mode", default="vicuna_v1", help="conversation template (vicuna_v1, llava_v1, plain)")
+    p.add_argument("--conv-mode", default="vicuna_v1", help=f"conversation template ({', '.join(conv_templates)})")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated at most")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, >= 0 (0 = greedy)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked against this machine)")

@@ -1,7 +1,8 @@
 """Prompt templates of LLaVA's conversation modes (`vicuna_v1` is LLaVA-1.5's default).
 
-    vicuna_v1: "<system> USER: <image>\nWhat is this? ASSISTANT:"
-    plain:     "<image>\nWhat is this?\n"
+    vicuna_v1:        "<system> USER: <image>\nWhat is this? ASSISTANT:"
+    mistral_instruct: "[INST] <image>\nWhat is this? [/INST]"  (llava-v1.6-mistral-7b)
+    plain:            "<image>\nWhat is this?\n"
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ LLAVA_V1_SYSTEM = (
 class Conversation:
     system: str
     roles: tuple[str, str]
-    style: str  # "two": "<role>: <message><sep>" turns; "plain": messages joined by sep
+    # "two": "<role>: <message><sep>" turns; "plain": messages joined by sep;
+    # "llama_2": "[INST] <user> [/INST] <assistant><sep2>" turns, the system (if any) in <<SYS>> inside the first
+    style: str
     sep: str = " "
     sep2: str = "</s>"  # closes an assistant turn in "two" style
     messages: list[list[str | None]] = field(default_factory=list)
@@ -41,9 +44,24 @@ class Conversation:
             for i, (role, message) in enumerate(self.messages):
                 prompt += f"{role}: {message}{separators[i % 2]}" if message else f"{role}:"
             return prompt
+        if self.style == "llama_2":
+            return self._llama_2_prompt()
         if self.style == "plain":
             return self.system + "".join(message + self.sep for _, message in self.messages if message)
         raise ValueError(f"unknown conversation style '{self.style}'")
+
+    def _llama_2_prompt(self) -> str:
+        prompt = ""
+        for i, (_, message) in enumerate(self.messages):
+            if not message:
+                continue
+            if i % 2:
+                prompt += f" {message} {self.sep2}"
+                continue
+            if i == 0 and self.system:
+                message = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{message}"
+            prompt += f"{self.sep}[INST] {message} [/INST]"
+        return prompt.removeprefix(self.sep)
 
     def copy(self) -> "Conversation":
         return dataclasses.replace(self, messages=[list(m) for m in self.messages])
@@ -52,6 +70,7 @@ class Conversation:
 conv_templates = {
     "vicuna_v1": Conversation(system=VICUNA_SYSTEM, roles=("USER", "ASSISTANT"), style="two"),
     "llava_v1": Conversation(system=LLAVA_V1_SYSTEM, roles=("USER", "ASSISTANT"), style="two"),
+    "mistral_instruct": Conversation(system="", roles=("USER", "ASSISTANT"), style="llama_2", sep=""),
     "plain": Conversation(system="", roles=("", ""), style="plain", sep="\n", sep2="\n"),
 }
 conv_templates["v1"] = conv_templates["vicuna_v1"]

@@ -37,14 +37,17 @@ def make_tokenizer(vocab_size: int):
     )
 
 
-def tiny_configs(image_size=112, vision_layers=3, text_layers=3, num_kv_heads=2, vocab_size=320, **text):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+def tiny_configs(image_size=112, vision_layers=3, text_layers=3, num_kv_heads=2, vocab_size=320, text_model="llama",
+                 **text):
+    """A tiny CLIP + decoder; `text_model="mistral"` makes the decoder a MistralConfig (extra `text` fields
+    such as sliding_window go to the decoder's config)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, MistralConfig
 
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers, num_attention_heads=4,
         image_size=image_size, patch_size=14, projection_dim=16,
     )
-    text_config = LlamaConfig(
+    text_config = {"llama": LlamaConfig, "mistral": MistralConfig}[text_model](
         hidden_size=64, intermediate_size=128, num_hidden_layers=text_layers, num_attention_heads=4,
         num_key_value_heads=num_kv_heads, vocab_size=vocab_size, max_position_embeddings=1024,
         rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=3, **text,
@@ -154,7 +157,10 @@ def to_original_layout(hf_folder: Path, out: Path, clip_out: Path, embed_vision:
     torch.save(clip, clip_out / "pytorch_model.bin")
     shutil.copy(hf_folder / "preprocessor_config.json", clip_out / "preprocessor_config.json")
     text = cfg["text_config"]
-    original = dict(text, model_type="llava_llama", architectures=["LlavaLlamaForCausalLM"])
+    if text.get("model_type") == "mistral":
+        original = dict(text, model_type="llava_mistral", architectures=["LlavaMistralForCausalLM"])
+    else:
+        original = dict(text, model_type="llava_llama", architectures=["LlavaLlamaForCausalLM"])
     original.update(
         mm_vision_tower=str(clip_out), mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
         mm_vision_select_feature="patch", mm_hidden_size=vision["hidden_size"], image_aspect_ratio="pad",

@@ -44,7 +44,7 @@ def edit_config(folder, edit):
     ("mm_patch_merge_type", "spatial_unpad", "mm_patch_merge_type 'spatial_unpad' is not supported (only 'flat')"),
     ("mm_projector_type", "identity", "mm_projector_type 'identity' is not supported (supported: linear, mlp<N>x_gelu)"),
     ("mm_vision_select_layer", [-2, -5], "several vision feature layers ([-2, -5]) are not supported"),
-    ("model_type", "llava_mpt", "model_type 'llava_mpt' is not supported (original LLaVA: llava_llama)"),
+    ("model_type", "llava_mpt", "model_type 'llava_mpt' is not supported (original LLaVA: llava, llava_llama, llava_mistral)"),
     ("hidden_act", "gelu", "hidden_act 'gelu' of the language model is not supported (only 'silu')"),
 ])
 def test_original_config_fields_that_change_prompts_or_preprocessing_are_refused(original, field, value, message):

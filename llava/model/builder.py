@@ -9,12 +9,14 @@ Two layouts are read:
   `language_model.model.*`, `multi_modal_projector.linear_{1,2}`, `vision_tower(.vision_model).*`,
   `image_newline` (or transformers 5's `model.language_model.*` / `model.vision_tower.*` names);
 - **original LLaVA** (`liuhaotian/llava-v1.5-7b`, `liuhaotian/llava-v1.6-vicuna-7b`): `config.json`
-  of a `llava_llama` model with `mm_*` fields (NeXT: `image_aspect_ratio: anyres`,
+  of a `llava_llama` (or `llava_mistral`) model with `mm_*` fields (NeXT: `image_aspect_ratio: anyres`,
   `mm_patch_merge_type`, `image_grid_pinpoints` as [width, height] pairs, LLaVA's order), keys
   `model.layers.*`, `model.mm_projector.{0,2}`, `model.image_newline`, and the
   CLIP folder named by `mm_vision_tower` (override with `vision_tower=`), whose config,
   preprocessing and weights are read; vision weights stored in the checkpoint itself (a
   tower trained unfrozen) take precedence over the CLIP folder's.
+
+The decoder is Llama or Mistral (Llama's code path; see `text_config_from`).
 
 Weights come from safetensors, or `.bin` files read with `weights_only=True`; no
 code from a checkpoint ever runs. A missing, unexpected or mis-shaped weight is a
@@ -175,6 +177,9 @@ ORIGINAL_TEXT_FIELDS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "max_position_embeddings", "rms_norm_eps",
 )
+# Decoders with Llama's code path, by their config's model_type; original LLaVA names them llava_<family>.
+TEXT_FAMILIES = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig}
+ORIGINAL_MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral"}
 # Original-LLaVA switches that change the prompt or the tokenizer, which we do not reproduce.
 ORIGINAL_PROMPT_FLAGS = {
     "mm_use_im_start_end": "the image would sit between <im_start> and <im_end> tokens",
@@ -240,8 +245,11 @@ HF_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008
 
 def _llava_hf_config(path: Path, raw: dict, llava_next: bool) -> LlavaConfig:
     text_raw, vision_raw = (dict(_section(raw, name, path / "config.json")) for name in ("text_config", "vision_config"))
-    if text_raw.get("model_type", "llama") != "llama":
-        raise CheckpointError(f"{path}: only Llama language models are supported, got '{text_raw['model_type']}'")
+    family = text_raw.get("model_type", "llama")
+    if family not in TEXT_FAMILIES:
+        raise CheckpointError(
+            f"{path}: language model '{family}' is not supported (supported: {', '.join(TEXT_FAMILIES)})"
+        )
     _only(path, raw, "vision_feature_select_strategy", "default")
     _only(path, raw, "projector_hidden_act", "gelu")
     layer = _select_layer(path, raw.get("vision_feature_layer", -2))
@@ -254,7 +262,7 @@ def _llava_hf_config(path: Path, raw: dict, llava_next: bool) -> LlavaConfig:
     pinpoints = _pinpoints(path, raw.get("image_grid_pinpoints", HF_NEXT_PINPOINTS), vision) if llava_next else None
     return LlavaConfig(
         vision=vision,
-        text=text_config_from(text_raw, path),
+        text=text_config_from(text_raw, path, family),
         projector_type="mlp2x_gelu",
         select_layer=layer,
         image_grid_pinpoints=pinpoints,
@@ -278,8 +286,10 @@ def _pinpoints(path: Path, pinpoints, vision: VisionConfig, width_first: bool = 
 
 
 def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Checkpoint:
-    if raw.get("model_type", "llava_llama") not in ("llava_llama", "llava"):
-        raise CheckpointError(f"{path}: model_type '{raw['model_type']}' is not supported (original LLaVA: llava_llama)")
+    family = ORIGINAL_MODEL_TYPES.get(raw.get("model_type", "llava_llama"))
+    if family is None:
+        supported = ", ".join(sorted(ORIGINAL_MODEL_TYPES))
+        raise CheckpointError(f"{path}: model_type '{raw['model_type']}' is not supported (original LLaVA: {supported})")
     missing = [name for name in ORIGINAL_TEXT_FIELDS if name not in raw]
     if missing:
         raise CheckpointError(f"{path / 'config.json'} lacks {', '.join(missing)} (the language model's sizes)")
@@ -321,7 +331,7 @@ def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Che
     anyres = aspect_ratio == "anyres"
     config = LlavaConfig(
         vision=vision,
-        text=text_config_from(text_raw, path),
+        text=text_config_from(text_raw, path, family),
         projector_type=projector,
         select_layer=layer,
         image_grid_pinpoints=_pinpoints(path, raw["image_grid_pinpoints"], vision, width_first=True) if anyres else None,
@@ -345,12 +355,19 @@ def _select_layer(path: Path, layer) -> int:
     return layer
 
 
-def text_config_from(raw: dict, source: Path) -> LlamaConfig:
-    """Fill transformers' LlamaConfig defaults (it also normalises legacy rope fields), then copy ours."""
+def text_config_from(raw: dict, source: Path, family: str = "llama") -> LlamaConfig:
+    """Fill transformers' defaults for the decoder `family` (it also normalises legacy rope fields),
+    then copy ours.
+
+    Mistral is Llama's decoder (grouped-query attention, no biases) with a sliding attention window:
+    the context is capped at the window, inside which sliding and full attention are the same."""
     act = raw.get("hidden_act", "silu")
     if act != "silu":
         raise CheckpointError(f"{source}: hidden_act '{act}' of the language model is not supported (only 'silu')")
-    hf = _transformers_config(transformers.LlamaConfig, raw, source, "language model")
+    hf = _transformers_config(TEXT_FAMILIES[family], raw, source, "language model")
+    context = hf.max_position_embeddings
+    if getattr(hf, "sliding_window", None):
+        context = min(context, hf.sliding_window)
     rope = dict(hf.rope_parameters or {})
     rope_type = rope.get("rope_type", "default")
     if rope_type not in ("default", "linear", "llama3"):
@@ -364,15 +381,15 @@ def text_config_from(raw: dict, source: Path) -> LlamaConfig:
         num_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
         head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
         rms_norm_eps=hf.rms_norm_eps,
-        max_position_embeddings=hf.max_position_embeddings,
+        max_position_embeddings=context,
         rope_theta=rope.get("rope_theta", 10000.0),
         rope_type=rope_type,
         rope_factor=rope.get("factor", 1.0),
         rope_low_freq_factor=rope.get("low_freq_factor", 1.0),
         rope_high_freq_factor=rope.get("high_freq_factor", 4.0),
         rope_original_max_position_embeddings=rope.get("original_max_position_embeddings", 8192),
-        attention_bias=hf.attention_bias,
-        mlp_bias=hf.mlp_bias,
+        attention_bias=getattr(hf, "attention_bias", False),  # Mistral has no bias fields
+        mlp_bias=getattr(hf, "mlp_bias", False),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
     )
 

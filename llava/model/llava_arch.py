@@ -74,6 +74,9 @@ LLAVA_PRESETS = {
     "llava-v1.5-13b": LlavaConfig(_CLIP_L, LLAMA_PRESETS["vicuna-13b-v1.5"]),
     "llava-v1.6-vicuna-7b": LlavaConfig(_CLIP_L, LLAMA_PRESETS["vicuna-7b-v1.5"], image_grid_pinpoints=NEXT_PINPOINTS),
     "llava-v1.6-vicuna-13b": LlavaConfig(_CLIP_L, LLAMA_PRESETS["vicuna-13b-v1.5"], image_grid_pinpoints=NEXT_PINPOINTS),
+    "llava-v1.6-mistral-7b": LlavaConfig(
+        _CLIP_L, LLAMA_PRESETS["mistral-7b-instruct-v0.2"], image_grid_pinpoints=NEXT_PINPOINTS
+    ),
 }
 
 

@@ -60,6 +60,10 @@ LLAMA_PRESETS = {
     "vicuna-13b-v1.5": LlamaConfig(
         hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40, num_kv_heads=40
     ),
+    # Mistral-7B-Instruct-v0.2 (llava-v1.6-mistral-7b's decoder): no sliding window, 32k context
+    "mistral-7b-instruct-v0.2": LlamaConfig(
+        intermediate_size=14336, num_kv_heads=8, max_position_embeddings=32768, rope_theta=1e6
+    ),
 }
 
 
