@@ -2,9 +2,12 @@
 #
 #   bash scripts/v1_5/eval/<bench>.sh BUDGET [METHOD] [more options for python -m llava.eval.run]
 #
-#   BUDGET   visual tokens kept per image (v1_5) or per crop (v1_6), e.g. 64; may be left out for METHOD none
+#   BUDGET   what the method's budget is: visual tokens kept per image (v1_5) or per partition (v1_6: the base
+#            view and each crop), e.g. 64; for hired its rate, the fraction of all visual tokens, e.g. 0.2;
+#            left out for none, prumerge and prumerge+ (they keep what they keep)
 #   METHOD   pruning method (default fastervlm; none = the unpruned baseline); also as a variable, METHOD=fastv.
-#            A method with its own parameters: METHOD=fastv:k=2 -> spec fastv:k=2,keep=BUDGET
+#            A method with its own parameters: METHOD=fastv:k=2 -> spec fastv:k=2,keep=BUDGET;
+#            METHOD=hired:alpha=0.5 -> hired:alpha=0.5,rate=BUDGET
 #
 # Variables (with their defaults):
 #   MODEL_PATH or CKPT   checkpoints/llava-v1.5-7b (v1_5), checkpoints/llava-v1.6-vicuna-7b (v1_6)
@@ -20,15 +23,23 @@
 #                                                  checkpoint (the checkpoint's own, stock NeXT: spatial_unpad)
 #   IMAGE_GRID           672x672 (v1_6)            LLaVA-NeXT canvas, WIDTHxHEIGHT in pixels, or auto (the best of the
 #                                                  checkpoint's image_grid_pinpoints, as stock NeXT)
-#   On v1_6, a run under other than FasterVLM's protocol (spatial, 672x672) gets its own run dir: <method>_<budget>_<merge>_<grid>.
+#   The v1_6 defaults are the protocol of the method's paper: FasterVLM's (spatial, 672x672) for most methods;
+#   stock LLaVA-NeXT (checkpoint, auto) for hired, prumerge and prumerge+, as HiRED ran them.
+#   A run under another protocol gets its own run dir: <method>_<budget>_<merge>_<grid>.
 set -euo pipefail
 
 llava_eval() {
     local version=$1 bench=$2
     shift 2
     local budget="" method=${METHOD:-fastervlm}
-    if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then budget=$1; shift; fi
+    if [[ $# -gt 0 && $1 =~ ^([0-9]+|[0-9]*\.[0-9]+)$ ]]; then budget=$1; shift; fi
     if [[ $# -gt 0 && $1 != -* ]]; then method=$1; shift; fi
+    local name=${method%%:*} parameter=keep merge_default=spatial grid_default=672x672
+    case $name in
+        none | prumerge | prumerge+) parameter="" ;;
+        hired) parameter=rate ;;
+    esac
+    case $name in hired | prumerge | prumerge+) merge_default=checkpoint grid_default=auto ;; esac
 
     local default_model=checkpoints/llava-v1.5-7b
     [[ $version == v1_6 ]] && default_model=checkpoints/llava-v1.6-vicuna-7b
@@ -36,23 +47,29 @@ llava_eval() {
     [[ ${SPLIT:-} == val && ($bench == vqav2 || $bench == vizwiz) ]] && bench=${bench}_val
 
     local spec label
-    if [[ $method == none ]]; then
-        spec=none label=none
+    label=$(echo "${method}" | sed 's/=//g; s/[:,]/_/g')
+    if [[ -z $parameter ]]; then
+        if [[ -n $budget ]]; then
+            echo "$name keeps what it keeps: give no BUDGET (bash scripts/$version/eval/$bench.sh $method)" >&2
+            return 2
+        fi
+        spec=$method
     else
         if [[ -z $budget ]]; then
             echo "usage: bash scripts/$version/eval/$bench.sh BUDGET [METHOD]  (BUDGET = visual tokens kept per" \
-                 "$([[ $version == v1_6 ]] && echo crop || echo image); METHOD none needs no budget)" >&2
+                 "$([[ $version == v1_6 ]] && echo partition || echo image), or hired's rate, e.g. 0.2;" \
+                 "METHOD none, prumerge and prumerge+ need no budget)" >&2
             return 2
         fi
-        if [[ $method == *:* ]]; then spec="$method,keep=$budget"; else spec="$method:keep=$budget"; fi
-        label=$(echo "${method}" | sed 's/=//g; s/[:,]/_/g')_$budget
+        if [[ $method == *:* ]]; then spec="$method,$parameter=$budget"; else spec="$method:$parameter=$budget"; fi
+        label=${label}_$budget
     fi
     local anyres=()
     if [[ $version == v1_6 ]]; then
-        local merge=${PATCH_MERGE:-spatial} grid=${IMAGE_GRID:-672x672}
+        local merge=${PATCH_MERGE:-$merge_default} grid=${IMAGE_GRID:-$grid_default}
         [[ $merge == checkpoint ]] || anyres+=(--patch-merge "$merge")
         [[ $grid == auto ]] || anyres+=(--image-grid "$grid")
-        [[ $merge == spatial && $grid == 672x672 ]] || label="${label}_${merge}_${grid}"
+        [[ $merge == "$merge_default" && $grid == "$grid_default" ]] || label="${label}_${merge}_${grid}"
     fi
     local output_dir="${OUTPUT_ROOT:-outputs/eval}/$(basename "$model")/$label/$bench"
 

@@ -466,9 +466,9 @@ class TrainableLlava(LlavaForCausalLM):
             self.last_inputs = inputs
         return inputs
 
-    def encode_images(self, pixel_values):
+    def encode_images(self, pixel_values, partition_grids=None):
         if not self.training:
-            return super().encode_images(pixel_values)
+            return super().encode_images(pixel_values, partition_grids)
         tower = self.vision_tower
         select = self.config.vision.layer_index(self.config.select_layer)
         x = tower.pre_layrnorm(tower.embeddings(pixel_values.to(self.dtype)))

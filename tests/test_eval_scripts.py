@@ -196,6 +196,34 @@ def test_v1_6_scripts_default_to_fastervlms_protocol_and_can_be_told_otherwise(d
     assert "--patch-merge" not in v1_5.stderr
 
 
+def test_hired_takes_a_rate_prumerge_no_budget_and_both_run_on_stock_next_by_default(data_root, tmp_path):
+    env = script_env(data_root, tmp_path)
+    hired = bash("scripts/v1_6/eval/pope.sh", "0.2", "hired", env=env)
+    assert "method=hired:rate=0.2" in hired.stderr and "--patch-merge" not in hired.stderr  # HiRED's protocol
+    assert json.loads((tmp_path / "tiny-llava/hired_0.2/pope/run.json").read_text())["method_spec"] == "hired:rate=0.2"
+    bash("scripts/v1_6/eval/pope.sh", "0.1", env={**env, "METHOD": "hired:split=paper"})
+    assert (tmp_path / "tiny-llava/hired_splitpaper_0.1/pope/run.json").is_file()
+    bash("scripts/v1_5/eval/pope.sh", "prumerge+", env=env)
+    assert json.loads((tmp_path / "tiny-llava/prumerge+/pope/run.json").read_text())["method_spec"] == "prumerge+"
+    given = bash("scripts/v1_6/eval/pope.sh", "8", "prumerge", env=env, check=False)
+    assert given.returncode == 2 and "prumerge keeps what it keeps: give no BUDGET" in given.stderr
+    usage = bash("scripts/v1_6/eval/pope.sh", "hired", env=env, check=False)
+    assert usage.returncode == 2 and "or hired's rate, e.g. 0.2" in usage.stderr
+
+
+@pytest.mark.skipif(not _real_pipeline_importable(), reason="llava.pipeline cannot be imported")
+def test_v1_6_hired_script_with_the_real_pipeline_on_a_tiny_llava_next(data_root, tiny_next_dir, tmp_path):
+    env = script_env(data_root, tmp_path / "out", MODEL_PATH=str(tiny_next_dir), EVAL_ARGS="--max-new-tokens 4 --no-progress")
+    bash("scripts/v1_6/eval/textvqa.sh", "0.2", "hired", env=env)
+    run_dir = tmp_path / "out" / Path(tiny_next_dir).name / "hired_0.2" / "textvqa"
+    answers = [json.loads(line) for line in (run_dir / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 3 and all("error" not in a["metadata"] for a in answers)
+    for answer in answers:  # at most floor(P x 64 x 0.2) tokens, no newline: the stock (spatial_unpad) layout
+        (grid,), (visual,) = answer["metadata"]["partition_grid"], answer["metadata"]["visual_tokens"]
+        assert 0 < visual <= int((1 + grid[0] * grid[1]) * 64 * 0.2)
+        assert sum(answer["metadata"]["partition_tokens"][0]) == visual
+
+
 def test_the_default_checkpoint_absent_is_one_line(data_root, tmp_path):
     """A fresh machine has no checkpoints/llava-v1.5-7b: the script says so in one line, exit status 2."""
     env = script_env(data_root, tmp_path, EVAL_ARGS="--no-progress --device cpu")

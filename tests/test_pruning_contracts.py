@@ -4,6 +4,7 @@ on LLaVA-NeXT) and 3 LLM layers. The five contracts run on three models (`subjec
 with its stock spatial_unpad merge (crop grids chosen per image, newline tokens), and LLaVA-NeXT under
 FasterVLM's protocol (spatial merge, a fixed 2x2 grid)."""
 
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -13,6 +14,7 @@ from torch.testing import assert_close
 from llava.generate import generate
 from llava.model.builder import load_pretrained_model
 from llava.model.pruning.base import LayerPruner
+from llava.model.pruning.hired import HiRED
 from llava.model.pruning.registry import available_methods, parse_method
 from tests import helpers
 from tests.test_model_parity import QUESTIONS, prompts_for
@@ -25,8 +27,15 @@ SPECS = {
     "random": "random:keep={keep},seed=3",
     "uniform": "uniform:keep={keep}",
     "pool": "pool:keep={keep}",
+    "hired": "hired:rate=0.25",
+    "prumerge": "prumerge",
+    "prumerge+": "prumerge+",
 }
-VARIANTS = list(SPECS.values()) + ["fastv:k=1,keep={keep},mode=mask", "fastv:k=2,ratio=0.75"]
+VARIANTS = list(SPECS.values()) + [
+    "fastv:k=1,keep={keep},mode=mask", "fastv:k=2,ratio=0.75", "hired:rate=0.4,alpha=0.3,split=paper",
+    "prumerge:merge=average",
+]
+NEXT_ONLY = ("alpha=", "split=")  # HiRED's options for dividing a NeXT image's budget
 PATCHES = 64
 SUBJECTS = ("llava-1.5", "llava-next", "llava-next-spatial-2x2")
 
@@ -45,7 +54,13 @@ def subject(request):
 def pruned(subject):
     """Set a method on the shared model for one test, and put 'none' back afterwards."""
     model = subject[1]
-    yield lambda spec: model.set_pruning(spec.format(keep=16))
+
+    def attach(spec):
+        if not model.config.anyres and any(option in spec for option in NEXT_ONLY):
+            pytest.skip("an option for LLaVA-NeXT images (refused on LLaVA-1.5: tests/test_hired.py)")
+        return model.set_pruning(spec.format(keep=16))
+
+    yield attach
     model.set_pruning("none")
 
 
@@ -60,9 +75,12 @@ def test_every_registered_method_has_a_contract_spec():
     assert set(available_methods()) == set(SPECS)
 
 
-@pytest.mark.parametrize("spec", [s for s in SPECS.values() if "{keep}" in s] + ["fastv:k=1,keep={keep},mode=mask"])
+@pytest.mark.parametrize("spec", [s for s in SPECS.values() if "{keep}" in s] + ["fastv:k=1,keep={keep},mode=mask",
+                                                                            "hired:rate=1.0"])
 def test_keeping_everything_equals_no_pruning_exactly(subject, batch, spec):
     model = subject[1]
+    if spec.startswith("hired") and model.config.anyres:
+        pytest.skip("HiRED has no keep-all on NeXT: it packs without newline tokens and its crop quotas truncate")
     prompts, pixel_values = batch
     model.set_pruning("none")
     expected = model(prompts, pixel_values, all_logits=True).logits
@@ -103,7 +121,12 @@ def test_number_kept_equals_the_budget(subject, pruned, spec):
     promised = method.budget(PATCHES)  # per image (LLaVA-1.5), per partition (NeXT); a ratio: of PATCHES
     for image in counts:
         partitions = len(image.partitions)
-        if isinstance(method, LayerPruner):  # chosen over the whole image
+        if promised is None:  # adaptive (PruMerge): some patches of every partition, never more than it has
+            assert all(1 <= n <= PATCHES for n in image.partitions)
+        elif isinstance(method, HiRED):  # one budget per image, floor(P N rate); below it when quotas truncate
+            budget = math.floor(partitions * PATCHES * method.args.rate)
+            assert sum(image.partitions) <= budget and (partitions > 1 or image.partitions == [budget])
+        elif isinstance(method, LayerPruner):  # chosen over the whole image
             expected = method.kept_count(image.candidates, partitions)
             assert sum(image.partitions) == min(expected, image.candidates)
         elif image.padded:  # every partition chose `promised`; the crops' patches in the padding are gone

@@ -154,7 +154,8 @@ class LlavaForCausalLM(nn.Module):
         """Attach a pruning method (object or spec string), validated against this model."""
         if not isinstance(method, PruningMethod):
             method = parse_method(method)
-        method.validate(self.config.vision.num_layers, self.config.text.num_layers, self.config.tokens_per_image)
+        config = self.config
+        method.validate(config.vision.num_layers, config.text.num_layers, config.tokens_per_image, config.anyres)
         self.pruning = method
         return method
 
@@ -180,9 +181,12 @@ class LlavaForCausalLM(nn.Module):
 
     # ---- images --------------------------------------------------------------------------------
 
-    def encode_images(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def encode_images(
+        self, pixel_values: torch.Tensor, partition_grids: list[tuple[int, int]] | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """pixel_values (I, 3, S, S) -> per view (an image, or a NeXT base view or crop): projected features
-        (T_i, D) and original patch indices (T_i,), as the pre-LLM pruner chose them."""
+        (T_i, D) and original patch indices (T_i,), as the pre-LLM pruner chose them. `partition_grids`: the
+        crop grid of each image whose views these are, in order (NeXT); None: every view is an image."""
         vision = self.config.vision
         pruner = self.pruning if isinstance(self.pruning, VisionPruner) else None
         select = vision.layer_index(self.config.select_layer)
@@ -195,19 +199,25 @@ class LlavaForCausalLM(nn.Module):
 
         if not pruner.before_projector:
             features = self.mm_projector(features)  # (I, P, D)
-        chosen, indices = [], []
-        for i in range(features.shape[0]):
-            inputs = VisionInputs(
+        views = [
+            VisionInputs(
                 features=features[i],
                 cls_attention={layer: probe.cls_attention[i] for layer, probe in out.probes.items()},
                 keys={layer: probe.keys[i] for layer, probe in out.probes.items()},
                 grid=(vision.grid_size, vision.grid_size),
                 image_index=i,
                 pixel_values=pixel_values[i],
+                cls_query={layer: probe.cls_query[i] for layer, probe in out.probes.items()},
             )
-            kept = pruner.select(inputs)
-            chosen.append(kept.features if kept.features is not None else features[i, kept.indices])
-            indices.append(kept.indices)
+            for i in range(features.shape[0])
+        ]
+        kept, first = [], 0
+        for grid in partition_grids or [(0, 0)] * len(views):
+            last = first + 1 + grid[0] * grid[1]
+            kept += pruner.select_image(views[first:last], grid)
+            first = last
+        chosen = [k.features if k.features is not None else features[i, k.indices] for i, k in enumerate(kept)]
+        indices = [k.indices for k in kept]
         if pruner.before_projector:
             if len({c.shape for c in chosen}) == 1:
                 chosen = list(self.mm_projector(torch.stack(chosen)))  # one projector call for the batch
@@ -225,7 +235,7 @@ class LlavaForCausalLM(nn.Module):
         if isinstance(images, torch.Tensor) or not all(isinstance(image, AnyresImage) for image in images):
             raise InputError("this LLaVA-NeXT model takes anyres images (ImageProcessor.anyres), not a pixel tensor")
         views = torch.cat([image.pixel_values for image in images]).to(self.device)
-        features, indices = self.encode_images(views)
+        features, indices = self.encode_images(views, [image.grid for image in images])
         tokens, first = [], 0
         for image in images:
             views_of_image = image.pixel_values.shape[0]
@@ -235,16 +245,23 @@ class LlavaForCausalLM(nn.Module):
         return tokens
 
     def _lay_out(self, image: AnyresImage, features: list[torch.Tensor], indices: list[torch.Tensor]) -> ImageTokens:
-        """One NeXT image's kept tokens per partition -> its tokens in the order of `config.patch_merge`."""
+        """One NeXT image's kept tokens per partition -> its tokens in the order of `config.patch_merge`, or as
+        the pruner's `packing` says (pruning.base.PACKINGS)."""
         rows, cols = image.grid
         partitions = 1 + rows * cols
         if len(features) != partitions:
             raise InputError(f"an anyres image of a {rows}x{cols} crop grid needs {partitions} views, got {len(features)}")
+        packing = self.pruning.packing if isinstance(self.pruning, VisionPruner) else "merge"
+        if packing == "concat":
+            layout = torch.cat([torch.stack([torch.full_like(i, p), i], dim=-1) for p, i in enumerate(indices)])
+            return ImageTokens(torch.cat(features), patch_index=layout[:, 1], partition=layout[:, 0], partition_grid=image.grid)
         indices = [i.cpu() for i in indices]
         if any(bool((i < 0).any()) for i in indices):  # merged/extra tokens have no place in the stitched grid
             raise InputError(f"method '{self.pruning.name}' makes merged tokens, which the anyres layout cannot place")
         side = self.config.vision.grid_size
         layout = anyres_layout(image.grid, side, image.image_size, self.config.patch_merge)
+        if packing == "no_newline":
+            layout = layout[layout[:, 0] != NEWLINE]
         layout = layout[keep_in_layout(layout, indices, partitions)]  # (T, 2): (partition, patch) per token
         # Row of (partition, patch) in the kept features laid end to end; the newline embedding goes last.
         slot = torch.full((partitions, side * side), -1, dtype=torch.long)

@@ -8,8 +8,11 @@ with two differences that pruning needs:
   of a later layer, so the unused last layer costs nothing;
 - for the layers a caller names, it also returns the **CLS attention row** per
   head, softmax(q_cls . K^T / sqrt(hd)) over all keys with the CLS->CLS entry
-  dropped (not renormalised), and that layer's keys and CLS query. The full
-  N x N map is never materialised: attention itself runs through SDPA.
+  dropped (not renormalised), and that layer's keys and CLS query (projections of
+  the layer's post-LayerNorm input). The full N x N map is never materialised:
+  attention itself runs through SDPA. A probed layer after the select layer that is
+  the last one asked for (PruMerge's layer 23) runs only its LayerNorm and the
+  query and key projections.
 
 Layer numbering: "layer L" is the L-th encoder layer (0-based); its output is
 transformers' `hidden_states[L + 1]`, so `select_layer=-2` is layer
@@ -113,16 +116,24 @@ class CLIPAttention(nn.Module):
     def forward(self, x: torch.Tensor, probe: bool) -> tuple[torch.Tensor, AttentionProbe | None]:
         B, N, D = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, N, D)
-        split = lambda t: t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v))  # (B, H, N, hd)
+        out = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))  # (B, H, N, hd)
         out = self.out_proj(out.transpose(1, 2).reshape(B, N, D))
-        if not probe:
-            return out, None
+        return out, self._probe(q, k) if probe else None
+
+    def probe(self, x: torch.Tensor) -> AttentionProbe:
+        """The probe alone, without the attention output: x (B, N, D) is the post-LayerNorm input."""
+        return self._probe(self.q_proj(x[:, :1]), self.k_proj(x))
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        B, N, _ = t.shape
+        return t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
+
+    def _probe(self, q: torch.Tensor, k: torch.Tensor) -> AttentionProbe:
         # One query row, O(N d): the CLS token's attention over every key, in fp32.
-        q_cls = split(q)[:, :, :1].float()  # (B, H, 1, hd)
-        logits = q_cls @ split(k).float().transpose(-1, -2) * self.head_dim**-0.5  # (B, H, 1, N)
+        q_cls = self._split(q[:, :1]).float()  # (B, H, 1, hd)
+        logits = q_cls @ self._split(k).float().transpose(-1, -2) * self.head_dim**-0.5  # (B, H, 1, N)
         cls_attention = logits.softmax(dim=-1)[:, :, 0, 1:]  # (B, H, P): drop CLS->CLS, no renormalisation
-        return out, AttentionProbe(cls_attention=cls_attention, keys=k, cls_query=q[:, 0])
+        return AttentionProbe(cls_attention=cls_attention, keys=k, cls_query=q[:, 0])
 
 
 class CLIPEncoderLayer(nn.Module):
@@ -182,6 +193,9 @@ class CLIPVisionTower(nn.Module):
         x = self.pre_layrnorm(self.embeddings(pixel_values))  # (B, 1+P, D)
         probes, features = {}, None
         for index, layer in enumerate(self.encoder.layers[: last + 1]):
+            if index == last and index > select:  # its output is not needed, only its probe
+                probes[index] = layer.self_attn.probe(layer.layer_norm1(x))
+                break
             x, probe = layer(x, probe=index in attention_layers)
             if probe is not None:
                 probes[index] = probe

@@ -2,9 +2,11 @@
 
 Two seams, as DESIGN.md describes:
 
-- `VisionPruner` acts per image (or crop) on the vision tower's output, before the
-  LLM. It declares which CLIP layers' CLS-attention probes it needs and whether it
-  selects before or after the projector; it returns a `Kept`.
+- `VisionPruner` acts per image on the vision tower's output, before the LLM: per view
+  (`select`: LLaVA-1.5's image, a NeXT base view or crop) or, for a method whose views
+  share one budget (HiRED), over all views of an image at once (`select_image`). It
+  declares which CLIP layers' probes it needs, whether it selects before or after the
+  projector, and how a NeXT image's kept tokens are packed; it returns a `Kept` per view.
 - `LayerPruner` acts inside the LLM: before decoder layer `k`, from the last query
   row of layer k-1's attention, it picks the image tokens of each visual span to
   keep. The model owns everything else (gathering, masks, caches, positions).
@@ -94,16 +96,18 @@ class VisionInputs:
     cls_attention: dict[int, torch.Tensor]  # layer -> (H, P) fp32 CLS row over patches
     keys: dict[int, torch.Tensor]  # layer -> (1 + P, D) keys of that layer
     grid: tuple[int, int]
-    image_index: int  # position of the image in the batch's image list (for error messages)
+    image_index: int  # position of the view in the batch's list of views (for error messages)
     pixel_values: torch.Tensor | None = None  # (3, S, S) the image as the vision tower saw it
+    cls_query: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (D,) that layer's CLS query
 
 
 @dataclass
 class Kept:
     """A VisionPruner's answer for one image."""
 
-    indices: torch.Tensor  # (T,) original patch indices, in the order the tokens enter the LLM
-    features: torch.Tensor | None = None  # (T', D) when the method merges/creates features itself
+    indices: torch.Tensor  # (T,) original patch indices, in the order the tokens enter the LLM; -1 for a token
+    #                        that is no patch (PruMerge's extra token)
+    features: torch.Tensor | None = None  # (T, D) when the method merges/creates features itself
 
 
 def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -139,16 +143,25 @@ class PruningMethod(ABC):
 
         return format_spec(self)
 
-    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int) -> None:
-        """Check the arguments against a model; raise InputError naming the problem."""
+    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
+        """Check the arguments against a model (`anyres`: LLaVA-NeXT); raise InputError naming the problem."""
 
     def budget(self, tokens_per_image: int) -> int | None:
         """Visual tokens per image this method promises to keep (None when adaptive)."""
         return tokens_per_image
 
 
+# How a LLaVA-NeXT image's kept tokens are packed for the LLM (VisionPruner.packing):
+#   "merge":      in the order of the model's patch merge (anyres.anyres_layout), newline tokens included;
+#   "no_newline": the same order without the newline tokens (HiRED);
+#   "concat":     partition after partition, each in the order `select` returned, nothing stitched,
+#                 unpadded or added (PruMerge: a merged or extra token has no place in the grid).
+PACKINGS = ("merge", "no_newline", "concat")
+
+
 class VisionPruner(PruningMethod):
     before_projector: ClassVar[bool] = True
+    packing: ClassVar[str] = "merge"
 
     def attention_layers(self, vision_layers: int, select_layer: int) -> tuple[int, ...]:
         """0-based CLIP layers whose CLS probe this method needs; `select_layer` is 0-based too."""
@@ -156,6 +169,12 @@ class VisionPruner(PruningMethod):
 
     @abstractmethod
     def select(self, inputs: VisionInputs) -> Kept: ...
+
+    def select_image(self, views: list[VisionInputs], partition_grid: tuple[int, int]) -> list[Kept]:
+        """All views of one image -> a Kept per view: LLaVA-1.5's one view (`partition_grid` (0, 0)), or
+        LLaVA-NeXT's base view then its crops in row-major order of the (rows, cols) crop grid. By
+        default every view is selected on its own."""
+        return [self.select(view) for view in views]
 
 
 @dataclass(frozen=True)
@@ -170,7 +189,7 @@ class KeepArgs(MethodArgs):
 class KeepBudgetPruner(VisionPruner):
     """A vision pruner that keeps exactly `args.keep` tokens of every image."""
 
-    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int) -> None:
+    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
         check_budget(self.args.keep, tokens_per_image, "each image")
 
     def budget(self, tokens_per_image: int) -> int:

@@ -95,8 +95,8 @@ class PoolPruner(KeepBudgetPruner):
     Args = KeepArgs
     summary = "pre-LLM: 2-D average pooling of the patch grid to sqrt(keep) x sqrt(keep)"
 
-    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int) -> None:
-        super().validate(vision_layers, llm_layers, tokens_per_image)
+    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
+        super().validate(vision_layers, llm_layers, tokens_per_image, anyres)
         side = math.isqrt(self.args.keep)
         if side * side != self.args.keep:
             lower, upper = side * side, (side + 1) ** 2

@@ -68,7 +68,7 @@ class FastV(LayerPruner):
     def reselect_every_step(self) -> bool:
         return self.args.reselect_every_step
 
-    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int) -> None:
+    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
         if not 1 <= self.args.k <= llm_layers - 1:
             raise InputError(f"fastv:k={self.args.k} is outside 1..{llm_layers - 1} for this {llm_layers}-layer LLM")
         if self.args.keep is not None:

@@ -112,4 +112,4 @@ def _convert(raw: str, hint, where: str):
 
 def _load_builtin_methods() -> None:
     """Importing the method modules registers them (once; Python caches the imports)."""
-    from llava.model.pruning import baselines, fastervlm, fastv  # noqa: F401
+    from llava.model.pruning import baselines, fastervlm, fastv, hired, prumerge  # noqa: F401

@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# VizWiz test: submission file for EvalAI (SPLIT=val: local accuracy on val).  bash scripts/v1_5/eval/vizwiz.sh KEEP [METHOD]   (KEEP = visual tokens kept per image; see scripts/eval_common.sh)
+# VizWiz test: submission file for EvalAI (SPLIT=val: local accuracy on val).  bash scripts/v1_5/eval/vizwiz.sh BUDGET [METHOD]   (BUDGET = tokens kept per image, or hired's rate: 0.2 hired; see scripts/eval_common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/../../eval_common.sh"
 llava_eval v1_5 vizwiz "$@"

@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# MM-Vet: answers for the GPT-4 grader.  bash scripts/v1_6/eval/mmvet.sh KEEP [METHOD]   (KEEP = visual tokens kept per crop; see scripts/eval_common.sh)
+# MM-Vet: answers for the GPT-4 grader.  bash scripts/v1_6/eval/mmvet.sh BUDGET [METHOD]   (BUDGET = tokens kept per partition, or hired's rate: 0.2 hired; see scripts/eval_common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/../../eval_common.sh"
 llava_eval v1_6 mmvet "$@"

@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# TextVQA val: VQA accuracy.  bash scripts/v1_6/eval/textvqa.sh KEEP [METHOD]   (KEEP = visual tokens kept per crop; see scripts/eval_common.sh)
+# TextVQA val: VQA accuracy.  bash scripts/v1_6/eval/textvqa.sh BUDGET [METHOD]   (BUDGET = tokens kept per partition, or hired's rate: 0.2 hired; see scripts/eval_common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/../../eval_common.sh"
 llava_eval v1_6 textvqa "$@"
