@@ -12,6 +12,9 @@ image_newline) on a 672x672 image, a 2x2 crop grid: 5 views of 576 patches, 2928
 visual tokens. Its anyres preprocessing (PIL image -> 5 views) and its vision
 tower (the 5 views) are timed apart, and their ratio reported.
 
+For a pre-LLM method the time spent inside its selection (`select_image`, which calls `select`
+per view) is timed too, in the same forwards, and reported as a share of the prefill.
+
     fastv bench-prefill --out results/cpu-prefill.json
     fastv bench-prefill --model next --out results/cpu-prefill-next.json
 """
@@ -28,8 +31,10 @@ from pathlib import Path
 import torch
 
 DEFAULT_METHODS = ("none", "fastv:k=2,keep=144", "fastervlm:keep=58")
-# LLaVA-NeXT: FasterVLM at 29 per partition (145 of a 2x2 grid's 5 x 576) and FastV k=2 dropping half
-NEXT_METHODS = ("none", "fastv:k=2,ratio=0.5", "fastervlm:keep=29")
+# LLaVA-NeXT: FasterVLM at 29 per partition (145 of a 2x2 grid's 5 x 576), FastV k=2 dropping half, HiRED at
+# 20% and 10% of the visual tokens, PruMerge and PruMerge+ (adaptive)
+NEXT_METHODS = ("none", "fastv:k=2,ratio=0.5", "fastervlm:keep=29", "hired:rate=0.2", "hired:rate=0.1", "prumerge",
+                "prumerge+")
 NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 NEXT_IMAGE = 672  # px, square: a 2x2 crop grid, nothing unpadded
 
@@ -153,13 +158,15 @@ def main(
     # name -> (untimed set-up, timed prefill)
     contestants = {"transformers (sdpa), unpruned": (lambda: None, lambda: reference(
         input_ids=hf_ids, attention_mask=hf_mask, **hf_images, use_cache=True, logits_to_keep=1))}
-    tokens = {}
+    tokens, selection = {}, SelectionTimer(now)
     for spec in methods:
-        contestants[f"ours, {spec}"] = (lambda spec=spec: ours.set_pruning(spec), lambda: ours(prompts, images))
+        set_up = lambda spec=spec: selection.watch(ours.set_pruning(spec))
+        contestants[f"ours, {spec}"] = (set_up, lambda: ours(prompts, images))
     for name, fn in extra.items():
         contestants[name] = (lambda: None, fn)
 
     times: dict[str, list[float]] = {name: [] for name in contestants}
+    selection_times: dict[str, list[float]] = {name: [] for name in contestants}
     with torch.inference_mode():
         for spec in methods:  # what each method gives the LLM (and keeps after layer k)
             ours.set_pruning(spec)
@@ -168,11 +175,14 @@ def main(
         for round_ in range(warmup + repeats):
             for name, (set_up, fn) in contestants.items():
                 set_up()
+                selection.seconds = 0.0
                 start = now()
                 fn()
                 elapsed = now() - start
                 if round_ >= warmup:
                     times[name].append(elapsed)
+                    selection_times[name].append(selection.seconds)
+        selection.watch(None)
 
     medians = {name: statistics.median(t) for name, t in times.items()}
     ours_unpruned = medians.get("ours, none")
@@ -181,6 +191,9 @@ def main(
         row = {"what": name, "median_s": median}
         if name in tokens:
             row["visual_tokens"], row["kept_after_layer_k"] = tokens[name]
+        if any(selection_times[name]):  # per round: the time inside the selection over that round's prefill
+            row["selection_s"] = statistics.median(selection_times[name])
+            row["selection_share"] = statistics.median(s / t for s, t in zip(selection_times[name], times[name]))
         if (name.startswith("ours") or name.startswith("transformers")) and ours_unpruned:
             row["vs_ours_unpruned"] = median / ours_unpruned
         rows.append(row)
@@ -216,18 +229,47 @@ def to_markdown(result: dict) -> str:
         f"Prefill latency, {result['model']}, batch {result['batch']}, {result['dtype']}, "
         f"median of {result['repeats']} on {result['machine']} (torch {result['torch']})",
         "",
-        "| what | time (ms) | / ours unpruned | visual tokens into the LLM | patches kept (after layer k) |",
-        "|---|---:|---:|---:|---:|",
+        "| what | time (ms) | / ours unpruned | visual tokens into the LLM | patches kept (after layer k) "
+        "| selection (ms) | selection / prefill |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         ratio = f"{row['vs_ours_unpruned']:.3f}" if "vs_ours_unpruned" in row else ""
         visual, kept = (str(row[k]) if k in row else "" for k in ("visual_tokens", "kept_after_layer_k"))
-        lines.append(f"| {row['what']} | {row['median_s'] * 1000:.1f} | {ratio} | {visual} | {kept} |")
+        chosen = f"{row['selection_s'] * 1000:.1f}" if "selection_s" in row else ""
+        share = f"{row['selection_share']:.2%}" if "selection_share" in row else ""
+        lines.append(f"| {row['what']} | {row['median_s'] * 1000:.1f} | {ratio} | {visual} | {kept} | {chosen} | {share} |")
     if result["ours_unpruned_over_transformers"] is not None:
         lines += ["", f"ours unpruned / transformers unpruned: {result['ours_unpruned_over_transformers']:.3f}"]
     if "preprocessing_over_vision_tower" in result:
         lines += [f"anyres preprocessing / vision tower: {result['preprocessing_over_vision_tower']:.3f}"]
     return "\n".join(lines)
+
+
+class SelectionTimer:
+    """Adds the wall time of every `select_image` call of the watched pre-LLM method to `seconds`
+    (by wrapping the method object's own attribute; `watch(None)` or another method puts it back)."""
+
+    def __init__(self, now):
+        self.now, self.seconds, self._method = now, 0.0, None
+
+    def watch(self, method) -> None:
+        from llava.model.pruning.base import VisionPruner
+
+        if self._method is not None:
+            del self._method.select_image  # the class's method again
+            self._method = None
+        if not isinstance(method, VisionPruner):
+            return
+        select_image = method.select_image
+
+        def timed(views, partition_grid):
+            start = self.now()
+            kept = select_image(views, partition_grid)
+            self.seconds += self.now() - start
+            return kept
+
+        method.select_image, self._method = timed, method
 
 
 def _machine(device: torch.device) -> str:

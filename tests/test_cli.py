@@ -35,7 +35,7 @@ def test_run_json_fields(capsys, tiny_llava_dir, tmp_path):
 def test_methods_lists_every_method(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("none", "fastv", "fastervlm", "random", "uniform", "pool"):
+    for name in ("none", "fastv", "fastervlm", "random", "uniform", "pool", "hired", "prumerge", "prumerge+"):
         assert f"\n{name} " in "\n" + out
 
 
@@ -66,6 +66,20 @@ def test_run_json_on_llava_next(capsys, tiny_next_dir, tmp_path):
     assert sum(map(len, kept)) == 32 and len(result["kept"][0]) == 32  # 8 per partition, chosen over the image
     assert all(0 <= i < 64 for p in kept for i in p) and all(p == sorted(p) for p in kept)
 
+    assert main(common + ["--method", "hired:rate=0.25"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    kept = result["kept_partitions"][0]
+    # floor(4 x 64 x 0.25) = 64: 32 for the base view, the crops' quotas truncated; no newline tokens
+    assert len(kept[0]) == 32 and result["visual_tokens"] == [sum(map(len, kept))] and sum(map(len, kept)) <= 64
+    assert result["kept"][0][:32] == kept[0] and all(i >= 64 for i in result["kept"][0][32:])  # base, then the crops
+
+    assert main(common + ["--method", "prumerge"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    kept, ids = result["kept_partitions"][0], result["kept"][0]
+    assert ids.count(-1) == 4 and ids[-1] == -1  # each partition's extra token, after its own patches
+    assert result["visual_tokens"] == [len(ids)] == [sum(map(len, kept)) + 4]
+    assert sorted(i for i in ids if i >= 0) == [p * 64 + i for p, part in enumerate(kept) for i in part]
+
     assert main(common[:-1] + ["--method", "none"]) == 0
     assert "(of 64 per partition; 1x3 crops; spatial_unpad merge)" in capsys.readouterr().out
 
@@ -81,11 +95,17 @@ def test_bench_prefill_next_reports_tokens_ratios_and_preprocessing(tmp_path):
     from fastv import latency
 
     out = tmp_path / "prefill-next.json"
-    result = latency.main(vision_layers=2, text_layers=3, repeats=1, warmup=0, out=str(out), model="next")
+    methods = ["none", "fastv:k=2,ratio=0.5", "fastervlm:keep=29", "hired:rate=0.2", "prumerge"]
+    result = latency.main(vision_layers=2, text_layers=3, methods=methods, repeats=1, warmup=0, out=str(out), model="next")
     assert json.loads(out.read_text()) == json.loads(json.dumps(result)) and out.with_suffix(".md").is_file()
     rows = {row["what"]: row for row in result["rows"]}
     assert rows["ours, none"]["visual_tokens"] == 576 + 48 * 49  # base + 48 stitched rows of 48 and a newline each
     assert rows["ours, fastervlm:keep=29"]["visual_tokens"] == 145 + 48
     assert rows["ours, fastv:k=2,ratio=0.5"]["kept_after_layer_k"] == 5 * 576 // 2
+    assert 0 < rows["ours, hired:rate=0.2"]["visual_tokens"] <= 576  # floor(5 x 576 x 0.2), no newline
+    for name in ("fastervlm:keep=29", "hired:rate=0.2", "prumerge"):  # pre-LLM: the time inside the selection
+        assert 0 < rows[f"ours, {name}"]["selection_s"] < rows[f"ours, {name}"]["median_s"]
+        assert 0 < rows[f"ours, {name}"]["selection_share"] < 1
+    assert "selection_s" not in rows["ours, none"] and "selection_s" not in rows["ours, fastv:k=2,ratio=0.5"]
     assert {"transformers (sdpa), unpruned", "anyres preprocessing (PIL -> 5 views)", "vision tower (5 views)"} <= set(rows)
     assert result["ours_unpruned_over_transformers"] > 0 and result["preprocessing_over_vision_tower"] > 0

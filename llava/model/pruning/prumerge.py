@@ -113,11 +113,25 @@ def merge(features: torch.Tensor, keys: torch.Tensor, scores: torch.Tensor, kept
     normed = F.normalize(keys, dim=-1)
     similarity = normed[kept] @ normed.T  # (M, N) cosine
     similarity[torch.arange(kept.numel(), device=kept.device), kept] = -torch.inf  # not itself
-    count = min(NEIGHBOURS, scores.numel() - 1)
-    neighbours = torch.sort(similarity, dim=1, descending=True, stable=True).indices[:, :count]  # (M, k)
-    weights = scores[neighbours]  # (M, k)
-    own, near = features[kept].float(), features[neighbours].float()  # (M, D), (M, k, D)
-    summed = (weights[..., None] * near).sum(dim=1)
+    neighbours = nearest(similarity, min(NEIGHBOURS, scores.numel() - 1))  # (M, k)
+    # The score-weighted sum over each kept patch's neighbours, as one (M, N) @ (N, D) product.
+    weights = torch.zeros_like(similarity).scatter_(1, neighbours, scores[neighbours])  # (M, N)
+    own, summed = features[kept].float(), weights @ features.float()
     if how == "residual":
         return own + summed
     return (scores[kept, None] * own + summed) / (scores[kept] + weights.sum(dim=1))[:, None]
+
+
+def nearest(similarity: torch.Tensor, count: int) -> torch.Tensor:
+    """(M, count): per row the columns of the `count` largest values, ties towards the lower index (in no
+    particular order). topk settles every row whose count-th value is not tied with one left out; the
+    rows where it is are sorted stably."""
+    top = similarity.topk(count, dim=1)
+    neighbours = top.indices
+    if count == 0:
+        return neighbours
+    boundary = top.values[:, -1:]
+    tied = (similarity == boundary).sum(dim=1) > (top.values == boundary).sum(dim=1)
+    if bool(tied.any()):
+        neighbours[tied] = torch.sort(similarity[tied], dim=1, descending=True, stable=True).indices[:, :count]
+    return neighbours
