@@ -258,9 +258,38 @@ def five_questions_one_malformed(root: Path, benchmark: str) -> Path:
     return root / folder / question_file
 
 
+def make_aokvqa(root: Path) -> None:
+    """Three questions; the fake answers 'A' (right for the first two) and the question's last word."""
+    records = []
+    for i, (question, correct, answers) in enumerate([
+        ("What is the animal eating?", 0, ["eating"] * 3 + ["grass"] * 7),
+        ("What season is it?", 0, ["winter"] * 10),
+        ("Why is the man running?", 2, ["running"] * 2 + ["late"] * 8),
+    ]):
+        save_image(root / "aokvqa/val2017" / f"{1000 + i:012d}.jpg", seed=i)
+        records.append({"question_id": f"q{i}", "image_id": 1000 + i, "question": question,
+                        "choices": ["one", "two", "three", "four"], "correct_choice_idx": correct,
+                        "direct_answers": answers})
+    write_json(root / "aokvqa/aokvqa_v1p0_val.json", records)
+
+
+def make_ocrvqa(root: Path) -> None:
+    """Two test images (three questions) and one training image that is not asked."""
+    dataset = {
+        "b1": {"imageURL": "http://x/b1.jpg", "split": 3, "questions": ["Who wrote this book?", "What is the genre?"],
+               "answers": ["Wrote", "Cooking"]},
+        "b2": {"imageURL": "http://x/b2.png", "split": 3, "questions": ["Is this a comic?"], "answers": ["Yes"]},
+        "b3": {"imageURL": "http://x/b3.jpg", "split": 1, "questions": ["Title?"], "answers": ["x"]},
+    }
+    for name, record in dataset.items():
+        save_image(root / "ocrvqa/images" / f"{name}{Path(record['imageURL']).suffix}", seed=len(name))
+    write_json(root / "ocrvqa/dataset.json", dataset)
+
+
 BUILDERS = {
     "textvqa": make_textvqa, "vqav2": make_vqav2, "gqa": make_gqa, "vizwiz": make_vizwiz, "sqa": make_sqa,
     "pope": make_pope, "mme": make_mme, "mmbench": make_mmbench,
     "mmbench_cn": lambda root: make_mmbench(root, "mmbench_dev_cn_20231003.tsv"),
-    "seed": make_seed, "llavabench": make_llavabench, "mmvet": make_mmvet,
+    "seed": make_seed, "llavabench": make_llavabench, "mmvet": make_mmvet, "aokvqa": make_aokvqa,
+    "ocrvqa": make_ocrvqa,
 }

@@ -47,7 +47,7 @@ def bash(script, *args, env, check=True):
 def test_every_benchmark_has_a_script_for_both_versions():
     names = {Path(s).stem for s in SCRIPTS}
     assert names == {"textvqa", "vqav2", "gqa", "vizwiz", "sqa", "pope", "mme", "mmbench", "mmbench_cn", "seed",
-                     "llavabench", "mmvet"}
+                     "llavabench", "mmvet", "aokvqa", "ocrvqa"}
     assert len(SCRIPTS) == 2 * len(names)
     for script in SCRIPTS:  # a few lines around the one shared helper
         text = (REPO / script).read_text()

@@ -1,7 +1,8 @@
 """The benchmarks by name: where their files are, how to load and score them, and what the table reports.
 
 Names are those of LLaVA's scripts (`scripts/v1_5/eval/<name>.sh`); `vqav2_val` and
-`vizwiz_val` score locally on the val splits; `shapes` is the project's own synthetic
+`vizwiz_val` score locally on the val splits; `aokvqa` (multiple choice) and `aokvqa_da`
+(direct answer) share one file and one script; `shapes` is the project's own synthetic
 benchmark (llava/data/synthetic.py).
 """
 
@@ -14,7 +15,9 @@ from functools import partial
 from pathlib import Path
 
 from llava.errors import InputError
-from llava.eval import gqa, llavabench, mmbench, mme, mmvet, pope, scienceqa, seed, shapes, textvqa, vizwiz, vqav2
+from llava.eval import (
+    aokvqa, gqa, llavabench, mmbench, mme, mmvet, ocrvqa, pope, scienceqa, seed, shapes, textvqa, vizwiz, vqav2,
+)
 from llava.eval.common import Question
 
 
@@ -65,6 +68,10 @@ BENCHMARKS: dict[str, Benchmark] = {
         _module("seed", "SEED-I", seed, "accuracy"),
         _module("llavabench", "LLaVA-W", llavabench, None, max_new_tokens=1024),
         _module("mmvet", "MM-Vet", mmvet, None, max_new_tokens=1024),
+        _module("aokvqa", "A-OKVQA-MC", aokvqa, "accuracy"),
+        Benchmark("aokvqa_da", "A-OKVQA-DA", aokvqa.FOLDER, aokvqa.QUESTION_FILE, aokvqa.IMAGE_FOLDER,
+                  aokvqa.load_direct_answer_questions, aokvqa.score_direct_answer, "accuracy"),
+        _module("ocrvqa", "OCR-VQA", ocrvqa, "accuracy"),
         _module("shapes", "Shapes", shapes, "accuracy"),  # the project's own synthetic benchmark (llava/data)
     )
 }
