@@ -1,6 +1,6 @@
 """Accuracy vs budget: every registered method at several shares of the visual tokens, on one benchmark.
 
-    fastv sweep --limit 300 --batch-size 32 --out results/cpu-2core-2026-11-23/shapes-sweep
+    fastv sweep --limit 300 --batch-size 32 --out results/cpu-2core-2026-11-24/shapes-sweep
 
 Loads the model once and switches methods with `set_pruning`; every (method,
 budget) gets its own run directory under `--out` (answers, scores, run.json), so
