@@ -22,6 +22,9 @@ run.json is an error naming the file. Benchmarks scored by a server or a GPT
 judge (VQAv2 and VizWiz test, MM-Vet, LLaVA-Bench) have no local number: put the
 score you got back in `external_score.json` ({"value": 78.5, "source": "EvalAI"})
 in the run directory and the table shows it.
+
+FastV runs over a K x R grid (`scripts/fastv/ablation_kr.sh`) also get FastV's heat table, score by
+K and R with each cell's FLOPs ratio (`fastv/ablation.py`); with `--out`, a PNG of it beside.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import sys
 from pathlib import Path
 
+from fastv import ablation
 from llava.errors import InputError, print_error
 from llava.eval.registry import BENCHMARKS
 
@@ -228,8 +232,14 @@ def notes(rows: list[dict], benchmarks: list[str]) -> list[str]:
 
 def report(run_dirs: list[str], out: str | None = None) -> str:
     """The Markdown table of the runs under `run_dirs`; with `out`, also written to
-    `<out>.md` and `<out>.csv` (a trailing .md or .csv on `out` is dropped first)."""
-    tables, benchmarks = build_rows(collect(run_dirs))
+    `<out>.md` and `<out>.csv` (a trailing .md or .csv on `out` is dropped first), and a PNG per
+    FastV K x R grid, `<out>-kr-<model>-<benchmark>.png`."""
+    runs = collect(run_dirs)
+    tables, benchmarks = build_rows(runs)
+    stem = None
+    if out:
+        stem = Path(out).with_suffix("") if Path(out).suffix in (".md", ".csv") else Path(out)
+        stem.parent.mkdir(parents=True, exist_ok=True)
     markdown, rows_for_csv = [], []
     for model, rows in tables.items():
         header, body = table_cells(rows, benchmarks)
@@ -238,12 +248,13 @@ def report(run_dirs: list[str], out: str | None = None) -> str:
         markdown += [""] + [f"{line}  " for line in notes(rows, benchmarks)] + [""]
         rows_for_csv += [["Model"] + header] if not rows_for_csv else []
         rows_for_csv += [[model] + cells for cells in body]
+    for (model, benchmark), grid in ablation.cells(runs).items():
+        baseline = next((r for r in tables.get(model, []) if r["method"] == "none"), None)
+        markdown += ablation.markdown(model, benchmark, grid, (baseline or {}).get("scores", {}).get(benchmark))
+        if stem:
+            ablation.plot(stem.parent / f"{stem.name}-kr-{model}-{benchmark}.png", model, benchmark, grid)
     text = "\n".join(markdown)
-    if out:
-        stem = Path(out)
-        if stem.suffix in (".md", ".csv"):
-            stem = stem.with_suffix("")
-        stem.parent.mkdir(parents=True, exist_ok=True)
+    if stem:
         stem.with_suffix(".md").write_text(text, encoding="utf-8")
         buffer = io.StringIO()
         csv.writer(buffer).writerows(rows_for_csv)

@@ -28,6 +28,18 @@
 #   A run under another protocol gets its own run dir: <method>_<budget>_<merge>_<grid>.
 set -euo pipefail
 
+# The checkpoint a run of `version` (v1_5, v1_6) uses: MODEL_PATH, CKPT, or the version's default.
+llava_model_path() {
+    local default_model=checkpoints/llava-v1.5-7b
+    [[ $1 == v1_6 ]] && default_model=checkpoints/llava-v1.6-vicuna-7b
+    echo "${MODEL_PATH:-${CKPT:-$default_model}}"
+}
+
+# The Python that runs the evaluation: PYTHON, else .venv/bin/python if setup.sh made one, else python.
+llava_python() {
+    if [[ -n ${PYTHON:-} ]]; then echo "$PYTHON"; elif [[ -x .venv/bin/python ]]; then echo .venv/bin/python; else echo python; fi
+}
+
 llava_eval() {
     local version=$1 bench=$2
     shift 2
@@ -39,18 +51,19 @@ llava_eval() {
         none | prumerge | prumerge+) parameter="" ;;
         hired) parameter=rate ;;
     esac
+    local no_budget="$name keeps what it keeps"
+    if [[ $method =~ (^|[:,])(keep|ratio|rate)= ]]; then parameter="" no_budget="$method holds its budget"; fi
     case $name in hired | prumerge | prumerge+) merge_default=checkpoint grid_default=auto ;; esac
 
-    local default_model=checkpoints/llava-v1.5-7b
-    [[ $version == v1_6 ]] && default_model=checkpoints/llava-v1.6-vicuna-7b
-    local model=${MODEL_PATH:-${CKPT:-$default_model}}
+    local model
+    model=$(llava_model_path "$version")
     [[ ${SPLIT:-} == val && ($bench == vqav2 || $bench == vizwiz) ]] && bench=${bench}_val
 
     local spec label
     label=$(echo "${method}" | sed 's/=//g; s/[:,]/_/g')
     if [[ -z $parameter ]]; then
         if [[ -n $budget ]]; then
-            echo "$name keeps what it keeps: give no BUDGET (bash scripts/$version/eval/$bench.sh $method)" >&2
+            echo "$no_budget: give no BUDGET (bash scripts/$version/eval/$bench.sh $method)" >&2
             return 2
         fi
         spec=$method
@@ -80,8 +93,8 @@ llava_eval() {
         nproc=${#gpus[@]}
         (( nproc >= 1 )) || nproc=1
     fi
-    local python=${PYTHON:-}
-    [[ -n $python ]] || { [[ -x .venv/bin/python ]] && python=.venv/bin/python || python=python; }
+    local python
+    python=$(llava_python)
     local launcher=("$python")
     # torchrun (torch's own launcher, run through this python); each process takes cuda:LOCAL_RANK
     (( nproc > 1 )) && launcher=("$python" -m torch.distributed.run --standalone --nproc_per_node "$nproc")

@@ -154,3 +154,32 @@ def test_report_of_real_runner_directories(tmp_path, monkeypatch):
     text = report([str(tmp_path / "outputs")])
     assert row_of(text, "none (unpruned)") == "| none (unpruned) | - | - | -* | - |"
     assert "not finished: 2 of 3 answered (no scores.json)" in text
+
+
+def make_fastv_cell(root, k, ratio, value, prompt_tokens=200, visual=144, kept=None):
+    run_dir = make_run(root, "tiny", f"fastv:k={k},ratio={ratio},mode=mask", "shapes", value, visual)
+    scores = json.loads((run_dir / "scores.json").read_text())
+    scores["run"].update(ratio=ratio, kept_tokens_mean=kept if kept is not None else round(visual * (1 - ratio)),
+                         prompt_tokens_mean=prompt_tokens,
+                         llm={"hidden_size": 192, "intermediate_size": 512, "num_layers": 4})
+    (run_dir / "scores.json").write_text(json.dumps(scores))
+
+
+def test_fastv_k_by_r_heat_table_with_the_flops_of_each_cell(tmp_path):
+    from fastv.flops import fastv_flops_ratio
+
+    root = tmp_path / "outputs"
+    make_run(root, "tiny", "none", "shapes", 90.0, 144)
+    for k, ratio, value in [(1, 0.5, 80.0), (1, 0.75, 70.0), (3, 0.5, 88.0)]:  # (3, 0.75) was not run
+        make_fastv_cell(root, k, ratio, value)
+    make_fastv_cell(root, 2, 0.5, 50.0)
+    text = report([str(root)], str(tmp_path / "table"))
+    table = text[text.index("### FastV K x R: tiny, shapes"):].splitlines()
+    assert table[2] == "| K \\ R | 50% | 75% |"
+    # (1, 50%): 72 of 144 dropped from a 200-token prefill of a 4-layer, d 192, m 512 LLM
+    flops = lambda k, dropped: f"{fastv_flops_ratio(200, dropped, k, 4, 192, 512):.0%}"
+    assert table[4] == f"| 1 | 80.0 ({flops(1, 72)}) | 70.0 ({flops(1, 108)}) |"
+    assert table[5] == f"| 2 | 50.0 ({flops(2, 72)}) |  |"
+    assert table[6] == f"| 3 | 88.0 ({flops(3, 72)}) |  |"
+    assert "unpruned: 90.0" in table[8] and "100 questions" in table[8]
+    assert (tmp_path / "table-kr-tiny-shapes.png").is_file()  # the plot extra is installed by setup.sh

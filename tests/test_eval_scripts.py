@@ -242,3 +242,35 @@ def test_gqa_script_counts_a_malformed_question_wrong(tmp_path):
     scores = json.loads((tmp_path / "tiny-llava/fastervlm_8/gqa/scores.json").read_text())
     assert (scores["metrics"]["accuracy"], scores["metrics"]["questions"]) == (80.0, 5)  # was 100.00 over 4
     assert [u["question_id"] for u in scores["unreadable"]] == ["llava_gqa_testdev_balanced.jsonl:3"]
+
+
+def test_playground_has_a_readme_for_every_benchmark_folder_and_no_data():
+    from llava.eval.registry import BENCHMARKS
+
+    eval_root = REPO / "playground/data/eval"
+    for folder in {b.folder for b in BENCHMARKS.values()}:
+        readme = eval_root / folder / "README.md"
+        assert readme.is_file(), f"no {readme.relative_to(REPO)}"
+        assert "Where it comes from" in readme.read_text() or folder == "shapes"
+    tracked = subprocess.run(["git", "ls-files", "playground/data"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert tracked and all(path.endswith("/README.md") for path in tracked)
+
+
+def test_fastv_ablation_grid_runs_every_cell_in_its_own_run_dir_resumes_and_reports(data_root, tmp_path):
+    from llava.model.pruning.registry import parse_method
+
+    env = script_env(data_root, tmp_path, KS="2 3", RS="0.5 0.9")
+    bash("scripts/fastv/ablation_kr.sh", "pope", env=env)
+    for k in (2, 3):
+        for r in (0.5, 0.9):
+            run = json.loads((tmp_path / f"tiny-llava/fastv_k{k}_ratio{r}_modemask/pope/run.json").read_text())
+            assert parse_method(run["method_spec"]).spec == parse_method(f"fastv:k={k},ratio={r},mode=mask").spec
+    assert (tmp_path / "tiny-llava/none/pope/run.json").is_file()  # the unpruned reference
+    table = (tmp_path / "tiny-llava/ablation_kr_pope.md").read_text()
+    assert "### FastV K x R: tiny-llava, pope" in table and "| K \\ R | 50% | 90% |" in table
+    answers = tmp_path / "tiny-llava/fastv_k3_ratio0.9_modemask/pope/answers.jsonl"
+    before = answers.read_text()
+    again = bash("scripts/fastv/ablation_kr.sh", "pope", env=env)  # finished cells are scored again, not rerun
+    assert answers.read_text() == before and "answered: 3" in again.stdout
+    usage = bash("scripts/fastv/ablation_kr.sh", env=env, check=False)
+    assert usage.returncode == 2 and "usage: bash scripts/fastv/ablation_kr.sh BENCH" in usage.stderr

@@ -298,6 +298,8 @@ def ask(pipeline, ready: list, **generation) -> list:
 def answer_line(question: Question, answer, pipeline) -> dict:
     metadata = {"visual_tokens": list(answer.visual_tokens), "kept_tokens": [len(k) for k in answer.kept],
                 "stop_reason": answer.stop_reason}  # "eos", "max_new_tokens" or "context" (the window is full)
+    if answer.prompt_ids:  # the prefill's length: the prompt with every image's visual tokens in place
+        metadata["prompt_tokens"] = len(answer.prompt_ids) - len(answer.visual_tokens) + sum(answer.visual_tokens)
     grids = getattr(answer, "partition_grid", None)
     if grids and any(rows for rows, _ in grids):  # LLaVA-NeXT: what each partition kept
         metadata["partition_grid"] = grids
@@ -396,12 +398,22 @@ def run_record(questions, answers, settings, previous, pipeline, world_size, bat
         "missing": len(questions) - len(lines),
         "visual_tokens_mean": _mean(sum(l["metadata"]["visual_tokens"]) for l in with_image),
         "kept_tokens_mean": _mean(sum(l["metadata"].get("kept_tokens") or [0]) for l in with_image),
+        "prompt_tokens_mean": _mean(l["metadata"]["prompt_tokens"] for l in with_image if "prompt_tokens" in l["metadata"]),
+        "llm": llm_size(pipeline) or previous.get("llm"),
         "data_root": str(data_root),
         "question_file": str(question_file) if question_file else previous.get("question_file"),
         "world_size": world_size, "batch_size": batch_size,
         "versions": versions(),
         "started": previous.get("started"), "finished": _now(),
     }
+
+
+def llm_size(pipeline) -> dict | None:
+    """The language model's widths and depth (what FLOPs are counted from), when the pipeline has a model."""
+    text = getattr(getattr(getattr(pipeline, "model", None), "config", None), "text", None)
+    if text is None:
+        return None
+    return {"hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size, "num_layers": text.num_layers}
 
 
 def parse_budget(method_spec: str | None) -> dict:
