@@ -74,10 +74,12 @@ def plot(path: Path, model: str, benchmark: str, grid: dict[tuple[int, float], d
     axes.set_yticks(range(len(ks)), [str(k) for k in ks])
     axes.set_xlabel("R (image tokens dropped)")
     axes.set_ylabel("K (layer)")
+    low, high = image.get_clim()
     for y, row in enumerate(values):
         for x, value in enumerate(row):
-            if value == value:  # not NaN
-                axes.text(x, y, f"{value:.1f}", ha="center", va="center", color="white")
+            if value == value:  # not NaN; dark text on the bright end of the colour map
+                colour = "black" if value > (low + high) / 2 else "white"
+                axes.text(x, y, f"{value:.1f}", ha="center", va="center", color=colour)
     figure.colorbar(image, ax=axes)
     axes.set_title(f"FastV K x R, {model}, {benchmark}")
     figure.tight_layout()
