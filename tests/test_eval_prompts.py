@@ -33,6 +33,10 @@ FIRST_QUESTION = {
     "seed": f"How many towels?\nA. One\nB. Two\nC. Three\nD. Four\n{CHOICE}",
     "llavabench": "What is the name of this place?",  # asked as it is
     "mmvet": "What is x in the equation?",
+    # A-OKVQA as LLaVA-1.5 asks multiple choice (MMBench's option lines) and short answers; OCR-VQA short
+    "aokvqa": f"What is the animal eating?\nA. one\nB. two\nC. three\nD. four\n{CHOICE}",
+    "aokvqa_da": f"What is the animal eating?\n{SHORT}",
+    "ocrvqa": f"Who wrote this book?\n{SHORT}",
 }
 VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
           "detailed, and polite answers to the user's questions. USER: <image>\n")  # LLaVA-1.5's conv_vicuna_v1

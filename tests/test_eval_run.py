@@ -36,7 +36,8 @@ def test_answer_lines_are_llavas(data, tmp_path):
     assert list(first) == ["question_id", "prompt", "text", "answer_id", "model_id", "metadata"]
     assert first["question_id"] == 0 and first["text"] == "Yes" and first["model_id"] == "tiny"
     assert first["prompt"] == "Is there a dog in the image?\nAnswer the question using a single word or phrase."
-    assert first["metadata"] == {"visual_tokens": [8], "kept_tokens": [8], "stop_reason": "eos"}
+    # prompt_tokens: the fake's prompt [1, <image>] with its 8 visual tokens in place
+    assert first["metadata"] == {"visual_tokens": [8], "kept_tokens": [8], "stop_reason": "eos", "prompt_tokens": 9}
     run_json = json.loads((tmp_path / "out/run.json").read_text())
     assert scores["run"] == run_json
     assert run_json["method_spec"] == "fastervlm:keep=8" and run_json["budget"] == 8 and run_json["model_id"] == "tiny"
