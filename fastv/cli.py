@@ -43,10 +43,12 @@ def run(
     as_json: bool = False,
     patch_merge: str | None = None,
     image_grid: str | None = None,
+    overlay: str | None = None,
 ) -> dict:
     """Answer one question about one image (None: a text-only prompt) and report what pruning kept
     and how long it took. Every option is checked before a model is loaded (the LLaVA-NeXT ones,
-    `patch_merge` and `image_grid`, against the checkpoint's config, before its weights)."""
+    `patch_merge` and `image_grid`, against the checkpoint's config, before its weights). `overlay`: also
+    write the kept-token overlay there (fastv/overlay.py)."""
     from llava.conversation import conversation_template
     from llava.generate import check_generation_options
     from llava.mm_utils import load_image
@@ -62,6 +64,10 @@ def run(
         raise InputError("the prompt is empty")
     if "<image>" in prompt:
         raise InputError("write the prompt without '<image>': the image goes in front of it, as in LLaVA-1.5")
+    if overlay is not None and image is None:
+        raise InputError("--overlay draws the kept patches on the image: give --image too")
+    if overlay is not None and Path(overlay).is_dir():
+        raise InputError(f"--overlay {overlay} is a folder: name the PNG file to write")
     if model_path is None:
         if not (SHIPPED_MODEL / "config.json").is_file():
             raise InputError(f"no --model-path given and the shipped model is not in this checkout ({SHIPPED_MODEL})")
@@ -72,6 +78,10 @@ def run(
     (answer,) = pipe.answer([Request(image=picture, text=prompt)], max_new_tokens=max_new_tokens, temperature=temperature)
     result = {"method": pipe.method_spec, **dataclasses.asdict(answer)}
     result["answer"] = result.pop("text")
+    if overlay is not None:
+        from fastv.overlay import write_overlay
+
+        result["overlay"] = str(write_overlay(overlay, pipe, Request(image=picture, text=prompt), answer))
     if as_json:
         print(json.dumps(result))
     else:
@@ -88,6 +98,8 @@ def run(
         if answer.kept and len(answer.kept[0]) != (answer.visual_tokens or [0])[0]:
             print(f"visual tokens kept after in-LLM pruning: {', '.join(str(len(k)) for k in answer.kept)}")
         print(f"prefill (time to first token): {answer.prefill_s:.3f} s, total: {answer.total_s:.3f} s")
+        if overlay is not None:
+            print(f"kept-token overlay: {result['overlay']}")
     return result
 
 
@@ -125,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-grid", metavar="WxH",
                    help="LLaVA-NeXT: cut every image into this canvas in pixels, e.g. 672x672 (default: the best of the"
                         " checkpoint's image_grid_pinpoints)")
+    p.add_argument("--overlay", metavar="FILE.png",
+                   help="also write the image with the kept patches outlined and the dropped ones dimmed (NeXT: a"
+                        " panel per partition)")
     p.add_argument("--json", dest="as_json", action="store_true",
                    help="print one JSON object (kept_partitions and partition_grid per image: see docs/PIPELINE_API.md)")
 
