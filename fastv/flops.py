@@ -1,21 +1,109 @@
-"""The FastV paper's FLOPs count of the LLM's prefill (METHODS.md, "FastV"), for tables that quote it.
+"""FLOPs of a LLaVA forward, counted from the sequence lengths each part really ran on, and the FastV
+paper's formula (METHODS.md, "FastV").
 
-Per decoder layer over n tokens: F(n) = 4 n d^2 + 2 n^2 d + 2 n d m (d the hidden width, m the MLP
-width): the attention projections, the attention itself and the MLP as the paper counts them. FastV
-after layer K of T runs the first K layers on n tokens and the rest on n' = n - dropped:
-ratio = [K F(n) + (T - K) F(n')] / [T F(n)]. (An analytic count from the real per-layer lengths of
-every method is `fastv flops`'s job; this is the paper's formula, so that its numbers can be checked.)
+Analytic count (a multiply-add is 2 FLOPs, as torch's FlopCounterMode counts; norms, activations,
+softmax, RoPE and the pruning scores' single query rows are left out: under 1% at LLaVA's sizes):
+
+- vision tower, per view, per layer run (up to the select layer, or a later layer a method probes; a
+  probe-only last layer runs its query row and keys alone), N = 1 + P tokens of width D, MLP width Dm:
+  8 N D^2 (q, k, v, o) + 4 N^2 D (scores and values) + 4 N D Dm; plus the patch embedding 2 P (3 p^2) D;
+- projector: 2 T Dv D per linear layer of its input (T = the tokens projected: every patch, or for a
+  method that selects before the projector the tokens it kept);
+- LLM prefill, per layer l over n_l real tokens (`PruneStats.seq_lens`: FastV's layers from k on run on
+  fewer): 2 n d (H hd) x 2 (q, o) + 2 n d (Hkv hd) x 2 (k, v) + 4 n^2 (H hd) + 6 n d m; the LM head
+  2 d V on the last position;
+- a decoded token, per layer with a cache of L_l tokens (FastV's pruned layers hold fewer): the same
+  with n = 1 attending over L_l + 1 keys, and the LM head.
+
+Paper formula, per layer over n tokens: F(n) = 4 n d^2 + 2 n^2 d + 2 n d m; FastV after layer K of T runs
+K layers on n and the rest on n' = n - dropped: ratio = [K F(n) + (T - K) F(n')] / [T F(n)].
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def layer_flops(n: float, hidden: int, intermediate: int) -> float:
+    """The FastV paper's F(n)."""
     return 4 * n * hidden**2 + 2 * n**2 * hidden + 2 * n * hidden * intermediate
 
 
 def fastv_flops_ratio(n: float, dropped: float, k: int, layers: int, hidden: int, intermediate: int) -> float:
-    """FLOPs of FastV's prefill over the unpruned one's (1 - the paper's "reduction")."""
+    """FLOPs of FastV's prefill over the unpruned one's by the paper's formula (1 - its "reduction")."""
     full = layer_flops(n, hidden, intermediate)
     pruned = layer_flops(n - dropped, hidden, intermediate)
     return (k * full + (layers - k) * pruned) / (layers * full)
+
+
+def paper_llm_flops(seq_lens: list[int], hidden: int, intermediate: int) -> float:
+    """The paper's F summed over the layers' real lengths."""
+    return sum(layer_flops(n, hidden, intermediate) for n in seq_lens)
+
+
+@dataclass
+class Flops:
+    """FLOPs of one sample's forward, by part."""
+
+    vision: float
+    projector: float
+    llm_prefill: float  # decoder layers + LM head on the last position
+    decode_per_token: float  # the first decoded token, with the prefill's cache
+
+    @property
+    def prefill(self) -> float:
+        return self.vision + self.projector + self.llm_prefill
+
+    def as_dict(self) -> dict:
+        return {"vision": self.vision, "projector": self.projector, "llm_prefill": self.llm_prefill,
+                "prefill": self.prefill, "decode_per_token": self.decode_per_token}
+
+
+def vision_flops(vision, views: int, layers_run: int, probe_only_layer: bool) -> float:
+    """`vision`: a VisionConfig; `layers_run` full layers, then (probe_only_layer) one layer's q row and keys."""
+    n, d = vision.num_patches + 1, vision.hidden_size
+    per_layer = 8 * n * d * d + 4 * n * n * d + 4 * n * d * vision.intermediate_size
+    embedding = 2 * vision.num_patches * vision.num_channels * vision.patch_size**2 * d
+    probe = 2 * d * d + 2 * n * d * d if probe_only_layer else 0
+    return views * (embedding + layers_run * per_layer + probe)
+
+
+def projector_flops(projector_type: str, vision_dim: int, text_dim: int, tokens: int) -> float:
+    extra = 0 if projector_type == "linear" else int(projector_type[3:].split("x")[0]) - 1  # mlp<N>x_gelu
+    return 2 * tokens * (vision_dim * text_dim + extra * text_dim * text_dim)
+
+
+def decoder_layer_flops(text, queries: int, keys: int) -> float:
+    """One decoder layer: `queries` new tokens attending over `keys` (the cache included)."""
+    d, q_width, kv_width = text.hidden_size, text.num_heads * text.head_dim, text.num_kv_heads * text.head_dim
+    projections = 2 * queries * d * (2 * q_width + 2 * kv_width)
+    attention = 4 * queries * keys * q_width
+    return projections + attention + 6 * queries * d * text.intermediate_size
+
+
+def llm_flops(text, seq_lens: list[int]) -> tuple[float, float]:
+    """(prefill over the layers' real lengths + the LM head's last row, one decoded token over those caches)."""
+    head = 2 * text.hidden_size * text.vocab_size
+    prefill = sum(decoder_layer_flops(text, n, n) for n in seq_lens) + head
+    decode = sum(decoder_layer_flops(text, 1, n + 1) for n in seq_lens) + head
+    return prefill, decode
+
+
+def count(config, method, seq_lens: list[int], views: int, projected_tokens: int) -> Flops:
+    """FLOPs of one sample: `config` a LlavaConfig, `method` the attached pruning method, `seq_lens` the
+    sample's PruneStats.seq_lens, `views` the vision tower's views (1, or NeXT's 1 + crops), and
+    `projected_tokens` the tokens that went through the projector."""
+    from llava.model.pruning.base import VisionPruner
+
+    vision = config.vision
+    select = vision.layer_index(config.select_layer)
+    probed = method.attention_layers(vision.num_layers, select) if isinstance(method, VisionPruner) else ()
+    last = max([select, *probed])
+    probe_only = last > select  # the model runs only its probe (clip_encoder.CLIPVisionTower.forward)
+    prefill, decode = llm_flops(config.text, seq_lens)
+    return Flops(
+        vision=vision_flops(vision, views, last + 1 - probe_only, probe_only),
+        projector=projector_flops(config.projector_type, vision.hidden_size, config.text.hidden_size, projected_tokens),
+        llm_prefill=prefill,
+        decode_per_token=decode,
+    )
