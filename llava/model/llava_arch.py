@@ -108,6 +108,7 @@ class LlavaOutput:
     cache: KVCache | None
     keep_mask: torch.Tensor | None  # (B, N) in-LLM pruning's keep set, in the input layout
     stats: PruneStats
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, Q, K), when asked
 
 
 class _SpanPruning:
@@ -339,12 +340,15 @@ class LlavaForCausalLM(nn.Module):
         use_cache: bool = True,
         all_logits: bool = False,
         fixed_keep: torch.Tensor | None = None,
+        attention_layers: tuple[int, ...] = (),
     ) -> LlavaOutput:
-        """Prefill over spliced inputs. `fixed_keep` (B, N) replays an earlier in-LLM keep set."""
+        """Prefill over spliced inputs. `fixed_keep` (B, N) replays an earlier in-LLM keep set.
+        `attention_layers`: also return those decoder layers' attention probabilities (every row, fp32)."""
         pruning = None
         if isinstance(self.pruning, LayerPruner) and any(inputs.spans):
             pruning = _SpanPruning(self.pruning, inputs.spans, fixed_keep)
-        out = self.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, pruning, use_cache)
+        out = self.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, pruning, use_cache,
+                                  attention_layers)
         hidden = out.hidden if all_logits else out.hidden[:, -1:]
         # A fresh PruneStats per forward: the cache-free decoding paths call this again on grown inputs.
         stats = dataclasses.replace(inputs.stats)
@@ -359,7 +363,7 @@ class LlavaForCausalLM(nn.Module):
             kept = [[(span, out.keep_mask[b, span.start : span.end]) for span in spans] for b, spans in enumerate(inputs.spans)]
             stats.kept_in_llm = [[span.kept_ids(keep) for span, keep in sample] for sample in kept]
             stats.kept_partitions_in_llm = [[span.kept_partitions(keep) for span, keep in sample] for sample in kept]
-        return LlavaOutput(self.lm_head(hidden), out.key_mask, out.cache, out.keep_mask, stats)
+        return LlavaOutput(self.lm_head(hidden), out.key_mask, out.cache, out.keep_mask, stats, out.attention)
 
     def forward(
         self,

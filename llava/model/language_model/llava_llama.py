@@ -25,7 +25,7 @@ What it adds, all in `LlamaDecoder.forward`'s one loop over layers:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -113,6 +113,7 @@ class DecoderOutput:
     key_mask: torch.Tensor  # (B, N') True where the row is a real token
     cache: KVCache | None
     keep_mask: torch.Tensor | None  # (B, N) in the input's layout, when pruning ran
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, Q, K) fp32, when asked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ class LlamaAttention(nn.Module):
         key_mask: torch.Tensor,  # (B, K) over past + new tokens
         mask: torch.Tensor | None,  # (B, 1, Q, K) from attention_mask(key_mask, Q); None = causal
         past: LayerCache | None,
-        want_last_row: bool,
+        scores: str | None,  # "last": the last query's attention row (FastV); "all": every row (analyses)
     ) -> tuple[torch.Tensor, LayerCache, torch.Tensor | None]:
         B, Q, _ = x.shape
         q = self.q_proj(x).view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, Q, hd)
@@ -215,13 +216,20 @@ class LlamaAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=is_causal)  # (B, H, Q, hd)
         out = self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))  # (B, Q, D)
 
-        last_row = None
-        if want_last_row:
+        probabilities = None
+        if scores == "last":
             # FastV's score: the last query's attention over every key, fp32, O(K d).
             logits = q[:, :, -1:].float() @ k_all.float().transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, 1, K)
             logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-            last_row = logits.softmax(dim=-1)[:, :, 0]  # (B, H, K)
-        return out, cache, last_row
+            probabilities = logits.softmax(dim=-1)[:, :, 0]  # (B, H, K)
+        elif scores == "all":
+            # Every query's row, fp32, O(Q K d), with the visibility SDPA used: for the attention analyses.
+            logits = q.float() @ k_all.float().transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, Q, K)
+            K = k_all.shape[2]
+            visible = mask if mask is not None else (
+                torch.arange(K, device=q.device)[None, :] <= torch.arange(K - Q, K, device=q.device)[:, None])
+            probabilities = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+        return out, cache, probabilities
 
 
 class LlamaMLP(nn.Module):
@@ -244,11 +252,11 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, x, cos, sin, key_mask, mask, past, want_last_row):
-        attn, cache, last_row = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, mask, past, want_last_row)
+    def forward(self, x, cos, sin, key_mask, mask, past, scores):
+        attn, cache, probabilities = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, mask, past, scores)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, cache, last_row
+        return x, cache, probabilities
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,8 +304,11 @@ class LlamaDecoder(nn.Module):
         cache: KVCache | None = None,
         pruning: InLLMPruning | None = None,
         use_cache: bool = True,
+        attention_layers: tuple[int, ...] = (),
     ) -> DecoderOutput:
-        """Run every layer; prune before layer `pruning.layer` if a pruner is given (prefill only)."""
+        """Run every layer; prune before layer `pruning.layer` if a pruner is given (prefill only).
+        `attention_layers`: also return those layers' attention probabilities, every row (in the layer's
+        own layout: after in-place pruning, its kept rows), computed from the layer's own queries and keys."""
         if pruning is not None and cache is not None:
             raise ValueError("in-LLM pruning runs at prefill; decoding steps reuse the pruned cache")
         x = embeds
@@ -306,7 +317,7 @@ class LlamaDecoder(nn.Module):
         # Layers that share a key mask (all layers before the pruning layer, all after it) share one
         # tensor object, so the SDPA mask is built once per group, not once per layer.
         layer_key_mask, mask, past_mask_seen = key_mask, attention_mask(key_mask, q_len), None
-        keep, new_layers = None, []
+        keep, new_layers, maps = None, [], {}
         for index, layer in enumerate(self.layers):
             past = cache.layers[index] if cache is not None else None
             if past is not None and past.key_mask is not past_mask_seen:
@@ -314,8 +325,12 @@ class LlamaDecoder(nn.Module):
                 layer_key_mask = torch.cat([past.key_mask, key_mask], dim=1)  # (B, T + Q)
                 mask = attention_mask(layer_key_mask, q_len)
             want_last_row = pruning is not None and pruning.needs_scores and index == pruning.layer - 1
-            x, layer_cache, last_row = layer(x, cos, sin, layer_key_mask, mask, past, want_last_row)
+            scores = "all" if index in attention_layers else "last" if want_last_row else None
+            x, layer_cache, probabilities = layer(x, cos, sin, layer_key_mask, mask, past, scores)
             new_layers.append(layer_cache)
+            if scores == "all":
+                maps[index] = probabilities
+            last_row = probabilities[:, :, -1] if scores == "all" else probabilities
 
             if pruning is not None and index == pruning.layer - 1:
                 keep = pruning.keep_mask(last_row, key_mask) & key_mask  # (B, N)
@@ -337,4 +352,4 @@ class LlamaDecoder(nn.Module):
         if use_cache:
             next_position = positions[:, -1] + 1 if cache is None else cache.next_position + positions.shape[1]
             new_cache = KVCache(layers=new_layers, next_position=next_position)
-        return DecoderOutput(hidden=self.norm(x), key_mask=key_mask, cache=new_cache, keep_mask=keep)
+        return DecoderOutput(hidden=self.norm(x), key_mask=key_mask, cache=new_cache, keep_mask=keep, attention=maps)
