@@ -94,16 +94,29 @@ def image_maps(pipe, result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     grid = config.vision.grid_size
     prompt_length = result["spans"]["output"][0]
     row = result["maps"][result["overlay_layer"]][prompt_length - 1, span.start : span.end]
-    base = (span.token_partition == 0).cpu() & (span.patch_index >= 0).cpu()
-    llm = torch.zeros(grid * grid)
-    llm[span.patch_index.cpu()[base]] = row[base]
-    select = config.vision.layer_index(config.select_layer)
-    with torch.inference_mode():
-        probe = model.vision_tower(view.to(model.device, model.dtype), config.select_layer, (select,)).probes[select]
-    cls = probe.cls_attention[0].mean(dim=0).cpu()
+    llm = on_patches(row, span, grid)
+    cls = cls_attention(model, view)[0]
     processor = pipe.image_processor
     rgb = to_rgb(view[0], processor.image_mean, processor.image_std)
     return rgb, llm.reshape(grid, grid).numpy(), cls.reshape(grid, grid).numpy()
+
+
+def on_patches(row: torch.Tensor, span, grid: int) -> torch.Tensor:
+    """row (span.length,) of attention over an image's tokens -> (grid * grid,) over its base view's patches
+    (LLaVA-1.5: the image; NeXT: partition 0), 0 where a patch sent no token."""
+    base = (span.token_partition == 0).cpu() & (span.patch_index >= 0).cpu()
+    values = torch.zeros(grid * grid)
+    values[span.patch_index.cpu()[base]] = row.float().cpu()[base]
+    return values
+
+
+def cls_attention(model, views: torch.Tensor) -> torch.Tensor:
+    """(V, P): the select layer's [CLS] row over the patches, mean over heads (FasterVLM's score), per view."""
+    config = model.config
+    select = config.vision.layer_index(config.select_layer)
+    with torch.inference_mode():
+        probe = model.vision_tower(views.to(model.device, model.dtype), config.select_layer, (select,)).probes[select]
+    return probe.cls_attention.mean(dim=1).cpu()
 
 
 def draw(pipe, result, out: Path) -> list[Path]:

@@ -7,6 +7,7 @@
     fastv report RUN_DIRS... [--out T]  the paper-style table of evaluation runs (fastv/report.py)
     fastv flops [--preset NAME] [...]   analytic FLOPs of every method from real sequence lengths (fastv/flops_table.py)
     fastv attn --image I --prompt T --out DIR   where the LLM's attention goes, per layer (fastv/attention.py)
+    fastv analyze shift|dispersion --out DIR    FasterVLM's analyses of text vs [CLS] attention (fastv/analyze.py)
 
 Errors the user can fix print one line, `error: ...`, and exit with status 2.
 """
@@ -147,13 +148,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the pruning methods and their parameters")
 
-    from fastv import attention, flops_table, latency, report, sweep
+    from fastv import analyze, attention, flops_table, latency, report, sweep
 
     latency.add_arguments(sub.add_parser("bench-prefill", help=latency.__doc__.splitlines()[0]))
     sweep.add_arguments(sub.add_parser("sweep", help=sweep.__doc__.splitlines()[0]))
     report.add_arguments(sub.add_parser("report", help="the paper-style table of evaluation runs (Markdown and CSV)"))
     flops_table.add_arguments(sub.add_parser("flops", help=flops_table.__doc__.splitlines()[0]))
     attention.add_arguments(sub.add_parser("attn", help=attention.__doc__.splitlines()[0]))
+    analyze.add_arguments(sub.add_parser("analyze", help=analyze.__doc__.splitlines()[0]))
     return parser
 
 
@@ -185,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastv import attention
 
             attention.main(**args)
+        elif command == "analyze":
+            from fastv import analyze
+
+            analyze.main(**args)
     except (InputError, CheckpointError, OSError) as error:  # OSError: a file that cannot be read or written
         return print_error(error)
     return 0

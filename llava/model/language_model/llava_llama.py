@@ -305,10 +305,12 @@ class LlamaDecoder(nn.Module):
         pruning: InLLMPruning | None = None,
         use_cache: bool = True,
         attention_layers: tuple[int, ...] = (),
+        attention_rows: str = "all",
     ) -> DecoderOutput:
         """Run every layer; prune before layer `pruning.layer` if a pruner is given (prefill only).
-        `attention_layers`: also return those layers' attention probabilities, every row (in the layer's
-        own layout: after in-place pruning, its kept rows), computed from the layer's own queries and keys."""
+        `attention_layers`: also return those layers' attention probabilities, computed from the layer's
+        own queries and keys: every row (B, H, Q, K), in the layer's own layout (after in-place pruning,
+        its kept rows), or with `attention_rows="last"` the last query's row alone (B, H, K)."""
         if pruning is not None and cache is not None:
             raise ValueError("in-LLM pruning runs at prefill; decoding steps reuse the pruned cache")
         x = embeds
@@ -325,10 +327,10 @@ class LlamaDecoder(nn.Module):
                 layer_key_mask = torch.cat([past.key_mask, key_mask], dim=1)  # (B, T + Q)
                 mask = attention_mask(layer_key_mask, q_len)
             want_last_row = pruning is not None and pruning.needs_scores and index == pruning.layer - 1
-            scores = "all" if index in attention_layers else "last" if want_last_row else None
+            scores = attention_rows if index in attention_layers else "last" if want_last_row else None
             x, layer_cache, probabilities = layer(x, cos, sin, layer_key_mask, mask, past, scores)
             new_layers.append(layer_cache)
-            if scores == "all":
+            if index in attention_layers:
                 maps[index] = probabilities
             last_row = probabilities[:, :, -1] if scores == "all" else probabilities
 
