@@ -8,6 +8,7 @@
     fastv flops [--preset NAME] [...]   analytic FLOPs of every method from real sequence lengths (fastv/flops_table.py)
     fastv attn --image I --prompt T --out DIR   where the LLM's attention goes, per layer (fastv/attention.py)
     fastv analyze shift|dispersion --out DIR    FasterVLM's analyses of text vs [CLS] attention (fastv/analyze.py)
+    fastv demo [--model-path P] [--port N]      the web demo (Gradio; fastv/demo.py)
 
 Errors the user can fix print one line, `error: ...`, and exit with status 2.
 """
@@ -148,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the pruning methods and their parameters")
 
-    from fastv import analyze, attention, flops_table, latency, report, sweep
+    from fastv import analyze, attention, demo, flops_table, latency, report, sweep
 
     latency.add_arguments(sub.add_parser("bench-prefill", help=latency.__doc__.splitlines()[0]))
     sweep.add_arguments(sub.add_parser("sweep", help=sweep.__doc__.splitlines()[0]))
@@ -156,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     flops_table.add_arguments(sub.add_parser("flops", help=flops_table.__doc__.splitlines()[0]))
     attention.add_arguments(sub.add_parser("attn", help=attention.__doc__.splitlines()[0]))
     analyze.add_arguments(sub.add_parser("analyze", help=analyze.__doc__.splitlines()[0]))
+    demo.add_arguments(sub.add_parser("demo", help=demo.__doc__.splitlines()[0]))
     return parser
 
 
@@ -191,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastv import analyze
 
             analyze.main(**args)
+        elif command == "demo":
+            from fastv import demo
+
+            demo.main(**args)
     except (InputError, CheckpointError, OSError) as error:  # OSError: a file that cannot be read or written
         return print_error(error)
     return 0

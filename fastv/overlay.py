@@ -75,16 +75,20 @@ def overlay(views: torch.Tensor, kept_partitions: list[list[int]], partition_gri
     return canvas
 
 
-def write_overlay(path: str | Path, pipe, request, answer) -> Path:
-    """The overlay of `answer` (an Answer of `pipe` to `request`, which has an image) written to `path`."""
+def render(pipe, request, answer) -> Image.Image:
+    """The overlay of `answer` (an Answer of `pipe` to `request`, which has an image)."""
     _, _, images = pipe.encode([request])
     config, processor = pipe.model.config, pipe.image_processor
     views = images[0].pixel_values if config.anyres else images[:1]
-    grid = config.vision.grid_size
     (kept_partitions,), (partition_grid,) = answer.kept_partitions, answer.partition_grid
     other = sum(1 for i in answer.kept[0] if i < 0)
-    picture = overlay(views, kept_partitions, tuple(partition_grid), grid, processor.image_mean, processor.image_std, other)
+    return overlay(views, kept_partitions, tuple(partition_grid), config.vision.grid_size,
+                   processor.image_mean, processor.image_std, other)
+
+
+def write_overlay(path: str | Path, pipe, request, answer) -> Path:
+    """`render`'s overlay written to `path` (PNG)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    render(pipe, request, answer).save(path)
     return path
