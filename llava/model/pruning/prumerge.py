@@ -24,10 +24,12 @@ Features are the select layer's patch features, before the projector. The count 
 Degenerate cases (never a crash):
 - no score above the fence (e.g. a flat score map): the top-scoring patch is the one outlier (the
   release keeps only the extra token in PruMerge and divides by zero in PruMerge+);
-- a sample stride that rounds to 0 (impossible for N = 576: at most a quarter of the scores lie above
-  Q3; possible in principle on other grids): stride 1, every patch;
+- a sample stride that rounds to 0 (a step below 3: more than a third of the patches are outliers;
+  not seen for N = 576, where at most about a quarter lie above Q3, but possible with ties or small
+  grids): stride 1. From about N / 6 outliers on the stride is 1 anyway, and PruMerge+ samples every
+  patch of arange(0, N - 1), all but the last;
 - fewer than 32 other patches (small towers): all of them are the neighbours;
-- nothing pruned (PruMerge+ from N / 3 outliers on keeps every patch): no extra token.
+- nothing pruned (every patch an outlier or a sample): no extra token.
 """
 
 from __future__ import annotations
