@@ -147,10 +147,9 @@ def main(analysis: str, out: str, model_path: str | None = None, benchmark: str 
     check_at_least("--limit", limit, 1)
     if Path(out).is_file():
         raise InputError(f"--out {out} is a file: name a folder")
-    if model_path is None:
-        from fastv.cli import SHIPPED_MODEL
+    from fastv.cli import model_or_shipped
 
-        model_path = str(SHIPPED_MODEL)
+    model_path = model_or_shipped(model_path)
     pairs = questions(benchmark, data_root, limit)
     if not pairs:
         raise InputError(f"{benchmark} has no readable question with an image to analyse")

@@ -196,10 +196,9 @@ def main(image: str, prompt: str, out: str, model_path: str | None = None, layer
         raise InputError("give the question as --prompt, without '<image>'")
     if Path(out).is_file():
         raise InputError(f"--out {out} is a file: name a folder")
-    if model_path is None:
-        from fastv.cli import SHIPPED_MODEL
+    from fastv.cli import model_or_shipped
 
-        model_path = str(SHIPPED_MODEL)
+    model_path = model_or_shipped(model_path)
     picture = load_image(image)
     pipe = LlavaPipeline.load(model_path, conv_mode=conv_mode)
     layers = pipe.model.config.text.num_layers

@@ -27,6 +27,15 @@ from llava.errors import CheckpointError, InputError, print_error
 # The small LLaVA the project trains and ships (models/llava-shapes-tiny/MODEL_CARD.md).
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "llava-shapes-tiny"
 
+
+def model_or_shipped(model_path: str | None) -> str:
+    """`model_path`, or the shipped model's folder when none is given (InputError if this checkout lacks it)."""
+    if model_path is not None:
+        return model_path
+    if not (SHIPPED_MODEL / "config.json").is_file():
+        raise InputError(f"no --model-path given and the shipped model is not in this checkout ({SHIPPED_MODEL})")
+    return str(SHIPPED_MODEL)
+
 METHOD_HELP = (
     "pruning method spec, name:key=value,... e.g. 'fastervlm:keep=58' (keep = visual tokens kept per image), "
     "'fastv:k=2,keep=144' or 'fastv:k=2,ratio=0.75' (ratio = fraction of image tokens DROPPED), "
@@ -72,10 +81,7 @@ def run(
         raise InputError("--overlay draws the kept patches on the image: give --image too")
     if overlay is not None and Path(overlay).is_dir():
         raise InputError(f"--overlay {overlay} is a folder: name the PNG file to write")
-    if model_path is None:
-        if not (SHIPPED_MODEL / "config.json").is_file():
-            raise InputError(f"no --model-path given and the shipped model is not in this checkout ({SHIPPED_MODEL})")
-        model_path = str(SHIPPED_MODEL)
+    model_path = model_or_shipped(model_path)
     picture = load_image(image) if image is not None else None  # --image "" is a missing image, not no image
     pipe = LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device, vision_tower=vision_tower,
                               patch_merge=patch_merge, image_grid=image_grid)

@@ -49,11 +49,9 @@ class Demo:
     def __init__(self, model_path: str | None = None):
         from llava.pipeline import LlavaPipeline
 
-        if model_path is None:
-            from fastv.cli import SHIPPED_MODEL
+        from fastv.cli import model_or_shipped
 
-            model_path = str(SHIPPED_MODEL)
-        self.pipe = LlavaPipeline.load(model_path)
+        self.pipe = LlavaPipeline.load(model_or_shipped(model_path))
         self.lock = threading.Lock()
         self.folder = Path(tempfile.mkdtemp(prefix="fastv-demo-"))
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from PIL import Image
 
 from fastv.flops import count, paper_llm_flops
+from fastv.latency import write_result
 
 DEFAULT_METHODS = ("none", "fastv:k=2,ratio=0.5", "fastervlm:keep=58", "hired:rate=0.2", "prumerge+")
 SYSTEM_TOKENS = 35  # LLaVA-1.5's vicuna_v1 system prompt and "USER:", before the image
@@ -54,7 +54,7 @@ def stand_in(config):
 
 
 def load(model_path: str | None, preset: str | None):
-    """(model that runs, config counted at, image processor)."""
+    """(model that runs, config counted at, image processor, the name the table gives it)."""
     from llava.errors import InputError
     from llava.mm_utils import ImageProcessor
     from llava.model.builder import load_pretrained_model
@@ -65,13 +65,12 @@ def load(model_path: str | None, preset: str | None):
             raise InputError(f"unknown preset '{preset}' (available: {', '.join(LLAVA_PRESETS)})")
         config = LLAVA_PRESETS[preset]
         processor = ImageProcessor(image_size=config.vision.image_size, image_grid_pinpoints=config.image_grid_pinpoints)
-        return stand_in(config), config, processor
-    if model_path is None:
-        from fastv.cli import SHIPPED_MODEL
+        return stand_in(config), config, processor, preset
+    from fastv.cli import model_or_shipped
 
-        model_path = str(SHIPPED_MODEL)
+    model_path = model_or_shipped(model_path)
     _, model, processor, _ = load_pretrained_model(model_path)
-    return model, model.config, processor
+    return model, model.config, processor, Path(model_path).name
 
 
 def measure(model, config, processor, picture: Image.Image, methods: list[str], question_tokens: int, formula: str) -> list[dict]:
@@ -136,7 +135,7 @@ def main(model_path=None, preset=None, image=None, methods=None, question_tokens
     methods = list(methods or DEFAULT_METHODS)
     for spec in methods:
         parse_method(spec)
-    model, config, processor = load(model_path, preset)
+    model, config, processor, name = load(model_path, preset)
     if image is not None:
         picture = load_image(image)
     elif preset is not None:
@@ -145,13 +144,8 @@ def main(model_path=None, preset=None, image=None, methods=None, question_tokens
     else:
         picture = load_image("docs/examples/shapes.png")
     rows = measure(model, config, processor, picture, methods, question_tokens, formula)
-    result = {"model": preset or Path(model_path or "models/llava-shapes-tiny").name, "stand_in": preset is not None,
+    result = {"model": name, "stand_in": preset is not None,
               "prompt": f"{SYSTEM_TOKENS} text + image ({picture.width}x{picture.height}) + {question_tokens} text tokens",
               "formula": formula, "rows": rows}
-    table = to_markdown(result)
-    print(table)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
-        Path(out).with_suffix(".md").write_text(table + "\n")
+    write_result(out, result, to_markdown(result))
     return result

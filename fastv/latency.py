@@ -215,13 +215,17 @@ def main(
     }
     if next_:
         result["preprocessing_over_vision_tower"] = preprocess / tower
-    table = to_markdown(result)
+    write_result(out, result, to_markdown(result))
+    return result
+
+
+def write_result(out: str | None, result: dict, table: str) -> None:
+    """Print a benchmark's Markdown table; with `out`, write the result as JSON there and the table beside it."""
     print(table)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
         Path(out).with_suffix(".md").write_text(table + "\n")
-    return result
 
 
 def to_markdown(result: dict) -> str:

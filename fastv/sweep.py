@@ -87,7 +87,7 @@ def main(
     batch_size: int = 16,
     device: str = "cpu",
 ) -> dict:
-    from fastv.cli import SHIPPED_MODEL
+    from fastv.cli import model_or_shipped
     from llava.eval.registry import get_benchmark
     from llava.eval.run import run_benchmark
     from llava.model.pruning.registry import available_methods
@@ -95,7 +95,7 @@ def main(
 
     names = methods or available_methods()
     check_options(out, names, shares, limit, max_new_tokens, batch_size, device)
-    model_path = model_path or str(SHIPPED_MODEL)
+    model_path = model_or_shipped(model_path)
     bench = get_benchmark(benchmark)
     folder = Path(data_root) / bench.folder
     if benchmark == "shapes" and not (folder / bench.question_file).is_file():

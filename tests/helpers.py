@@ -196,6 +196,21 @@ def hf_input_ids(prompts: list[list[int]], num_patches, image_token_id: int, pad
     return input_ids, mask
 
 
+def hf_next_inputs(prompts: list[list[int]], images, image_token_id: int, side: int):
+    """transformers' LlavaNext inputs for our prompts and anyres images: input ids with one image token per
+    visual token (spatial_unpad), views padded to the longest image, image sizes; and the attention mask."""
+    from llava.model.anyres import anyres_layout
+
+    counts = [len(anyres_layout(i.grid, side, i.image_size, "spatial_unpad")) for i in images]
+    ids, mask = hf_input_ids(prompts, counts, image_token_id)
+    views = max(i.pixel_values.shape[0] for i in images)
+    pixel_values = torch.zeros(len(images), views, *images[0].pixel_values.shape[1:])
+    for n, image in enumerate(images):
+        pixel_values[n, : image.pixel_values.shape[0]] = image.pixel_values
+    sizes = torch.tensor([i.image_size for i in images])
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, image_sizes=sizes), mask.bool()
+
+
 def load_script(name: str):
     """scripts/<name>.py imported as a module (the scripts folder is not a package)."""
     import importlib.util

@@ -13,7 +13,6 @@ from llava.conversation import build_prompt
 from llava.errors import CheckpointError
 from llava.generate import generate
 from llava.mm_utils import tokenizer_image_token
-from llava.model.anyres import anyres_layout
 from llava.model.builder import load_pretrained_model, read_checkpoint
 from llava.model.llava_arch import LLAVA_PRESETS, LlavaForCausalLM
 from tests import helpers
@@ -46,14 +45,8 @@ def loaded(mistral_dir):
 def inputs_for(tokenizer, processor, questions, pictures):
     prompts = [tokenizer_image_token(build_prompt(q, "mistral_instruct"), tokenizer) for q in questions]
     images = processor(pictures)
-    counts = [len(anyres_layout(i.grid, SIDE, i.image_size, "spatial_unpad")) for i in images]
-    ids, mask = helpers.hf_input_ids(prompts, counts, IMAGE_TOKEN_ID)
-    views = max(i.pixel_values.shape[0] for i in images)
-    pixel_values = torch.zeros(len(images), views, *images[0].pixel_values.shape[1:])
-    for n, image in enumerate(images):
-        pixel_values[n, : image.pixel_values.shape[0]] = image.pixel_values
-    sizes = torch.tensor([i.image_size for i in images])
-    return prompts, images, dict(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, image_sizes=sizes)
+    inputs, _ = helpers.hf_next_inputs(prompts, images, IMAGE_TOKEN_ID, SIDE)
+    return prompts, images, inputs
 
 
 def test_the_decoder_is_read_as_mistral_with_its_window_as_the_context(loaded, reference):

@@ -9,7 +9,6 @@ from torch.testing import assert_close
 from llava.conversation import build_prompt
 from llava.generate import generate
 from llava.mm_utils import tokenizer_image_token
-from llava.model.anyres import anyres_layout
 from llava.model.builder import load_pretrained_model
 from tests import helpers
 
@@ -25,15 +24,7 @@ def prompts_for(tokenizer, questions):
 
 
 def hf_inputs(prompts, images):
-    """transformers' input ids (one image token per visual token), views padded to the longest image, sizes."""
-    counts = [len(anyres_layout(i.grid, SIDE, i.image_size, "spatial_unpad")) for i in images]
-    ids, mask = helpers.hf_input_ids(prompts, counts, IMAGE_TOKEN_ID)
-    views = max(i.pixel_values.shape[0] for i in images)
-    pixel_values = torch.zeros(len(images), views, *images[0].pixel_values.shape[1:])
-    for n, image in enumerate(images):
-        pixel_values[n, : image.pixel_values.shape[0]] = image.pixel_values
-    sizes = torch.tensor([i.image_size for i in images])
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, image_sizes=sizes), mask.bool()
+    return helpers.hf_next_inputs(prompts, images, IMAGE_TOKEN_ID, SIDE)
 
 
 def test_the_four_images_use_different_crop_grids(loaded_next):
