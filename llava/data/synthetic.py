@@ -69,18 +69,20 @@ writes ``images/*.png``, ``questions.jsonl``, ``annotations.json``,
 from __future__ import annotations
 
 import argparse
-import colorsys
-import functools
 import json
+import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 2  # 2: boxes on a 28-px lattice, smaller shapes
+from llava.data import drawing
+
+GENERATOR_VERSION = 2  # 2: boxes on a 28-px lattice, smaller shapes (the lattice look is unchanged since)
+LOOKS = ("lattice", "varied", "drawn", "hr")  # see the module docstring; LOOKS.index(look) is its seed stream
 
 IMAGE_SIZE = 336
 PATCH_SIZE = 14
@@ -96,7 +98,15 @@ COLORS = {
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 PLURALS = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
-SIZES = {"small": 12, "large": 26}  # half the side of the object's box, px: 25 and 53 px boxes
+SIZES = {"small": 12, "large": 26}  # lattice look: half the side of the object's box, px: 25 and 53 px boxes
+SMALL_HALF_BELOW = 19  # an object's "size" is "small" when its half-side is below this, else "large"
+LOOK_HALVES = {"varied": (8, 56), "drawn": (32, 56)}  # px, half-sides: 17 to 113-px boxes (5% to a third of 336)
+VARIED_BACKGROUNDS = ("muted", "flat", "gradient", "noise", "texture")  # the varied and hr looks draw one of these
+FULL_IMAGE = [0, 0, IMAGE_SIZE, IMAGE_SIZE]
+HR_CANVASES = ((672, 672), (672, 336), (336, 672), (1008, 336), (336, 1008))  # (width, height): LLaVA-NeXT's
+HR_CROP = 336  # px: the side of a LLaVA-NeXT crop
+HR_HALVES = (9, 17)  # px, hr look: 19 to 35-px boxes, a half to a third of that in a 336-px view of the whole
+HR_DISTRACTORS = (3, 8)  # blobs in a cluttered crop
 LATTICE = 28  # px: every box is centred in a block of whole cells of this lattice (see _place)
 COLOR_JITTER = 12  # each channel of an object's colour moves by up to this much
 
@@ -110,8 +120,6 @@ OCR_WORDS = (
     "table", "water", "zebra", "tiger", "piano", "robot", "queen", "mouse", "cloud", "grape",
 )
 OCR_NUMBER_RANGE = (10, 1000)  # numbers printed are drawn from [10, 1000)
-OCR_FONT_SIZE = 32
-OCR_PADDING = 6
 
 QUESTION_TYPES = ("color", "shape", "exist", "count", "position", "ocr")
 TEMPLATES = {
@@ -137,6 +145,7 @@ NUMBER_PROBABILITY = 0.3  # of printed text being a number rather than a word
 PLACEMENT_MARGIN = 6  # px kept free between objects and the text box (so no two share a lattice cell)
 POSITION_MARGIN = 8  # px between an object's box and the middle line
 TEXT_BOX_ID = 255  # label of the text box in the label map
+DISTRACTOR_ID = 254  # label of the hr look's distractor blobs
 
 
 @dataclass
@@ -164,6 +173,16 @@ class Sample:
     text_bbox: list[int] | None
     targets: list[int]
     patches: list[int]
+    look: str = "lattice"
+    # hr look: {"crop_grid": [rows, cols], "busy_crops", "cluttered_crops" (raster indices of the
+    # 336-px crops holding the objects and text / the distractors), "distractors" (how many)}
+    layout: dict | None = None
+    label_map: np.ndarray | None = field(default=None, repr=False, compare=False)  # (H, W) uint8, see _render
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the image in pixels."""
+        return self.image.size
 
     @property
     def prompt(self) -> str:
@@ -172,7 +191,7 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
     """What the question of one sample will be, fixed before its scene is drawn."""
 
     question_type: str
@@ -200,38 +219,56 @@ def sample_seed(split: str, index: int) -> int:
     return SPLIT_SEED_BASE[split] + index
 
 
+def sample_rng(split: str, index: int, look: str = "lattice") -> np.random.Generator:
+    """The generator sample ``index`` of ``split`` is drawn from: its own seed, in a stream of its look's.
+
+    The lattice look seeds numpy with the sample seed alone (as generator version 2 always did);
+    every other look seeds with [its stream number, the sample seed], so the looks never share draws.
+    """
+    if look not in LOOKS:
+        raise ValueError(f"unknown look {look!r}; expected one of {LOOKS}")
+    seed = sample_seed(split, index)
+    stream = LOOKS.index(look)
+    return np.random.default_rng(seed if stream == 0 else [stream, seed])
+
+
 def question_id(split: str, index: int) -> str:
     return f"{split}_{index:07d}"
 
 
-def generate_split(split: str, n: int, start: int = 0) -> Iterator[Sample]:
-    """Samples ``start .. start + n - 1`` of ``split``, in order."""
+def question_plan(index: int) -> Plan:
+    """What sample ``index``'s question will be: its type cycles with the index and the two-way
+    variants alternate every cycle of six samples, so that any 12 consecutive samples hold two of
+    each type and one of each variant."""
+    even_cycle = (index // len(QUESTION_TYPES)) % 2 == 0
+    return Plan(QUESTION_TYPES[index % len(QUESTION_TYPES)], want_yes=even_cycle, count_all=even_cycle)
+
+
+def generate_split(split: str, n: int, start: int = 0, look: str = "lattice") -> Iterator[Sample]:
+    """Samples ``start .. start + n - 1`` of ``split`` in ``look``, in order."""
     for index in range(start, start + n):
-        yield make_sample(split, index)
+        yield make_sample(split, index, look=look)
 
 
-def make_sample(split: str, index: int, text_probability: float = TEXT_PROBABILITY) -> Sample:
-    """Sample ``index`` of ``split``, generated from its own seed alone.
+def make_sample(split: str, index: int, text_probability: float = TEXT_PROBABILITY, look: str = "lattice") -> Sample:
+    """Sample ``index`` of ``split`` in ``look`` (``LOOKS``), generated from its own seed alone.
 
     ``text_probability`` (of printing text on an image whose question is not
     ocr) is for training only: a run may print text more often to see more
     words. The benchmark's splits always use the default.
     """
-    rng = np.random.default_rng(sample_seed(split, index))
-    question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]
-    # Two-way variants alternate every cycle of six samples, so that any
-    # 12 consecutive samples hold exactly one of each.
-    even_cycle = (index // len(QUESTION_TYPES)) % 2 == 0
-    plan = _Plan(question_type, want_yes=even_cycle, count_all=even_cycle)
+    rng = sample_rng(split, index, look)
+    plan = question_plan(index)
     while True:  # redraw the scene until it supports the question (rarely more than once)
-        objects, text, text_bbox = _sample_scene(rng, plan, text_probability)
-        question = _ask(rng, plan, objects, text)
+        scene = _hr_scene(rng, plan, text_probability) if look == "hr" else _sample_scene(rng, plan, text_probability, look)
+        question = ask(rng, plan, scene.objects, scene.text, scene.size)
         if question is not None:
             break
-    image, labels = _render(rng, objects, text, text_bbox)
+    image, labels = _render(rng, scene, look)
+    objects, text_bbox = scene.objects, scene.text_bbox
     for k, obj in enumerate(objects):
         obj["patches"] = _patches_of(labels, k + 1, obj["bbox"])
-    if question_type == "ocr":
+    if plan.question_type == "ocr":
         patches = _patches_of(labels, TEXT_BOX_ID, text_bbox)
     else:
         patches = sorted({p for k in question.targets for p in objects[k]["patches"]})
@@ -242,12 +279,15 @@ def make_sample(split: str, index: int, text_probability: float = TEXT_PROBABILI
         image=image,
         question=question.text,
         answer=question.answer,
-        question_type=question_type,
+        question_type=plan.question_type,
         objects=objects,
-        text=text,
+        text=scene.text,
         text_bbox=text_bbox,
         targets=question.targets,
         patches=patches,
+        look=look,
+        layout=scene.layout,
+        label_map=labels,
     )
 
 
@@ -255,32 +295,103 @@ def make_sample(split: str, index: int, text_probability: float = TEXT_PROBABILI
 # Scenes: what is in the image and where
 
 
-def _sample_scene(rng: np.random.Generator, plan: _Plan, text_probability: float = TEXT_PROBABILITY):
-    """Objects (dicts without patches), text (or None) and the text box (or None)."""
+@dataclass
+class _Scene:
+    objects: list[dict]  # without patches (added once drawn)
+    text: str | None
+    text_bbox: list[int] | None
+    size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)  # (width, height)
+    layout: dict | None = None  # hr: see Sample.layout
+    distractors: list[dict] = field(default_factory=list)  # hr: {"points", "color"} of each blob
+
+
+def _sample_scene(rng: np.random.Generator, plan: Plan, text_probability: float, look: str) -> _Scene:
+    """A 336x336 scene: on the 28-px lattice in two sizes (``lattice``), or anywhere in any size of
+    the look's range (``LOOK_HALVES``)."""
     while True:  # redraw until everything fits without overlap
         shapes = _scene_shapes(rng, plan)
-        sizes = [str(s) for s in rng.choice(list(SIZES), len(shapes))]
-        with_text = plan.question_type == "ocr" or rng.random() < text_probability
-        text = _sample_text(rng) if with_text else None
-        box_sizes = [_text_box_size(text)] if text is not None else []
-        box_sizes += [(2 * SIZES[size] + 1,) * 2 for size in sizes]
-        boxes = _place_all(rng, box_sizes)
+        if look == "lattice":
+            halves = [SIZES[str(s)] for s in rng.choice(list(SIZES), len(shapes))]
+        else:
+            halves = _halves(rng, len(shapes), look)
+        text = _maybe_text(rng, plan, text_probability)
+        box_sizes = ([drawing.text_box_size(text)] if text is not None else []) + [(2 * h + 1,) * 2 for h in halves]
+        if look == "lattice":
+            boxes = _place_all(box_sizes, lambda w, h, taken: _place(rng, w, h, taken))
+        else:
+            boxes = _place_all(box_sizes, lambda w, h, taken: _place_anywhere(rng, w, h, taken, FULL_IMAGE))
         if boxes is not None:
             break
     text_bbox = boxes.pop(0) if text is not None else None
-    objects = []
-    for shape, size, (x0, y0, x1, y1) in zip(shapes, sizes, boxes):
-        objects.append({
-            "shape": shape,
-            "color": str(rng.choice(list(COLORS))),
-            "size": size,
-            "bbox": [x0, y0, x1, y1],
-            "center": [(x0 + x1 - 1) // 2, (y0 + y1 - 1) // 2],
-        })
-    return objects, text, text_bbox
+    return _Scene([_new_object(rng, shape, box) for shape, box in zip(shapes, boxes)], text, text_bbox)
 
 
-def _scene_shapes(rng: np.random.Generator, plan: _Plan) -> list[str]:
+def _halves(rng: np.random.Generator, count: int, look: str) -> list[int]:
+    """Half-sides (px) of ``count`` objects, log-uniform in the look's range; the more objects, the
+    lower the top of the range (so that five still fit): at most about 30% of the image is object."""
+    low, high = LOOK_HALVES[look]
+    high = max(low, min(high, int(IMAGE_SIZE / 2 * math.sqrt(0.3 / count))))
+    return [int(round(math.exp(rng.uniform(math.log(low), math.log(high + 0.5))))) for _ in range(count)]
+
+
+def _maybe_text(rng: np.random.Generator, plan: Plan, text_probability: float) -> str | None:
+    with_text = plan.question_type == "ocr" or rng.random() < text_probability
+    return _sample_text(rng) if with_text else None
+
+
+def _new_object(rng: np.random.Generator, shape: str, box: list[int]) -> dict:
+    x0, y0, x1, y1 = box
+    half = (x1 - x0 - 1) // 2
+    return {
+        "shape": shape,
+        "color": str(rng.choice(list(COLORS))),
+        "size": "small" if half < SMALL_HALF_BELOW else "large",
+        "bbox": [x0, y0, x1, y1],
+        "center": [(x0 + x1 - 1) // 2, (y0 + y1 - 1) // 2],
+    }
+
+
+def _hr_scene(rng: np.random.Generator, plan: Plan, text_probability: float) -> _Scene:
+    """A high-resolution scene: a LLaVA-NeXT canvas (``HR_CANVASES``) cut into 336-px crops, every
+    object and the text inside one or two "busy" crops, each other crop empty or cluttered with
+    distractor blobs (half of them each), small objects (``HR_HALVES``)."""
+    width, height = HR_CANVASES[int(rng.integers(len(HR_CANVASES)))]
+    rows, cols = height // HR_CROP, width // HR_CROP
+    crops = [[c * HR_CROP, r * HR_CROP, (c + 1) * HR_CROP, (r + 1) * HR_CROP] for r in range(rows) for c in range(cols)]
+    while True:
+        busy = sorted(int(i) for i in rng.choice(len(crops), 1 if rng.random() < 0.5 else 2, replace=False))
+        shapes = _scene_shapes(rng, plan)
+        halves = [int(rng.integers(HR_HALVES[0], HR_HALVES[1] + 1)) for _ in shapes]
+        text = _maybe_text(rng, plan, text_probability)
+        box_sizes = ([drawing.text_box_size(text)] if text is not None else []) + [(2 * h + 1,) * 2 for h in halves]
+        regions = iter([crops[busy[int(rng.integers(len(busy)))]] for _ in box_sizes])
+        boxes = _place_all(box_sizes, lambda w, h, taken: _place_anywhere(rng, w, h, taken, next(regions)))
+        if boxes is not None:
+            break
+    text_bbox = boxes.pop(0) if text is not None else None
+    objects = [_new_object(rng, shape, box) for shape, box in zip(shapes, boxes)]
+    cluttered = [i for i in range(len(crops)) if i not in busy and rng.random() < 0.5]
+    distractors = [_distractor(rng, crops[i]) for i in cluttered
+                   for _ in range(int(rng.integers(HR_DISTRACTORS[0], HR_DISTRACTORS[1] + 1)))]
+    layout = {"crop_grid": [rows, cols], "busy_crops": busy, "cluttered_crops": cluttered,
+              "distractors": len(distractors)}
+    return _Scene(objects, text, text_bbox, (width, height), layout, distractors)
+
+
+def _distractor(rng: np.random.Generator, region: list[int]) -> dict:
+    """An irregular blob in a muted colour inside ``region``: clutter that is no shape of the palette."""
+    radius = rng.uniform(8, 22)
+    cx = rng.uniform(region[0] + radius, region[2] - radius)
+    cy = rng.uniform(region[1] + radius, region[3] - radius)
+    corners = int(rng.integers(5, 9))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+    radii = radius * rng.uniform(0.45, 1.0, corners)
+    points = [(round(cx + r * np.cos(a)), round(cy + r * np.sin(a))) for a, r in zip(angles, radii)]
+    shade = drawing.muted_color(rng, rng.random()) * np.float32(rng.uniform(0.5, 1.4))
+    return {"points": points, "color": tuple(int(c) for c in np.clip(shade, 0, 255))}
+
+
+def _scene_shapes(rng: np.random.Generator, plan: Plan) -> list[str]:
     """The shapes of the scene's objects: 1 to 5, uniform, drawn with replacement.
 
     Counting one named shape needs repeats, which uniform shapes rarely give:
@@ -301,11 +412,12 @@ def _sample_text(rng: np.random.Generator) -> str:
     return str(rng.choice(OCR_WORDS))
 
 
-def _place_all(rng, box_sizes: list[tuple[int, int]]) -> list[list[int]] | None:
-    """Non-overlapping boxes [x0, y0, x1, y1] of the given (width, height), or None."""
+def _place_all(box_sizes: list[tuple[int, int]], place) -> list[list[int]] | None:
+    """Non-overlapping boxes [x0, y0, x1, y1] of the given (width, height), or None.
+    ``place(width, height, taken)`` finds one box clear of the boxes already taken, or None."""
     boxes = []
     for width, height in box_sizes:
-        box = _place(rng, width, height, boxes)
+        box = place(width, height, boxes)
         if box is None:
             return None
         boxes.append(box)
@@ -335,6 +447,18 @@ def _place(rng, width: int, height: int, taken: list) -> list[int] | None:
     return None
 
 
+def _place_anywhere(rng, width: int, height: int, taken: list, region: list[int]) -> list[int] | None:
+    """A box of the given size at any pixel offset inside ``region`` [x0, y0, x1, y1], clear of
+    ``taken`` (by ``PLACEMENT_MARGIN``), or None after 50 tries."""
+    for _ in range(50):
+        x0 = int(rng.integers(region[0], region[2] - width + 1))
+        y0 = int(rng.integers(region[1], region[3] - height + 1))
+        box = [x0, y0, x0 + width, y0 + height]
+        if not any(_overlap(box, other, PLACEMENT_MARGIN) for other in taken):
+            return box
+    return None
+
+
 def _overlap(a: list[int], b: list[int], margin: int) -> bool:
     return not (a[2] + margin <= b[0] or b[2] + margin <= a[0]
                 or a[3] + margin <= b[1] or b[3] + margin <= a[1])
@@ -344,7 +468,10 @@ def _overlap(a: list[int], b: list[int], margin: int) -> bool:
 # Questions: one builder per type; None when the scene does not support it
 
 
-def _ask(rng, plan: _Plan, objects, text) -> _Question | None:
+def ask(rng, plan: Plan, objects: list[dict], text: str | None,
+        size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> _Question | None:
+    """The question ``plan`` asks about a scene of ``objects`` and ``text`` on an image of ``size``
+    (width, height), or None when the scene cannot support it."""
     question_type = plan.question_type
     if question_type == "color":
         return _ask_color(rng, objects)
@@ -355,7 +482,7 @@ def _ask(rng, plan: _Plan, objects, text) -> _Question | None:
     if question_type == "count":
         return _ask_count(objects, plan.count_all)
     if question_type == "position":
-        return _ask_position(rng, objects)
+        return _ask_position(rng, objects, size)
     if question_type == "ocr":
         return _ask_ocr(text)
     raise ValueError(f"unknown question type {question_type!r}")
@@ -417,23 +544,24 @@ def _ask_count(objects, count_all: bool) -> _Question:
     return _Question(TEMPLATES["count_shape"].format(plural=PLURALS[counted]), str(len(targets)), targets)
 
 
-def _ask_position(rng, objects) -> _Question | None:
+def _ask_position(rng, objects, size: tuple[int, int]) -> _Question | None:
     axis = "x" if rng.random() < 0.5 else "y"
     candidates = [k for k in _unique(objects, lambda o: (o["color"], o["shape"]))
-                  if _side(objects[k]["bbox"], axis) is not None]
+                  if side_of(objects[k]["bbox"], axis, size) is not None]
     if not candidates:
         return None
     k = int(rng.choice(candidates))
     obj = objects[k]
     question = TEMPLATES[f"position_{axis}"].format(color=obj["color"], shape=obj["shape"])
-    return _Question(question, _side(obj["bbox"], axis), [k])
+    return _Question(question, side_of(obj["bbox"], axis, size), [k])
 
 
-def _side(bbox: list[int], axis: str) -> str | None:
-    """left/right (axis x) or top/bottom (axis y) when the box is clearly in one half."""
+def side_of(bbox: list[int], axis: str, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> str | None:
+    """left/right (axis x) or top/bottom (axis y) when the box is clearly in one half of an image of
+    ``size`` (width, height)."""
     low, high = (bbox[0], bbox[2]) if axis == "x" else (bbox[1], bbox[3])
     names = ("left", "right") if axis == "x" else ("top", "bottom")
-    middle = IMAGE_SIZE // 2
+    middle = (size[0] if axis == "x" else size[1]) // 2
     if high <= middle - POSITION_MARGIN:
         return names[0]
     if low >= middle + POSITION_MARGIN:
@@ -452,162 +580,57 @@ def _ask_ocr(text: str | None) -> _Question | None:
 # Rendering
 
 
-def _render(rng, objects, text, text_bbox) -> tuple[Image.Image, np.ndarray]:
-    """The RGB image and its label map: object k is drawn as k + 1, the text box as 255."""
-    image = Image.fromarray(_background(rng))
-    labels = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+def _render(rng, scene: _Scene, look: str) -> tuple[Image.Image, np.ndarray]:
+    """The RGB image and its label map (H, W) uint8: object k is drawn as k + 1, the text box as
+    ``TEXT_BOX_ID``, distractor blobs as ``DISTRACTOR_ID``, the background 0."""
+    width, height = scene.size
+    if look == "lattice":
+        kind = "muted"
+    elif look == "drawn":
+        kind = "plain"
+    else:
+        kind = VARIED_BACKGROUNDS[int(rng.integers(len(VARIED_BACKGROUNDS)))]
+    image = Image.fromarray(drawing.background(kind, rng, width, height))
+    labels = Image.new("L", (width, height), 0)
     draw, label_draw = ImageDraw.Draw(image), ImageDraw.Draw(labels)
-    if text is not None:
-        _draw_text(draw, text, text_bbox)
-        label_draw.rectangle(_inclusive(text_bbox), fill=TEXT_BOX_ID)
-    for k, obj in enumerate(objects):
+    for blob in scene.distractors:
+        draw.polygon(blob["points"], fill=blob["color"])
+        label_draw.polygon(blob["points"], fill=DISTRACTOR_ID)
+    if scene.text is not None:
+        drawing.draw_text(draw, scene.text, scene.text_bbox)
+        label_draw.rectangle(drawing.inclusive(scene.text_bbox), fill=TEXT_BOX_ID)
+    if look == "drawn":
+        pixels, label_map = np.array(image), np.array(labels)
+        for k, obj in enumerate(scene.objects):
+            drawing.draw_outlined(pixels, label_map, obj["shape"], *obj["center"], _half(obj), COLORS[obj["color"]], k + 1)
+        return Image.fromarray(pixels), label_map
+    for k, obj in enumerate(scene.objects):
         jitter = rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, 3).tolist()
         fill = tuple(min(255, max(0, c + j)) for c, j in zip(COLORS[obj["color"]], jitter))
-        half = SIZES[obj["size"]]
-        _draw_shape(draw, obj["shape"], *obj["center"], half, fill)
-        _draw_shape(label_draw, obj["shape"], *obj["center"], half, k + 1)
+        drawing.draw_shape(draw, obj["shape"], *obj["center"], _half(obj), fill)
+        drawing.draw_shape(label_draw, obj["shape"], *obj["center"], _half(obj), k + 1)
     return image, np.asarray(labels)
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
-    """A muted background: a two-tone gradient, faint stripes and luminance noise, (H, W, 3) uint8.
-
-    Its colours have saturation <= 0.25, the objects' >= 0.7: an object never
-    blends into the background.
-    """
-    hue = rng.random()
-    tone_a = _muted_color(rng, hue)
-    tone_b = _muted_color(rng, (hue + rng.uniform(-0.08, 0.08)) % 1.0)
-    gradient_angle, stripe_angle = rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
-    stripe_period, stripe_amplitude = rng.uniform(12, 40), rng.uniform(3, 8)  # px, levels
-
-    along = _ramp(gradient_angle)  # (H, W), 0 .. 1
-    stripes = stripe_amplitude * _sine_wave(stripe_angle, stripe_period)  # (H, W)
-    noise = np.frombuffer(rng.bytes(IMAGE_SIZE * IMAGE_SIZE), np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
-    luminance = stripes + noise * np.float32(16 / 255) - 8  # (H, W), the same on all channels; noise -8 .. 8 levels
-    # One channel at a time, in place: (H, W, 3) float temporaries cost ms each.
-    pixels = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    value = np.empty_like(along)
-    for channel in range(3):
-        np.multiply(along, tone_b[channel] - tone_a[channel], out=value)
-        value += luminance
-        value += tone_a[channel]
-        pixels[..., channel] = np.clip(value, 0, 255, out=value)
-    return pixels
-
-
-def _muted_color(rng: np.random.Generator, hue: float) -> np.ndarray:
-    """An RGB colour (3,) float32 in 0 .. 255, saturation 0.05-0.25, value 0.40-0.70."""
-    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.05, 0.25), rng.uniform(0.40, 0.70))
-    return np.array(rgb, dtype=np.float32) * 255
-
-
-def _ramp(angle: float) -> np.ndarray:
-    """A linear ramp across the image in direction ``angle``, from 0 to 1 corner to corner, (H, W) float32."""
-    coords = np.arange(IMAGE_SIZE, dtype=np.float32)
-    along_x, along_y = np.float32(np.cos(angle)) * coords, np.float32(np.sin(angle)) * coords  # (W,), (H,)
-    span = np.ptp(along_x) + np.ptp(along_y)
-    return ((along_x - along_x.min()) / span)[None, :] + ((along_y - along_y.min()) / span)[:, None]
-
-
-def _sine_wave(angle: float, period: float) -> np.ndarray:
-    """sin(2 pi (x cos(angle) + y sin(angle)) / period), x and y in px, (H, W) float32.
-
-    By the angle-sum identity, as two outer products of 1-D sines and cosines:
-    a sine per pixel would cost as much as the rest of the background.
-    """
-    coords = np.arange(IMAGE_SIZE, dtype=np.float32) * np.float32(2 * np.pi / period)
-    phase_x, phase_y = np.float32(np.cos(angle)) * coords, np.float32(np.sin(angle)) * coords  # (W,), (H,)
-    return np.sin(phase_y)[:, None] * np.cos(phase_x)[None, :] + np.cos(phase_y)[:, None] * np.sin(phase_x)[None, :]
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, half: int, fill) -> None:
-    """Draw ``shape`` filling the box [cx - half, cx + half] x [cy - half, cy + half]."""
-    if shape == "circle":
-        draw.ellipse([cx - half, cy - half, cx + half, cy + half], fill=fill)
-    else:
-        draw.polygon(_polygon(shape, cx, cy, half), fill=fill)
-
-
-def _polygon(shape: str, cx: int, cy: int, half: int) -> list[tuple[int, int]]:
-    if shape == "square":
-        unit = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
-    elif shape == "diamond":
-        unit = [(0, -1), (1, 0), (0, 1), (-1, 0)]
-    elif shape == "triangle":
-        unit = [(0, -1), (1, 1), (-1, 1)]
-    elif shape == "cross":
-        w = 0.35  # half the width of an arm
-        unit = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w),
-                (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
-    elif shape == "star":
-        unit = _star_points()
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-    # Whole pixels: PIL floors float vertices, so -1 + 1e-16 would spill one pixel out of the box.
-    return [(round(cx + half * x), round(cy + half * y)) for x, y in unit]
-
-
-@functools.lru_cache(maxsize=1)
-def _star_points() -> tuple[tuple[float, float], ...]:
-    """A five-pointed star, top point up, inner radius 0.45 of the outer, stretched to fill [-1, 1]^2.
-
-    A regular star spans only 0.95 of its radius sideways and 0.81 below its
-    centre; the stretch (at most 11%) makes it touch all four sides of its box
-    like every other shape, so an object's ``bbox`` is tight.
-    """
-    angles = -np.pi / 2 + np.arange(10) * np.pi / 5
-    radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
-    xs, ys = radii * np.cos(angles), radii * np.sin(angles)
-    xs = xs / xs.max()
-    ys = -1 + 2 * (ys - ys.min()) / (ys.max() - ys.min())
-    return tuple((float(x), float(y)) for x, y in zip(xs, ys))
-
-
-@functools.lru_cache(maxsize=1)
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's built-in font at ``OCR_FONT_SIZE`` (bitmap-sized where Pillow lacks FreeType)."""
-    return ImageFont.load_default(size=OCR_FONT_SIZE)
-
-
-def _text_box_size(text: str) -> tuple[int, int]:
-    x0, y0, x1, y1 = _font().getbbox(text.upper())
-    return x1 - x0 + 2 * OCR_PADDING, y1 - y0 + 2 * OCR_PADDING
-
-
-def _draw_text(draw: ImageDraw.ImageDraw, text: str, box: list[int]) -> None:
-    """Dark upper-case letters in a light box (the OCR case)."""
-    draw.rectangle(_inclusive(box), fill=(236, 234, 228))
-    x0, y0, _, _ = _font().getbbox(text.upper())
-    draw.text((box[0] + OCR_PADDING - x0, box[1] + OCR_PADDING - y0), text.upper(),
-              fill=(25, 25, 30), font=_font())
+def _half(obj: dict) -> int:
+    """Half the side of an object's (square, odd-sided) box."""
+    return (obj["bbox"][2] - obj["bbox"][0] - 1) // 2
 
 
 def char_spans(text: str, box: list[int]) -> list[tuple[str, float, float]]:
-    """(character, x0, x1) of each printed character of ``text`` drawn in ``box`` (px, x1 exclusive).
-
-    The horizontal extent of each upper-case glyph as `_draw_text` places it:
-    where the OCR answer's letters are, for a training signal finer than the box.
-    """
-    upper = text.upper()
-    origin = box[0] + OCR_PADDING - _font().getbbox(upper)[0]
-    edges = [origin + _font().getlength(upper[:i]) for i in range(len(upper) + 1)]
-    return [(ch, edges[i], edges[i + 1]) for i, ch in enumerate(upper)]
-
-
-def _inclusive(box: list[int]) -> list[int]:
-    """PIL draws rectangles with inclusive corners; our boxes exclude x1 and y1."""
-    return [box[0], box[1], box[2] - 1, box[3] - 1]
+    """(character, x0, x1) of each printed character of ``text`` drawn in ``box`` (px, x1 exclusive)."""
+    return drawing.char_spans(text, box)
 
 
 def _patches_of(labels: np.ndarray, label: int, bbox: list[int]) -> list[int]:
-    """Raster indices of the grid patches holding at least one pixel of ``label`` (all inside ``bbox``)."""
+    """Raster indices on the image's 14-px grid (``row * (width // 14) + col``) of the patches holding
+    at least one pixel of ``label`` (all inside ``bbox``)."""
     row0, col0 = bbox[1] // PATCH_SIZE, bbox[0] // PATCH_SIZE
     row1, col1 = -(-bbox[3] // PATCH_SIZE), -(-bbox[2] // PATCH_SIZE)  # ceil
     window = labels[row0 * PATCH_SIZE:row1 * PATCH_SIZE, col0 * PATCH_SIZE:col1 * PATCH_SIZE]
     hit = (window == label).reshape(row1 - row0, PATCH_SIZE, col1 - col0, PATCH_SIZE).any(axis=(1, 3))
     rows, cols = np.nonzero(hit)  # raster order
-    return ((rows + row0) * GRID_SIZE + cols + col0).tolist()
+    return ((rows + row0) * (labels.shape[1] // PATCH_SIZE) + cols + col0).tolist()
 
 
 def tokens_on_grid(patches, patch_size: int) -> set[int]:
@@ -629,8 +652,8 @@ def patch_bbox(patch: int) -> list[int]:
 
 
 def write_split(split: str, n: int, out_dir: str | Path, start: int = 0,
-                progress: bool = False) -> Path:
-    """Write samples ``start .. start + n - 1`` of ``split`` under ``out_dir``; return it.
+                progress: bool = False, look: str = "lattice") -> Path:
+    """Write samples ``start .. start + n - 1`` of ``split`` in ``look`` under ``out_dir``; return it.
 
     Files, in LLaVA's layouts:
 
@@ -639,17 +662,18 @@ def write_split(split: str, n: int, out_dir: str | Path, start: int = 0,
       ``images/``), ``text`` (question + newline + ``SHORT_ANSWER_PROMPT``),
       ``category`` (the question type); what the evaluation runner reads;
     - ``annotations.json``: a list of ``question_id``, ``answer``,
-      ``question_type``, plus ``patches``, ``objects`` and ``text`` for
-      analyses of which tokens a pruning method kept;
+      ``question_type``, plus ``patches``, ``objects``, ``text`` and (hr)
+      ``layout`` for analyses of which tokens a pruning method kept;
     - ``<split>.json``: LLaVA's training conversations, ``[{"id", "image",
       "conversations": [{"from": "human", "value": "<image>\\n..."},
       {"from": "gpt", "value": answer}]}]``;
-    - ``meta.json``: split, start, n, generator version.
+    - ``meta.json``: split, start, n, generator version, look, image size (the
+      largest canvas of the look) and patch size.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     questions, annotations, conversations = [], [], []
-    for done, sample in enumerate(generate_split(split, n, start), 1):
+    for done, sample in enumerate(generate_split(split, n, start, look), 1):
         image_name = f"{sample.question_id}.png"
         sample.image.save(out_dir / "images" / image_name, compress_level=1)
         questions.append(_question_record(sample, image_name))
@@ -665,8 +689,8 @@ def write_split(split: str, n: int, out_dir: str | Path, start: int = 0,
     _write_json(out_dir / f"{split}.json", conversations)
     _write_json(out_dir / "meta.json", {
         "generator": "llava.data.synthetic", "version": GENERATOR_VERSION,
-        "split": split, "start": start, "n": n,
-        "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
+        "look": look, "split": split, "start": start, "n": n,
+        "image_size": max(max(size) for size in HR_CANVASES) if look == "hr" else IMAGE_SIZE, "patch_size": PATCH_SIZE,
     })
     return out_dir
 
@@ -677,9 +701,12 @@ def _question_record(sample: Sample, image_name: str) -> dict:
 
 
 def _annotation_record(sample: Sample) -> dict:
-    return {"question_id": sample.question_id, "answer": sample.answer,
-            "question_type": sample.question_type, "patches": sample.patches,
-            "objects": sample.objects, "text": sample.text}
+    record = {"question_id": sample.question_id, "answer": sample.answer,
+              "question_type": sample.question_type, "patches": sample.patches,
+              "objects": sample.objects, "text": sample.text}
+    if sample.layout is not None:
+        record["layout"] = sample.layout
+    return record
 
 
 def _conversation_record(sample: Sample, image_name: str) -> dict:
@@ -709,9 +736,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", type=int, default=0,
                         help="index of the first sample in the split (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--look", choices=LOOKS, default="lattice",
+                        help="lattice: the shapes benchmark; drawn: the held-out style (shapes_style); hr: the "
+                             "high-resolution split (shapes_hr); varied: the training look")
     args = parser.parse_args(argv)
-    out = write_split(args.split, args.n, args.out, start=args.start, progress=True)
-    print(f"wrote {args.n} {args.split} samples to {out}")
+    out = write_split(args.split, args.n, args.out, start=args.start, progress=True, look=args.look)
+    print(f"wrote {args.n} {args.split} samples ({args.look} look) to {out}")
 
 
 if __name__ == "__main__":

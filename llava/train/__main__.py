@@ -1,0 +1,3 @@
+from llava.train.loop import main
+
+main()
