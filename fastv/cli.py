@@ -2,7 +2,7 @@
 
     fastv run --model-path P --image IMG --prompt TEXT [--method SPEC] [--json]
     fastv methods                       list the registered pruning methods and their parameters
-    fastv bench-prefill [...]           prefill time: ours vs transformers, pruned vs unpruned (fastv/latency.py)
+    fastv bench [...]                   TTFT, decode, memory, KV cache: every method beside transformers (fastv/latency.py)
     fastv sweep --out DIR [...]         accuracy of every method at several budgets on one benchmark (fastv/sweep.py)
     fastv report RUN_DIRS... [--out T]  the paper-style table of evaluation runs (fastv/report.py)
     fastv flops [--preset NAME] [...]   analytic FLOPs of every method from real sequence lengths (fastv/flops_table.py)
@@ -157,7 +157,8 @@ def _parser() -> argparse.ArgumentParser:
 
     from fastv import analyze, attention, demo, flops_table, latency, report, sweep
 
-    latency.add_arguments(sub.add_parser("bench-prefill", help=latency.__doc__.splitlines()[0]))
+    latency.add_arguments(sub.add_parser("bench", aliases=["bench-prefill"], help=latency.__doc__.splitlines()[0],
+                                         description=latency.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     sweep.add_arguments(sub.add_parser("sweep", help=sweep.__doc__.splitlines()[0]))
     report.add_arguments(sub.add_parser("report", help="the paper-style table of evaluation runs (Markdown and CSV)"))
     flops_table.add_arguments(sub.add_parser("flops", help=flops_table.__doc__.splitlines()[0]))
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             run(**args)
         elif command == "methods":
             methods()
-        elif command == "bench-prefill":
+        elif command in ("bench", "bench-prefill"):
             from fastv import latency
 
             latency.main(**args)

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fractions of the visual tokens KEPT per image (1.0 = all)")
     parser.add_argument("--limit", type=int, help="answer only the first N questions")
     parser.add_argument("--n-questions", type=int, default=600,
-                        help="shapes only: test questions to generate when the data root has none")
+                        help="shapes benchmarks only: test questions to generate when the data root has none")
     parser.add_argument("--max-new-tokens", type=int, help="tokens generated at most (default: the benchmark's)")
     parser.add_argument("--batch-size", type=int, default=16, help="questions answered together")
     parser.add_argument("--device", default="cpu")
@@ -90,6 +90,7 @@ def main(
     from fastv.cli import model_or_shipped
     from llava.eval.registry import get_benchmark
     from llava.eval.run import run_benchmark
+    from llava.eval.shapes import LOOKS as SHAPES_LOOKS
     from llava.model.pruning.registry import available_methods
     from llava.pipeline import LlavaPipeline
 
@@ -98,10 +99,10 @@ def main(
     model_path = model_or_shipped(model_path)
     bench = get_benchmark(benchmark)
     folder = Path(data_root) / bench.folder
-    if benchmark == "shapes" and not (folder / bench.question_file).is_file():
+    if benchmark in SHAPES_LOOKS and not (folder / bench.question_file).is_file():  # generated when missing
         from llava.data.synthetic import write_split
 
-        write_split("test", n_questions, folder)
+        write_split("test", n_questions, folder, look=SHAPES_LOOKS[benchmark])
     pipe = LlavaPipeline.load(model_path, device=device)
     tokens = pipe.model.config.tokens_per_image
 

@@ -133,7 +133,7 @@ def generate(
 
     reselect = isinstance(model.pruning, LayerPruner) and model.pruning.reselect_every_step
     use_cache = use_cache and not reselect
-    out = model.forward_inputs(inputs, use_cache=use_cache)
+    out = model.forward_inputs(inputs, use_cache=use_cache, cache_reserve=max(limits))
     next_token = sample_next(out.logits[:, -1], temperature, top_p, generator)
     prefill_s = synchronized_time(device) - start
     cache, fixed_keep = out.cache, (None if reselect else out.keep_mask)

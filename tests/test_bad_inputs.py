@@ -71,11 +71,18 @@ CLI_ROWS = [
     (["sweep", "--out", "{folder}/sweep", "--batch-size", "-3"], "--batch-size must be at least 1"),
     (["report", "{folder}/nothing"], "no such run directory or folder"),
     (["report", "{bad_json}"], "no scores.json or run.json in"),
-    (["bench-prefill", "--repeats", "0"], "--repeats must be at least 1"),
-    (["bench-prefill", "--batch", "0"], "--batch must be at least 1"),
-    (["bench-prefill", "--device", "foo"], "unknown device 'foo'"),
-    (["bench-prefill", "--methods", "fastv:keep=3,keep=4"], "given twice"),
-    (["bench-prefill", "--out", "{folder}"], "is a folder"),
+    (["bench", "--repeats", "0"], "--repeats must be at least 1"),
+    (["bench", "--batch", "0"], "--batch must be at least 1"),
+    (["bench", "--new-tokens", "0"], "--new-tokens must be at least 1"),
+    (["bench", "--device", "foo"], "unknown device 'foo'"),
+    (["bench", "--methods", "fastv:keep=3,keep=4"], "given twice"),
+    (["bench", "--json", "{folder}"], "is a folder"),
+    (["bench", "--preset", "llava-v1.5-7b"], "add --random-weights"),
+    (["bench", "--preset", "llava-v9-7b", "--random-weights"], "unknown preset 'llava-v9-7b'"),
+    (["bench", "--random-weights"], "--random-weights is for --preset"),
+    (["bench-prefill", "--repeats", "0"], "--repeats must be at least 1"),  # the old name is an alias
+    (["flops", "--text-tokens", "0"], "--text-tokens must be at least 1"),
+    (["flops", "--method", "fastvv:k=2"], "unknown method 'fastvv'"),
 ]
 
 EVAL_ROWS = [
@@ -100,7 +107,7 @@ EVAL_ROWS = [
 
 def fill(argv, places, tmp_path):
     argv = [a.format(**places) for a in argv]
-    if argv and argv[0] in ("run", "bench-prefill", "sweep", "report"):
+    if argv and argv[0] in ("run", "bench", "bench-prefill", "flops", "sweep", "report"):
         return argv
     defaults = {"--data-root": str(places["data"]), "--output-dir": str(tmp_path / "out"), "--model-path": "tiny"}
     return argv + [item for flag, value in defaults.items() if flag not in argv for item in (flag, value)]

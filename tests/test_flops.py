@@ -65,3 +65,25 @@ def test_fastv_flops_on_the_llava_15_13b_preset_reproduce_the_papers_45_percent(
     assert none["seq_lens"] == [35 + 576 + 20] * 40 and fastv["seq_lens"] == [631] * 2 + [631 - 288] * 38
     assert 0.54 < fastv["llm_prefill_vs_none"] < 0.57  # about 45% fewer LLM FLOPs
     assert "| fastv:ratio=0.5 | 576 | 288 |" in capsys.readouterr().out
+
+
+def test_flops_json_interface_gives_one_object_with_the_reduction(capsys):
+    """`fastv flops --preset NAME --method SPEC --formula paper --json`: one JSON object with the interface's fields;
+    at the paper's n (35 system tokens + 576 image + 1 = 612) FastV K=2 R=50% on 13B is its 45% headline."""
+    import json
+
+    from fastv.cli import main
+    from fastv.flops import fastv_flops_ratio
+
+    assert main(["flops", "--preset", "llava-v1.5-13b", "--method", "fastv:k=2,ratio=0.5", "--formula", "paper",
+                 "--text-tokens", "36", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"vision", "projector", "llm_prefill", "llm_decode_per_token", "total_prefill", "reduction_llm_prefill"} <= set(result)
+    assert result["total_prefill"] == result["vision"] + result["projector"] + result["llm_prefill"]
+    assert result["seq_lens"] == [612] * 2 + [612 - 288] * 38
+    assert result["reduction_llm_prefill"] == pytest.approx(1 - fastv_flops_ratio(612, 288, 2, 40, 5120, 13824), abs=1e-9)
+    assert abs(result["reduction_llm_prefill"] - 0.45) < 0.01  # within a point of the paper's 45%
+
+    assert main(["flops", "--preset", "llava-v1.5-7b", "--method", "none", "--json"]) == 0
+    unpruned = json.loads(capsys.readouterr().out)
+    assert unpruned["reduction_llm_prefill"] == 0 and unpruned["formula"] == "measured" and unpruned["text_tokens"] == 55

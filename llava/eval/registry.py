@@ -2,8 +2,8 @@
 
 Names are those of LLaVA's scripts (`scripts/v1_5/eval/<name>.sh`); `vqav2_val` and
 `vizwiz_val` score locally on the val splits; `aokvqa` (multiple choice) and `aokvqa_da`
-(direct answer) share one file and one script; `shapes` is the project's own synthetic
-benchmark (llava/data/synthetic.py).
+(direct answer) share one file and one script; `shapes`, `shapes_style` and `shapes_hr`
+are the project's own synthetic benchmarks (llava/data/synthetic.py, llava/eval/shapes.py).
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ def _module(name: str, title: str, module, headline: str | None, max_new_tokens:
     )
 
 
+def _shapes(name: str, title: str) -> Benchmark:
+    return Benchmark(name, title, name, shapes.QUESTION_FILE, shapes.IMAGE_FOLDER, shapes.loader(name), shapes.score,
+                     "accuracy")
+
+
 def _mmbench(lang: str) -> Benchmark:
     return Benchmark(
         "mmbench" if lang == "en" else f"mmbench_{lang}", "MMB" if lang == "en" else f"MMB-{lang.upper()}",
@@ -72,7 +77,10 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("aokvqa_da", "A-OKVQA-DA", aokvqa.FOLDER, aokvqa.QUESTION_FILE, aokvqa.IMAGE_FOLDER,
                   aokvqa.load_direct_answer_questions, aokvqa.score_direct_answer, "accuracy"),
         _module("ocrvqa", "OCR-VQA", ocrvqa, "accuracy"),
-        _module("shapes", "Shapes", shapes, "accuracy"),  # the project's own synthetic benchmark (llava/data)
+        # the project's own synthetic benchmarks (llava/data/synthetic.py): one look each
+        _shapes("shapes", "Shapes"),
+        _shapes("shapes_style", "Shapes-style"),
+        _shapes("shapes_hr", "Shapes-HR"),
     )
 }
 

@@ -1,6 +1,13 @@
-"""Shapes-VQA: the synthetic benchmark of the project's own small LLaVA (llava/data/synthetic.py).
+"""Shapes-VQA: the synthetic benchmarks of the project's own small LLaVAs (llava/data/synthetic.py).
 
-Files (under `<data root>/shapes/`, written by `python -m llava.data.synthetic --split test --n N --out DIR`):
+Three benchmarks, one per look of the generator's test split (`LOOKS`):
+    shapes        the lattice look at 336x336, LLaVA-1.5's model's own test;
+    shapes_style  the held-out drawn look (plain backgrounds, large anti-aliased outlined shapes) that no
+                  training run sees: does a model generalise beyond the generator's look?
+    shapes_hr     the high-resolution look (LLaVA-NeXT canvases up to 1008 px, small objects clustered in
+                  some 336-px crops, distractors in others): where a crop budget goes matters.
+
+Files (under `<data root>/<folder>/`, written by `python -m llava.data.synthetic --split test --n N --look LOOK --out DIR`):
     questions.jsonl      question_id, image, text (question + short-answer instruction), category (question type)
     images/              the PNGs
     annotations.json     question_id, answer, question_type, patches, ...
@@ -8,16 +15,20 @@ Files (under `<data root>/shapes/`, written by `python -m llava.data.synthetic -
 Scoring: exact match after lower-casing and dropping a trailing period (every
 answer is one word); accuracy overall and per question type (color, shape,
 exist, count, position, ocr). A missing or error answer counts as wrong.
+`color_word_answers`: the share of colour questions answered with a colour word
+(right or wrong), so that a model answering "What color ..." with yes/no shows.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-from llava.data.synthetic import GENERATOR_VERSION, QUESTION_TYPES
+from llava.data.synthetic import COLORS, GENERATOR_VERSION, QUESTION_TYPES
 from llava.errors import InputError
 from llava.eval.common import SHORT_ANSWER, Question, accuracy_by, answer_text, read_json, read_llava_questions, with_instruction
 
+LOOKS = {"shapes": "lattice", "shapes_style": "drawn", "shapes_hr": "hr"}  # benchmark name (and folder) -> look
 FOLDER = "shapes"
 QUESTION_FILE = "questions.jsonl"
 IMAGE_FOLDER = "images"
@@ -28,23 +39,36 @@ def build_prompt(question: str) -> str:
     return with_instruction(question, SHORT_ANSWER)
 
 
-def load_questions(question_file: Path, image_folder: Path):
-    check_generator_version(Path(question_file).parent)
+def load_questions(question_file: Path, image_folder: Path, benchmark: str = "shapes"):
+    check_generator_version(Path(question_file).parent, benchmark)
     return read_llava_questions(question_file, image_folder, build_prompt, keep=("category",))
 
 
-def check_generator_version(folder: Path) -> None:
-    """Refuse a split written by another version of the generator: its images are not the model's task."""
+def loader(benchmark: str):
+    """`load_questions` of one of the shapes benchmarks (`LOOKS`)."""
+    return partial(load_questions, benchmark=benchmark)
+
+
+def write_command(folder: Path, benchmark: str) -> str:
+    return f"python -m llava.data.synthetic --split test --n 600 --look {LOOKS[benchmark]} --out {folder}"
+
+
+def check_generator_version(folder: Path, benchmark: str = "shapes") -> None:
+    """Refuse a split written by another version of the generator, or in another look than the
+    benchmark's: its images are not the task the scores would claim."""
     meta = folder / "meta.json"
     if not meta.is_file():
         return  # a hand-made question file: nothing to check
-    version = read_json(meta, "shapes meta.json").get("version")
+    written = read_json(meta, "shapes meta.json")
+    version, look = written.get("version"), written.get("look", "lattice")  # files before the looks: lattice
     if version != GENERATOR_VERSION:
         raise InputError(
             f"{folder} was written by version {version} of llava.data.synthetic, this is version "
-            f"{GENERATOR_VERSION}: delete the folder and write it again "
-            f"(python -m llava.data.synthetic --split test --n 600 --out {folder})"
+            f"{GENERATOR_VERSION}: delete the folder and write it again ({write_command(folder, benchmark)})"
         )
+    if look != LOOKS[benchmark]:
+        raise InputError(f"{folder} holds the {look} look, but {benchmark} is the {LOOKS[benchmark]} look: "
+                         f"delete the folder and write it again ({write_command(folder, benchmark)})")
 
 
 def normalize(answer: str | None) -> str:
@@ -69,7 +93,7 @@ def fractions_by_type(graded) -> dict[str, float]:
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
     truth = {a["question_id"]: a for a in read_json(folder / ANNOTATIONS, "shapes annotations")}
-    graded = []
+    graded, color_words = [], []
     for question in questions:
         annotation = truth.get(question.question_id)
         if annotation is None:  # an unreadable line, or an id the annotations lack: wrong, in no type
@@ -77,6 +101,10 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
             continue
         prediction = answer_text(answers.get(question.key))
         graded.append((annotation["question_type"], is_correct(prediction, annotation["answer"])))
+        if annotation["question_type"] == "color":
+            color_words.append(normalize(prediction) in COLORS)
     result = accuracy_by(graded)
     result["types"] = result.pop("groups")
+    if color_words:
+        result["color_word_answers"] = 100.0 * sum(color_words) / len(color_words)
     return result

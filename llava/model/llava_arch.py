@@ -342,15 +342,17 @@ class LlavaForCausalLM(nn.Module):
         fixed_keep: torch.Tensor | None = None,
         attention_layers: tuple[int, ...] = (),
         attention_rows: str = "all",
+        cache_reserve: int = 0,
     ) -> LlavaOutput:
-        """Prefill over spliced inputs. `fixed_keep` (B, N) replays an earlier in-LLM keep set.
+        """Prefill over spliced inputs. `fixed_keep` (B, N) replays an earlier in-LLM keep set. `cache_reserve`: room
+        in the cache for that many tokens to be decoded.
         `attention_layers`: also return those decoder layers' attention probabilities, fp32, every row or
         (`attention_rows="last"`) the last query's (LlamaDecoder.forward)."""
         pruning = None
         if isinstance(self.pruning, LayerPruner) and any(inputs.spans):
             pruning = _SpanPruning(self.pruning, inputs.spans, fixed_keep)
         out = self.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, pruning, use_cache,
-                                  attention_layers, attention_rows)
+                                  attention_layers, attention_rows, cache_reserve)
         hidden = out.hidden if all_logits else out.hidden[:, -1:]
         # A fresh PruneStats per forward: the cache-free decoding paths call this again on grown inputs.
         stats = dataclasses.replace(inputs.stats)

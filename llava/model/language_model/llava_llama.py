@@ -19,7 +19,10 @@ What it adds, all in `LlamaDecoder.forward`'s one loop over layers:
   row) but not in mask mode.
 - **A ragged KV cache.** Each layer caches its own keys with its own key mask,
   so layers < k hold N tokens and layers >= k hold N' tokens. Decoding appends
-  one token to every layer; positions continue the unpruned numbering.
+  one token to every layer; positions continue the unpruned numbering. Keys and
+  values live in per-layer buffers with room for the tokens to come (`cache_reserve`),
+  so a decoding step writes one slot instead of copying the whole cache (`torch.cat`
+  per step made the time per token grow with the tokens generated).
 """
 
 from __future__ import annotations
@@ -71,11 +74,59 @@ LLAMA_PRESETS = {
 # Cache and the pruning seam's interface
 
 
+class _KVBuffer:
+    """Key and value storage of one layer, shared by the successive caches of a generation: (B, Hkv, capacity, hd)
+    each, of which the first `filled` slots are written."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int):
+        self.keys, self.values, self.filled = keys, values, filled
+
+    @classmethod
+    def holding(cls, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> "_KVBuffer":
+        """A buffer of `capacity` slots (at least the tokens given) holding `keys` and `values` (B, Hkv, T, hd)."""
+        T = keys.shape[2]
+        if capacity <= T:
+            return cls(keys, values, T)
+        shape = (*keys.shape[:2], capacity, keys.shape[3])
+        buffer = cls(keys.new_empty(shape), values.new_empty(shape), T)
+        buffer.keys[:, :, :T], buffer.values[:, :, :T] = keys, values
+        return buffer
+
+
 @dataclass
 class LayerCache:
-    keys: torch.Tensor  # (B, Hkv, T, hd), after RoPE
-    values: torch.Tensor  # (B, Hkv, T, hd)
+    """One layer's cached keys and values (after RoPE), (B, Hkv, T, hd) views of its buffer, and their key mask."""
+
+    buffer: _KVBuffer
+    length: int  # T: the slots of the buffer this cache holds
     key_mask: torch.Tensor  # (B, T) bool: True where the cached token is real (not padding, not pruned)
+
+    @classmethod
+    def start(cls, keys: torch.Tensor, values: torch.Tensor, key_mask: torch.Tensor, reserve: int = 0) -> "LayerCache":
+        """The prefill's cache, with room for `reserve` more tokens."""
+        return cls(_KVBuffer.holding(keys, values, keys.shape[2] + reserve), keys.shape[2], key_mask)
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self.buffer.keys[:, :, : self.length]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.buffer.values[:, :, : self.length]
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor, key_mask: torch.Tensor) -> "LayerCache":
+        """This cache followed by `keys` and `values` (B, Hkv, Q, hd); `key_mask` (B, T + Q) covers both.
+
+        Written in place into the free slots of the buffer; the buffer is copied only when it is full (to twice the
+        size) or when this cache was already extended (a second continuation of one prefix must not overwrite the
+        first's slots). This cache object keeps reading its own T tokens either way."""
+        end = self.length + keys.shape[2]
+        buffer = self.buffer
+        if buffer.filled != self.length or end > buffer.keys.shape[2]:
+            buffer = _KVBuffer.holding(self.keys, self.values, max(end, 2 * self.length))
+        buffer.keys[:, :, self.length:end], buffer.values[:, :, self.length:end] = keys, values
+        buffer.filled = end
+        return LayerCache(buffer, end, key_mask)
 
 
 @dataclass
@@ -86,7 +137,7 @@ class KVCache:
     next_position: torch.Tensor  # (B,) position id of the next token: continues the unpruned numbering
 
     def seq_lens(self) -> list[int]:
-        return [layer.keys.shape[2] for layer in self.layers]
+        return [layer.length for layer in self.layers]
 
 
 class InLLMPruning(Protocol):
@@ -196,6 +247,7 @@ class LlamaAttention(nn.Module):
         mask: torch.Tensor | None,  # (B, 1, Q, K) from attention_mask(key_mask, Q); None = causal
         past: LayerCache | None,
         scores: str | None,  # "last": the last query's attention row (FastV); "all": every row (analyses)
+        cache_reserve: int = 0,  # prefill: room for this many more tokens in the new cache
     ) -> tuple[torch.Tensor, LayerCache, torch.Tensor | None]:
         B, Q, _ = x.shape
         q = self.q_proj(x).view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, Q, hd)
@@ -205,30 +257,31 @@ class LlamaAttention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if past is not None:
-            k = torch.cat([past.keys, k], dim=2)  # (B, Hkv, K, hd)
-            v = torch.cat([past.values, v], dim=2)
-        cache = LayerCache(keys=k, values=v, key_mask=key_mask)
+            cache = past.append(k, v, key_mask)
+            k, v = cache.keys, cache.values  # (B, Hkv, K, hd)
+        else:
+            cache = LayerCache.start(k, v, key_mask, cache_reserve)
 
         groups = self.num_heads // self.num_kv_heads
-        k_all = k.repeat_interleave(groups, dim=1) if groups > 1 else k  # (B, H, K, hd)
-        v_all = v.repeat_interleave(groups, dim=1) if groups > 1 else v
         is_causal = mask is None and Q > 1
-        out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=is_causal)  # (B, H, Q, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=groups > 1)  # (B, H, Q, hd)
         out = self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))  # (B, Q, D)
 
         probabilities = None
-        if scores == "last":
-            # FastV's score: the last query's attention over every key, fp32, O(K d).
-            logits = q[:, :, -1:].float() @ k_all.float().transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, 1, K)
-            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-            probabilities = logits.softmax(dim=-1)[:, :, 0]  # (B, H, K)
-        elif scores == "all":
-            # Every query's row, fp32, O(Q K d), with the visibility SDPA used: for the attention analyses.
-            logits = q.float() @ k_all.float().transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, Q, K)
-            K = k_all.shape[2]
-            visible = mask if mask is not None else (
-                torch.arange(K, device=q.device)[None, :] <= torch.arange(K - Q, K, device=q.device)[:, None])
-            probabilities = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+        if scores is not None:
+            k_all = (k.repeat_interleave(groups, dim=1) if groups > 1 else k).float()  # (B, H, K, hd)
+            if scores == "last":
+                # FastV's score: the last query's attention over every key, fp32, O(K d).
+                logits = q[:, :, -1:].float() @ k_all.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, 1, K)
+                logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+                probabilities = logits.softmax(dim=-1)[:, :, 0]  # (B, H, K)
+            else:
+                # Every query's row, fp32, O(Q K d), with the visibility SDPA used: for the attention analyses.
+                logits = q.float() @ k_all.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, Q, K)
+                K = k_all.shape[2]
+                visible = mask if mask is not None else (
+                    torch.arange(K, device=q.device)[None, :] <= torch.arange(K - Q, K, device=q.device)[:, None])
+                probabilities = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
         return out, cache, probabilities
 
 
@@ -252,8 +305,9 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, x, cos, sin, key_mask, mask, past, scores):
-        attn, cache, probabilities = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, mask, past, scores)
+    def forward(self, x, cos, sin, key_mask, mask, past, scores, cache_reserve=0):
+        attn, cache, probabilities = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, mask, past, scores,
+                                                    cache_reserve)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, cache, probabilities
@@ -306,8 +360,10 @@ class LlamaDecoder(nn.Module):
         use_cache: bool = True,
         attention_layers: tuple[int, ...] = (),
         attention_rows: str = "all",
+        cache_reserve: int = 0,
     ) -> DecoderOutput:
         """Run every layer; prune before layer `pruning.layer` if a pruner is given (prefill only).
+        `cache_reserve`: at prefill, room in the new cache for this many tokens to come (decoding writes into it).
         `attention_layers`: also return those layers' attention probabilities, computed from the layer's
         own queries and keys: every row (B, H, Q, K), in the layer's own layout (after in-place pruning,
         its kept rows), or with `attention_rows="last"` the last query's row alone (B, H, K)."""
@@ -328,7 +384,7 @@ class LlamaDecoder(nn.Module):
                 mask = attention_mask(layer_key_mask, q_len)
             want_last_row = pruning is not None and pruning.needs_scores and index == pruning.layer - 1
             scores = attention_rows if index in attention_layers else "last" if want_last_row else None
-            x, layer_cache, probabilities = layer(x, cos, sin, layer_key_mask, mask, past, scores)
+            x, layer_cache, probabilities = layer(x, cos, sin, layer_key_mask, mask, past, scores, cache_reserve)
             new_layers.append(layer_cache)
             if index in attention_layers:
                 maps[index] = probabilities
