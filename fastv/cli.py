@@ -24,17 +24,19 @@ from pathlib import Path
 from llava.conversation import conv_templates
 from llava.errors import CheckpointError, InputError, print_error
 
-# The small LLaVA the project trains and ships (models/llava-shapes-tiny/MODEL_CARD.md).
+# The small LLaVAs the project trains and ships (MODEL_CARD.md in each folder).
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "llava-shapes-tiny"
+SHIPPED_NEXT_MODEL = Path(__file__).resolve().parents[1] / "models" / "llava-next-shapes-tiny"
 
 
-def model_or_shipped(model_path: str | None) -> str:
-    """`model_path`, or the shipped model's folder when none is given (InputError if this checkout lacks it)."""
+def model_or_shipped(model_path: str | None, shipped: Path = SHIPPED_MODEL) -> str:
+    """`model_path`, or a shipped model's folder (LLaVA-1.5's by default) when none is given (InputError if this
+    checkout lacks it)."""
     if model_path is not None:
         return model_path
-    if not (SHIPPED_MODEL / "config.json").is_file():
-        raise InputError(f"no --model-path given and the shipped model is not in this checkout ({SHIPPED_MODEL})")
-    return str(SHIPPED_MODEL)
+    if not (shipped / "config.json").is_file():
+        raise InputError(f"no --model-path given and the shipped model is not in this checkout ({shipped})")
+    return str(shipped)
 
 METHOD_HELP = (
     "pruning method spec, name:key=value,... e.g. 'fastervlm:keep=58' (keep = visual tokens kept per image), "

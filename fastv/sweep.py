@@ -1,17 +1,25 @@
-"""Accuracy vs budget: every registered method at several shares of the visual tokens, on one benchmark.
+"""Accuracy vs budget: every method at several shares of the visual tokens, on one benchmark.
 
-    fastv sweep --limit 300 --batch-size 32 --out results/cpu-2core-2026-11-24/shapes-sweep
+    fastv sweep --limit 300 --batch-size 32 --out results/X/shapes-sweep
+    fastv sweep --benchmark shapes_hr --limit 300 --out results/X/shapes-hr-sweep     (the shipped LLaVA-NeXT)
 
 Loads the model once and switches methods with `set_pruning`; every (method,
 budget) gets its own run directory under `--out` (answers, scores, run.json), so
 an interrupted sweep resumes where it stopped. Writes `sweep.json`, `sweep.md`
-(overall accuracy per method and budget, then per question type) and `sweep.png`.
+(overall accuracy per method and budget, then per question type, with the tokens
+each run really kept) and `sweep.png` (accuracy against the visual tokens kept).
 
-Budgets are shares of the visual tokens per image, in (0, 1]: `keep = round(share *
-tokens)`. `pool` needs a square grid, so it keeps the nearest square number of
-tokens; the table reports the tokens each run really kept (mean over questions)
-and the number of questions each score was taken over. Every option is checked
-before the model is loaded.
+Budgets are shares of the visual tokens of an image, in (0, 1], matched across
+methods: `keep = round(share * N)` per image (LLaVA-1.5) or per partition
+(LLaVA-NeXT: every method that keeps a count per partition, FastV's keep x
+partitions over the image, so all keep the same total), and HiRED's rate is the
+share itself (floor(P x N x share) per image). `pool` needs a square grid, so it
+keeps the nearest square number. Adaptive methods (PruMerge, PruMerge+) take no
+budget: they run once and are plotted at the tokens they reached. A method name
+may carry fixed parameters (`hired:split=paper`). `--baseline-model` adds a
+second model's unpruned row (by default on shapes_hr: the shipped LLaVA-1.5, its
+single 336-px view of the same images), so the value of high resolution shows.
+Every option is checked before a model is loaded.
 """
 
 from __future__ import annotations
@@ -22,16 +30,27 @@ import math
 from pathlib import Path
 
 DEFAULT_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)
+NEXT_SHARES = (0.5, 0.2, 0.1, 0.05)
+# The methods that run on LLaVA-NeXT, HiRED in both of its crop-budget splits (METHODS.md)
+NEXT_METHODS = ("none", "fastervlm", "hired", "hired:split=paper", "prumerge", "prumerge+", "fastv", "random", "uniform")
+NOMINAL_TOKENS = 576  # the patches a method name is checked against before the model is loaded
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-path", help="checkpoint folder (default: the shipped model)")
+    parser.add_argument("--model-path", help="checkpoint folder (default: the shipped model of the benchmark: "
+                                             "LLaVA-NeXT for shapes_hr, else LLaVA-1.5)")
     parser.add_argument("--benchmark", default="shapes", help="benchmark name (see llava/eval/registry.py)")
     parser.add_argument("--data-root", default="playground/data/eval", help="benchmark data root")
     parser.add_argument("--out", required=True, help="folder for the run directories, sweep.{json,md,png}")
-    parser.add_argument("--methods", nargs="+", help="method names (default: every registered method)")
-    parser.add_argument("--shares", nargs="+", type=float, default=list(DEFAULT_SHARES),
-                        help="fractions of the visual tokens KEPT per image (1.0 = all)")
+    parser.add_argument("--methods", nargs="+",
+                        help="method names, optionally with fixed parameters (hired:split=paper) [default: every "
+                             f"registered method; on LLaVA-NeXT: {' '.join(NEXT_METHODS)}]")
+    parser.add_argument("--shares", nargs="+", type=float,
+                        help=f"fractions of the visual tokens KEPT per image [default: {' '.join(map(str, DEFAULT_SHARES))}; "
+                             f"on LLaVA-NeXT: {' '.join(map(str, NEXT_SHARES))}]")
+    parser.add_argument("--baseline-model",
+                        help="also run this model unpruned as a row ('none': no such row) [default on shapes_hr: the "
+                             "shipped LLaVA-1.5]")
     parser.add_argument("--limit", type=int, help="answer only the first N questions")
     parser.add_argument("--n-questions", type=int, default=600,
                         help="shapes benchmarks only: test questions to generate when the data root has none")
@@ -41,15 +60,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def method_spec(name: str, share: float, tokens: int) -> str:
-    """The spec that keeps `share` of `tokens` visual tokens with method `name`."""
-    if name == "none":
-        return "none"
-    keep = round(share * tokens)
-    if name == "pool":
-        keep = max(1, round(math.sqrt(keep))) ** 2
-    if name == "fastv":
-        return f"fastv:k=2,keep={keep}"
-    return f"{name}:keep={keep}"
+    """The spec that keeps `share` of the visual tokens with method `name` (fixed parameters after a colon stay):
+    `keep = round(share * tokens)` (`tokens`: patches per image, or per partition on LLaVA-NeXT), HiRED's rate =
+    `share`; an adaptive method's spec is its name."""
+    from llava.errors import InputError
+    from llava.model.pruning.registry import parse_method
+
+    base, _, fixed = name.partition(":")
+    try:
+        if base == "none" or is_adaptive(parse_method(name), tokens):
+            return name
+    except InputError:  # the name alone lacks its budget: a method with one
+        pass
+    if base == "hired":
+        budget = f"rate={share:g}"
+    else:
+        keep = round(share * tokens)
+        if base == "pool":
+            keep = max(1, round(math.sqrt(keep))) ** 2
+        budget = f"k=2,keep={keep}" if base == "fastv" else f"keep={keep}"
+    return f"{base}:{budget}" + (f",{fixed}" if fixed else "")
+
+
+def is_adaptive(method, tokens: int) -> bool:
+    """A method that keeps what its rule finds (PruMerge): no budget to set."""
+    from llava.model.pruning.base import VisionPruner
+
+    return isinstance(method, VisionPruner) and method.budget(tokens) is None
 
 
 def check_options(out, names, shares, limit, max_new_tokens, batch_size, device) -> None:
@@ -58,20 +95,26 @@ def check_options(out, names, shares, limit, max_new_tokens, batch_size, device)
     from llava.errors import InputError
     from llava.eval.run import check_run_options, prepare_output_dir
     from llava.generate import check_generation_options
-    from llava.model.pruning.registry import available_methods, parse_method
+    from llava.model.pruning.registry import parse_method
 
     bad = [share for share in shares if not 0 < share <= 1]
     if bad or not shares:
         raise InputError(f"--shares must be fractions of the visual tokens kept, in (0, 1]; got {', '.join(map(str, bad or shares)) or 'none'}")
-    known = available_methods()
-    for name in names:
-        if name not in known:
-            parse_method(name)  # the registry's "unknown method ... did you mean" error
+    for name in names:  # the registry's "unknown method ... did you mean" error, and bad fixed parameters
+        parse_method(method_spec(name, shares[0], NOMINAL_TOKENS))
     check_run_options(batch_size, limit)
     if max_new_tokens is not None:
         check_generation_options(max_new_tokens, 0.0)
     resolve_device(device)
     prepare_output_dir(Path(out))
+
+
+def default_model(benchmark: str, model_path: str | None) -> str:
+    from fastv.cli import SHIPPED_NEXT_MODEL, model_or_shipped
+
+    if model_path is None and benchmark == "shapes_hr":
+        return model_or_shipped(None, SHIPPED_NEXT_MODEL)
+    return model_or_shipped(model_path)
 
 
 def main(
@@ -80,7 +123,8 @@ def main(
     benchmark: str = "shapes",
     data_root: str = "playground/data/eval",
     methods: list[str] | None = None,
-    shares: list[float] = DEFAULT_SHARES,
+    shares: list[float] | None = None,
+    baseline_model: str | None = None,
     limit: int | None = None,
     n_questions: int = 600,
     max_new_tokens: int | None = None,
@@ -89,40 +133,45 @@ def main(
 ) -> dict:
     from fastv.cli import model_or_shipped
     from llava.eval.registry import get_benchmark
-    from llava.eval.run import run_benchmark
     from llava.eval.shapes import LOOKS as SHAPES_LOOKS
+    from llava.model.builder import read_checkpoint
     from llava.model.pruning.registry import available_methods
     from llava.pipeline import LlavaPipeline
 
-    names = methods or available_methods()
-    check_options(out, names, shares, limit, max_new_tokens, batch_size, device)
-    model_path = model_or_shipped(model_path)
     bench = get_benchmark(benchmark)
+    check_options(out, methods or [], shares or DEFAULT_SHARES, limit, max_new_tokens, batch_size, device)
+    model_path = default_model(benchmark, model_path)
+    anyres = read_checkpoint(model_path).config.anyres
+    names = methods or (list(NEXT_METHODS) if anyres else available_methods())
+    shares = list(shares or (NEXT_SHARES if anyres else DEFAULT_SHARES))
+    if baseline_model is None and benchmark == "shapes_hr":
+        baseline_model = model_or_shipped(None)
+    baseline_model = None if baseline_model == "none" else baseline_model
+    if baseline_model is not None:
+        read_checkpoint(baseline_model)  # a bad folder fails now, not after the sweep
     folder = Path(data_root) / bench.folder
     if benchmark in SHAPES_LOOKS and not (folder / bench.question_file).is_file():  # generated when missing
         from llava.data.synthetic import write_split
 
         write_split("test", n_questions, folder, look=SHAPES_LOOKS[benchmark])
+
+    options = dict(data_root=data_root, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
     pipe = LlavaPipeline.load(model_path, device=device)
     tokens = pipe.model.config.tokens_per_image
-
-    runs = []
+    runs, done = [], set()
     for name in names:
-        for share in ([1.0] if name == "none" else shares):
+        for share in shares:
             spec = pipe.model.set_pruning(method_spec(name, share, tokens)).spec
-            run_dir = Path(out) / spec.replace(":", "_").replace(",", "_").replace("=", "")
-            scores = run_benchmark(
-                benchmark, pipe, data_root, run_dir, model_path=model_path, method=spec,
-                max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, progress=False,
-            )
-            metrics = scores["metrics"]
-            runs.append({
-                "method": name, "spec": spec, "share": share,
-                "kept_tokens": scores["run"].get("kept_tokens_mean"), "questions": scores["run"]["questions"],
-                "accuracy": metrics.get("accuracy", scores["headline"]["value"]),
-                "types": metrics.get("types", {}),
-            })
-    result = {"model": model_path, "benchmark": benchmark, "tokens_per_image": tokens, "runs": runs}
+            if spec in done:  # none, and adaptive methods: one run
+                continue
+            done.add(spec)
+            adaptive = spec == "none" or is_adaptive(pipe.model.pruning, tokens)
+            runs.append(_run(benchmark, pipe, Path(out), name, spec, None if adaptive else share, model_path, **options))
+    if baseline_model is not None:
+        baseline = LlavaPipeline.load(baseline_model, device=device)
+        runs.append(_run(benchmark, baseline, Path(out) / "baseline", "baseline", "none", None, baseline_model, **options))
+    result = {"model": model_path, "benchmark": benchmark, "anyres": anyres, "tokens_per_image": tokens,
+              "baseline_model": baseline_model, "runs": runs}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     table = to_markdown(result)
@@ -132,36 +181,63 @@ def main(
     return result
 
 
+def _run(benchmark, pipe, out: Path, name: str, spec: str, share: float | None, model_path: str, **options) -> dict:
+    """One (method, budget) in its own resumable run directory, as a row of the sweep."""
+    from llava.eval.run import run_benchmark
+
+    run_dir = out / spec.replace(":", "_").replace(",", "_").replace("=", "")
+    scores = run_benchmark(benchmark, pipe, options["data_root"], run_dir, model_path=model_path, method=spec,
+                           max_new_tokens=options["max_new_tokens"], batch_size=options["batch_size"],
+                           limit=options["limit"], progress=False)
+    metrics = scores["metrics"]
+    return {
+        "method": name, "spec": spec, "share": share, "model": model_path,
+        "kept_tokens": scores["run"].get("kept_tokens_mean"), "visual_tokens": scores["run"].get("visual_tokens_mean"),
+        "questions": scores["run"]["questions"],
+        "accuracy": metrics.get("accuracy", scores["headline"]["value"]),
+        "types": metrics.get("types", {}),
+    }
+
+
 def to_markdown(result: dict) -> str:
     runs = result["runs"]
-    shares = sorted({r["share"] for r in runs if r["method"] != "none"}, reverse=True)
-    unpruned = next((r for r in runs if r["method"] == "none"), None)
+    shares = sorted({r["share"] for r in runs if r["share"] is not None}, reverse=True)
     tokens = result["tokens_per_image"]
+    per = "per partition (base view and crops alike)" if result.get("anyres") else "per image"
     header = " | ".join(f"{s:.0%} ({round(s * tokens)})" for s in shares)
     counts = sorted({r.get("questions") for r in runs}, key=str)
     over = (f"over {counts[0]} questions each" if len(counts) == 1
             else f"over different numbers of questions ({', '.join(map(str, counts))}: see the per-type table)")
+    adaptive = [r for r in runs if r["share"] is None and r["spec"] != "none"]
     lines = [
-        f"Accuracy (%) on {result['benchmark']}, by method and share of the {tokens} visual tokens kept per image, {over}",
+        f"Accuracy (%) on {result['benchmark']}, by method and share of the {tokens} visual tokens kept {per}, {over}",
         "",
-        f"| method | {header} |",
-        "|---|" + "---:|" * len(shares),
+        f"| method | {header} |" + (" adaptive (tokens kept) |" if adaptive else ""),
+        "|---|" + "---:|" * (len(shares) + bool(adaptive)),
     ]
-    if unpruned:
-        lines.append(f"| none (unpruned) | {_number(unpruned['accuracy'])} |" + " |" * (len(shares) - 1))
-    for name in dict.fromkeys(r["method"] for r in runs if r["method"] != "none"):
+    blank = " |" * (len(shares) - 1 + bool(adaptive))
+    for r in runs:
+        if r["spec"] == "none":
+            label = "none (unpruned)" if r["method"] != "baseline" else f"baseline: {Path(r['model']).name}, unpruned"
+            lines.append(f"| {label} | {_number(r['accuracy'])} |" + blank)
+    for name in dict.fromkeys(r["method"] for r in runs if r["spec"] != "none"):
         by_share = {r["share"]: r for r in runs if r["method"] == name}
         cells = [_number(by_share[s]["accuracy"]) if s in by_share else "" for s in shares]
+        if adaptive:
+            reached = by_share.get(None)
+            cells.append(f"{_number(reached['accuracy'])} ({reached['kept_tokens']:.0f})" if reached else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     types = sorted({t for r in runs for t in r["types"]})
     if types:
-        lines += ["", "Per question type (\"-\": the run had no question of that type):", "",
+        lines += ["", "Per question type (\"-\": the run had no question of that type; kept: visual tokens kept per "
+                      "image, mean, newline tokens not counted):", "",
                   "| method | kept | questions | " + " | ".join(types) + " |", "|---|---:|---:|" + "---:|" * len(types)]
         for r in runs:
             kept = f"{r['kept_tokens']:.0f}" if r["kept_tokens"] is not None else ""
             cells = " | ".join(_number(r["types"].get(t)) for t in types)
-            lines.append(f"| {r['spec']} | {kept} | {r.get('questions', '')} | {cells} |")
+            spec = r["spec"] if r["method"] != "baseline" else f"baseline ({Path(r['model']).name})"
+            lines.append(f"| {spec} | {kept} | {r.get('questions', '')} | {cells} |")
     return "\n".join(lines)
 
 
@@ -170,29 +246,31 @@ def _number(value) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
+    """Accuracy against the visual tokens each run really kept (mean per image), one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    figure, axis = plt.subplots(figsize=(7, 4.4))
     for name in dict.fromkeys(r["method"] for r in result["runs"]):
-        points = sorted((r["share"], r["accuracy"]) for r in result["runs"]
-                        if r["method"] == name and r["accuracy"] is not None)
-        if not points:
+        runs = [r for r in result["runs"] if r["method"] == name and r["accuracy"] is not None]
+        if not runs:
             continue
-        if name == "none":
-            axis.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label="none (unpruned)")
-        else:
-            axis.plot([100 * s for s, _ in points], [a for _, a in points], marker="o", label=name)
+        if runs[0]["spec"] == "none":
+            style = dict(color="black", linestyle="--") if name != "baseline" else dict(color="gray", linestyle=":")
+            label = "none (unpruned)" if name != "baseline" else f"{Path(runs[0]['model']).name}, unpruned"
+            axis.axhline(runs[0]["accuracy"], linewidth=1, label=label, **style)
+            continue
+        points = sorted((r["kept_tokens"], r["accuracy"]) for r in runs)
+        axis.plot([t for t, _ in points], [a for _, a in points], marker="o" if len(points) > 1 else "*",
+                  markersize=5 if len(points) > 1 else 10, linestyle="-" if len(points) > 1 else "", label=name)
     axis.set_xscale("log")
-    axis.set_xticks([100 * s for s in sorted({r["share"] for r in result["runs"]})])
-    axis.set_xticklabels([f"{100 * s:g}%" for s in sorted({r["share"] for r in result["runs"]})])
-    axis.set_xlabel(f"visual tokens kept (share of {result['tokens_per_image']})")
+    axis.set_xlabel("visual tokens kept per image (mean; newline tokens not counted)")
     axis.set_ylabel("accuracy (%)")
-    axis.set_title(f"{result['benchmark']}: accuracy vs visual-token budget")
+    axis.set_title(f"{result['benchmark']}: accuracy vs visual tokens ({Path(result['model']).name})")
     axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -36,6 +36,8 @@ def test_method_spec_for_shares():
     assert sweep.method_spec("fastv", 0.25, 576) == "fastv:k=2,keep=144"
     assert sweep.method_spec("pool", 0.1, 576) == "pool:keep=64"  # nearest square to 58
     assert sweep.method_spec("none", 0.1, 576) == "none"
+    assert sweep.method_spec("hired:split=paper", 0.1, 144) == "hired:rate=0.1,split=paper"
+    assert sweep.method_spec("prumerge+", 0.1, 144) == "prumerge+"  # adaptive: no budget
 
 
 @pytest.mark.parametrize("options, message", [
@@ -93,3 +95,24 @@ def test_a_corrupt_run_file_in_a_sweep_folder(tiny_llava_dir, tmp_path):
     (run_dir / "run.json").write_text("[1]")
     with pytest.raises(InputError, match=f"^{run_dir / 'run.json'} is not a JSON object"):
         sweep.main(str(tmp_path / "sweep"), **options)
+
+
+def test_a_next_sweep_matches_budgets_across_methods_and_adds_the_baseline(tiny_next_dir, tiny_llava_dir, tmp_path):
+    """On LLaVA-NeXT: keep per partition, HiRED's rate = the share, PruMerge once at what it reached, and the
+    LLaVA-1.5 baseline's unpruned row on the same shapes_hr questions."""
+    out = tmp_path / "sweep"
+    result = sweep.main(
+        str(out), model_path=str(tiny_next_dir), benchmark="shapes_hr", data_root=str(tmp_path / "data"),
+        methods=["none", "fastervlm", "hired", "hired:split=paper", "prumerge"], shares=[0.5, 0.25],
+        baseline_model=str(tiny_llava_dir), limit=2, n_questions=2, batch_size=2, max_new_tokens=2,
+    )
+    specs = [r["spec"] for r in result["runs"]]
+    assert specs == ["none", "fastervlm:keep=32", "fastervlm:keep=16", "hired:rate=0.5", "hired:rate=0.25",
+                     "hired:rate=0.5,split=paper", "hired:rate=0.25,split=paper", "prumerge", "none"]
+    assert result["anyres"] and result["tokens_per_image"] == 64
+    baseline = result["runs"][-1]
+    assert baseline["method"] == "baseline" and baseline["model"] == str(tiny_llava_dir)
+    assert next(r for r in result["runs"] if r["spec"] == "prumerge")["share"] is None
+    table = (out / "sweep.md").read_text()
+    assert "per partition" in table.splitlines()[0] and "| baseline: " in table and "adaptive (tokens kept)" in table
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
