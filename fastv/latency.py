@@ -21,7 +21,7 @@ Per contestant (JSON row fields; medians over `--repeats`, and `<field>_iqr` = [
     ttft_s              time to first token: token ids and pixel values on the device -> the first token
     decode_s_per_token  (e2e_s - ttft_s) / (new_tokens - 1): one more token
     e2e_s               all new_tokens tokens
-    answers_per_s       batch / e2e_s
+    answers_per_s       batch / e2e_s; tokens_per_s: batch * new_tokens / e2e_s
     peak_memory_bytes   CUDA: torch.cuda.max_memory_allocated over the generation (weights included);
                         CPU: the process's peak RSS during it minus its RSS before (VmHWM, reset per run)
     kv_cache_bytes      the keys and values the cache holds after prefill, from each layer's real length per sample
@@ -506,16 +506,17 @@ def main(
     progress: bool = True,
 ) -> dict:
     from llava.device import default_dtype
-    from llava.errors import InputError
 
     dev = check_options(preset, random_weights, model_path, methods, batch, new_tokens, text_tokens, repeats, warmup,
                         device, json_out)
     torch_dtype = getattr(torch, dtype) if dtype else default_dtype(dev)
     if preset is not None:
-        if quant:
-            raise InputError("--quant needs real weights to quantise: use it with --model-path")
         ours, hf, image_token = random_models(preset, dev, torch_dtype)
-        model_name = f"{preset} (random weights)"
+        if quant:  # quantising random weights costs what quantising real ones does
+            from llava.model.quantization import quantize_language_model
+
+            quantize_language_model(ours, bits=4 if quant == "4bit" else 8, device=dev, compute_dtype=torch_dtype)
+        model_name = f"{preset} (random weights{', ' + quant if quant else ''})"
     else:
         from fastv.cli import model_or_shipped
 
@@ -575,6 +576,7 @@ def summarise(name: str, spec: str | None, runs: list[Run], batch: int, new_toke
         row[field] = statistics.median(values)
         row[f"{field}_iqr"] = _quartiles(values)
     row["answers_per_s"] = batch / row["e2e_s"]
+    row["tokens_per_s"] = batch * new_tokens / row["e2e_s"]  # generated tokens (HiRED's "token throughput")
     memory = [r.peak_memory_bytes for r in runs if r.peak_memory_bytes is not None]
     row["peak_memory_bytes"] = int(statistics.median(memory)) if memory else None
     row["kv_cache_bytes"] = runs[0].kv_cache_bytes

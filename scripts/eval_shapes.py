@@ -8,6 +8,8 @@ pruning methods can be compared on the same samples::
 
     .venv/bin/python scripts/eval_shapes.py --model-path models/llava-shapes-tiny --n 600 \\
         --method none --method fastervlm:keep=36 --json runs/eval.json
+    .venv/bin/python scripts/eval_shapes.py --look drawn --n 600     # the held-out style
+    .venv/bin/python scripts/eval_shapes.py --look hr --model-path models/llava-next-shapes-tiny
 
 Prints a table (rows: methods, columns: question types) and one JSON object
 ({"model", "split", "start", "n", "results": {method: {type: accuracy, ...,
@@ -41,6 +43,9 @@ def evaluate(pipe: LlavaPipeline, samples, batch_size: int) -> tuple[dict, list[
             records.append({"question_id": s.question_id, "type": s.question_type, "answer": s.answer,
                             "prediction": shapes.normalize(a.text), "correct": shapes.is_correct(a.text, s.answer)})
     acc = shapes.fractions_by_type((r["type"], r["correct"]) for r in records)
+    colours = [r["prediction"] in synthetic.COLORS for r in records if r["type"] == "color"]
+    if colours:  # a "What color ..." question answered with a colour word, right or wrong (never yes/no)
+        acc["color_word_answers"] = sum(colours) / len(colours)
     return {name: round(value, 4) for name, value in acc.items()}, records
 
 
@@ -50,6 +55,8 @@ def main(argv=None) -> dict:
     p.add_argument("--model-path", default="models/llava-shapes-tiny", help="llava-hf checkpoint folder")
     p.add_argument("--method", action="append", help="pruning spec, repeatable (default: none)")
     p.add_argument("--split", default="test", choices=sorted(synthetic.SPLIT_SEED_BASE))
+    p.add_argument("--look", default="lattice", choices=synthetic.LOOKS,
+                   help="the generator's look: lattice (shapes), drawn (shapes_style, held out), hr (shapes_hr)")
     p.add_argument("--n", type=int, default=600, help="samples to answer")
     p.add_argument("--start", type=int, default=0, help="index of the first sample")
     p.add_argument("--batch-size", type=int, default=50)
@@ -64,7 +71,7 @@ def main(argv=None) -> dict:
         sys.exit(print_error(error))
     torch.set_num_threads(args.threads)
     methods = args.method or ["none"]
-    samples = list(synthetic.generate_split(args.split, args.n, args.start))
+    samples = list(synthetic.generate_split(args.split, args.n, args.start, args.look))
     results, all_records = {}, []
     for method in methods:
         try:
@@ -81,7 +88,7 @@ def main(argv=None) -> dict:
     print(f"{'method':<{width}}  " + "  ".join(f"{c:>8}" for c in columns))
     for method, acc in results.items():
         print(f"{method:<{width}}  " + "  ".join(f"{100 * acc[c]:>7.1f}%" for c in columns))
-    out = {"model": args.model_path, "split": args.split, "start": args.start, "n": len(samples),
+    out = {"model": args.model_path, "split": args.split, "look": args.look, "start": args.start, "n": len(samples),
            "results": results}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

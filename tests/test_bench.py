@@ -106,3 +106,29 @@ def test_a_random_weight_preset_shares_one_copy_of_the_weights():
     assert ours.lm_head.weight.data_ptr() == hf.lm_head.weight.data_ptr()
     assert ours.config.text.num_layers == 4 and image_token == ours.config.text.vocab_size - 1
     assert not any(p.is_meta for p in ours.parameters()) and ours.language_model.inv_freq.device.type == "cpu"
+
+
+@pytest.mark.parametrize("script, files", [
+    ("fastv_aokvqa.sh", ["fastv-aokvqa.json", "fastv-aokvqa.png", "fastv-aokvqa-table.md"]),
+    ("hired_sys_report.sh", ["hired-sys-report.json", "hired-sys-report.md", "hired-sys-report-table.md"]),
+])
+def test_paper_scripts_write_their_tables(script, files, tiny_llava_dir, tiny_next_dir, tmp_path):
+    """scripts/latency/*.sh on CPU with a tiny checkpoint: the bench files and the paper-layout table."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    model = tiny_next_dir if script.startswith("hired") else tiny_llava_dir
+    env = {**os.environ, "DEVICE": "cpu", "DTYPE": "float32", "REPEATS": "1", "NEW_TOKENS": "2", "OUT": str(tmp_path),
+           "FASTV": str(repo / ".venv/bin/fastv")}
+    done = subprocess.run(["bash", f"scripts/latency/{script}", str(model)], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in files:
+        assert (tmp_path / name).stat().st_size > 0, name
+    table = (tmp_path / files[-1]).read_text()
+    if script.startswith("fastv"):
+        assert "| float32 | off |" in table and "| float32 | K=2, R=75% |" in table  # FastV's rows
+    else:
+        assert "| hired:rate=0.1 |" in table and "token throughput" in table

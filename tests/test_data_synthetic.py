@@ -136,16 +136,16 @@ def _expected_answer(sample):
     if m := re.fullmatch(r"Is the (\w+) (\w+) (?:on the left or the right|at the top or the bottom)\?", question):
         named = [o for o in objects if (o["color"], o["shape"]) == (m[1], m[2])]
         assert len(named) == 1, question
-        return _clear_side(named[0]["bbox"], horizontal="left" in question)
+        return _clear_side(named[0]["bbox"], horizontal="left" in question, size=sample.size)
     if question in ("What word is written in the image?", "What number is written in the image?"):
         assert sample.text is not None and sample.text.isdigit() == ("number" in question)
         return sample.text.lower()
     raise AssertionError(f"unexpected question {question!r}")
 
 
-def _clear_side(bbox, horizontal: bool) -> str:
+def _clear_side(bbox, horizontal: bool, size=(IMAGE_SIZE, IMAGE_SIZE)) -> str:
     low, high = (bbox[0], bbox[2]) if horizontal else (bbox[1], bbox[3])
-    middle = IMAGE_SIZE // 2
+    middle = (size[0] if horizontal else size[1]) // 2
     if high <= middle - POSITION_MARGIN:
         return "left" if horizontal else "top"
     assert low >= middle + POSITION_MARGIN, f"box {bbox} is not clearly in one half"
@@ -352,3 +352,100 @@ def test_tokenizer_saves_and_loads_with_auto_tokenizer(tokenizer, tmp_path):
 def test_tokenizer_build_is_deterministic(tokenizer):
     from llava.data.tokenizer import build_tokenizer
     assert build_tokenizer().backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()
+
+
+# ----------------------------------------------------------------------------
+# The other looks: varied (training), drawn (held out), hr (LLaVA-NeXT canvases)
+
+
+@pytest.fixture(scope="module")
+def looks():
+    return {look: list(generate_split("test", 60, look=look)) for look in ("varied", "drawn", "hr")}
+
+
+def test_the_lattice_look_is_the_default_and_the_looks_draw_apart():
+    assert make_sample("test", 5).look == "lattice"
+    images = {look: _image_hash(make_sample("test", 5, look=look)) for look in synthetic.LOOKS}
+    assert len(set(images.values())) == len(synthetic.LOOKS)  # one seed, a stream of its own per look
+    assert _image_hash(make_sample("test", 5, look="hr")) == images["hr"]  # reproducible alone
+    with pytest.raises(ValueError, match="unknown look"):
+        make_sample("test", 5, look="sketch")
+
+
+def test_every_look_asks_unambiguous_questions_with_right_answers(looks):
+    for samples in looks.values():
+        for s in samples:
+            assert _expected_answer(s) == s.answer, (s.look, s.question_id, s.question)
+        assert {s.question_type for s in samples} == set(QUESTION_TYPES)
+
+
+def test_varied_and_drawn_objects_are_anywhere_and_of_many_sizes(looks):
+    sides = [o["bbox"][2] - o["bbox"][0] for s in looks["varied"] for o in s.objects]
+    assert min(sides) <= 25 and max(sides) >= 90  # from about 5% of the image to a third of it
+    offsets = {o["bbox"][0] % synthetic.LATTICE for s in looks["varied"] for o in s.objects}
+    assert len(offsets) > 10  # off the 28-px lattice
+    assert min(o["bbox"][2] - o["bbox"][0] for s in looks["drawn"] for o in s.objects) >= 2 * 32 + 1  # large
+    for s in looks["varied"] + looks["drawn"]:
+        boxes = [o["bbox"] for o in s.objects] + ([s.text_bbox] if s.text_bbox else [])
+        for i, a in enumerate(boxes):
+            assert 0 <= a[0] < a[2] <= IMAGE_SIZE and 0 <= a[1] < a[3] <= IMAGE_SIZE
+            assert not any(_overlap(a, b) for b in boxes[i + 1:]), s.question_id
+
+
+def test_the_drawn_look_is_plain_and_anti_aliased(looks):
+    """A flat pale background, and object edges that mix with it (the training looks' edges never do)."""
+    for s in looks["drawn"][:12]:
+        pixels = np.asarray(s.image).astype(int)
+        background = pixels[s.label_map == 0]
+        corner = pixels[0, 0]
+        assert (np.abs(background - corner).max(axis=1) <= 1).mean() > 0.95  # plain, but for the text box
+        o = s.objects[0]
+        x0, y0, x1, y1 = o["bbox"]
+        window = pixels[y0:y1, x0:x1].reshape(-1, 3)
+        colour = np.asarray(COLORS[o["color"]])
+        mixed = [p for p in window if 8 < np.abs(p - colour).max() and 8 < np.abs(p - corner).max()]
+        assert len(mixed) > 0.03 * len(window), s.question_id  # the outline and the blended edge
+
+
+def test_the_hr_look_clusters_small_objects_in_some_crops(looks):
+    canvases = set()
+    for s in looks["hr"]:
+        width, height = s.size
+        canvases.add((width, height))
+        rows, cols = s.layout["crop_grid"]
+        assert (rows, cols) == (height // 336, width // 336)
+        busy = set(s.layout["busy_crops"])
+        assert 1 <= len(busy) <= 2 and not busy & set(s.layout["cluttered_crops"])
+        for box in [o["bbox"] for o in s.objects] + ([s.text_bbox] if s.text_bbox else []):
+            row, col = box[1] // 336, box[0] // 336
+            assert (box[3] - 1) // 336 == row and (box[2] - 1) // 336 == col  # inside one crop
+            assert row * cols + col in busy
+        for o in s.objects:  # small, centred in one cell of the 28-px lattice
+            assert o["size"] == "small" and o["bbox"][2] - o["bbox"][0] == 2 * synthetic.HR_HALF + 1
+            assert o["bbox"][0] % synthetic.LATTICE == o["bbox"][1] % synthetic.LATTICE == (28 - 25) // 2
+        blobs = (s.label_map == synthetic.DISTRACTOR_ID)
+        assert bool(blobs.any()) == (s.layout["distractors"] > 0)
+        for crop in range(rows * cols):
+            r, c = divmod(crop, cols)
+            if crop not in s.layout["cluttered_crops"]:
+                assert not blobs[r * 336:(r + 1) * 336, c * 336:(c + 1) * 336].any()
+    assert canvases == set(synthetic.HR_CANVASES)
+    assert any(s.layout["cluttered_crops"] for s in looks["hr"]) and any(not s.layout["distractors"] for s in looks["hr"])
+
+
+def test_hr_patches_index_the_whole_images_14_px_grid(looks):
+    for s in looks["hr"]:
+        columns = s.size[0] // 14
+        for o in s.objects:
+            x, y = o["center"]
+            assert (y // 14) * columns + x // 14 in o["patches"]
+
+
+def test_write_split_records_the_look(tmp_path):
+    out = write_split("test", 3, tmp_path / "hr", look="hr")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["look"] == "hr" and meta["image_size"] == 1008
+    annotations = json.loads((out / "annotations.json").read_text())
+    assert all("layout" in a for a in annotations)
+    with Image.open(out / "images" / "test_0000000.png") as image:
+        assert image.size == make_sample("test", 0, look="hr").size

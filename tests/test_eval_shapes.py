@@ -47,3 +47,29 @@ def test_a_split_from_another_generator_version_is_refused(tmp_path):
     (folder / "meta.json").write_text(json.dumps({**meta, "version": meta["version"] - 1}))
     with pytest.raises(InputError, match="version .* delete the folder"):
         shapes.load_questions(folder / "questions.jsonl", folder / "images")
+
+
+def test_each_shapes_benchmark_takes_only_its_own_look(tmp_path):
+    import pytest
+
+    from llava.data.synthetic import write_split
+    from llava.errors import InputError
+    from llava.eval.registry import get_benchmark
+
+    hr = write_split("test", 2, tmp_path / "shapes_hr", look="hr")
+    bench = get_benchmark("shapes_hr")
+    assert bench.folder == "shapes_hr" and len(list(bench.load_questions(hr / "questions.jsonl", hr / "images"))) == 2
+    with pytest.raises(InputError, match="holds the hr look, but shapes_style is the drawn look"):
+        get_benchmark("shapes_style").load_questions(hr / "questions.jsonl", hr / "images")
+    with pytest.raises(InputError, match="--look lattice"):
+        get_benchmark("shapes").load_questions(hr / "questions.jsonl", hr / "images")
+
+
+def test_colour_questions_report_how_often_the_answer_is_a_colour_word(tmp_path):
+    annotations = [{"question_id": f"q{i}", "answer": "red", "question_type": "color"} for i in range(4)]
+    (tmp_path / "annotations.json").write_text(json.dumps(annotations))
+    questions = [Question(a["question_id"], "What color is the star?") for a in annotations]
+    said = ["red", "Blue.", "yes", "no"]  # two colour words (one right), two yes/no
+    answers = {q.key: {"text": text} for q, text in zip(questions, said)}
+    result = shapes.score(questions, answers, tmp_path, tmp_path)
+    assert result["accuracy"] == 25.0 and result["color_word_answers"] == 50.0

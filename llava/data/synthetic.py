@@ -35,11 +35,27 @@ asked when the object's whole box lies in one half, at least
 the text box; an exist question answered "no" names a colour-shape pair that
 is absent while its colour or its shape is present (a hard negative).
 
-Each sample also records ``patches``: the indices, on the ViT's 24x24 grid of
-14-px patches in raster order (``row * 24 + col``), of the patches that hold at
-least one pixel of the object(s) the question is about (of the text box for
-ocr questions; empty for an exist question answered "no"). Tests use them to
-check that a pruning method keeps the tokens that matter.
+Looks (``LOOKS``): one task, four ways of drawing it, each a stream of seeds of its own:
+
+- ``lattice``: the above, the ``shapes`` benchmark (unchanged since generator version 2);
+- ``varied``: for training only: any background of ``VARIED_BACKGROUNDS`` (flat, white,
+  gradients, noise, textures), object boxes from 17 px to a third of the image
+  (``LOOK_HALVES``), at any pixel offset;
+- ``drawn``: the held-out style no training run sees (the ``shapes_style`` benchmark): a plain
+  pale background and large objects drawn by another routine (``drawing.draw_outlined``:
+  anti-aliased, in the palette's exact colour, with a dark outline);
+- ``hr``: high resolution for LLaVA-NeXT (the ``shapes_hr`` benchmark): a canvas of
+  ``HR_CANVASES`` (672x672 up to 1008x336) cut into 336-px crops; the objects (all small) and
+  the text sit in one or two crops on the crop's lattice, each other crop is empty or
+  cluttered with distractor blobs (``Sample.layout`` says which). Squashed into LLaVA-NeXT's
+  336-px base view (or LLaVA-1.5's one view) an object is 8 to 12 px: the crops are where
+  it can be read, and where a token budget goes decides what is left to read.
+
+Each sample also records ``patches``: the indices, on the image's grid of 14-px
+patches in raster order (``row * (width // 14) + col``; 24x24 at 336 px), of the
+patches that hold at least one pixel of the object(s) the question is about (of
+the text box for ocr questions; empty for an exist question answered "no"). Tests
+use them to check that a pruning method keeps the tokens that matter.
 
 Determinism: sample ``index`` of ``split`` is drawn from its own
 ``numpy.random.default_rng(SPLIT_SEED_BASE[split] + index)``, so any sample is
@@ -60,6 +76,7 @@ files.
 Usage::
 
     python -m llava.data.synthetic --split test --n 500 --out playground/data/eval/shapes
+    python -m llava.data.synthetic --split test --n 600 --look hr --out playground/data/eval/shapes_hr
 
 writes ``images/*.png``, ``questions.jsonl``, ``annotations.json``,
 ``<split>.json`` (LLaVA's training conversations) and ``meta.json``; see
@@ -105,7 +122,7 @@ VARIED_BACKGROUNDS = ("muted", "flat", "gradient", "noise", "texture")  # the va
 FULL_IMAGE = [0, 0, IMAGE_SIZE, IMAGE_SIZE]
 HR_CANVASES = ((672, 672), (672, 336), (336, 672), (1008, 336), (336, 1008))  # (width, height): LLaVA-NeXT's
 HR_CROP = 336  # px: the side of a LLaVA-NeXT crop
-HR_HALVES = (9, 17)  # px, hr look: 19 to 35-px boxes, a half to a third of that in a 336-px view of the whole
+HR_HALF = SIZES["small"]  # px, hr look: every object is small (a 25-px box; 12 or 8 px in a 336-px view of the whole)
 HR_DISTRACTORS = (3, 8)  # blobs in a cluttered crop
 LATTICE = 28  # px: every box is centred in a block of whole cells of this lattice (see _place)
 COLOR_JITTER = 12  # each channel of an object's colour moves by up to this much
@@ -317,7 +334,7 @@ def _sample_scene(rng: np.random.Generator, plan: Plan, text_probability: float,
         text = _maybe_text(rng, plan, text_probability)
         box_sizes = ([drawing.text_box_size(text)] if text is not None else []) + [(2 * h + 1,) * 2 for h in halves]
         if look == "lattice":
-            boxes = _place_all(box_sizes, lambda w, h, taken: _place(rng, w, h, taken))
+            boxes = _place_all(box_sizes, lambda w, h, taken: _place(rng, w, h, taken, FULL_IMAGE))
         else:
             boxes = _place_all(box_sizes, lambda w, h, taken: _place_anywhere(rng, w, h, taken, FULL_IMAGE))
         if boxes is not None:
@@ -353,19 +370,20 @@ def _new_object(rng: np.random.Generator, shape: str, box: list[int]) -> dict:
 
 def _hr_scene(rng: np.random.Generator, plan: Plan, text_probability: float) -> _Scene:
     """A high-resolution scene: a LLaVA-NeXT canvas (``HR_CANVASES``) cut into 336-px crops, every
-    object and the text inside one or two "busy" crops, each other crop empty or cluttered with
-    distractor blobs (half of them each), small objects (``HR_HALVES``)."""
+    object and the text inside one or two "busy" crops, on the crop's 28-px lattice as in the lattice
+    look (so a crop at full resolution shows them as the LLaVA-1.5 model's images do), all objects
+    small (a 25-px box: a half to a third of that in the squashed base view), each other crop empty
+    or cluttered with distractor blobs (half of them each)."""
     width, height = HR_CANVASES[int(rng.integers(len(HR_CANVASES)))]
     rows, cols = height // HR_CROP, width // HR_CROP
     crops = [[c * HR_CROP, r * HR_CROP, (c + 1) * HR_CROP, (r + 1) * HR_CROP] for r in range(rows) for c in range(cols)]
     while True:
         busy = sorted(int(i) for i in rng.choice(len(crops), 1 if rng.random() < 0.5 else 2, replace=False))
         shapes = _scene_shapes(rng, plan)
-        halves = [int(rng.integers(HR_HALVES[0], HR_HALVES[1] + 1)) for _ in shapes]
         text = _maybe_text(rng, plan, text_probability)
-        box_sizes = ([drawing.text_box_size(text)] if text is not None else []) + [(2 * h + 1,) * 2 for h in halves]
+        box_sizes = ([drawing.text_box_size(text)] if text is not None else []) + [(2 * HR_HALF + 1,) * 2] * len(shapes)
         regions = iter([crops[busy[int(rng.integers(len(busy)))]] for _ in box_sizes])
-        boxes = _place_all(box_sizes, lambda w, h, taken: _place_anywhere(rng, w, h, taken, next(regions)))
+        boxes = _place_all(box_sizes, lambda w, h, taken: _place(rng, w, h, taken, next(regions)))
         if boxes is not None:
             break
     text_bbox = boxes.pop(0) if text is not None else None
@@ -424,8 +442,9 @@ def _place_all(box_sizes: list[tuple[int, int]], place) -> list[list[int]] | Non
     return boxes
 
 
-def _place(rng, width: int, height: int, taken: list) -> list[int] | None:
-    """A box of the given size clear of ``taken`` (by ``PLACEMENT_MARGIN``), or None after 50 tries.
+def _place(rng, width: int, height: int, taken: list, region: list[int]) -> list[int] | None:
+    """A box of the given size inside ``region`` (a square of whole lattice cells, [x0, y0, x1, y1]),
+    clear of ``taken`` (by ``PLACEMENT_MARGIN``), or None after 50 tries.
 
     Boxes sit on a ``LATTICE``-px lattice: a box is centred in a block of
     whole cells (a small object in one cell, a large one in 2x2), so every
@@ -437,10 +456,10 @@ def _place(rng, width: int, height: int, taken: list) -> list[int] | None:
     """
     cells_x, cells_y = -(-width // LATTICE), -(-height // LATTICE)  # ceil
     inset_x, inset_y = (cells_x * LATTICE - width) // 2, (cells_y * LATTICE - height) // 2
-    grid = IMAGE_SIZE // LATTICE
+    grid = (region[2] - region[0]) // LATTICE
     for _ in range(50):
-        x0 = LATTICE * int(rng.integers(0, grid - cells_x + 1)) + inset_x
-        y0 = LATTICE * int(rng.integers(0, grid - cells_y + 1)) + inset_y
+        x0 = region[0] + LATTICE * int(rng.integers(0, grid - cells_x + 1)) + inset_x
+        y0 = region[1] + LATTICE * int(rng.integers(0, grid - cells_y + 1)) + inset_y
         box = [x0, y0, x0 + width, y0 + height]
         if not any(_overlap(box, other, PLACEMENT_MARGIN) for other in taken):
             return box

@@ -54,10 +54,11 @@ def processor_of(config: LlavaConfig) -> ImageProcessor:
 
 
 def schedule_progress(step: int, wall_s: float, args) -> float:
-    """Fraction of the run done: by steps, or by wall time when --max-minutes is given (whichever is further)."""
+    """Fraction of the whole-model phase done: by steps, or by wall time when --max-minutes is given (whichever is
+    further); the vision phase's minutes come off the budget first."""
     progress = step / args.steps
     if args.max_minutes:
-        progress = max(progress, wall_s / (60 * args.max_minutes))
+        progress = max(progress, wall_s / (60 * (args.max_minutes - args.vision_minutes)))
     return min(1.0, progress)
 
 
@@ -121,6 +122,12 @@ def parse_args(argv=None):
     g.add_argument("--text-rate", type=float, default=synthetic.TEXT_PROBABILITY,
                    help="probability of printed text on a training image whose question is not ocr "
                         "(more text: more ocr turns; the benchmark's splits keep the generator's default)")
+    g = p.add_argument_group("vision phase (llava/train/vision.py)")
+    g.add_argument("--vision-minutes", type=float, default=0.0,
+                   help="first train the vision tower alone on its heads for this long (part of --max-minutes): "
+                        "about five times the images per minute of a whole-model step")
+    g.add_argument("--vision-batch-size", type=int, default=64, help="images per vision-phase step")
+    g.add_argument("--vision-lr", type=float, default=1e-3, help="peak learning rate of the vision phase")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=3000, help="optimiser steps (the cosine schedule's length)")
     g.add_argument("--batch-size", type=int, default=16)
@@ -305,6 +312,12 @@ def main(argv=None) -> dict:
     def validate() -> dict:
         return {look: evaluate(model, encoder, look, args.eval_samples) for look in eval_looks}
 
+    vision = None
+    if args.vision_minutes and step == 0:
+        from llava.train.vision import train_vision
+
+        vision = train_vision(model, heads, make_encoder, args, log)
+        log(f"eval after the vision phase validation {_rounded(validate())}")
     model.train()
     start = time.time()
     window_start, window_samples = time.time(), 0
@@ -362,7 +375,7 @@ def main(argv=None) -> dict:
         log(f"eval step {step} validation {_rounded(last_eval)}")
     log(f"done: step {step}, {samples_seen} samples, {wall / 60:.1f} min of training (this run and resumed ones)")
     summary = {"step": step, "samples": samples_seen, "wall_s": wall, "stopped_early": stopped_early,
-               "validation": last_eval, "lm_loss": history}
+               "vision_phase": vision, "validation": last_eval, "lm_loss": history}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.export:
         model.eval()

@@ -1,0 +1,86 @@
+"""The papers' efficiency tables, laid out from `fastv bench` JSON files (scripts/latency/*.sh write both).
+
+    python -m fastv.paper_tables fastv-latency results/X/fastv-aokvqa.json [results/X/fastv-aokvqa-4bit.json]
+    python -m fastv.paper_tables hired-report results/X/hired-sys-report.json
+
+- `fastv-latency`: FastV's README table (LLaVA-1.5-13B, A-OKVQA on an A100): per row the model with FastV off or
+  K=2 at R = 25 / 50 / 75 %, first-token latency and peak GPU memory, the 4-bit rows below when given. FastV's
+  numbers: 0.203 s unpruned, 0.181 / 0.155 / 0.124 s, 33 -> 29 / 28 / 27 GB.
+- `hired-report`: HiRED's efficiency report (LLaVA-NeXT-7B on a Tesla P40, 20% budget): token throughput,
+  time to first token and peak memory, full vs HiRED at 20% and 10%, with the ratios. HiRED's numbers:
+  throughput 4.7x, TTFT 19.49 -> 4.21 s, peak memory 16.04 -> 13.76 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+GIB = 2**30
+
+
+def _ours(result: dict) -> list[dict]:
+    return [row for row in result["rows"] if row["spec"] is not None]
+
+
+def _memory(row: dict) -> str:
+    return "" if row["peak_memory_bytes"] is None else f"{row['peak_memory_bytes'] / GIB:.2f}"
+
+
+def _fastv_setting(spec: str) -> str:
+    """'off', or FastV's K and R as its table writes them."""
+    from llava.model.pruning.registry import parse_method
+
+    if spec == "none":
+        return "off"
+    args = parse_method(spec).args
+    return f"K={args.k}, R={args.ratio:.0%}" if args.ratio is not None else f"K={args.k}, keep={args.keep}"
+
+
+def fastv_latency(fp16: dict, quantized: dict | None = None) -> str:
+    lines = [f"FastV's latency table, measured: {fp16['model']} on {fp16['machine']}, batch {fp16['batch']}, "
+             f"{fp16['text_tokens']} text tokens + the image, median of {fp16['repeats']}", "",
+             "| model | FastV | visual tokens after layer K | first-token latency (s) | / unpruned | peak memory (GiB) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for result, label in ((fp16, fp16["dtype"]), (quantized, "4-bit")):
+        if result is None:
+            continue
+        for row in _ours(result):
+            lines.append(f"| {label} | {_fastv_setting(row['spec'])} | {row['kept_after_layer_k']} | {row['ttft_s']:.3f} "
+                         f"| {row.get('ttft_vs_ours_unpruned', 0):.3f} | {_memory(row)} |")
+    return "\n".join(lines)
+
+
+def hired_report(result: dict) -> str:
+    rows = _ours(result)
+    full = next(row for row in rows if row["spec"] == "none")
+    lines = [f"HiRED's efficiency report, measured: {result['model']} on {result['machine']}, batch {result['batch']}, "
+             f"{result['new_tokens']} new tokens, median of {result['repeats']}", "",
+             "| method | visual tokens | token throughput (tokens/s) | x full | TTFT (s) | x full | peak memory (GiB) "
+             "| saved (GiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        saved = ("" if row["peak_memory_bytes"] is None or full["peak_memory_bytes"] is None
+                 else f"{(full['peak_memory_bytes'] - row['peak_memory_bytes']) / GIB:.2f}")
+        lines.append(f"| {row['spec']} | {row['visual_tokens']} | {row['tokens_per_s']:.1f} "
+                     f"| {row['tokens_per_s'] / full['tokens_per_s']:.2f} | {row['ttft_s']:.3f} "
+                     f"| {row['ttft_s'] / full['ttft_s']:.2f} | {_memory(row)} | {saved} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fastv.paper_tables", description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", choices=["fastv-latency", "hired-report"])
+    parser.add_argument("results", nargs="+", type=Path, help="fastv bench JSON files (fastv-latency: fp16, then 4-bit)")
+    parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
+    args = parser.parse_args(argv)
+    results = [json.loads(path.read_text()) for path in args.results]
+    table = fastv_latency(*results[:2]) if args.table == "fastv-latency" else hired_report(results[0])
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
