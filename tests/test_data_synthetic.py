@@ -379,14 +379,16 @@ def test_every_look_asks_unambiguous_questions_with_right_answers(looks):
         assert {s.question_type for s in samples} == set(QUESTION_TYPES)
 
 
-def test_varied_and_drawn_objects_are_anywhere_and_of_many_sizes(looks):
-    sides = [o["bbox"][2] - o["bbox"][0] for s in looks["varied"] for o in s.objects]
-    assert min(sides) <= 25 and max(sides) >= 90  # from about 5% of the image to a third of it
-    offsets = {o["bbox"][0] % synthetic.LATTICE for s in looks["varied"] for o in s.objects}
-    assert len(offsets) > 10  # off the 28-px lattice
-    assert min(o["bbox"][2] - o["bbox"][0] for s in looks["drawn"] for o in s.objects) >= 2 * 32 + 1  # large
+def test_varied_and_drawn_objects_come_in_many_sizes_on_the_lattice(looks):
+    sides = {o["bbox"][2] - o["bbox"][0] for s in looks["varied"] for o in s.objects}
+    assert sides == {25, 53, 81, 109}  # 1 to 4 lattice cells: 7% of the image to a third of it
+    assert {o["bbox"][2] - o["bbox"][0] for s in looks["drawn"] for o in s.objects} == {53, 81, 109}  # large
+    L = synthetic.LATTICE
     for s in looks["varied"] + looks["drawn"]:
         boxes = [o["bbox"] for o in s.objects] + ([s.text_bbox] if s.text_bbox else [])
+        for o in s.objects:  # centred in a block of whole cells, as the lattice look's objects are
+            cells = (o["bbox"][2] - o["bbox"][0] + 3) // L
+            assert o["bbox"][0] % L == o["bbox"][1] % L == (cells * L - (o["bbox"][2] - o["bbox"][0])) // 2
         for i, a in enumerate(boxes):
             assert 0 <= a[0] < a[2] <= IMAGE_SIZE and 0 <= a[1] < a[3] <= IMAGE_SIZE
             assert not any(_overlap(a, b) for b in boxes[i + 1:]), s.question_id

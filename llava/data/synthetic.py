@@ -39,11 +39,14 @@ Looks (``LOOKS``): one task, four ways of drawing it, each a stream of seeds of 
 
 - ``lattice``: the above, the ``shapes`` benchmark (unchanged since generator version 2);
 - ``varied``: for training only: any background of ``VARIED_BACKGROUNDS`` (flat, white,
-  gradients, noise, textures), object boxes from 17 px to a third of the image
-  (``LOOK_HALVES``), at any pixel offset;
+  gradients, noise, textures), objects of 1 to 4 lattice cells a side (``LOOK_CELLS``: 25 to
+  109-px boxes, 7% to a third of the image);
 - ``drawn``: the held-out style no training run sees (the ``shapes_style`` benchmark): a plain
-  pale background and large objects drawn by another routine (``drawing.draw_outlined``:
-  anti-aliased, in the palette's exact colour, with a dark outline);
+  pale background and large objects (2 to 4 cells) drawn by another routine
+  (``drawing.draw_outlined``: anti-aliased, in the palette's exact colour, with a dark outline).
+  Every look keeps boxes on the 28-px lattice: at any pixel offset the shipped models' 6-layer
+  ViT (28-px patches) could not learn shapes or text in an hour of this project's CPU (its model
+  card has the runs that tried);
 - ``hr``: high resolution for LLaVA-NeXT (the ``shapes_hr`` benchmark): a canvas of
   ``HR_CANVASES`` (672x672 up to 1008x336) cut into 336-px crops; the objects (all small) and
   the text sit in one or two crops on the crop's lattice, each other crop is empty or
@@ -87,7 +90,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +119,8 @@ SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 PLURALS = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
 SIZES = {"small": 12, "large": 26}  # lattice look: half the side of the object's box, px: 25 and 53 px boxes
 SMALL_HALF_BELOW = 19  # an object's "size" is "small" when its half-side is below this, else "large"
-LOOK_HALVES = {"varied": (8, 56), "drawn": (32, 56)}  # px, half-sides: 17 to 113-px boxes (5% to a third of 336)
+LOOK_CELLS = {"varied": (1, 4), "drawn": (2, 4)}  # lattice cells a side of an object: 25 to 109-px boxes
+MAX_CELLS = {1: 4, 2: 4, 3: 3, 4: 3, 5: 2}  # at most this many cells a side when a scene has n objects (all must fit)
 VARIED_BACKGROUNDS = ("muted", "flat", "gradient", "noise", "texture")  # the varied and hr looks draw one of these
 FULL_IMAGE = [0, 0, IMAGE_SIZE, IMAGE_SIZE]
 HR_CANVASES = ((672, 672), (672, 336), (336, 672), (1008, 336), (336, 1008))  # (width, height): LLaVA-NeXT's
@@ -323,8 +326,8 @@ class _Scene:
 
 
 def _sample_scene(rng: np.random.Generator, plan: Plan, text_probability: float, look: str) -> _Scene:
-    """A 336x336 scene: on the 28-px lattice in two sizes (``lattice``), or anywhere in any size of
-    the look's range (``LOOK_HALVES``)."""
+    """A 336x336 scene on the 28-px lattice: objects of one or 2x2 cells (``lattice``), or of the look's
+    range of cells (``LOOK_CELLS``)."""
     while True:  # redraw until everything fits without overlap
         shapes = _scene_shapes(rng, plan)
         if look == "lattice":
@@ -333,10 +336,7 @@ def _sample_scene(rng: np.random.Generator, plan: Plan, text_probability: float,
             halves = _halves(rng, len(shapes), look)
         text = _maybe_text(rng, plan, text_probability)
         box_sizes = ([drawing.text_box_size(text)] if text is not None else []) + [(2 * h + 1,) * 2 for h in halves]
-        if look == "lattice":
-            boxes = _place_all(box_sizes, lambda w, h, taken: _place(rng, w, h, taken, FULL_IMAGE))
-        else:
-            boxes = _place_all(box_sizes, lambda w, h, taken: _place_anywhere(rng, w, h, taken, FULL_IMAGE))
+        boxes = _place_all(box_sizes, lambda w, h, taken: _place(rng, w, h, taken, FULL_IMAGE))
         if boxes is not None:
             break
     text_bbox = boxes.pop(0) if text is not None else None
@@ -344,11 +344,12 @@ def _sample_scene(rng: np.random.Generator, plan: Plan, text_probability: float,
 
 
 def _halves(rng: np.random.Generator, count: int, look: str) -> list[int]:
-    """Half-sides (px) of ``count`` objects, log-uniform in the look's range; the more objects, the
-    lower the top of the range (so that five still fit): at most about 30% of the image is object."""
-    low, high = LOOK_HALVES[look]
-    high = max(low, min(high, int(IMAGE_SIZE / 2 * math.sqrt(0.3 / count))))
-    return [int(round(math.exp(rng.uniform(math.log(low), math.log(high + 0.5))))) for _ in range(count)]
+    """Half-sides (px) of ``count`` objects of the look's range of lattice cells, uniform in it (the more
+    objects, the fewer cells at most: ``MAX_CELLS``); an object of c cells is a box of c x 28 - 3 px,
+    centred in them as the lattice look's small and large ones are."""
+    low, high = LOOK_CELLS[look]
+    high = max(low, min(high, MAX_CELLS[count]))
+    return [(int(rng.integers(low, high + 1)) * LATTICE - 4) // 2 for _ in range(count)]
 
 
 def _maybe_text(rng: np.random.Generator, plan: Plan, text_probability: float) -> str | None:
@@ -460,18 +461,6 @@ def _place(rng, width: int, height: int, taken: list, region: list[int]) -> list
     for _ in range(50):
         x0 = region[0] + LATTICE * int(rng.integers(0, grid - cells_x + 1)) + inset_x
         y0 = region[1] + LATTICE * int(rng.integers(0, grid - cells_y + 1)) + inset_y
-        box = [x0, y0, x0 + width, y0 + height]
-        if not any(_overlap(box, other, PLACEMENT_MARGIN) for other in taken):
-            return box
-    return None
-
-
-def _place_anywhere(rng, width: int, height: int, taken: list, region: list[int]) -> list[int] | None:
-    """A box of the given size at any pixel offset inside ``region`` [x0, y0, x1, y1], clear of
-    ``taken`` (by ``PLACEMENT_MARGIN``), or None after 50 tries."""
-    for _ in range(50):
-        x0 = int(rng.integers(region[0], region[2] - width + 1))
-        y0 = int(rng.integers(region[1], region[3] - height + 1))
         box = [x0, y0, x0 + width, y0 + height]
         if not any(_overlap(box, other, PLACEMENT_MARGIN) for other in taken):
             return box

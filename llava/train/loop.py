@@ -125,7 +125,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("vision phase (llava/train/vision.py)")
     g.add_argument("--vision-minutes", type=float, default=0.0,
                    help="first train the vision tower alone on its heads for this long (part of --max-minutes): "
-                        "about five times the images per minute of a whole-model step")
+                        "three to four times the images per minute of a whole-model step")
     g.add_argument("--vision-batch-size", type=int, default=64, help="images per vision-phase step")
     g.add_argument("--vision-lr", type=float, default=1e-3, help="peak learning rate of the vision phase")
     g = p.add_argument_group("optimisation")

@@ -2,9 +2,9 @@
 
 Real LLaVA starts from a CLIP tower pretrained on far more images than the
 language model ever sees; our tower is trained here. A whole-model step costs
-about five times what a tower-only step does (the decoder dominates), so an
-image seen by the tower alone is cheap: a run can show the tower many more
-images (`--vision-minutes`) before the decoder joins. This is where the tower
+three to four times what a tower-only step does per image (the decoder
+dominates), so an image seen by the tower alone is cheap: a run can show the
+tower many more images (`--vision-minutes`) before the decoder joins. This is where the tower
 learns what the lattice look never asked of it: shapes and printed text at any
 pixel offset, of any size, on any background (the varied look).
 
