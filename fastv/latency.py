@@ -6,7 +6,7 @@
 
 Every contestant generates `--new-tokens` tokens (no stop at EOS) for the same batch: the same prompt (`--text-tokens`
 non-image tokens around one image) with a different random image per sample, so that every sample keeps its own
-tokens. The contestants are ours with each method of `--methods`, and (unless `--no-references`) transformers'
+tokens. The contestants are ours with each method of `--methods`, and (`--references`, all by default) transformers'
 `LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration` with SDPA, unpruned, and, for each FastV method,
 FastV the way its released HF code requires: eager attention in every layer, attention outputs on, the top image
 tokens of layer K-1's last row kept from layer K on, and no KV cache (each new token re-runs and re-selects over the
@@ -88,8 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights and activations [default: float16 on CUDA, float32 elsewhere]")
     parser.add_argument("--quant", choices=["4bit", "8bit"],
                         help="ours with the decoder's linear layers through bitsandbytes (the references stay unquantised)")
-    parser.add_argument("--no-references", dest="references", action="store_false",
-                        help="time ours only (no transformers rows)")
+    parser.add_argument("--references", choices=["all", "sdpa", "none"], default="all",
+                        help="transformers rows: all (SDPA unpruned, and FastV the released HF way for each FastV method), "
+                             "sdpa (the first only: FastV's HF way re-runs the whole sequence for every new token), none")
+    parser.add_argument("--no-references", dest="references", action="store_const", const="none",
+                        help="the same as --references none")
     parser.add_argument("--json", dest="json_out", metavar="OUT",
                         help="write the result here as JSON, with the table (.md) and the bar chart (.png) beside it")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -501,7 +504,7 @@ def main(
     device: str = "cpu",
     dtype: str | None = None,
     quant: str | None = None,
-    references: bool = True,
+    references: str = "all",
     json_out: str | None = None,
     progress: bool = True,
 ) -> dict:
@@ -521,9 +524,9 @@ def main(
         from fastv.cli import model_or_shipped
 
         model_path = model_or_shipped(model_path)
-        ours, hf, image_token = checkpoint_models(model_path, dev, torch_dtype, quant, references)
+        ours, hf, image_token = checkpoint_models(model_path, dev, torch_dtype, quant, references != "none")
         model_name = Path(model_path).name + (f" ({quant})" if quant else "")
-    if not references:
+    if references == "none":
         hf = None
     methods = list(methods or (NEXT_METHODS if ours.config.anyres else DEFAULT_METHODS))
     for spec in methods:
@@ -539,7 +542,7 @@ def main(
         clock.hook_module(hf.model.vision_tower, "vision")
         clock.hook_module(hf.model.language_model, "llm")
         contestants.append(Transformers(hf, hf_inputs, new_tokens, clock, image_token))
-        for contestant in list(contestants):
+        for contestant in list(contestants) if references == "all" else []:
             if isinstance(contestant, Ours) and contestant.spec.startswith("fastv:"):
                 kept = contestant.run()  # what ours keeps after layer k, newline tokens included: the same work
                 contestants.append(Transformers(hf, hf_inputs, new_tokens, clock, image_token,
