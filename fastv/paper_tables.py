@@ -2,6 +2,7 @@
 
     python -m fastv.paper_tables fastv-latency results/X/fastv-aokvqa.json [results/X/fastv-aokvqa-4bit.json]
     python -m fastv.paper_tables hired-report results/X/hired-sys-report.json
+    python -m fastv.paper_tables throughput results/X/bench-b1.json results/X/bench-b8.json results/X/bench-b32.json
 
 - `fastv-latency`: FastV's README table (LLaVA-1.5-13B, A-OKVQA on an A100): per row the model with FastV off or
   K=2 at R = 25 / 50 / 75 %, first-token latency and peak GPU memory, the 4-bit rows below when given. FastV's
@@ -9,6 +10,8 @@
 - `hired-report`: HiRED's efficiency report (LLaVA-NeXT-7B on a Tesla P40, 20% budget): token throughput,
   time to first token and peak memory, full vs HiRED at 20% and 10%, with the ratios. HiRED's numbers:
   throughput 4.7x, TTFT 19.49 -> 4.21 s, peak memory 16.04 -> 13.76 GB.
+- `throughput`: answers per second by batch size (one bench JSON per batch, same model and methods), every row's
+  ratio to ours unpruned and to transformers unpruned at the same batch.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from fastv.latency import REFERENCE
 
 GIB = 2**30
 
@@ -69,14 +74,42 @@ def hired_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def throughput(results: list[dict]) -> str:
+    results = sorted(results, key=lambda result: result["batch"])
+    first = results[0]
+    batches = [result["batch"] for result in results]
+    lines = [f"Answers per second by batch size, measured: {first['model']} on {first['machine']}, {first['dtype']}, "
+             f"{first['new_tokens']} new tokens per answer, each sample its own image (and keep set); in brackets: "
+             "/ ours unpruned, / transformers unpruned at the same batch", "",
+             "| method | " + " | ".join(f"batch {batch}" for batch in batches) + " |",
+             "|---|" + "---:|" * len(batches)]
+    methods = list(dict.fromkeys(row["method"] for result in results for row in result["rows"]))
+    for method in methods:
+        cells = []
+        for result in results:
+            by_method = {row["method"]: row for row in result["rows"]}
+            if method not in by_method:
+                cells.append("")
+                continue
+            ours = next(row for row in result["rows"] if row["spec"] == "none")
+            bases = [base["answers_per_s"] for base in (ours, by_method.get(REFERENCE)) if base]
+            ratios = " / ".join(f"{by_method[method]['answers_per_s'] / base:.2f}" for base in bases)
+            cells.append(f"{by_method[method]['answers_per_s']:.2f} ({ratios})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fastv.paper_tables", description=__doc__.split("\n\n")[0])
-    parser.add_argument("table", choices=["fastv-latency", "hired-report"])
-    parser.add_argument("results", nargs="+", type=Path, help="fastv bench JSON files (fastv-latency: fp16, then 4-bit)")
+    parser.add_argument("table", choices=["fastv-latency", "hired-report", "throughput"])
+    parser.add_argument("results", nargs="+", type=Path,
+                        help="fastv bench JSON files (fastv-latency: fp16, then 4-bit; throughput: one per batch size)")
     parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
     args = parser.parse_args(argv)
     results = [json.loads(path.read_text()) for path in args.results]
-    table = fastv_latency(*results[:2]) if args.table == "fastv-latency" else hired_report(results[0])
+    tables = {"fastv-latency": lambda: fastv_latency(*results[:2]), "hired-report": lambda: hired_report(results[0]),
+              "throughput": lambda: throughput(results)}
+    table = tables[args.table]()
     print(table)
     if args.out:
         args.out.write_text(table + "\n")

@@ -132,3 +132,23 @@ def test_paper_scripts_write_their_tables(script, files, tiny_llava_dir, tiny_ne
         assert "| float32 | off |" in table and "| float32 | K=2, R=75% |" in table  # FastV's rows
     else:
         assert "| hired:rate=0.1 |" in table and "token throughput" in table
+
+
+def test_the_throughput_table_has_a_column_per_batch_and_both_ratios(llava_result):
+    import copy
+
+    from fastv.paper_tables import throughput
+
+    _, result = llava_result
+    bigger = copy.deepcopy(result)
+    bigger["batch"] = 8
+    for row in bigger["rows"]:
+        row["answers_per_s"] *= 2 if row["spec"] == "none" else 1
+    table = throughput([bigger, result]).splitlines()
+    assert table[2] == "| method | batch 2 | batch 8 |"
+    none = next(line for line in table if line.startswith("| ours, none |"))
+    assert none.count("(1.00 / ") == 2  # ours unpruned over itself, then over transformers, at each batch
+    reference = next(line for line in table if line.startswith(f"| {latency.REFERENCE} |"))
+    assert reference.split("|")[2].strip().endswith("/ 1.00)")
+    ours, hf = (result["rows"][i]["answers_per_s"] for i in (0, 3))
+    assert f"({hf / (2 * ours):.2f} / 1.00)" in reference.split("|")[3]
