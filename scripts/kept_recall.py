@@ -10,6 +10,13 @@ that keeps the wrong tokens (or a wrong index) from a model that cannot use
 the right ones.
 
     .venv/bin/python scripts/kept_recall.py --n 300 --json results/<machine-date>/kept_recall.json
+    .venv/bin/python scripts/kept_recall.py --look hr --n 300 --json results/<machine-date>/kept_recall_hr.json
+
+With `--look hr` (the shipped LLaVA-NeXT on `shapes_hr`'s scenes) the target tokens are the crops'
+patches under the object(s) or text (an hr object is 8 to 12 px in the base view: the crops are where
+it is read), and two more columns say where each method spent its budget: the share of the kept
+tokens in the base view, and the share of the kept crop tokens in the crops that hold the objects
+(`Sample.layout["busy_crops"]`; an equal split gives them busy / crops of it, the "even" column).
 
 Samples whose question has no target tokens (exist questions answered "no")
 are skipped. `pool` is left out: it averages every token into its cells, so
@@ -30,34 +37,67 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastv.cli import SHIPPED_MODEL  # noqa: E402
-from fastv.sweep import DEFAULT_SHARES, method_spec  # noqa: E402
+from fastv.cli import SHIPPED_MODEL, SHIPPED_NEXT_MODEL  # noqa: E402
+from fastv.sweep import DEFAULT_SHARES, NEXT_METHODS, NEXT_SHARES, method_spec  # noqa: E402
 from llava.data import synthetic  # noqa: E402
 from llava.model.pruning.registry import available_methods  # noqa: E402
 from llava.pipeline import LlavaPipeline, Request  # noqa: E402
 
 
+def target_tokens(sample, config) -> set[int]:
+    """The visual tokens holding the question's target, numbered as `Answer.kept` numbers them. LLaVA-1.5:
+    the one view's patches. LLaVA-NeXT: the crops' patches, `partition * N + patch` (an hr canvas is one of
+    the model's pinpoints, so its crops are the canvas cut in squares, with no resize or padding)."""
+    vision = config.vision
+    if not config.anyres:
+        return synthetic.tokens_on_grid(sample.patches, vision.patch_size)
+    crop, side = vision.image_size, vision.image_size // vision.patch_size
+    width = sample.size[0]
+    tokens = set()
+    for patch in sample.patches:
+        y, x = (synthetic.PATCH_SIZE * i for i in divmod(patch, width // synthetic.PATCH_SIZE))
+        partition = 1 + (y // crop) * (width // crop) + x // crop
+        tokens.add(partition * side * side + (y % crop) // vision.patch_size * side + (x % crop) // vision.patch_size)
+    return tokens
+
+
+def budget_shares(answer, sample) -> tuple[float, float, float]:
+    """LLaVA-NeXT: (kept tokens in the base view / all kept, kept crop tokens in the busy crops / all kept crop
+    tokens, busy crops / crops: what an equal split gives them)."""
+    partitions = answer.kept_partitions[0]
+    crops = [len(kept) for kept in partitions[1:]]
+    busy = sum(crops[i] for i in sample.layout["busy_crops"])
+    total = len(partitions[0]) + sum(crops)
+    return (len(partitions[0]) / total if total else 0.0, busy / sum(crops) if sum(crops) else 0.0,
+            len(sample.layout["busy_crops"]) / len(crops))
+
+
 def recall_table(pipe: LlavaPipeline, samples: list, methods: list[str], shares: list[float],
                  batch_size: int = 32) -> list[dict]:
-    vision = pipe.model.config.vision
-    targets = [synthetic.tokens_on_grid(s.patches, vision.patch_size) for s in samples]
+    config = pipe.model.config
+    targets = [target_tokens(s, config) for s in samples]
     rows = []
     for name in methods:
         for share in shares:
-            spec = pipe.model.set_pruning(method_spec(name, share, vision.num_patches)).spec
-            recalls = []
+            spec = pipe.model.set_pruning(method_spec(name, share, config.tokens_per_image)).spec
+            recalls, budgets = [], []
             for start in range(0, len(samples), batch_size):
                 batch = samples[start:start + batch_size]
                 answers = pipe.answer([Request(s.image, s.prompt) for s in batch], max_new_tokens=1)
-                for answer, target in zip(answers, targets[start:start + batch_size]):
+                for answer, sample, target in zip(answers, batch, targets[start:start + batch_size]):
                     kept = set(answer.kept[0])
                     recalls.append(len(kept & target) / len(target))
+                    if config.anyres:
+                        budgets.append(budget_shares(answer, sample))
             rows.append({
                 "method": name, "spec": spec, "share": share,
                 "recall": 100 * sum(recalls) / len(recalls),
                 "all_kept": 100 * sum(r == 1.0 for r in recalls) / len(recalls),
                 "questions": len(recalls),
             })
+            if budgets:
+                base, busy, even = (100 * sum(column) / len(column) for column in zip(*budgets))
+                rows[-1].update(base_share=base, busy_share=busy, even_share=even)
             print(f"{spec:28s} recall {rows[-1]['recall']:5.1f}%  all kept {rows[-1]['all_kept']:5.1f}%",
                   file=sys.stderr, flush=True)
     return rows
@@ -65,8 +105,9 @@ def recall_table(pipe: LlavaPipeline, samples: list, methods: list[str], shares:
 
 def to_markdown(rows: list[dict], tokens: int) -> str:
     shares = sorted({r["share"] for r in rows}, reverse=True)
-    lines = [f"Target-token recall (%): share of the question's object tokens kept, by share of the {tokens} "
-             "visual tokens kept (in brackets: % of questions with every target token kept)", "",
+    what = f"the {tokens} visual tokens" if tokens else "the patches"
+    lines = [f"Target-token recall (%): share of the question's object tokens kept, by share of {what} "
+             "kept (in brackets: % of questions with every target token kept)", "",
              "| method | " + " | ".join(f"{s:.0%} ({round(s * tokens)})" for s in shares) + " |",
              "|---|" + "---:|" * len(shares)]
     for name in dict.fromkeys(r["method"] for r in rows):
@@ -74,28 +115,41 @@ def to_markdown(rows: list[dict], tokens: int) -> str:
         lines.append(f"| {name} | " + " | ".join(
             f"{by_share[s]['recall']:.1f} ({by_share[s]['all_kept']:.0f})" if s in by_share else ""
             for s in shares) + " |")
+    if any("busy_share" in r for r in rows):
+        lines += ["", "Where the budget went (%): kept tokens in the base view / all kept; kept crop tokens in the "
+                      "crops holding the objects / all kept crop tokens (an equal split: the even column)", "",
+                  "| method | share | base view | busy crops | even |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['method']} | {r['share']:.0%} | {r['base_share']:.1f} | {r['busy_share']:.1f} "
+                  f"| {r['even_share']:.1f} |" for r in rows]
     return "\n".join(lines)
 
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-path", default=str(SHIPPED_MODEL))
+    p.add_argument("--look", choices=["lattice", "hr"], default="lattice",
+                   help="the test split's look: lattice (shapes, LLaVA-1.5) or hr (shapes_hr, LLaVA-NeXT)")
+    p.add_argument("--model-path", help="default: the shipped model of the look")
     p.add_argument("--n", type=int, default=300, help="first N test samples")
-    p.add_argument("--methods", nargs="+", help="default: every registered method but none and pool")
-    p.add_argument("--shares", nargs="+", type=float, default=[s for s in DEFAULT_SHARES if s < 1])
+    p.add_argument("--methods", nargs="+", help="default: the sweep's (every registered method but none and pool; "
+                                                "NeXT: its methods but none and PruMerge's)")
+    p.add_argument("--shares", nargs="+", type=float, help="default: the sweep's, below 100%%")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    pipe = LlavaPipeline.load(args.model_path)
-    samples = [s for s in synthetic.generate_split("test", args.n) if s.patches]
-    methods = args.methods or [m for m in available_methods() if m not in ("none", "pool")]
-    rows = recall_table(pipe, samples, methods, args.shares, args.batch_size)
-    table = to_markdown(rows, pipe.model.config.vision.num_patches)
+    model_path = args.model_path or str(SHIPPED_NEXT_MODEL if args.look == "hr" else SHIPPED_MODEL)
+    pipe = LlavaPipeline.load(model_path)
+    anyres = pipe.model.config.anyres
+    samples = [s for s in synthetic.generate_split("test", args.n, look=args.look) if s.patches]
+    methods = args.methods or [m for m in (NEXT_METHODS if anyres else available_methods())
+                               if m not in ("none", "pool", "prumerge", "prumerge+")]
+    shares = args.shares or [s for s in (NEXT_SHARES if anyres else DEFAULT_SHARES) if s < 1]
+    rows = recall_table(pipe, samples, methods, shares, args.batch_size)
+    table = to_markdown(rows, 0 if anyres else pipe.model.config.vision.num_patches)
     print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": args.model_path, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"model": model_path, "look": args.look, "rows": rows}, indent=2) + "\n")
         args.json.with_suffix(".md").write_text(table + "\n")
     return rows
 
