@@ -17,6 +17,9 @@ patches under the object(s) or text (an hr object is 8 to 12 px in the base view
 it is read), and two more columns say where each method spent its budget: the share of the kept
 tokens in the base view, and the share of the kept crop tokens in the crops that hold the objects
 (`Sample.layout["busy_crops"]`; an equal split gives them busy / crops of it, the "even" column).
+A third table asks why: the share of the base view's [CLS] attention (summed over heads, as HiRED
+sums it) that falls on the busy crops' blocks of the base view, at layer 0 (what HiRED splits the
+crops' budget by) and at the select layer (what every method ranks patches by inside a partition).
 
 Samples whose question has no target tokens (exist questions answered "no")
 are skipped. `pool` is left out: it averages every token into its cells, so
@@ -70,6 +73,32 @@ def budget_shares(answer, sample) -> tuple[float, float, float]:
     total = len(partitions[0]) + sum(crops)
     return (len(partitions[0]) / total if total else 0.0, busy / sum(crops) if sum(crops) else 0.0,
             len(sample.layout["busy_crops"]) / len(crops))
+
+
+def base_attention_on_busy(pipe: LlavaPipeline, samples: list) -> dict:
+    """LLaVA-NeXT: per vision layer (0 and the select layer), the mean share of the base view's [CLS]
+    attention on the busy crops' blocks (the crop grid laid over the base view's patch grid in equal
+    blocks, as HiRED's paper split does), and that share for attention spread evenly (the blocks' area)."""
+    model, config = pipe.model, pipe.model.config
+    side = config.vision.grid_size
+    layers = (0, config.vision.layer_index(config.select_layer))
+    shares, even = {layer: [] for layer in layers}, []
+    for sample in samples:
+        _, _, images = pipe.encode([Request(image=sample.image, text=sample.prompt)])
+        with torch.inference_mode():
+            probes = model.vision_tower(images[0].pixel_values[:1].to(model.device, model.dtype),
+                                        config.select_layer, layers).probes
+        rows, cols = sample.layout["crop_grid"]
+        busy = torch.zeros(side, side, dtype=torch.bool)
+        for crop in sample.layout["busy_crops"]:
+            r, c = divmod(crop, cols)
+            busy[r * side // rows:(r + 1) * side // rows, c * side // cols:(c + 1) * side // cols] = True
+        for layer in layers:
+            attention = probes[layer].cls_attention[0].sum(dim=0).float().cpu()
+            shares[layer].append(float(attention[busy.flatten()].sum() / attention.sum()))
+        even.append(float(busy.float().mean()))
+    return {"layers": {str(layer): 100 * sum(v) / len(v) for layer, v in shares.items()},
+            "even": 100 * sum(even) / len(even), "questions": len(samples)}
 
 
 def recall_table(pipe: LlavaPipeline, samples: list, methods: list[str], shares: list[float],
@@ -146,10 +175,17 @@ def main(argv=None) -> list[dict]:
     shares = args.shares or [s for s in (NEXT_SHARES if anyres else DEFAULT_SHARES) if s < 1]
     rows = recall_table(pipe, samples, methods, shares, args.batch_size)
     table = to_markdown(rows, 0 if anyres else pipe.model.config.vision.num_patches)
+    attention = base_attention_on_busy(pipe, samples) if anyres else None
+    if attention:
+        (early, early_share), (select, select_share) = attention["layers"].items()
+        table += ("\n\nThe base view's [CLS] attention on the busy crops' blocks (%, summed over heads, mean over "
+                  f"{attention['questions']} questions): layer {early} {early_share:.1f}, layer {select} (select) "
+                  f"{select_share:.1f}; the blocks' share of the base view: {attention['even']:.1f}")
     print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": model_path, "look": args.look, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"model": model_path, "look": args.look, "rows": rows,
+                                               "base_attention_on_busy": attention}, indent=2) + "\n")
         args.json.with_suffix(".md").write_text(table + "\n")
     return rows
 

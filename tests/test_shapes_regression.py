@@ -1,64 +1,67 @@
-"""Accuracy floors of the shipped model on a fixed subset of the shapes-VQA test split.
+"""Accuracy floors of the shipped models on fixed subsets of their synthetic benchmarks.
 
 A wrong index in a pruning method (a kept set that misses the objects, a
 mis-aligned span, a cache that loses the image) shows up here as lost accuracy.
-Each floor sits MARGIN points under what the shipped model scored when it was
-made, on the same first 300 test questions, greedy, batch 32:
+Each floor sits MARGIN points under what the shipped model scored on the same
+first questions, greedy, batch 32, in the sweeps the README reports:
 
-    .venv/bin/fastv sweep --limit 300 --batch-size 32 --out results/cpu-2core-2026-11-24/shapes-sweep
+    .venv/bin/fastv sweep --limit 300 --batch-size 32 --out results/cpu-2core-2026-12-04/shapes-sweep
+    .venv/bin/fastv sweep --benchmark shapes_hr --limit 300 --batch-size 32 --out results/cpu-2core-2026-12-04/shapes-hr-sweep
 
-(results/cpu-2core-2026-11-24/shapes-sweep/sweep.json holds every method and
-budget; MEASURED copies the three rows checked here). Decoding is greedy and
-deterministic, so the margin only absorbs float noise from other CPUs and
-batch layouts flipping a near-tie answer: 4 points is 12 of 300 questions.
-
-The shipped model (trained in one 57-minute run, 2026-11-24) scores 93.3%
-unpruned on these questions (MODEL_CARD.md), 75.0% with FasterVLM at 25% and
-84.3% with FastV; a method that keeps the wrong tokens (random keeps score
-54.3% here, uniform 65.0%) fails its floor.
+(sweep.json in each holds every method and budget; MEASURED copies the rows
+checked here: LLaVA-1.5 unpruned, FasterVLM and FastV at 25% on shapes;
+LLaVA-NeXT unpruned, HiRED at 20% and FasterVLM at the matched count, 29 of 144
+per partition, on shapes_hr). Decoding is greedy and
+deterministic, so the margin only absorbs float noise from other CPUs and batch
+layouts flipping a near-tie answer: 4 points is 12 of 300 questions. A method
+that keeps the wrong tokens fails its floor: random keeps score 55.3% at 25% on
+shapes and 40.3% at 20% on shapes_hr (the same sweeps).
 """
 
 import pytest
 
-from fastv.cli import SHIPPED_MODEL
+from fastv.cli import SHIPPED_MODEL, SHIPPED_NEXT_MODEL
 from fastv.sweep import method_spec
 
-QUESTIONS = 300
-SHARE = 0.25  # of the 144 visual tokens: 36 kept
 MARGIN = 4.0  # points under the measured accuracy
-MEASURED = {  # accuracy (%) at SHARE from sweep.json (none: unpruned), shipped model of 2026-11-24
-    "none": 93.3,
-    "fastervlm": 75.0,
-    "fastv": 84.3,
+MEASURED_SHAPES = {"none": 96.0, "fastervlm": 76.3, "fastv": 86.7}  # accuracy (%) at 25% of 144 tokens, sweep.json
+MEASURED_HR = {"none": 94.7, "hired": 75.0, "fastervlm": 78.7}  # accuracy (%) at 20% of the tokens, sweep.json
+CASES = {  # benchmark -> (model, questions, share of the visual tokens kept, measured accuracies)
+    "shapes": (SHIPPED_MODEL, 300, 0.25, MEASURED_SHAPES),
+    "shapes_hr": (SHIPPED_NEXT_MODEL, 300, 0.2, MEASURED_HR),
 }
-
-pytestmark = pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(),
-                                reason="the shipped model is not in this checkout")
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     from llava.data.synthetic import write_split
+    from llava.eval.shapes import LOOKS
 
     root = tmp_path_factory.mktemp("eval")
-    write_split("test", QUESTIONS, root / "shapes")
+    for benchmark, (_, questions, _, _) in CASES.items():
+        write_split("test", questions, root / benchmark, look=LOOKS[benchmark])
     return root
 
 
 @pytest.fixture(scope="module")
-def pipe():
+def pipes():
     from llava.pipeline import LlavaPipeline
 
-    return LlavaPipeline.load(str(SHIPPED_MODEL))
+    cache = {}
+    return lambda folder: cache.setdefault(folder, LlavaPipeline.load(str(folder)))
 
 
-@pytest.mark.parametrize("method", list(MEASURED))
-def test_accuracy_floor(method, data_root, pipe, tmp_path):
+@pytest.mark.parametrize("benchmark, method", [(b, m) for b, case in CASES.items() for m in case[3]])
+def test_accuracy_floor(benchmark, method, data_root, pipes, tmp_path):
     from llava.eval.run import run_benchmark
 
-    spec = pipe.model.set_pruning(method_spec(method, SHARE, pipe.model.config.tokens_per_image)).spec
-    scores = run_benchmark("shapes", pipe, data_root, tmp_path, model_path=str(SHIPPED_MODEL), method=spec,
+    model, questions, share, measured = CASES[benchmark]
+    if not (model / "config.json").is_file():
+        pytest.skip(f"{model.name} is not in this checkout")
+    pipe = pipes(model)
+    spec = pipe.model.set_pruning(method_spec(method, share, pipe.model.config.tokens_per_image)).spec
+    scores = run_benchmark(benchmark, pipe, data_root, tmp_path, model_path=str(model), method=spec,
                            batch_size=32, progress=False)
-    accuracy, floor = scores["metrics"]["accuracy"], MEASURED[method] - MARGIN
-    assert scores["metrics"]["questions"] == QUESTIONS
-    assert accuracy >= floor, f"{spec}: {accuracy:.1f}% on the first {QUESTIONS} test questions, floor {floor:.1f}%"
+    accuracy, floor = scores["metrics"]["accuracy"], measured[method] - MARGIN
+    assert scores["metrics"]["questions"] == questions
+    assert accuracy >= floor, f"{spec}: {accuracy:.1f}% on the first {questions} {benchmark} questions, floor {floor:.1f}%"
