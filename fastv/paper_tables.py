@@ -83,18 +83,14 @@ def throughput(results: list[dict]) -> str:
              "/ ours unpruned, / transformers unpruned at the same batch", "",
              "| method | " + " | ".join(f"batch {batch}" for batch in batches) + " |",
              "|---|" + "---:|" * len(batches)]
-    methods = list(dict.fromkeys(row["method"] for result in results for row in result["rows"]))
-    for method in methods:
-        cells = []
-        for result in results:
-            by_method = {row["method"]: row for row in result["rows"]}
-            if method not in by_method:
-                cells.append("")
-                continue
-            ours = next(row for row in result["rows"] if row["spec"] == "none")
-            bases = [base["answers_per_s"] for base in (ours, by_method.get(REFERENCE)) if base]
-            ratios = " / ".join(f"{by_method[method]['answers_per_s'] / base:.2f}" for base in bases)
-            cells.append(f"{by_method[method]['answers_per_s']:.2f} ({ratios})")
+    columns = []  # per batch: {method: (answers/s, "ratios")}
+    for result in results:
+        rows = {row["method"]: row for row in result["rows"]}
+        bases = [row["answers_per_s"] for row in result["rows"] if row["spec"] == "none" or row["method"] == REFERENCE]
+        columns.append({method: (row["answers_per_s"], " / ".join(f"{row['answers_per_s'] / base:.2f}" for base in bases))
+                        for method, row in rows.items()})
+    for method in dict.fromkeys(method for column in columns for method in column):
+        cells = [f"{column[method][0]:.2f} ({column[method][1]})" if method in column else "" for column in columns]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

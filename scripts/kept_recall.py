@@ -17,13 +17,17 @@ patches under the object(s) or text (an hr object is 8 to 12 px in the base view
 it is read), and two more columns say where each method spent its budget: the share of the kept
 tokens in the base view, and the share of the kept crop tokens in the crops that hold the objects
 (`Sample.layout["busy_crops"]`; an equal split gives them busy / crops of it, the "even" column).
-A third table asks why: the share of the base view's [CLS] attention (summed over heads, as HiRED
+A last line asks why: the share of the base view's [CLS] attention (summed over heads, as HiRED
 sums it) that falls on the busy crops' blocks of the base view, at layer 0 (what HiRED splits the
-crops' budget by) and at the select layer (what every method ranks patches by inside a partition).
+crops' budget by: over these blocks with `split=paper`; the released rule, `split=code`, counts
+layer 0's top patches in bands of the base view's raster rows, which are the crops only on a
+one-column canvas) and at the select layer (what FasterVLM and HiRED rank patches by inside a
+partition).
 
 Samples whose question has no target tokens (exist questions answered "no")
 are skipped. `pool` is left out: it averages every token into its cells, so
-its "kept" indices (the cell centres) say nothing about what it keeps.
+its "kept" indices (the cell centres) say nothing about what it keeps; so are
+PruMerge and PruMerge+ (no budget to set, and merged tokens).
 Prints a markdown table: mean recall (%) per method and share, and the share
 of questions whose target tokens were all kept.
 """
@@ -114,6 +118,10 @@ def recall_table(pipe: LlavaPipeline, samples: list, methods: list[str], shares:
                 batch = samples[start:start + batch_size]
                 answers = pipe.answer([Request(s.image, s.prompt) for s in batch], max_new_tokens=1)
                 for answer, sample, target in zip(answers, batch, targets[start:start + batch_size]):
+                    if config.anyres and answer.partition_grid[0] != sample.layout["crop_grid"]:
+                        raise SystemExit(f"{sample.question_id}: the model cut the {sample.size} canvas into a "
+                                         f"{answer.partition_grid[0]} grid, not its crops {sample.layout['crop_grid']}: "
+                                         "its image_grid_pinpoints do not hold the hr canvases")
                     kept = set(answer.kept[0])
                     recalls.append(len(kept & target) / len(target))
                     if config.anyres:
@@ -134,10 +142,10 @@ def recall_table(pipe: LlavaPipeline, samples: list, methods: list[str], shares:
 
 def to_markdown(rows: list[dict], tokens: int) -> str:
     shares = sorted({r["share"] for r in rows}, reverse=True)
-    what = f"the {tokens} visual tokens" if tokens else "the patches"
+    what = f"the {tokens} visual tokens" if tokens else "each partition's patches"
     lines = [f"Target-token recall (%): share of the question's object tokens kept, by share of {what} "
              "kept (in brackets: % of questions with every target token kept)", "",
-             "| method | " + " | ".join(f"{s:.0%} ({round(s * tokens)})" for s in shares) + " |",
+             "| method | " + " | ".join(f"{s:.0%}" + (f" ({round(s * tokens)})" if tokens else "") for s in shares) + " |",
              "|---|" + "---:|" * len(shares)]
     for name in dict.fromkeys(r["method"] for r in rows):
         by_share = {r["share"]: r for r in rows if r["method"] == name}
@@ -159,8 +167,7 @@ def main(argv=None) -> list[dict]:
                    help="the test split's look: lattice (shapes, LLaVA-1.5) or hr (shapes_hr, LLaVA-NeXT)")
     p.add_argument("--model-path", help="default: the shipped model of the look")
     p.add_argument("--n", type=int, default=300, help="first N test samples")
-    p.add_argument("--methods", nargs="+", help="default: the sweep's (every registered method but none and pool; "
-                                                "NeXT: its methods but none and PruMerge's)")
+    p.add_argument("--methods", nargs="+", help="default: the sweep's methods but none, pool, prumerge and prumerge+")
     p.add_argument("--shares", nargs="+", type=float, help="default: the sweep's, below 100%%")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", type=Path, help="also write the rows here")

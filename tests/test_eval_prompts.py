@@ -56,8 +56,8 @@ def test_first_question(name, data_root):
 
 
 def test_every_benchmark_has_a_snapshot():
-    # val splits: tests/test_eval_scoring.py; shapes (the project's own benchmark): tests/test_eval_shapes.py
-    assert set(FIRST_QUESTION) == set(BENCHMARKS) - {"vqav2_val", "vizwiz_val", "shapes"}
+    # val splits: tests/test_eval_scoring.py; the project's own shapes benchmarks: tests/test_eval_shapes.py
+    assert set(FIRST_QUESTION) == set(BENCHMARKS) - {"vqav2_val", "vizwiz_val", "shapes", "shapes_style", "shapes_hr"}
 
 
 def test_a_question_written_without_its_instruction_gets_it(tmp_path):

@@ -65,7 +65,8 @@ def test_hr_recall_and_budget_shares_when_everything_is_kept(kept_recall):
     full = by["fastervlm", 1.0]
     assert full["recall"] == 100.0 and full["busy_share"] == pytest.approx(full["even_share"])
     assert full["base_share"] > 0 and by["hired", 0.1]["base_share"] > 0
-    assert "| hired | 10% |" in kept_recall.to_markdown(rows, 0)
+    table = kept_recall.to_markdown(rows, 0)
+    assert "| method | 100% | 10% |" in table and "| hired | 10% |" in table
     attention = kept_recall.base_attention_on_busy(pipe, samples)
     assert set(attention["layers"]) == {"0", "4"} and attention["questions"] == len(samples)  # 6 layers, select -2
     assert all(0 < share < 100 for share in attention["layers"].values()) and 0 < attention["even"] < 100

@@ -5,8 +5,8 @@ mis-aligned span, a cache that loses the image) shows up here as lost accuracy.
 Each floor sits MARGIN points under what the shipped model scored on the same
 first questions, greedy, batch 32, in the sweeps the README reports:
 
-    .venv/bin/fastv sweep --limit 300 --batch-size 32 --out results/cpu-2core-2026-12-04/shapes-sweep
-    .venv/bin/fastv sweep --benchmark shapes_hr --limit 300 --batch-size 32 --out results/cpu-2core-2026-12-04/shapes-hr-sweep
+    .venv/bin/fastv sweep --limit 300 --batch-size 32 --out results/cpu-2core-2026-12-05/shapes-sweep
+    .venv/bin/fastv sweep --benchmark shapes_hr --limit 300 --batch-size 32 --out results/cpu-2core-2026-12-05/shapes-hr-sweep
 
 (sweep.json in each holds every method and budget; MEASURED copies the rows
 checked here: LLaVA-1.5 unpruned, FasterVLM and FastV at 25% on shapes;
@@ -48,7 +48,13 @@ def pipes():
     from llava.pipeline import LlavaPipeline
 
     cache = {}
-    return lambda folder: cache.setdefault(folder, LlavaPipeline.load(str(folder)))
+
+    def load(folder):
+        if folder not in cache:
+            cache[folder] = LlavaPipeline.load(str(folder))
+        return cache[folder]
+
+    return load
 
 
 @pytest.mark.parametrize("benchmark, method", [(b, m) for b, case in CASES.items() for m in case[3]])

@@ -3,7 +3,7 @@
 # a 4-layer Llama of width 1024; bench-v1.6: the LLaVA-NeXT of the same parts). Ratios only: a CPU's absolute times
 # say nothing about a GPU's.
 #
-#   bash scripts/latency/cpu_report.sh          (about 25 minutes on the project's 2-core CPU)
+#   bash scripts/latency/cpu_report.sh          (about 18 minutes on the project's 2-core CPU)
 #   env: OUT (results/cpu-<cores>core-<date>)
 # Writes $OUT/bench-*.{json,md,png}: batch 1 with both references (transformers sdpa, FastV the HF way); batch 1 with
 # 512 new tokens (is decoding's time per token flat?); batch 8 and 32 (sdpa reference only: FastV's HF way re-runs
