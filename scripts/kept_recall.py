@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from fastv.cli import SHIPPED_MODEL, SHIPPED_NEXT_MODEL  # noqa: E402
 from fastv.sweep import DEFAULT_SHARES, NEXT_METHODS, NEXT_SHARES, method_spec  # noqa: E402
 from llava.data import synthetic  # noqa: E402
+from llava.model.pruning.hired import crop_blocks  # noqa: E402
 from llava.model.pruning.registry import available_methods  # noqa: E402
 from llava.pipeline import LlavaPipeline, Request  # noqa: E402
 
@@ -92,11 +93,10 @@ def base_attention_on_busy(pipe: LlavaPipeline, samples: list) -> dict:
         with torch.inference_mode():
             probes = model.vision_tower(images[0].pixel_values[:1].to(model.device, model.dtype),
                                         config.select_layer, layers).probes
-        rows, cols = sample.layout["crop_grid"]
+        blocks = crop_blocks(tuple(sample.layout["crop_grid"]), (side, side))
         busy = torch.zeros(side, side, dtype=torch.bool)
         for crop in sample.layout["busy_crops"]:
-            r, c = divmod(crop, cols)
-            busy[r * side // rows:(r + 1) * side // rows, c * side // cols:(c + 1) * side // cols] = True
+            busy[blocks[crop]] = True
         for layer in layers:
             attention = probes[layer].cls_attention[0].sum(dim=0).float().cpu()
             shares[layer].append(float(attention[busy.flatten()].sum() / attention.sum()))

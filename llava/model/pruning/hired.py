@@ -108,16 +108,21 @@ class HiRED(VisionPruner):
                 return [0] * crops
             quotas = (counts.float() / counts.sum().float() * pool).long()  # float32, truncated, as released
         else:
-            side_y, side_x = grid
-            scores = early.float().cpu().reshape(side_y, side_x)
-            bounds = lambda n, side: [(i * side // n, (i + 1) * side // n) for i in range(n)]
-            shares = torch.tensor([
-                scores[y0:y1, x0:x1].sum().item() for y0, y1 in bounds(rows, side_y) for x0, x1 in bounds(cols, side_x)
-            ], dtype=torch.float64)
+            scores = early.float().cpu().reshape(grid)
+            shares = torch.tensor([scores[block].sum().item() for block in crop_blocks(partition_grid, grid)],
+                                  dtype=torch.float64)
             if float(shares.sum()) <= 0:
                 return [0] * crops
             quotas = torch.floor(pool * shares / shares.sum()).long()
         return quotas.clamp(max=patches).tolist()
+
+
+def crop_blocks(partition_grid: tuple[int, int], grid: tuple[int, int]) -> list[tuple[slice, slice]]:
+    """Per crop (row-major), its block of the base view's `grid` of patches: the crop grid laid over the base
+    view in equal blocks, rows floor(r S / rows) .. floor((r + 1) S / rows), likewise columns (the paper split)."""
+    (rows, cols), (side_y, side_x) = partition_grid, grid
+    return [(slice(r * side_y // rows, (r + 1) * side_y // rows), slice(c * side_x // cols, (c + 1) * side_x // cols))
+            for r in range(rows) for c in range(cols)]
 
 
 def _final_scores(inputs: VisionInputs) -> torch.Tensor:
