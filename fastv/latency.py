@@ -542,11 +542,11 @@ def main(
         clock.hook_module(hf.model.vision_tower, "vision")
         clock.hook_module(hf.model.language_model, "llm")
         contestants.append(Transformers(hf, hf_inputs, new_tokens, clock, image_token))
-        for contestant in list(contestants) if references == "all" else []:
-            if isinstance(contestant, Ours) and contestant.spec.startswith("fastv:"):
-                kept = contestant.run()  # what ours keeps after layer k, newline tokens included: the same work
-                contestants.append(Transformers(hf, hf_inputs, new_tokens, clock, image_token,
-                                                fastv=(contestant.method.args.k, kept.kept_after_layer_k + kept.newline_tokens)))
+    if hf is not None and references == "all":  # FastV the HF way beside each of our FastV rows
+        for contestant in [c for c in contestants if isinstance(c, Ours) and c.spec.startswith("fastv:")]:
+            kept = contestant.run()  # what ours keeps after layer k, newline tokens included: the same work
+            contestants.append(Transformers(hf, hf_inputs, new_tokens, clock, image_token,
+                                            fastv=(contestant.method.args.k, kept.kept_after_layer_k + kept.newline_tokens)))
     runs: dict[str, list[Run]] = {c.name: [] for c in contestants}
     bar = _progress((warmup + repeats) * len(contestants), progress)
     for round_ in range(warmup + repeats):

@@ -191,8 +191,8 @@ def main(argv=None) -> list[dict]:
     print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": model_path, "look": args.look, "rows": rows,
-                                               "base_attention_on_busy": attention}, indent=2) + "\n")
+        result = {"model": model_path, "look": args.look, "rows": rows, "base_attention_on_busy": attention}
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
         args.json.with_suffix(".md").write_text(table + "\n")
     return rows
 

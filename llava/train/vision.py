@@ -4,9 +4,10 @@ Real LLaVA starts from a CLIP tower pretrained on far more images than the
 language model ever sees; our tower is trained here. A whole-model step costs
 three to four times what a tower-only step does per image (the decoder
 dominates), so an image seen by the tower alone is cheap: a run can show the
-tower many more images (`--vision-minutes`) before the decoder joins. This is where the tower
-learns what the lattice look never asked of it: shapes and printed text at any
-pixel offset, of any size, on any background (the varied look).
+tower many more images (`--vision-minutes`) before the decoder joins. This is
+where the tower learns what the lattice look never asked of it: objects of 1 to
+4 lattice cells on any background (the varied look). (Objects at any pixel
+offset were tried too and not learned in an hour: llava-shapes-tiny's card.)
 
 Losses: the CLS, patch, position, OCR and text heads of `llava.train.losses`
 (the decoder's alignment, grounding and copy losses need the decoder).
