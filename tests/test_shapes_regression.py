@@ -3,7 +3,7 @@
 A wrong index in a pruning method (a kept set that misses the objects, a
 mis-aligned span, a cache that loses the image) shows up here as lost accuracy.
 Each floor sits MARGIN points under what the shipped model scored on the same
-first questions, greedy, batch 32, in the sweeps the README reports:
+first questions, greedy, batch 32, in the sweeps docs/results.md reports:
 
     .venv/bin/fastv sweep --limit 300 --batch-size 32 --out results/cpu-2core-2026-12-05/shapes-sweep
     .venv/bin/fastv sweep --benchmark shapes_hr --limit 300 --batch-size 32 --out results/cpu-2core-2026-12-05/shapes-hr-sweep

@@ -7,6 +7,7 @@
   auxiliary labels of each view of the vision tower;
 - `model`: the model as it trains (token drop, what the losses read) and the training-only heads;
 - `losses`: the answers' cross-entropy and the auxiliary losses;
+- `vision`: the vision phase (the tower alone on its heads, before the whole model trains);
 - `export`: the llava-hf layout that our loader and transformers both load;
 - `loop`: options, the loop, validation, checkpoints.
 

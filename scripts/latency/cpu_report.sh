@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU measurement the README reports, on small random models (bench-v1.5: CLIP-B at 336 px, 576 visual tokens,
+# The CPU measurement docs/performance.md reports, on small random models (bench-v1.5: CLIP-B at 336 px, 576 visual tokens,
 # a 4-layer Llama of width 1024; bench-v1.6: the LLaVA-NeXT of the same parts). Ratios only: a CPU's absolute times
 # say nothing about a GPU's.
 #
