@@ -181,3 +181,25 @@ def test_on_llava_15_the_scores_are_the_select_layers_attention(tiny_llava_dir, 
     for b in range(2):
         assert out.kept[b][0] == top_k_indices(attentions[1][b, :, 0, 1:].sum(dim=0), 16).tolist()
     assert out.visual_tokens == [[16], [16]]
+
+
+def test_rate_one_keeps_every_patch_as_the_release_does():
+    # The split would give the 2x2 grid's crops int(4/8 * 64) = 32, 16, 16 and 0 of the pool of 64, clamped to
+    # 16, 16, 16, 0: crop 3 would lose all 16. The release selects only below rate 1; at 1 every patch stays.
+    assert kept("hired:rate=1", (2, 2), 4) == [list(range(16))] * 5
+    assert kept("hired:rate=1,alpha=0.2,split=paper", (1, 2), 2) == [list(range(16))] * 3
+
+
+def test_rate_one_on_next_is_the_unpruned_layout_without_newlines(loaded_next):
+    tokenizer, model, processor, _ = loaded_next
+    images = processor(helpers.random_images(2, seed=43, sizes=[(160, 120), (90, 140)]))  # padded 2x2 and 2x1
+    prompts = prompts_for(tokenizer, QUESTIONS[:2])
+    full = model(prompts, images).stats
+    model.set_pruning("hired:rate=1")
+    try:
+        out = model(prompts, images).stats
+    finally:
+        model.set_pruning("none")
+    assert out.kept_partitions == full.kept_partitions  # every patch the unpruned model shows the LLM
+    assert out.newline_tokens == [[0], [0]]
+    assert out.visual_tokens == [[v[0] - n[0]] for v, n in zip(full.visual_tokens, full.newline_tokens)]

@@ -21,13 +21,13 @@ FEATURES = torch.tensor([[1.0, float(j)] for j in range(8)])  # patch j's featur
 LAYER = 5  # the last vision layer of the hand-built view
 
 
-def hand_view() -> VisionInputs:
-    """Keys whose first column makes softmax(q . K / sqrt(3)) = (0.02, SCORES) for q = sqrt(3) e0, and whose
-    other columns, 100 times larger, place the patches 45 degrees apart on a circle: the two nearest of patch
-    j are j - 1 and j + 1 (mod 8)."""
+def hand_view(scores: torch.Tensor = SCORES) -> VisionInputs:
+    """Keys whose first column makes softmax(q . K / sqrt(3)) = (1 - sum(scores), scores) for q = sqrt(3) e0, and
+    whose other columns, 100 times larger, place the patches 45 degrees apart on a circle: the two nearest of
+    patch j are j - 1 and j + 1 (mod 8)."""
     angle = torch.arange(8) * math.pi / 4
-    patches = torch.stack([SCORES.log(), 100 * angle.cos(), 100 * angle.sin()], dim=1)
-    keys = torch.cat([torch.tensor([[math.log(0.02), 0.0, 0.0]]), patches])
+    patches = torch.stack([scores.log(), 100 * angle.cos(), 100 * angle.sin()], dim=1)
+    keys = torch.cat([torch.tensor([[math.log(1 - float(scores.sum())), 0.0, 0.0]]), patches])
     query = torch.tensor([3**0.5, 0.0, 0.0])
     return VisionInputs(FEATURES, {}, {LAYER: keys}, (2, 4), 0, cls_query={LAYER: query})
 
@@ -86,10 +86,22 @@ def test_degenerate_cases_follow_the_stated_rules():
     kept = parse_method("prumerge").select(view)
     others = lambda i: [j for j in range(8) if j != i]
     assert_close(kept.features[0], FEATURES[2] + sum(SCORES[j] * FEATURES[j] for j in others(2)))
-    # nothing pruned: no extra token
-    every = VisionInputs(FEATURES, {}, view.keys, (2, 4), 0, cls_query={LAYER: torch.zeros(3)})  # flat: 1 outlier
+    # a flat map: 1 outlier
+    every = VisionInputs(FEATURES, {}, view.keys, (2, 4), 0, cls_query={LAYER: torch.zeros(3)})
     plus = parse_method("prumerge+").select(every)  # step 8, stride 2: 0, 2, 4, 6 -> 0 is the outlier
     assert plus.indices.tolist() == [0, 2, 4, 6, -1]
+
+
+def test_prumerge_plus_with_nothing_pruned_still_appends_the_extra_token_as_zero(two_neighbours):
+    # Sorted: .04 x 6, .30, .34. Q1 = .04; Q3 at 5.25: .04 + 0.25 x .26 = .105; fence .105 + 1.5 x .065 = .2025:
+    # outliers 7 (.34) and 6 (.30). step int(8 / 2) = 4, stride 1: arange(0, 7) less 6 = 0..5. Every patch is kept;
+    # the release still appends its extra token, the sum over no pruned patch: zero.
+    scores = torch.tensor([0.04] * 6 + [0.30, 0.34])
+    kept = parse_method("prumerge+").select(hand_view(scores))
+    assert kept.indices.tolist() == [7, 6, 0, 1, 2, 3, 4, 5, -1]
+    assert_close(kept.features[-1], torch.zeros(2))
+    # patch 7's neighbours on the circle are 6 and 0: (1, 7) + .30 (1, 6) + .04 (1, 0)
+    assert_close(kept.features[0], torch.tensor([1.34, 7 + 1.8]))
 
 
 def test_adaptive_budget_and_argument_errors():
@@ -150,7 +162,7 @@ def test_on_next_each_partition_is_pruned_on_its_own_and_concatenated(loaded_nex
     for v in range(5):
         kept = prumerge.outliers(prumerge.single_head_scores(probe.cls_query[v], probe.keys[v]))
         kept = torch.cat([kept, prumerge.uniform_samples(kept, 64)]).tolist()
-        expected += [v * 64 + i for i in kept] + ([-1] if len(kept) < 64 else [])
+        expected += [v * 64 + i for i in kept] + [-1]  # the extra token, even when nothing was pruned
     assert out.kept[0][0] == expected  # base, then each crop: its tokens, then its own extra token
     assert out.newline_tokens == [[0]] and out.visual_tokens == [[len(expected)]]  # nothing unpadded or added
     assert out.partition_grid == [[(2, 2)]]

@@ -23,6 +23,10 @@ transformers', not the transposed one of the version HiRED vendored), no image_n
 patches that fall into the padding are dropped after selection, so an image can enter the LLM with
 fewer than B tokens (PruneStats.visual_tokens and `fastv run --json` report the real count; nothing is
 padded back). LLaVA-1.5 (one partition): the top floor(N rate) by the select layer's row, per image.
+
+`rate=1` keeps every patch of every partition, as the released code does (it selects only when the rate is
+below 1): the split would otherwise leave crops short, since quotas are clamped to N and the remainder is not
+redistributed (one crop of a 2x2 grid lost 8 of 144 tokens).
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class HiRED(VisionPruner):
         return Kept(indices=top_k_indices(_final_scores(inputs), self.budget(inputs.features.shape[0])))
 
     def select_image(self, views: list[VisionInputs], partition_grid: tuple[int, int]) -> list[Kept]:
+        if self.args.rate >= 1:  # code-faithful: the release skips selection at rate >= 1, every patch stays
+            return [Kept(indices=torch.arange(view.features.shape[0], device=view.features.device)) for view in views]
         if len(views) == 1:
             return [self.select(views[0])]
         base, crops = views[0], views[1:]

@@ -29,7 +29,9 @@ Degenerate cases (never a crash):
   grids): stride 1. From about N / 6 outliers on the stride is 1 anyway, and PruMerge+ samples every
   patch of arange(0, N - 1), all but the last;
 - fewer than 32 other patches (small towers): all of them are the neighbours;
-- nothing pruned (every patch an outlier or a sample): no extra token.
+- nothing pruned (every patch an outlier or a sample; PruMerge+ from about N / 6 outliers on, when the last
+  patch, which arange(0, N - 1) never samples, is an outlier): the extra token is still appended, a sum over
+  no patch, i.e. zero, as the release appends it whatever was pruned; the count is always kept + 1.
 """
 
 from __future__ import annotations
@@ -75,10 +77,10 @@ class PruMerge(VisionPruner):
         features = merge(inputs.features, keys, scores, kept, self.args.merge)
         pruned = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
         pruned[kept] = False
-        if bool(pruned.any()):
-            extra = (scores[pruned, None] * inputs.features[pruned].float()).sum(dim=0, keepdim=True)
-            features = torch.cat([features, extra])
-            kept = torch.cat([kept, kept.new_full((1,), -1)])
+        # Code-faithful: appended whatever was pruned, a zero token when nothing was (the release's sum over none).
+        extra = (scores[pruned, None] * inputs.features[pruned].float()).sum(dim=0, keepdim=True)  # (1, D)
+        features = torch.cat([features, extra])
+        kept = torch.cat([kept, kept.new_full((1,), -1)])
         return Kept(indices=kept, features=features.to(inputs.features.dtype))
 
 
