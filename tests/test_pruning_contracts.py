@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from llava.errors import InputError
 from llava.generate import generate
 from llava.model.builder import load_pretrained_model
 from llava.model.pruning.base import LayerPruner
@@ -79,8 +80,8 @@ def test_every_registered_method_has_a_contract_spec():
                                                                             "hired:rate=1.0"])
 def test_keeping_everything_equals_no_pruning_exactly(subject, batch, spec):
     model = subject[1]
-    if spec.startswith("hired") and model.config.anyres:
-        pytest.skip("HiRED has no keep-all on NeXT: it packs without newline tokens and its crop quotas truncate")
+    if spec.startswith("hired") and model.config.anyres and model.config.patch_merge == "spatial_unpad":
+        pytest.skip("HiRED packs a NeXT image without the newline tokens of spatial_unpad")
     prompts, pixel_values = batch
     model.set_pruning("none")
     expected = model(prompts, pixel_values, all_logits=True).logits
@@ -245,6 +246,45 @@ def test_stats_describe_the_prefill_on_every_decoding_path(subject, batch, prune
     cached = generate(model, prompts, pixel_values, max_new_tokens=6, use_cache=True).stats
     recomputed = generate(model, prompts, pixel_values, max_new_tokens=6, use_cache=False).stats
     assert cached == recomputed
+
+
+# Every method keeps at least one visual token of every image (llava/model/pruning/base.py): per registered
+# method, the budgets that would keep none, and its smallest budget that keeps one (64 patches per view).
+NO_TOKEN = {
+    "fastv": ["fastv:k=2,keep=0", "fastv:k=2,ratio=1", "fastv:k=2,ratio=0.995"],  # round(64 x 0.005) = 0
+    "fastervlm": ["fastervlm:keep=0"], "random": ["random:keep=0,seed=3"], "uniform": ["uniform:keep=0"],
+    "pool": ["pool:keep=0"],
+    "hired": ["hired:rate=0.01"],  # floor(64 x 0.01) = 0
+    "none": [], "prumerge": [], "prumerge+": [],  # nothing to set: all tokens, or at least one outlier
+}
+ONE_TOKEN = ["none", "fastv:k=2,keep=1", "fastv:k=2,ratio=0.99", "fastervlm:keep=1", "random:keep=1,seed=3",
+             "uniform:keep=1", "pool:keep=1", "hired:rate=0.015625", "hired:rate=0.015625,alpha=0", "prumerge",
+             "prumerge+"]
+
+
+def test_every_registered_method_says_what_a_budget_of_no_token_is():
+    assert set(NO_TOKEN) == set(available_methods())
+    assert {spec.partition(":")[0] for spec in ONE_TOKEN} == set(available_methods())
+
+
+@pytest.mark.parametrize("spec", [spec for specs in NO_TOKEN.values() for spec in specs])
+def test_a_budget_of_no_token_is_refused_in_one_line_on_every_model(subject, spec):
+    model = subject[1]
+    with pytest.raises(InputError) as error:
+        model.set_pruning(spec)  # parse_method refuses keep=0 and ratio=1 before any model; the rest: the model
+    message = str(error.value)
+    assert "\n" not in message and ("at least 1" in message or "keeps at least one" in message)
+    assert model.pruning.name == "none"
+
+
+@pytest.mark.parametrize("spec", ONE_TOKEN)
+def test_the_smallest_budget_keeps_at_least_one_token_of_every_image(subject, batch, pruned, spec):
+    model = subject[1]
+    prompts, pixel_values = batch
+    pruned(spec)
+    stats = model(prompts, pixel_values).stats
+    per_image = [sum(image) for sample in stats.partition_tokens() for image in sample]  # after layer k for FastV
+    assert len(per_image) == 4 and min(per_image) >= 1
 
 
 def test_spec_round_trip():

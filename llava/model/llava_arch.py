@@ -156,7 +156,7 @@ class LlavaForCausalLM(nn.Module):
         if not isinstance(method, PruningMethod):
             method = parse_method(method)
         config = self.config
-        method.validate(config.vision.num_layers, config.text.num_layers, config.tokens_per_image, config.anyres)
+        method.check_model(config.vision.num_layers, config.text.num_layers, config.tokens_per_image, config.anyres)
         self.pruning = method
         return method
 

@@ -12,7 +12,11 @@ Two seams, as DESIGN.md describes:
   keep. The model owns everything else (gathering, masks, caches, positions).
 
 Budgets: `keep` is a count of visual tokens kept per image; `ratio` is always the
-fraction *dropped* (FastV's R).
+fraction *dropped* (FastV's R). Every method keeps at least one visual token of every
+image, on every model: a budget of none (`keep=0`, `fastv:ratio=1`, a HiRED rate below
+1 / N) is refused when the spec is parsed or the method is attached (`check_model`), never
+run with an empty image span (which LLaVA-NeXT's layout cannot pack, and which is the
+text-only prompt, not a pruning budget).
 """
 
 from __future__ import annotations
@@ -116,6 +120,12 @@ def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return order[:k].sort().values
 
 
+def check_keep(keep: int, where: str = "keep") -> None:
+    """`keep` counts tokens kept per image: at least one (the module docstring says why)."""
+    if keep < 1:
+        raise InputError(f"{where} must be at least 1 (every method keeps at least one visual token of an image), got {keep}")
+
+
 def check_budget(keep: int, available: int, what: str) -> None:
     if keep > available:
         raise InputError(f"keep={keep} is larger than the {available} visual tokens in {what}")
@@ -145,6 +155,14 @@ class PruningMethod(ABC):
 
     def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
         """Check the arguments against a model (`anyres`: LLaVA-NeXT); raise InputError naming the problem."""
+
+    def check_model(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
+        """`validate`, then the rule every method shares: a budget that keeps no token of an image is refused."""
+        self.validate(vision_layers, llm_layers, tokens_per_image, anyres)
+        budget = self.budget(tokens_per_image)
+        if budget is not None and budget < 1:
+            raise InputError(f"{self.spec} keeps no visual token of a {tokens_per_image}-patch image;"
+                             " every method keeps at least one")
 
     def budget(self, tokens_per_image: int) -> int | None:
         """Visual tokens per image this method promises to keep (None when adaptive)."""
@@ -182,8 +200,7 @@ class KeepArgs(MethodArgs):
     keep: int  # visual tokens kept per image
 
     def __post_init__(self):
-        if self.keep < 0:
-            raise InputError(f"keep must be >= 0, got {self.keep}")
+        check_keep(self.keep)
 
 
 class KeepBudgetPruner(VisionPruner):

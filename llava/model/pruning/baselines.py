@@ -70,8 +70,6 @@ class UniformPruner(KeepBudgetPruner):
 
     def select(self, inputs: VisionInputs) -> Kept:
         self.patch_count(inputs)
-        if self.args.keep == 0:
-            return Kept(indices=torch.zeros(0, dtype=torch.long, device=inputs.features.device))
         rows, cols = inputs.grid
         side = math.isqrt(self.args.keep - 1) + 1  # ceil(sqrt(keep))
         spread = lambda n: (2 * torch.arange(side) + 1) * n // (2 * side)  # side evenly spaced of n

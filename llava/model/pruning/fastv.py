@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 
 from llava.errors import InputError
-from llava.model.pruning.base import LayerPruner, MethodArgs, VisualSpan, check_budget, top_k_indices
+from llava.model.pruning.base import LayerPruner, MethodArgs, VisualSpan, check_budget, check_keep, top_k_indices
 from llava.model.pruning.registry import register
 
 
@@ -42,10 +42,12 @@ class FastVArgs(MethodArgs):
     def __post_init__(self):
         if (self.keep is None) == (self.ratio is None):
             raise InputError("fastv needs exactly one budget: keep=N (image tokens kept) or ratio=R (fraction dropped)")
-        if self.keep is not None and self.keep < 0:
-            raise InputError(f"fastv:keep must be >= 0, got {self.keep}")
+        if self.keep is not None:
+            check_keep(self.keep, "fastv:keep")
         if self.ratio is not None and not 0.0 <= self.ratio <= 1.0:
             raise InputError(f"fastv:ratio is the fraction dropped and must be in [0, 1], got {self.ratio}")
+        if self.ratio == 1.0:
+            raise InputError("fastv:ratio=1 drops every image token; every method keeps at least one (use a ratio below 1)")
         if self.k < 1:
             raise InputError(f"fastv:k={self.k} must be at least 1")
 
