@@ -61,6 +61,48 @@ def test_unsupported_vision_activation_is_a_checkpoint_error(hf_copy):
         load_pretrained_model(str(hf_copy))
 
 
+@pytest.mark.parametrize("layer", [-99, -4, 0, 4])
+def test_a_vision_feature_layer_outside_the_tower_is_a_checkpoint_error(hf_copy, original, layer):
+    """The tiny tower has 3 layers: hidden_states indices -3..-1 and 1..3 are its layers' outputs."""
+    expected = f"vision feature layer {layer} is outside the 3-layer vision tower (valid: -3..-1 or 1..3)"
+    edit_config(hf_copy, lambda c: c.__setitem__("vision_feature_layer", layer))
+    folder, _ = original
+    edit_config(folder, lambda c: c.__setitem__("mm_vision_select_layer", layer))
+    for path in (hf_copy, folder):
+        with pytest.raises(CheckpointError) as error:
+            load_pretrained_model(str(path))
+        assert str(error.value) == f"{path}: {expected}"
+
+
+def test_the_first_and_last_vision_layers_are_accepted(hf_copy):
+    for layer in (-3, 3):
+        edit_config(hf_copy, lambda c: c.__setitem__("vision_feature_layer", layer))
+        assert builder.read_checkpoint(str(hf_copy)).config.select_layer == layer
+
+
+def test_a_vision_tower_other_than_clip_is_refused_by_name(hf_copy, original):
+    edit_config(hf_copy, lambda c: c["vision_config"].__setitem__("model_type", "siglip_vision_model"))
+    with pytest.raises(CheckpointError) as error:
+        load_pretrained_model(str(hf_copy))
+    assert str(error.value) == (f"{hf_copy}: vision tower 'siglip_vision_model' is not supported"
+                                " (supported: CLIP, clip, clip_vision_model)")
+    folder, clip = original  # original LLaVA: the folder mm_vision_tower names, as a whole SiglipModel
+    edit_config(clip, lambda c: c.update(model_type="siglip", vision_config=dict(c, model_type="siglip_vision_model")))
+    with pytest.raises(CheckpointError, match=f"{clip}: vision tower 'siglip' is not supported"):
+        load_pretrained_model(str(folder))
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "llava_onevision", "idefics2"])
+def test_a_model_type_other_than_llava_is_refused_by_name(hf_copy, tiny_next_dir, tmp_path, model_type):
+    next_copy = tmp_path / "next"
+    shutil.copytree(tiny_next_dir, next_copy)
+    for folder in (hf_copy, next_copy):
+        edit_config(folder, lambda c: c.__setitem__("model_type", model_type))
+        with pytest.raises(CheckpointError) as error:
+            load_pretrained_model(str(folder))
+        assert str(error.value) == f"{folder}: model_type '{model_type}' is not supported (llava-hf: llava, llava_next)"
+
+
 @pytest.mark.parametrize("aspect_ratio, pads", [("pad", True), ("square", False), (None, False)])
 def test_image_aspect_ratio_is_honoured(original, aspect_ratio, pads):
     """LLaVA's process_images pads to a square only for 'pad'; 'square' or no field: CLIP's resize and crop."""

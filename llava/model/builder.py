@@ -180,6 +180,12 @@ ORIGINAL_TEXT_FIELDS = (
 # Decoders with Llama's code path, by their config's model_type; original LLaVA names them llava_<family>.
 TEXT_FAMILIES = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig}
 ORIGINAL_MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral"}
+# The llava-hf model types (transformers' LlavaConfig and LlavaNextConfig); any other (qwen2_vl, idefics2, ...) is
+# another architecture, refused by name rather than read as LLaVA.
+HF_MODEL_TYPES = ("llava", "llava_next")
+# The one vision tower: CLIP's, by its config's model_type (a CLIPModel folder is 'clip', its vision part, and a
+# llava-hf vision_config, 'clip_vision_model'); SigLIP and the rest have other layers and are refused by name.
+VISION_MODEL_TYPES = ("clip", "clip_vision_model")
 # Original-LLaVA switches that change the prompt or the tokenizer, which we do not reproduce.
 ORIGINAL_PROMPT_FLAGS = {
     "mm_use_im_start_end": "the image would sit between <im_start> and <im_end> tokens",
@@ -229,6 +235,9 @@ def read_checkpoint(model_path: str, vision_tower: str | None = None) -> Checkpo
     llava_next = raw.get("model_type") == "llava_next" or "LlavaNextForConditionalGeneration" in architectures
     llava_hf = llava_next or "LlavaForConditionalGeneration" in architectures
     if llava_hf or "text_config" in raw or "vision_config" in raw:
+        model_type = raw.get("model_type", "llava")
+        if model_type not in HF_MODEL_TYPES:  # e.g. qwen2_vl: its sections would otherwise be read as LLaVA's
+            raise CheckpointError(f"{path}: model_type '{model_type}' is not supported (llava-hf: {', '.join(HF_MODEL_TYPES)})")
         if vision_tower is not None:
             raise CheckpointError(
                 f"{path}: --vision-tower is for original-LLaVA checkpoints; a llava-hf folder holds its own vision tower"
@@ -252,13 +261,13 @@ def _llava_hf_config(path: Path, raw: dict, llava_next: bool) -> LlavaConfig:
         )
     _only(path, raw, "vision_feature_select_strategy", "default")
     _only(path, raw, "projector_hidden_act", "gelu")
-    layer = _select_layer(path, raw.get("vision_feature_layer", -2))
     text_raw.setdefault("tie_word_embeddings", raw.get("tie_word_embeddings", False))
     if not llava_next and "image_grid_pinpoints" in raw:
         raise CheckpointError(f"{path}: image_grid_pinpoints in a LlavaForConditionalGeneration config (LLaVA-NeXT is llava_next)")
     # Inside the sections, a missing field is transformers' default, as transformers reads it: its
     # save_pretrained leaves out default values (llava-hf/llava-1.5-7b-hf's text_config has no hidden_size).
     vision = vision_config_from(vision_raw, path)
+    layer = _select_layer(path, raw.get("vision_feature_layer", -2), vision)
     pinpoints = _pinpoints(path, raw.get("image_grid_pinpoints", HF_NEXT_PINPOINTS), vision) if llava_next else None
     return LlavaConfig(
         vision=vision,
@@ -313,8 +322,6 @@ def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Che
     projector = raw.get("mm_projector_type", "linear")  # LLaVA's default
     if not isinstance(projector, str) or not re.fullmatch(r"linear|mlp\d+x_gelu", projector):
         raise CheckpointError(f"{path}: mm_projector_type '{projector}' is not supported (supported: linear, mlp<N>x_gelu)")
-    layer = _select_layer(path, raw.get("mm_vision_select_layer", -2))
-
     if vision_tower is not None:
         folder, named_by = checkpoint_folder(vision_tower, "vision tower"), "--vision-tower"
     else:
@@ -325,9 +332,11 @@ def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Che
             " pass --vision-tower PATH to a local CLIP folder"
         )
     clip_raw = read_json(folder / "config.json")
+    _check_vision_type(folder, clip_raw)
     vision_raw = _section(clip_raw, "vision_config", folder / "config.json") if "vision_config" in clip_raw else clip_raw
     text_raw = {k: v for k, v in raw.items() if not k.startswith("mm_") and k != "image_grid_pinpoints"}
     vision = vision_config_from(vision_raw, folder)
+    layer = _select_layer(path, raw.get("mm_vision_select_layer", -2), vision)
     anyres = aspect_ratio == "anyres"
     config = LlavaConfig(
         vision=vision,
@@ -347,12 +356,25 @@ def _only(path: Path, raw: dict, field: str, supported: str) -> None:
         raise CheckpointError(f"{path}: {field} '{value}' is not supported (only '{supported}')")
 
 
-def _select_layer(path: Path, layer) -> int:
+def _select_layer(path: Path, layer, vision: VisionConfig) -> int:
+    """The vision feature layer (transformers' hidden_states index), checked to be one of the tower's layers."""
     if isinstance(layer, list):
         raise CheckpointError(f"{path}: several vision feature layers ({layer}) are not supported")
     if not isinstance(layer, int) or isinstance(layer, bool):
         raise CheckpointError(f"{path}: the vision feature layer must be an integer, got {json.dumps(layer)}")
+    try:
+        vision.layer_index(layer)
+    except ValueError as error:
+        n = vision.num_layers
+        raise CheckpointError(f"{path}: {error} (valid: -{n}..-1 or 1..{n})") from error
     return layer
+
+
+def _check_vision_type(source: Path, raw: dict) -> None:
+    """A vision config that names its model (transformers always writes model_type) must name CLIP's."""
+    kind = raw.get("model_type")
+    if kind is not None and kind not in VISION_MODEL_TYPES:
+        raise CheckpointError(f"{source}: vision tower '{kind}' is not supported (supported: CLIP, {', '.join(VISION_MODEL_TYPES)})")
 
 
 def text_config_from(raw: dict, source: Path, family: str = "llama") -> LlamaConfig:
@@ -395,6 +417,7 @@ def text_config_from(raw: dict, source: Path, family: str = "llama") -> LlamaCon
 
 
 def vision_config_from(raw: dict, source: Path) -> VisionConfig:
+    _check_vision_type(source, raw)
     hf = _transformers_config(transformers.CLIPVisionConfig, raw, source, "vision tower")
     if hf.hidden_act not in ("gelu", "quick_gelu"):
         supported = "supported: gelu, quick_gelu"
