@@ -32,7 +32,7 @@ def test_aokvqa_multiple_choice(tmp_path):
         "What animal is it?\nA. dog\nB. cat\nC. bird\nD. fish\nAnswer with the option's letter from the given choices directly."
     )
     assert questions[0].image == tmp_path / "aokvqa/val2017/000000000007.jpg"
-    assert questions[4].error and "lacks 'correct_choice_idx'" in questions[4].error
+    assert questions[4].error and "missing field 'correct_choice_idx'" in questions[4].error
     # a: B right; b: "A. dog" right; c: "The answer is D." wrong (C); d: no answer (an error line): wrong;
     # e: malformed, wrong. 2 of 5.
     answers = answers_for(questions, ["B", "A. dog", "The answer is D.", None, "A"])

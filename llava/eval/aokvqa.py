@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llava.errors import InputError
 from llava.eval.common import (
-    MULTIPLE_CHOICE, OPTION_LETTERS, SHORT_ANSWER, Question, answer_text, malformed_question, normalize_vqa_answer,
-    parse_option_letter, percent, read_json, with_instruction,
+    MULTIPLE_CHOICE, OPTION_LETTERS, SHORT_ANSWER, Question, answer_text, normalize_vqa_answer, parse_option_letter,
+    percent, questions_from, read_json, typed, typed_list, with_instruction,
 )
 
 FOLDER = "aokvqa"
@@ -38,48 +37,46 @@ def multiple_choice_prompt(question: str, choices: list[str]) -> str:
     return with_instruction(question.strip() + options, MULTIPLE_CHOICE)
 
 
-def _records(question_file: Path):
-    records = read_json(question_file, "A-OKVQA question file")
-    if not isinstance(records, list):
-        raise InputError(f"A-OKVQA question file {question_file} must hold a JSON list of questions")
-    return enumerate(records, start=1)
+def _questions(question_file: Path, image_folder: Path, make):
+    """`make(record, image)` for every entry of the file (a JSON list), read and checked before the first
+    question is yielded; an entry it cannot make is a malformed question."""
+    records = read_json(question_file, "A-OKVQA question file", list)
+
+    def made(record: dict) -> Question:
+        return make(record, image_path(image_folder, typed(record, "image_id", int)))
+
+    return questions_from(question_file, enumerate(records, start=1), made, place="entry")
 
 
 def load_questions(question_file: Path, image_folder: Path):
     """Multiple choice: the gold letter goes in `fields`."""
-    for number, record in _records(question_file):
-        try:
-            choices = list(record["choices"])
-            if not 2 <= len(choices) <= len(OPTION_LETTERS):
-                raise ValueError(f"{len(choices)} choices")
-            correct = int(record["correct_choice_idx"])
-            if not 0 <= correct < len(choices):
-                raise ValueError(f"correct_choice_idx {correct} outside its {len(choices)} choices")
-            yield Question(
-                record["question_id"], multiple_choice_prompt(record["question"], choices),
-                image=image_path(image_folder, record["image_id"]),
-                fields={"answer": OPTION_LETTERS[correct], "letters": OPTION_LETTERS[: len(choices)]},
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            yield malformed_question(question_file, number, f"entry {number}: {_reason(error)}")
+
+    def make(record: dict, image: Path) -> Question:
+        choices = typed_list(record, "choices", str)
+        if not 2 <= len(choices) <= len(OPTION_LETTERS):
+            raise ValueError(f"{len(choices)} choices")
+        correct = typed(record, "correct_choice_idx", int)
+        if not 0 <= correct < len(choices):
+            raise ValueError(f"correct_choice_idx {correct} outside its {len(choices)} choices")
+        return Question(
+            typed(record, "question_id", int, str), multiple_choice_prompt(typed(record, "question", str), choices),
+            image=image, fields={"answer": OPTION_LETTERS[correct], "letters": OPTION_LETTERS[: len(choices)]},
+        )
+
+    return _questions(question_file, image_folder, make)
 
 
 def load_direct_answer_questions(question_file: Path, image_folder: Path):
-    for number, record in _records(question_file):
-        try:
-            answers = [str(a) for a in record["direct_answers"]]
-            if not answers:
-                raise ValueError("no direct_answers")
-            yield Question(
-                record["question_id"], with_instruction(record["question"], SHORT_ANSWER),
-                image=image_path(image_folder, record["image_id"]), fields={"direct_answers": answers},
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            yield malformed_question(question_file, number, f"entry {number}: {_reason(error)}")
+    def make(record: dict, image: Path) -> Question:
+        answers = typed_list(record, "direct_answers", str)
+        if not answers:
+            raise ValueError("no direct_answers")
+        return Question(
+            typed(record, "question_id", int, str), with_instruction(typed(record, "question", str), SHORT_ANSWER),
+            image=image, fields={"direct_answers": answers},
+        )
 
-
-def _reason(error: Exception) -> str:
-    return f"lacks {error}" if isinstance(error, KeyError) else str(error)
+    return _questions(question_file, image_folder, make)
 
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:

@@ -61,6 +61,14 @@ class Question:
     error: str | None = None
     occurrence: int = 0  # > 0 only when the file repeats the same (question_id, text)
 
+    def __post_init__(self):
+        # The one check every loader shares: an id that cannot key an answer line, or a text that is
+        # no string, is the question's own error (the loaders turn it into a malformed question).
+        if not is_json_type(self.question_id, (int, str)):
+            raise ValueError(f"field 'question_id' is {json_type(self.question_id)}, not a number or a string")
+        if not isinstance(self.text, str):
+            raise ValueError(f"the question text is {json_type(self.text)}, not a string")
+
     @property
     def key(self) -> tuple:
         """Identity of the question within a run (LLaVA's TextVQA and MME files reuse question_ids)."""
@@ -105,21 +113,51 @@ def without_instruction(text: str, instruction: str) -> str:
 
 
 def read_jsonl_questions(path: Path, make_question) -> Iterator[Question]:
-    """Questions from a JSONL file: `make_question(record)` per line; a bad line becomes an error record."""
+    """Questions from a JSONL file: `make_question(record)` per line; a bad line becomes an error record.
+
+    A UTF-8 byte order mark before line 1 is skipped; a line that is not UTF-8 is a malformed question."""
     if not path.is_file():
         raise InputError(f"question file not found: {path} (see EVAL.md for where it comes from)")
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    for number, record, problem in jsonl_values(path):
+        if problem:
+            yield malformed_question(path, number, problem)
+        else:
+            yield from questions_from(path, [(number, record)], make_question)
+
+
+def jsonl_values(path: Path) -> Iterator[tuple[int, object, str | None]]:
+    """(line number, JSON value, None) for each non-blank line of a JSONL file, or (line number, None,
+    what is wrong) for a line that is not UTF-8 or not JSON. A UTF-8 byte order mark before line 1 is skipped."""
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                yield number, None, f"not UTF-8 text (byte {error.start + 1} of the line)"
+                continue
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-                yield make_question(record)
-            except (ValueError, KeyError, TypeError) as error:
-                detail = f"missing field {error}" if isinstance(error, KeyError) else str(error)
-                yield malformed_question(path, number, detail)
+                yield number, json.loads(line), None
+            except ValueError as error:
+                yield number, None, str(error)
+
+
+def questions_from(path: Path, records: Iterable[tuple[int, object]], make_question, place: str = "line") -> Iterator[Question]:
+    """`make_question(record)` (a Question or a list of them) for each (number, record) of a question file.
+
+    The one place a question's fields are checked against what it needs: a record that is no
+    JSON object, lacks a field or holds one of the wrong type becomes a malformed question at
+    `place` `number` ("line 3", "entry 3"), counted wrong, never a crash of the run."""
+    for number, record in records:
+        try:
+            if not isinstance(record, dict):
+                raise ValueError(f"{json_type(record)}, not a JSON object")
+            made = make_question(record)
+            yield from made if isinstance(made, list) else [made]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+            detail = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+            yield malformed_question(path, number, detail, record, place)
 
 
 def read_llava_questions(question_file: Path, image_folder: Path, build_prompt, keep: tuple[str, ...] = ()):
@@ -128,26 +166,121 @@ def read_llava_questions(question_file: Path, image_folder: Path, build_prompt, 
 
     def make(record: dict) -> Question:
         return Question(
-            record["question_id"], build_prompt(record["text"]), image=image_folder / record["image"],
-            fields={name: record.get(name) for name in keep},
+            typed(record, "question_id", int, str), build_prompt(typed(record, "text", str)),
+            image=image_folder / typed(record, "image", str), fields={name: record.get(name) for name in keep},
         )
 
     return read_jsonl_questions(question_file, make)
 
 
-def malformed_question(path: Path, line_number: int, detail: str) -> Question:
+def malformed_question(path: Path, number: int, detail: str, record=None, place: str = "line") -> Question:
+    """The error record of an unreadable question at `place` `number` of `path` ("line 3", "entry 3");
+    the record's own question_id, when it has a readable one, is named in the message."""
+    own_id = record.get("question_id") if isinstance(record, dict) else None
+    named = f" (question_id {own_id!r})" if is_json_type(own_id, (int, str)) else ""
     return Question(
-        question_id=f"{path.name}:{line_number}",
+        question_id=f"{path.name}:{number}",
         text="",
-        error=f"malformed question, {path.name} line {line_number}: {detail}",
+        error=f"malformed question, {path.name} {place} {number}{named}: {detail}",
     )
 
 
-def read_json(path: Path, what: str):
+# ----------------------------------------------------------------------------- input files and field types
+
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number"}
+
+
+def json_type(value) -> str:
+    """What a JSON value is, in words for a message: null, true/false, a number, a string, a list, an object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (true/false)"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" if len(value) <= 40 else "a string"
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def is_json_type(value, kinds: tuple) -> bool:
+    """isinstance, as JSON's types: true/false is no number."""
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
+
+def _kinds_named(kinds: tuple) -> str:
+    names = dict.fromkeys(_JSON_NAMES[kind] for kind in kinds)
+    return " or ".join(names)
+
+
+def typed(record: dict, name: str, *kinds: type):
+    """`record[name]`, checked to be of one of `kinds` (JSON's types); a missing field is a KeyError,
+    one of another type a ValueError that names the field, what it holds and what it should."""
+    value = record[name]
+    if not is_json_type(value, kinds):
+        raise ValueError(f"field '{name}' is {json_type(value)}, not {_kinds_named(kinds)}")
+    return value
+
+
+def typed_list(record: dict, name: str, *kinds: type) -> list:
+    """`record[name]`, checked to be a list whose every item is of one of `kinds`.
+
+    A string is no list here: "abcd" is not four choices."""
+    values = typed(record, name, list)
+    for index, value in enumerate(values):
+        if not is_json_type(value, kinds):
+            raise ValueError(f"field '{name}' item {index + 1} is {json_type(value)}, not {_kinds_named(kinds)}")
+    return values
+
+
+def read_json(path: Path, what: str, kind: type | tuple = (dict, list)):
+    """The JSON value in `path`, whose top level must be `kind` (dict: an object, list: a list).
+
+    Every way the file can fail (missing, unreadable, not UTF-8, empty, not JSON, another
+    top-level type) is a one-line InputError naming `what`, the file and the problem. A UTF-8 byte
+    order mark is skipped."""
     if not path.is_file():
         raise InputError(f"{what} not found: {path} (see EVAL.md for where it comes from)")
-    with open(path, encoding="utf-8") as file:
-        return json.load(file)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {error.start + 1})") from None
+    except OSError as error:
+        raise InputError(f"cannot read the {what} {path}: {error.strerror}") from None
+    if not text.strip():
+        raise InputError(f"{what} {path} is empty")
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise InputError(f"{what} {path} is not valid JSON: {error}") from None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not is_json_type(data, kinds):
+        raise InputError(f"{what} {path} must hold {_kinds_named(kinds)} at its top level, not {json_type(data)}")
+    return data
+
+
+def read_checked_jsonl(path: Path, what: str, check) -> list[dict]:
+    """Every line of a JSONL annotation file, each a JSON object passing `check`; any line that fails
+    (not UTF-8, not JSON, another type, a field missing or of the wrong type) is a one-line InputError."""
+    values = []
+    for number, value, problem in jsonl_values(path):
+        if problem:
+            raise InputError(f"{what} {path}, line {number}: {problem}")
+        values.append((f"line {number}", value))
+    checked_entries(path, what, values, check)
+    return [value for _, value in values]
+
+
+def checked_entries(path: Path, what: str, entries: Iterable[tuple[str, object]], check) -> None:
+    """Run `check(entry)` on each (name, entry) of an annotation file; the first failure is a one-line
+    InputError naming the file, the entry and the field. Annotations grade every question, so a broken
+    one is the file's error, found before the first question is answered."""
+    for name, entry in entries:
+        try:
+            if not isinstance(entry, dict):
+                raise ValueError(f"{json_type(entry)}, not a JSON object")
+            check(entry)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+            detail = f"lacks field {error}" if isinstance(error, KeyError) else str(error)
+            raise InputError(f"{what} {path}, {name}: {detail}") from None
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llava.eval.common import SHORT_ANSWER, Question, answer_text, percent, read_json, read_llava_questions, with_instruction, write_json
+from llava.eval.common import (
+    SHORT_ANSWER, Question, answer_text, checked_entries, percent, read_json, read_llava_questions, typed,
+    with_instruction, write_json,
+)
 
 FOLDER = "gqa"
 QUESTION_FILE = "llava_gqa_testdev_balanced.jsonl"
@@ -35,8 +38,21 @@ def prediction(answer: str | None) -> str:
     return (answer or "").rstrip(".").lower()
 
 
+def read_annotations(folder: Path) -> dict:
+    """GQA's questions file, checked: {question id: {answer, ...}}."""
+    path = folder / ANNOTATIONS
+    annotations = read_json(path, "GQA testdev-balanced questions", dict)
+    checked_entries(path, "GQA testdev-balanced questions", ((f"question {k}", v) for k, v in annotations.items()),
+                    lambda entry: typed(entry, "answer", str))
+    return annotations
+
+
+def check_inputs(questions: list[Question], folder: Path) -> None:
+    read_annotations(folder)
+
+
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
-    annotations = read_json(folder / ANNOTATIONS, "GQA testdev-balanced questions")
+    annotations = read_annotations(folder)
     predictions, correct, graded, unmatched = [], 0, 0, 0
     for question in questions:
         text = answer_text(answers.get(question.key))

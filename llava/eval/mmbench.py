@@ -53,8 +53,12 @@ def read_tsv(path: Path) -> list[dict]:
     limit = csv.field_size_limit()
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # base64 images are larger than csv's default cell limit
     try:
-        with open(path, encoding="utf-8", newline="") as file:
+        with open(path, encoding="utf-8-sig", newline="") as file:  # -sig: a byte order mark is not in the header
             return list(csv.DictReader(file, delimiter="\t"))
+    except UnicodeDecodeError as error:
+        raise InputError(f"MMBench file {path} is not UTF-8 text (byte {error.start + 1} of a block)") from None
+    except csv.Error as error:
+        raise InputError(f"MMBench file {path} is not a readable TSV: {error}") from None
     finally:
         csv.field_size_limit(limit)
 

@@ -69,18 +69,37 @@ def annotation_text(question: Question) -> str:
 
 
 def ground_truth(release: Path, subtask: str, image: str) -> dict[str, str]:
-    """{question: "yes"/"no"} for one image, from its annotation file."""
+    """{question: "yes"/"no"} for one image, from its annotation file; a file that cannot be read,
+    or a line that is not "question<TAB>Yes|No", is an InputError naming it."""
     folder = release / subtask
     answers_folder = folder / "questions_answers_YN" if (folder / "images").is_dir() else folder
     path = answers_folder / (Path(image).stem + ".txt")
     if not path.is_file():
         raise InputError(f"MME annotation not found: {path} (see EVAL.md)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"MME annotation {path} is not UTF-8 text (byte {error.start + 1})") from None
     truth = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            question, answer = line.rsplit("\t", 1)
+            question, _, answer = line.rpartition("\t")
+            if not question or answer.strip().lower() not in ("yes", "no"):
+                raise InputError(f"MME annotation {path}, line {number}: not 'question<TAB>Yes|No'")
             truth[_same_text(question)] = answer.strip().lower()
     return truth
+
+
+def subtask_and_image(question: Question) -> tuple[str, str]:
+    """Where a question's annotation file is: its subtask (`category`, else the id's first part) and image."""
+    category = question.fields.get("category")
+    subtask = category if isinstance(category, str) and category else str(question.question_id).split("/")[0]
+    return subtask, question.fields["image"]
+
+
+def check_inputs(questions: list[Question], folder: Path) -> None:
+    for subtask, image in {subtask_and_image(q) for q in questions if q.error is None}:
+        ground_truth(folder / IMAGE_FOLDER, subtask, image)
 
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
@@ -92,8 +111,7 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
         if question.error is not None:
             unmatched += 1
             continue
-        image = question.fields["image"]
-        subtask = question.fields["category"] or str(question.question_id).split("/")[0]
+        subtask, image = subtask_and_image(question)
         if (subtask, image) not in truths:
             truths[subtask, image] = ground_truth(release, subtask, image)
         truth = truths[subtask, image].get(annotation_text(question))

@@ -22,11 +22,13 @@ prediction (or no "yes" label) precision (recall) is 0, as sklearn's default.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from llava.errors import InputError
-from llava.eval.common import SHORT_ANSWER, Question, answer_text, percent, read_llava_questions, with_instruction, without_instruction
+from llava.eval.common import (
+    SHORT_ANSWER, Question, answer_text, percent, read_checked_jsonl, read_llava_questions, typed,
+    with_instruction, without_instruction,
+)
 
 FOLDER = "pope"
 QUESTION_FILE = "llava_pope_test.jsonl"
@@ -50,10 +52,29 @@ def parse_yes_no(answer: str) -> str:
 
 
 def read_labels(path: Path) -> list[dict]:
+    """One split's labels, checked ({image, text, label} a line); a line that cannot be read is an
+    InputError naming it: a label file with a hole pairs the wrong labels by position."""
     if not path.is_file():
         raise InputError(f"POPE labels not found: {path} (see EVAL.md for where they come from)")
-    with open(path, encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines if line.strip()]
+    return read_checked_jsonl(path, "POPE labels", _check_label)
+
+
+def _check_label(label: dict) -> None:
+    typed(label, "label", str)
+    for name in ("image", "text"):  # what a label is found by; without them, by position
+        if name in label:
+            typed(label, name, str)
+
+
+def split_files(questions: list[Question], folder: Path) -> dict[str, Path]:
+    """{split: its label file} for the splits the questions ask."""
+    asked = [q.fields.get("category") for q in questions]
+    return {split: folder / "coco" / f"coco_pope_{split}.json" for split in SPLITS if split in asked}
+
+
+def check_inputs(questions: list[Question], folder: Path) -> None:
+    for path in split_files(questions, folder).values():
+        read_labels(path)
 
 
 def split_metrics(predictions: list[str], labels: list[str]) -> dict:
@@ -76,11 +97,9 @@ def split_metrics(predictions: list[str], labels: list[str]) -> dict:
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
     per_split, graded = {}, 0
-    for split in SPLITS:
+    for split, path in split_files(questions, folder).items():
         asked = [q for q in questions if q.fields.get("category") == split]
-        if not asked:
-            continue
-        labels = read_labels(folder / "coco" / f"coco_pope_{split}.json")
+        labels = read_labels(path)
         by_content = {(l.get("image"), l.get("text")): l["label"] for l in labels}
         predictions, truths = [], []
         for position, question in enumerate(asked):

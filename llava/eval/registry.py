@@ -21,6 +21,10 @@ from llava.eval import (
 from llava.eval.common import Question
 
 
+def nothing_to_check(questions: list[Question], folder: Path) -> None:
+    """The inputs check of a benchmark whose scorer reads no file beyond its questions."""
+
+
 @dataclass(frozen=True)
 class Benchmark:
     name: str
@@ -32,18 +36,23 @@ class Benchmark:
     score: Callable[[list[Question], dict, Path, Path], dict]
     headline: str | None  # the metric the report shows; None: scored by an external judge or server
     max_new_tokens: int = 128
+    # Reads and checks every other file `score` will read (annotations, labels), given the questions and
+    # the benchmark's folder: the runner calls it before the first question is answered, so a broken
+    # annotation file is a one-line error then, not after hours of answers.
+    check_inputs: Callable[[list[Question], Path], None] = nothing_to_check
 
 
 def _module(name: str, title: str, module, headline: str | None, max_new_tokens: int = 128) -> Benchmark:
+    extra = {"check_inputs": module.check_inputs} if hasattr(module, "check_inputs") else {}
     return Benchmark(
         name, title, module.FOLDER, module.QUESTION_FILE, module.IMAGE_FOLDER, module.load_questions, module.score,
-        headline, max_new_tokens,
+        headline, max_new_tokens, **extra,
     )
 
 
 def _shapes(name: str, title: str) -> Benchmark:
     return Benchmark(name, title, name, shapes.QUESTION_FILE, shapes.IMAGE_FOLDER, shapes.loader(name), shapes.score,
-                     "accuracy")
+                     "accuracy", check_inputs=shapes.check_inputs)
 
 
 def _mmbench(lang: str) -> Benchmark:
@@ -59,7 +68,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     for b in (
         _module("vqav2", "VQAv2", vqav2, None),
         Benchmark("vqav2_val", "VQAv2-val", vqav2.FOLDER, vqav2.VAL_QUESTION_FILE, vqav2.VAL_IMAGE_FOLDER,
-                  vqav2.load_val_questions, vqav2.score_val, "accuracy"),
+                  vqav2.load_val_questions, vqav2.score_val, "accuracy", check_inputs=vqav2.check_val_inputs),
         _module("gqa", "GQA", gqa, "accuracy"),
         _module("vizwiz", "VizWiz", vizwiz, None),
         Benchmark("vizwiz_val", "VizWiz-val", vizwiz.FOLDER, vizwiz.VAL_QUESTION_FILE, vizwiz.VAL_IMAGE_FOLDER,

@@ -15,13 +15,11 @@ on the questions with an image ("IMG").
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from llava.errors import InputError
 from llava.eval.common import (
-    MULTIPLE_CHOICE, OPTION_LETTERS, Question, answer_text, malformed_question, parse_option_letter, percent, read_json,
-    with_instruction,
+    MULTIPLE_CHOICE, OPTION_LETTERS, Question, answer_text, checked_entries, parse_option_letter, percent,
+    questions_from, read_json, typed, typed_list, with_instruction,
 )
 
 FOLDER = "scienceqa"
@@ -35,20 +33,37 @@ def build_prompt(human_turn: str) -> str:
 
 
 def load_questions(question_file: Path, image_folder: Path):
-    try:
-        records = read_json(question_file, "ScienceQA question file")
-    except json.JSONDecodeError as error:
-        raise InputError(f"ScienceQA question file {question_file} is not valid JSON: {error}") from error
-    for number, record in enumerate(records, start=1):
-        try:
-            image = image_folder / record["image"] if record.get("image") else None
-            yield Question(record["id"], build_prompt(record["conversations"][0]["value"]), image=image)
-        except (KeyError, IndexError, TypeError, AttributeError) as error:
-            yield malformed_question(question_file, number, f"entry {number} lacks {error}")
+    records = read_json(question_file, "ScienceQA question file", list)
+
+    def make(record: dict) -> Question:
+        image = image_folder / typed(record, "image", str) if record.get("image") is not None else None
+        turns = typed(record, "conversations", list)
+        if not turns or not isinstance(turns[0], dict):
+            raise ValueError("field 'conversations' holds no human turn")
+        return Question(typed(record, "id", int, str), build_prompt(typed(turns[0], "value", str)), image=image)
+
+    return questions_from(question_file, enumerate(records, start=1), make, place="entry")
+
+
+def read_problems(folder: Path) -> dict:
+    """problems.json, checked: {id: {choices, answer (index of the right choice), ...}}."""
+    path = folder / PROBLEMS
+    problems = read_json(path, "ScienceQA problems.json", dict)
+    checked_entries(path, "ScienceQA problems.json", ((f"problem {k}", v) for k, v in problems.items()), _check_problem)
+    return problems
+
+
+def _check_problem(problem: dict) -> None:
+    typed_list(problem, "choices", str)
+    typed(problem, "answer", int)
+
+
+def check_inputs(questions: list[Question], folder: Path) -> None:
+    read_problems(folder)
 
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
-    problems = read_json(folder / PROBLEMS, "ScienceQA problems.json")
+    problems = read_problems(folder)
     right = {"all": 0, "img": 0}
     count = {"all": 0, "img": 0}
     unparsed, unmatched = 0, 0

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.common import (
-    MULTIPLE_CHOICE, Question, accuracy_by, answer_text, parse_option_letter, read_json, read_llava_questions,
-    with_instruction,
+    MULTIPLE_CHOICE, Question, accuracy_by, answer_text, checked_entries, is_json_type, json_type, parse_option_letter,
+    read_json, read_llava_questions, typed, with_instruction,
 )
 
 FOLDER = "seed_bench"
@@ -38,10 +38,36 @@ def load_questions(question_file: Path, image_folder: Path):
     return (q for q in questions if not str(q.fields.get("image")).startswith(VIDEO_PREFIX))
 
 
-def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
-    annotations = read_json(folder / ANNOTATIONS, "SEED-Bench annotations")
+def read_annotations(folder: Path) -> tuple[dict, dict]:
+    """SEED-Bench.json, checked: ({question id: annotation}, {question_type_id: dimension name})."""
+    path, what = folder / ANNOTATIONS, "SEED-Bench annotations"
+    annotations = read_json(path, what, dict)
+    checked_entries(path, what, [("the file", annotations)], _check_file)
+    checked_entries(path, what, ((f"question {i}", q) for i, q in enumerate(annotations["questions"], 1)),
+                    _check_question)
     truth = {str(q["question_id"]): q for q in annotations["questions"]}
-    dimension_name = {type_id: name for name, type_id in annotations["question_type"].items()}
+    return truth, {type_id: name for name, type_id in annotations["question_type"].items()}
+
+
+def _check_file(annotations: dict) -> None:
+    typed(annotations, "questions", list)
+    for name, type_id in typed(annotations, "question_type", dict).items():
+        if not is_json_type(type_id, (int,)):
+            raise ValueError(f"field 'question_type' gives {name!r} {json_type(type_id)}, not a number")
+
+
+def _check_question(question: dict) -> None:
+    typed(question, "question_id", int, str)
+    typed(question, "answer", str)
+    typed(question, "question_type_id", int)
+
+
+def check_inputs(questions: list[Question], folder: Path) -> None:
+    read_annotations(folder)
+
+
+def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
+    truth, dimension_name = read_annotations(folder)
     graded, unmatched = [], 0
     for question in questions:
         annotation = truth.get(str(question.question_id))

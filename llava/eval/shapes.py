@@ -15,6 +15,12 @@ Files (under `<data root>/<folder>/`, written by `python -m llava.data.synthetic
 Scoring: exact match after lower-casing and dropping a trailing period (every
 answer is one word); accuracy overall and per question type (color, shape,
 exist, count, position, ocr). A missing or error answer counts as wrong.
+A question is graded by the annotation with its question_id; where the files
+repeat an id, the k-th question with it by the k-th annotation with it (the
+generator writes both files in one order), never by another question's. A
+question no annotation grades (an unreadable line, an id the annotations lack
+or hold fewer times) is counted wrong, in no type, and `not_in_annotations`
+counts it.
 `color_word_answers`: the share of colour questions answered with a colour word
 (right or wrong), so that a model answering "What color ..." with yes/no shows.
 """
@@ -26,7 +32,10 @@ from pathlib import Path
 
 from llava.data.synthetic import COLORS, GENERATOR_VERSION, QUESTION_TYPES
 from llava.errors import InputError
-from llava.eval.common import SHORT_ANSWER, Question, accuracy_by, answer_text, read_json, read_llava_questions, with_instruction
+from llava.eval.common import (
+    SHORT_ANSWER, Question, accuracy_by, answer_text, checked_entries, read_json, read_llava_questions, typed,
+    with_instruction,
+)
 
 LOOKS = {"shapes": "lattice", "shapes_style": "drawn", "shapes_hr": "hr"}  # benchmark name (and folder) -> look
 FOLDER = "shapes"
@@ -59,7 +68,7 @@ def check_generator_version(folder: Path, benchmark: str = "shapes") -> None:
     meta = folder / "meta.json"
     if not meta.is_file():
         return  # a hand-made question file: nothing to check
-    written = read_json(meta, "shapes meta.json")
+    written = read_json(meta, "shapes meta.json", dict)
     version, look = written.get("version"), written.get("look", "lattice")  # files before the looks: lattice
     if version != GENERATOR_VERSION:
         raise InputError(
@@ -91,20 +100,44 @@ def fractions_by_type(graded) -> dict[str, float]:
     return fractions
 
 
+def read_annotations(folder: Path) -> dict[int | str, list[dict]]:
+    """annotations.json, checked, as {question_id: [its annotations in file order]}."""
+    path = folder / ANNOTATIONS
+    records = read_json(path, "shapes annotations", list)
+    checked_entries(path, "shapes annotations", ((f"entry {i}", r) for i, r in enumerate(records, 1)), _check_annotation)
+    by_id: dict[int | str, list[dict]] = {}
+    for record in records:
+        by_id.setdefault(record["question_id"], []).append(record)
+    return by_id
+
+
+def _check_annotation(record: dict) -> None:
+    typed(record, "question_id", int, str)
+    typed(record, "answer", str)
+    typed(record, "question_type", str)
+
+
+def check_inputs(questions: list[Question], folder: Path) -> None:
+    read_annotations(folder)
+
+
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
-    truth = {a["question_id"]: a for a in read_json(folder / ANNOTATIONS, "shapes annotations")}
-    graded, color_words = [], []
+    truth = read_annotations(folder)
+    graded, color_words, seen = [], [], {}
     for question in questions:
-        annotation = truth.get(question.question_id)
-        if annotation is None:  # an unreadable line, or an id the annotations lack: wrong, in no type
+        nth = seen[question.question_id] = seen.get(question.question_id, -1) + 1
+        annotations = truth.get(question.question_id, [])
+        if nth >= len(annotations):  # an unreadable line, or an id the annotations lack: wrong, in no type
             graded.append((None, False))
             continue
+        annotation = annotations[nth]
         prediction = answer_text(answers.get(question.key))
         graded.append((annotation["question_type"], is_correct(prediction, annotation["answer"])))
         if annotation["question_type"] == "color":
             color_words.append(normalize(prediction) in COLORS)
     result = accuracy_by(graded)
     result["types"] = result.pop("groups")
+    result["not_in_annotations"] = sum(group is None for group, _ in graded)
     if color_words:
         result["color_word_answers"] = 100.0 * sum(color_words) / len(color_words)
     return result

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llava.eval.common import SHORT_ANSWER, Question, answer_text, read_json, read_llava_questions, vqa_accuracy, with_instruction
+from llava.eval.common import (
+    SHORT_ANSWER, Question, answer_text, checked_entries, read_json, read_llava_questions, typed, typed_list,
+    vqa_accuracy, with_instruction,
+)
 
 FOLDER = "textvqa"
 QUESTION_FILE = "llava_textvqa_val_v051_ocr.jsonl"
@@ -34,8 +37,28 @@ def load_questions(question_file: Path, image_folder: Path):
     return read_llava_questions(question_file, image_folder, build_prompt)
 
 
+def read_annotations(folder: Path) -> list[dict]:
+    """TextVQA_0.5.1_val.json's `data`, checked: [{question_id, image_id, question, answers}]."""
+    path, what = folder / ANNOTATIONS, "TextVQA annotations"
+    annotations = read_json(path, what, dict)
+    checked_entries(path, what, [("the file", annotations)], lambda file: typed(file, "data", list))
+    checked_entries(path, what, ((f"data entry {i}", a) for i, a in enumerate(annotations["data"], 1)), _check_entry)
+    return annotations["data"]
+
+
+def _check_entry(entry: dict) -> None:
+    typed(entry, "question_id", int, str)
+    typed(entry, "image_id", int, str)
+    typed(entry, "question", str)
+    typed_list(entry, "answers", str)
+
+
+def check_inputs(questions: list[Question], folder: Path) -> None:
+    read_annotations(folder)
+
+
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
-    annotations = read_json(folder / ANNOTATIONS, "TextVQA annotations")["data"]
+    annotations = read_annotations(folder)
     by_image_and_question = {(a["image_id"], a["question"].lower()): a for a in annotations}
     by_question_id = {a["question_id"]: a for a in annotations}
     pairs, unmatched = [], 0

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.common import (
-    SHORT_ANSWER, Question, answer_text, normalize_vqa_answer, read_json, read_llava_questions, vqa_accuracy,
-    with_instruction, write_json,
+    SHORT_ANSWER, Question, answer_text, normalize_vqa_answer, questions_from, read_json, read_llava_questions,
+    typed, typed_list, vqa_accuracy, with_instruction, write_json,
 )
 
 FOLDER = "vizwiz"
@@ -41,11 +41,16 @@ def load_questions(question_file: Path, image_folder: Path):
 
 def load_val_questions(question_file: Path, image_folder: Path):
     """Val questions from the official annotations (keyed by image name, as VizWiz is)."""
-    for record in read_json(question_file, "VizWiz val annotations"):
-        yield Question(
-            record["image"], build_prompt(record["question"]), image=image_folder / record["image"],
-            fields={"image": record["image"], "answers": [a["answer"] for a in record.get("answers", [])]},
-        )
+    records = read_json(question_file, "VizWiz val annotations", list)
+
+    def make(record: dict) -> Question:
+        image = typed(record, "image", str)
+        humans = typed_list(record, "answers", dict) if "answers" in record else []
+        answers = [typed(human, "answer", str) for human in humans]
+        return Question(image, build_prompt(typed(record, "question", str)), image=image_folder / image,
+                        fields={"image": image, "answers": answers})
+
+    return questions_from(question_file, enumerate(records, start=1), make, place="entry")
 
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:

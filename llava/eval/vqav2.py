@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.common import (
-    SHORT_ANSWER, Question, answer_text, normalize_vqa_answer, read_json, read_jsonl, read_llava_questions, vqa_accuracy,
-    with_instruction, write_json,
+    SHORT_ANSWER, Question, answer_text, checked_entries, normalize_vqa_answer, questions_from, read_checked_jsonl,
+    read_json, read_llava_questions, typed, typed_list, vqa_accuracy, with_instruction, write_json,
 )
 
 FOLDER = "vqav2"
@@ -44,15 +44,34 @@ def load_questions(question_file: Path, image_folder: Path):
 
 def load_val_questions(question_file: Path, image_folder: Path):
     """Val questions from the official file, with LLaVA's prompt and COCO's image names."""
-    for record in read_json(question_file, "VQAv2 val questions")["questions"]:
-        image = image_folder / f"COCO_val2014_{record['image_id']:012d}.jpg"
-        yield Question(record["question_id"], build_prompt(record["question"]), image=image)
+    what = "VQAv2 val questions"
+    file = read_json(question_file, what, dict)
+    checked_entries(question_file, what, [("the file", file)], lambda file: typed(file, "questions", list))
+
+    def make(record: dict) -> Question:
+        image = image_folder / f"COCO_val2014_{typed(record, 'image_id', int):012d}.jpg"
+        return Question(typed(record, "question_id", int, str), build_prompt(typed(record, "question", str)), image=image)
+
+    return questions_from(question_file, enumerate(file["questions"], start=1), make, place="entry")
+
+
+def every_test_question_id(folder: Path) -> list[int | str]:
+    """The ids of llava_vqav2_mscoco_test2015.jsonl ([] without it); an unreadable line is an InputError:
+    the server refuses a submission that lacks a question."""
+    path = folder / ALL_TEST_QUESTIONS
+    if not path.is_file():
+        return []
+    lines = read_checked_jsonl(path, "VQAv2 test2015 question list", lambda line: typed(line, "question_id", int, str))
+    return [line["question_id"] for line in lines]
+
+
+def check_inputs(questions: list[Question], folder: Path) -> None:
+    every_test_question_id(folder)
 
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
     given = {q.question_id: answer_text(answers.get(q.key)) for q in questions}
-    every_test_question = read_jsonl(folder / ALL_TEST_QUESTIONS)
-    ids = [r["question_id"] for r in every_test_question] or list(given)
+    ids = every_test_question_id(folder) or list(given)
     submission = [{"question_id": i, "answer": normalize_vqa_answer(given.get(i) or "")} for i in ids]
     write_json(output_dir / SUBMISSION, submission)
     return {
@@ -62,9 +81,28 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
     }
 
 
+def read_val_annotations(folder: Path) -> dict:
+    """{question_id: the 10 human answers} from the official val annotations, checked."""
+    path, what = folder / VAL_ANNOTATIONS, "VQAv2 val annotations"
+    file = read_json(path, what, dict)
+    checked_entries(path, what, [("the file", file)], lambda file: typed(file, "annotations", list))
+    checked_entries(path, what, ((f"annotation {i}", a) for i, a in enumerate(file["annotations"], 1)), _check_annotation)
+    return {a["question_id"]: [h["answer"] for h in a["answers"]] for a in file["annotations"]}
+
+
+def _check_annotation(annotation: dict) -> None:
+    typed(annotation, "question_id", int, str)
+    for index, human in enumerate(typed_list(annotation, "answers", dict), 1):
+        if not isinstance(human.get("answer"), str):
+            raise ValueError(f"field 'answers' item {index} has no string 'answer'")
+
+
+def check_val_inputs(questions: list[Question], folder: Path) -> None:
+    read_val_annotations(folder)
+
+
 def score_val(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
-    annotations = read_json(folder / VAL_ANNOTATIONS, "VQAv2 val annotations")["annotations"]
-    humans = {a["question_id"]: [h["answer"] for h in a["answers"]] for a in annotations}
+    humans = read_val_annotations(folder)
     # A question the annotations lack has no human answer to match: counted wrong.
     pairs = [(answer_text(answers.get(q.key)), humans.get(q.question_id, [])) for q in questions]
     return {**vqa_accuracy(pairs), "not_in_annotations": sum(q.question_id not in humans for q in questions)}
