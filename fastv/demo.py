@@ -2,17 +2,21 @@
 
     fastv demo                                   # the shipped model, http://127.0.0.1:7860
     fastv demo --model-path checkpoints/llava-v1.5-7b --port 8000
+    fastv demo --max-upload-mb 5                 # refuse images over 5 MB
 
 Upload an image or pick the shipped example, ask a question, choose the method, its budget and FastV's
 layer: the page shows the pruned answer beside the unpruned one, each with its time to first token and
 visual tokens, the kept-token overlay (fastv/overlay.py) and the per-layer attention maps of the
 unpruned model (fastv/attention.py). It binds to 127.0.0.1 unless `--host` says otherwise. A file that is
-not an image, or is larger than MAX_UPLOAD_MB, gets a message on the page, never a stack trace.
+not an image or is larger than `--max-upload-mb`, an empty question or budget, or a value the page does not
+offer (sent to its HTTP API) gets a one-line message on the page, never a stack trace: the page's values
+reach the handler as sent (Gradio decodes and checks none of them), and the handler checks each itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import threading
 from pathlib import Path
@@ -28,13 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", help="checkpoint folder (default: the shipped model)")
     parser.add_argument("--port", type=int, default=7860, help="port [default: 7860]")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind [default: 127.0.0.1, this machine only]")
+    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
+                        help=f"largest image file accepted, in MB of 2**20 bytes [default: {MAX_UPLOAD_MB}]")
 
 
-def method_spec(method: str, budget: float, layer: int) -> str:
+def method_spec(method: str, budget, layer: int) -> str:
     """The page's choices -> a spec: `budget` is tokens kept per image (per partition on NeXT), HiRED's rate
-    as a fraction; PruMerge and none take none."""
+    as a fraction; PruMerge and none take none (their budget field may be empty)."""
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; the page offers {', '.join(METHODS)}")
     if method in ("none", "prumerge", "prumerge+"):
         return method
+    budget = _number(budget, "budget")
     if method == "hired":
         return f"hired:rate={budget:g}"
     keep = int(budget)
@@ -46,38 +55,35 @@ def method_spec(method: str, budget: float, layer: int) -> str:
 class Demo:
     """The page's one handler, on one loaded model (requests take turns: the model is shared)."""
 
-    def __init__(self, model_path: str | None = None):
+    def __init__(self, model_path: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB):
         from llava.pipeline import LlavaPipeline
 
         from fastv.cli import model_or_shipped
 
         self.pipe = LlavaPipeline.load(model_or_shipped(model_path))
+        self.max_upload_mb = max_upload_mb
         self.lock = threading.Lock()
         self.folder = Path(tempfile.mkdtemp(prefix="fastv-demo-"))
 
-    def ask(self, image_path, question: str, method: str, budget: float, layer: int):
+    def ask(self, image, question, method, budget, layer):
         """-> (message, pruned answer, unpruned answer, overlay image, attention maps path); the message is
-        empty unless something was wrong with the input."""
+        empty unless something was wrong with the input. The values come as the page (or a client of its
+        HTTP API) sent them: `image` is Gradio's file record {"path": ...} or a path, the rest unchecked."""
         try:
-            return ("", *self._ask(image_path, question, method, budget, layer))
+            return ("", *self._ask(image, question, method, budget, layer))
         except (InputError, CheckpointError, OSError) as error:
             return f"**Error:** {error}", "", "", None, None
 
-    def _ask(self, image_path, question, method, budget, layer):
+    def _ask(self, image, question, method, budget, layer):
         from fastv.attention import analyse, draw
         from fastv.overlay import render
-        from llava.mm_utils import load_image
         from llava.pipeline import Request
 
-        if not image_path:
-            raise InputError("upload an image or pick the example first")
-        size_mb = Path(image_path).stat().st_size / 2**20
-        if size_mb > MAX_UPLOAD_MB:
-            raise InputError(f"the image is {size_mb:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
-        picture = load_image(str(image_path))  # InputError for a file that is not an image
-        if not (question or "").strip():
+        picture = self._read_upload(image)
+        if not isinstance(question, str) or not question.strip():
             raise InputError("type a question")
-        spec = method_spec(method, float(budget), int(layer))
+        layer = _whole_number(layer, "FastV layer K", 1, max(self.pipe.model.config.text.num_layers - 1, 1))
+        spec = method_spec(method, budget, layer)
         request = Request(image=picture, text=question.strip())
         model = self.pipe.model
         with self.lock:
@@ -88,13 +94,48 @@ class Demo:
                 picture_kept = render(self.pipe, request, pruned)
                 model.set_pruning("none")
                 (full,) = self.pipe.answer([request], max_new_tokens=32)
-                result = analyse(self.pipe, picture, request.text, max_new_tokens=8, overlay_layer=max(int(layer) - 1, 0))
+                result = analyse(self.pipe, picture, request.text, max_new_tokens=8, overlay_layer=max(layer - 1, 0))
                 out = Path(tempfile.mkdtemp(dir=self.folder))
                 draw(self.pipe, result, out)
             finally:
                 model.set_pruning("none")
-        answers = _describe(pruned, shown, int(layer)), _describe(full, "unpruned", int(layer))
+        answers = _describe(pruned, shown, layer), _describe(full, "unpruned", layer)
         return (*answers, picture_kept, str(out / "heatmaps.png"))
+
+    def _read_upload(self, image):
+        """The uploaded picture, its size checked on disk before a byte of it is decoded."""
+        from llava.mm_utils import load_image
+
+        path = image.get("path") if isinstance(image, dict) else image
+        if not path:
+            raise InputError("upload an image or pick the example first")
+        if not isinstance(path, str):
+            raise InputError(f"the image must be an uploaded file, got {path!r}")
+        size_mb = Path(path).stat().st_size / 2**20
+        if size_mb > self.max_upload_mb:
+            raise InputError(f"the image is {size_mb:.1f} MB; the limit is {self.max_upload_mb:g} MB")
+        return load_image(path)  # InputError for a file that is not an image (an empty file, a text file)
+
+
+def _number(value, name: str) -> float:
+    """A field's value as a finite number: the page sends None for an empty field, an API client anything."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(f"type a {name}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise InputError(f"the {name} must be a number, got {value!r}")
+    return number
+
+
+def _whole_number(value, name: str, low: int, high: int) -> int:
+    """A field's value as a whole number in low..high, the range the page's slider offers."""
+    number = _number(value, name)
+    if number != int(number) or not low <= number <= high:
+        raise InputError(f"the {name} must be a whole number in {low}..{high}, got {value!r}")
+    return int(number)
 
 
 def _describe(answer, name: str, layer: int) -> str:
@@ -113,7 +154,7 @@ def build(demo: Demo):
                     "the unpruned one, and see which patches the method kept.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="image", elem_id="image", sources=["upload"])
+                image = gr.Image(label="image", elem_id="image", sources=["upload"])
                 gr.Examples([[str(EXAMPLE)]], inputs=[image], label="shipped example")
                 question = gr.Textbox(label="question", value="What color is the star?", elem_id="question")
                 method = gr.Dropdown(list(METHODS), value="fastervlm", label="method", elem_id="method")
@@ -128,18 +169,23 @@ def build(demo: Demo):
                 full = gr.Textbox(label="unpruned answer", elem_id="full-answer", lines=3)
                 overlay = gr.Image(label="kept patches (outlined) and dropped ones (dimmed)", elem_id="overlay")
                 maps = gr.Image(label="attention per decoder layer (unpruned)", elem_id="maps")
+        # preprocess=False: Gradio would decode the upload and check the fields before the handler, and a
+        # failure there shows only "Error" on the page and a traceback in the log; the handler checks them.
         ask.click(demo.ask, inputs=[image, question, method, budget, layer],
-                  outputs=[message, pruned, full, overlay, maps])
+                  outputs=[message, pruned, full, overlay, maps], preprocess=False, api_name="ask")
     return page
 
 
-def main(model_path: str | None = None, port: int = 7860, host: str = "127.0.0.1") -> None:
+def main(model_path: str | None = None, port: int = 7860, host: str = "127.0.0.1",
+         max_upload_mb: float = MAX_UPLOAD_MB) -> None:
     try:
         import gradio  # noqa: F401
     except ImportError as error:
         raise InputError('the demo needs Gradio: pip install -e ".[demo]"') from error
     if not 0 < port < 65536:
         raise InputError(f"--port must be in 1..65535, got {port}")
-    page = build(Demo(model_path))
+    if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
+        raise InputError(f"--max-upload-mb must be a positive number of MB, got {max_upload_mb:g}")
+    page = build(Demo(model_path, max_upload_mb))
     print(f"fastv demo on http://{host}:{port} (Ctrl-C stops it)", flush=True)
     page.launch(server_name=host, server_port=port, show_error=False)
