@@ -1,9 +1,11 @@
 """`fastv report RUN_DIRS...`: the paper-style table of evaluation runs, as Markdown and CSV.
 
-Rows: method and budget (one table per checkpoint); columns: benchmarks, each cell
+Rows: method and budget, and every other setting that changes the answers (one table per checkpoint;
+runs that differ in LLaVA-NeXT's layout, dtype, template, ... are rows of their own, each labelled with
+the settings that differ between the table's rows); columns: benchmarks, each cell
 the benchmark's headline number (scores.json) and, in brackets, the number of
 questions it was taken over; last column: the mean over the row's benchmarks of
-its score relative to the unpruned run's ("none"), in percent, as FasterVLM's
+its score relative to the unpruned run's ("none", with the same settings), in percent, as FasterVLM's
 tables report it. "Tokens" is the mean number of visual tokens that entered the
 LLM per image, as measured (run.json), not the budget asked for.
 
@@ -11,7 +13,8 @@ A run that is not a score is never shown as one: a run that never finished
 (killed or still running: run.json's `finished` is null, or there is no
 scores.json), one with unanswered questions, or one over zero questions shows
 `-*`, and a line under the table names its folder and what is wrong. Of two runs
-of one cell, a complete run wins over an incomplete one, then the later one.
+of one cell, a complete run wins over an incomplete one, then the later one; a line under the table
+names the folder of the run not shown.
 When a benchmark's runs in one table were taken over different question sets
 (run.json's `question_set` digest, or the question count for older runs), its
 cells carry `†`, a line says which, and the benchmark is left out of the average.
@@ -39,15 +42,21 @@ from pathlib import Path
 from fastv import ablation
 from llava.errors import InputError, print_error
 from llava.eval.registry import BENCHMARKS
+from llava.eval.run import SAME_RUN_SETTINGS, prepare_output_dir
 
 # What a cell can say besides its score (a mark after the number, explained under the table).
 INCOMPLETE = "*"  # the run has not answered every question, or never finished (killed or still running)
 OTHER_QUESTIONS = "†"  # this column's runs were taken over different question sets: not comparable
+NOT_SHOWN = "‡"  # a line under the table: a run of a cell that another run of the same settings replaced
+# What changes a run's answers besides its model and method (the settings the runner refuses to resume
+# across): runs that differ in one are rows of their own. max_new_tokens counts where it is not the
+# benchmark's default (LLaVA's defaults differ by benchmark, so one row holds 128 and 1024).
+ROW_SETTINGS = tuple(name for name in SAME_RUN_SETTINGS if name not in ("benchmark", "model_id", "method", "max_new_tokens"))
 
 
 def collect(run_dirs: list[str]) -> list[dict]:
     """Every run under the given paths (a directory holding scores.json or run.json), read as `read_run_dir` reads it."""
-    found = []
+    found, seen = [], set()
     for run_dir in run_dirs:
         path = Path(run_dir)
         if not path.exists():
@@ -58,7 +67,10 @@ def collect(run_dirs: list[str]) -> list[dict]:
             folders = sorted({p.parent for name in ("scores.json", "run.json") for p in path.rglob(name)})
         if not folders:
             raise InputError(f"no scores.json or run.json in {path}: nothing to report")
-        found += [read_run_dir(folder) for folder in folders]
+        for folder in folders:  # a folder named twice (itself and a folder above it) is one run
+            if folder.resolve() not in seen:
+                seen.add(folder.resolve())
+                found.append(read_run_dir(folder))
     return found
 
 
@@ -121,36 +133,76 @@ def _preference(entry: dict) -> tuple:
 
 
 def build_rows(runs: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
-    """{model: [row]} with row = {method, budget, tokens, cells: {benchmark: run}, relative}; benchmark order.
+    """{model: [row]} with row = {method, spec, name, settings, budget, tokens, cells: {benchmark: run},
+    dropped: [(benchmark, run not shown, run shown)], relative}; benchmark order.
 
-    A row's `relative` leaves out the benchmarks whose runs in that table were taken over different
-    question sets (`mixed_benchmarks`; their cells are marked OTHER_QUESTIONS).
+    A row is one method spec under one set of answer settings (`answer_settings`): runs made under
+    another LLaVA-NeXT layout, dtype, ... are never merged into its cells. A row's `relative` is taken
+    against the unpruned row of the same settings and leaves out the benchmarks whose runs in that table
+    were taken over different question sets (`mixed_benchmarks`; their cells are marked OTHER_QUESTIONS).
     """
     models: dict[str, dict[tuple, dict]] = {}
     for entry in sorted(runs, key=_preference):  # the preferred run of a cell comes last and wins
         run = entry["run"]
-        row_key = (run.get("method_spec") or "none", run.get("budget"), run.get("ratio"))
+        settings = answer_settings(entry)
+        row_key = (run.get("method_spec") or "none", run.get("budget"), run.get("ratio"), settings)
         row = models.setdefault(run.get("model_id") or "?", {}).setdefault(row_key, {
             "method": run.get("method_name") or "none", "spec": row_key[0], "budget": run.get("budget"),
-            "ratio": run.get("ratio"), "cells": {},
+            "ratio": run.get("ratio"), "settings": settings, "cells": {}, "dropped": [],
         })
+        replaced = row["cells"].get(entry["benchmark"])
+        if replaced is not None:
+            row["dropped"].append((entry["benchmark"], replaced, entry))
         row["cells"][entry["benchmark"]] = entry
     present = {entry["benchmark"] for entry in runs}
     benchmarks = [name for name in BENCHMARKS if name in present] + sorted(present - set(BENCHMARKS))
     tables = {}
     for model, rows in models.items():
-        ordered = sorted(rows.values(), key=lambda r: (r["method"] != "none", r["method"], -(r["budget"] or 0), r["spec"]))
+        name_rows(list(rows.values()))
+        ordered = sorted(rows.values(), key=lambda r: (r["method"] != "none", r["method"], -(r["budget"] or 0), r["spec"],
+                                                       r["name"]))
         mixed = mixed_benchmarks(ordered, benchmarks)
-        baseline = next((r for r in ordered if r["method"] == "none"), None)
         for row in ordered:
             tokens = [e["run"]["visual_tokens_mean"] for e in row["cells"].values()
                       if e["complete"] and e["run"].get("visual_tokens_mean") is not None]
             row["tokens"] = sum(tokens) / len(tokens) if tokens else None
             row["scores"] = {b: e["value"] for b, e in row["cells"].items()}
         for row in ordered:
-            row["relative"] = relative_to(row, baseline, [b for b in benchmarks if b not in mixed])
+            row["baseline"] = next((r for r in ordered if r["method"] == "none" and r["settings"] == row["settings"]), None)
+            row["relative"] = relative_to(row, row["baseline"], [b for b in benchmarks if b not in mixed])
         tables[model] = ordered
     return tables, benchmarks
+
+
+def answer_settings(entry: dict) -> tuple:
+    """((setting, value), ...): what, besides model and method, the run's answers were made under."""
+    run = entry["run"]
+    bench = BENCHMARKS.get(entry["benchmark"])
+    max_new_tokens = run.get("max_new_tokens")
+    if bench is not None and max_new_tokens == bench.max_new_tokens:
+        max_new_tokens = None  # the benchmark's default, as every run of it
+    values = [(name, run.get(name)) for name in ROW_SETTINGS] + [("max_new_tokens", max_new_tokens)]
+    return tuple((name, tuple(value) if isinstance(value, list) else value) for name, value in values)
+
+
+def name_rows(rows: list[dict]) -> None:
+    """Each row's `name`: its method spec and, in brackets, the settings that differ between the table's rows."""
+    for row in rows:
+        row["name"] = row["spec"] + settings_label(row["settings"], [r["settings"] for r in rows])
+
+
+def settings_label(settings: tuple, among: list[tuple]) -> str:
+    """' [image_grid=672x672, dtype=float16]': the settings in which `settings` is one of several `among`."""
+    differing = [i for i in range(len(settings)) if len({other[i][1] for other in among}) > 1]
+    said = ", ".join(f"{settings[i][0]}={_setting(settings[i][1])}" for i in differing)
+    return f" [{said}]" if said else ""
+
+
+def _setting(value) -> str:
+    """A setting as a table cell shows it: a list of canvases as 672x672/336x672 (no '|', which splits a cell)."""
+    if isinstance(value, tuple):
+        return "/".join(map(str, value))
+    return "-" if value is None else str(value)
 
 
 def mixed_benchmarks(rows: list[dict], benchmarks: list[str]) -> set[str]:
@@ -206,7 +258,8 @@ def table_cells(rows: list[dict], benchmarks: list[str]) -> tuple[list[str], lis
     header = ["Method", "Budget", "Tokens"] + [title(b) for b in benchmarks] + ["Avg. (% of unpruned)"]
     mixed = mixed_benchmarks(rows, benchmarks)
     body = [
-        [row["spec"] if row["method"] != "none" else "none (unpruned)", _budget(row), _number(row["tokens"])]
+        [row["name"] if row["method"] != "none" else row["name"].replace("none", "none (unpruned)", 1), _budget(row),
+         _number(row["tokens"])]
         + [_cell(row["cells"].get(b), b in mixed) for b in benchmarks]
         + [_number(row["relative"]) + ("%" if row["relative"] is not None else "")]
         for row in rows
@@ -221,9 +274,17 @@ def notes(rows: list[dict], benchmarks: list[str]) -> list[str]:
         for benchmark in benchmarks:
             entry = row["cells"].get(benchmark)
             if entry is not None and not entry["complete"]:
-                lines.append(f"{INCOMPLETE} {row['spec']}, {benchmark}: {entry['why']} ({entry['folder']})")
+                lines.append(f"{INCOMPLETE} {row['name']}, {benchmark}: {entry['why']} ({entry['folder']})")
+    for row in rows:
+        for benchmark, dropped, shown in row["dropped"]:
+            why = "an incomplete run" if shown["complete"] and not dropped["complete"] else "an older run"
+            lines.append(f"{NOT_SHOWN} {row['name']}, {benchmark}: not shown: {dropped['folder']} ({why} of the same"
+                         f" method and settings; shown: {shown['folder']})")
+    if any(row["method"] == "none" for row in rows):
+        lines += [f"{row['name']}: no unpruned run with the same settings, no average" for row in rows
+                  if row["baseline"] is None]
     for benchmark in sorted(mixed_benchmarks(rows, benchmarks)):
-        sets = sorted({f"{row['spec']}: {row['cells'][benchmark]['questions']} questions"
+        sets = sorted({f"{row['name']}: {row['cells'][benchmark]['questions']} questions"
                        for row in rows if benchmark in row["cells"] and row["cells"][benchmark]["complete"]})
         lines.append(f"{OTHER_QUESTIONS} {benchmark}: the runs were taken over different question sets ({'; '.join(sets)}); "
                      "not comparable, left out of the average")
@@ -234,12 +295,9 @@ def report(run_dirs: list[str], out: str | None = None) -> str:
     """The Markdown table of the runs under `run_dirs`; with `out`, also written to
     `<out>.md` and `<out>.csv` (a trailing .md or .csv on `out` is dropped first), and a PNG per
     FastV K x R grid, `<out>-kr-<model>-<benchmark>.png`."""
+    stem = output_stem(out) if out is not None else None  # before any run is read: a bad --out costs nothing
     runs = collect(run_dirs)
     tables, benchmarks = build_rows(runs)
-    stem = None
-    if out:
-        stem = Path(out).with_suffix("") if Path(out).suffix in (".md", ".csv") else Path(out)
-        stem.parent.mkdir(parents=True, exist_ok=True)
     markdown, rows_for_csv = [], []
     for model, rows in tables.items():
         header, body = table_cells(rows, benchmarks)
@@ -248,11 +306,17 @@ def report(run_dirs: list[str], out: str | None = None) -> str:
         markdown += [""] + [f"{line}  " for line in notes(rows, benchmarks)] + [""]
         rows_for_csv += [["Model"] + header] if not rows_for_csv else []
         rows_for_csv += [[model] + cells for cells in body]
-    for (model, benchmark), grid in ablation.cells(runs).items():
-        baseline = next((r for r in tables.get(model, []) if r["method"] == "none"), None)
-        markdown += ablation.markdown(model, benchmark, grid, (baseline or {}).get("scores", {}).get(benchmark))
-        if stem:
-            ablation.plot(stem.parent / f"{stem.name}-kr-{model}-{benchmark}.png", model, benchmark, grid)
+    groups: dict[tuple, list[dict]] = {}  # one K x R grid per set of answer settings, never a mix
+    for entry in runs:
+        groups.setdefault(answer_settings(entry), []).append(entry)
+    for number, (settings, group) in enumerate(groups.items()):
+        label, tail = settings_label(settings, list(groups)), f"-{number}" if len(groups) > 1 else ""
+        for (model, benchmark), grid in ablation.cells(group).items():
+            baseline = next((r for r in tables.get(model, []) if r["method"] == "none" and r["settings"] == settings), None)
+            unpruned = (baseline or {}).get("scores", {}).get(benchmark)
+            markdown += ablation.markdown(model + label, benchmark, grid, unpruned)
+            if stem:
+                ablation.plot(stem.parent / f"{stem.name}-kr-{model}-{benchmark}{tail}.png", model + label, benchmark, grid)
     text = "\n".join(markdown)
     if stem:
         stem.with_suffix(".md").write_text(text, encoding="utf-8")
@@ -260,6 +324,22 @@ def report(run_dirs: list[str], out: str | None = None) -> str:
         csv.writer(buffer).writerows(rows_for_csv)
         stem.with_suffix(".csv").write_text(buffer.getvalue(), encoding="utf-8")
     return text
+
+
+def output_stem(out: str) -> Path:
+    """`out` without a trailing .md or .csv, its folder created: the path checked before the work, as the
+    runner checks its --output-dir, so that a path that cannot be written is said at once."""
+    if not out.strip():
+        raise InputError("--out is empty: give the tables' path without suffix, e.g. outputs/table")
+    stem = Path(out).with_suffix("") if Path(out).suffix in (".md", ".csv") else Path(out)
+    try:
+        prepare_output_dir(stem.parent)
+    except InputError as error:
+        raise InputError(f"--out {out}: {error}")
+    for path in (stem.with_suffix(".md"), stem.with_suffix(".csv")):
+        if path.is_dir():
+            raise InputError(f"--out {out}: {path} is a folder, not a file the table can be written to")
+    return stem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

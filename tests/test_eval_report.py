@@ -9,7 +9,7 @@ from fastv.report import main, report
 
 
 def make_run(root, model, method, benchmark, value, tokens, finished="2026-01-01T00:00:00", external=None,
-             questions=100, question_set="set-a"):
+             questions=100, question_set="set-a", **settings):
     keep = int(method.split("keep=")[1]) if "keep=" in method else None
     run_dir = root / model / method.replace(":", "_") / benchmark
     run_dir.mkdir(parents=True)
@@ -17,7 +17,7 @@ def make_run(root, model, method, benchmark, value, tokens, finished="2026-01-01
         "benchmark": benchmark, "title": benchmark, "headline": {"metric": "x", "value": value}, "metrics": {},
         "run": {"model_id": model, "method_spec": method, "method_name": method.split(":")[0], "budget": keep,
                 "ratio": None, "visual_tokens_mean": tokens, "finished": finished, "questions": questions,
-                "answered": questions, "errors": 0, "missing": 0, "question_set": question_set},
+                "answered": questions, "errors": 0, "missing": 0, "question_set": question_set, **settings},
     }
     (run_dir / "scores.json").write_text(json.dumps(scores))
     if external is not None:
@@ -183,3 +183,56 @@ def test_fastv_k_by_r_heat_table_with_the_flops_of_each_cell(tmp_path):
     assert table[6] == f"| 3 | 88.0 ({flops(3, 72)}) |  |"
     assert "unpruned: 90.0" in table[8] and "100 questions" in table[8]
     assert (tmp_path / "table-kr-tiny-shapes.png").is_file()  # the plot extra is installed by setup.sh
+
+
+# ----------------------------------------------------------------------------- answer settings, --out
+
+
+PINPOINTS = ["672x672", "672x336", "336x672", "1008x336", "336x1008"]
+
+
+def test_runs_of_two_next_layouts_are_two_rows_each_against_its_own_unpruned_run(tmp_path):
+    stock = {"patch_merge": "spatial_unpad", "image_grid": PINPOINTS}
+    fixed = {"patch_merge": "spatial", "image_grid": ["672x672"]}
+    for folder, layout, none, keep29, finished in [("stock", stock, 80.0, 60.0, "2026-01-01"),
+                                                   ("fixed", fixed, 90.0, 81.0, "2026-02-01")]:
+        make_run(tmp_path / folder, "next", "none", "shapes_hr", none, 700, finished=finished, **layout)
+        make_run(tmp_path / folder, "next", "fastervlm:keep=29", "shapes_hr", keep29, 128, finished=finished, **layout)
+    text = report([str(tmp_path)])
+    stock_label = "patch_merge=spatial_unpad, image_grid=672x672/672x336/336x672/1008x336/336x1008"
+    assert row_of(text, "none (unpruned) [patch_merge=spatial, image_grid=672x672]").endswith("| 90.0 (100) | 100.0% |")
+    assert row_of(text, f"none (unpruned) [{stock_label}]").endswith("| 80.0 (100) | 100.0% |")
+    assert row_of(text, "fastervlm:keep=29 [patch_merge=spatial, image_grid=672x672]").endswith("| 81.0 (100) | 90.0% |")
+    assert row_of(text, f"fastervlm:keep=29 [{stock_label}]").endswith("| 60.0 (100) | 75.0% |")
+    assert "not shown" not in text
+
+
+def test_a_run_replaced_by_a_later_one_of_the_same_settings_is_named(runs, tmp_path):
+    again = make_run(tmp_path / "again", "llava-v1.5-7b", "fastervlm:keep=128", "textvqa", 48.0, 128, finished="2027-01-01")
+    text = report([str(runs), str(tmp_path / "again"), str(runs / "llava-v1.5-7b/none")])  # none/ named twice
+    older = runs / "llava-v1.5-7b/fastervlm_keep=128/textvqa"
+    assert text.count("not shown") == 1
+    assert (f"‡ fastervlm:keep=128, textvqa: not shown: {older} (an older run of the same method and settings; "
+            f"shown: {again})") in text
+
+
+def test_a_pruned_run_without_an_unpruned_run_of_its_settings_has_no_average(runs):
+    make_run(runs, "llava-v1.5-7b", "fastervlm:keep=32", "textvqa", 50.0, 32, dtype="float16")
+    text = report([str(runs)])
+    assert row_of(text, "fastervlm:keep=32 [dtype=float16]").endswith("| - | 50.0 (100) | - | - | - |")
+    assert row_of(text, "fastervlm:keep=64 [dtype=-]").endswith("| 92.5% |")
+    assert "fastervlm:keep=32 [dtype=float16]: no unpruned run with the same settings, no average" in text
+
+
+@pytest.mark.parametrize("out, message", [
+    ("", "error: --out is empty"),
+    ("{file}/table", "error: --out {file}/table: cannot use {file} as the output directory"),
+    ("{folder}", "error: --out {folder}: {folder}.md is a folder"),
+])
+def test_a_bad_out_is_refused_before_any_run_is_read(runs, tmp_path, capsys, out, message):
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "tables.md").mkdir()
+    (runs / "llava-v1.5-7b/none/pope/scores.json").write_text("{cut")  # reading it would be the error
+    places = {"file": tmp_path / "file", "folder": tmp_path / "tables"}
+    assert main([str(runs), "--out", out.format(**places)]) == 2
+    assert capsys.readouterr().err.startswith(message.format(**places))

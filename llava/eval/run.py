@@ -10,8 +10,9 @@ The output directory holds:
                     question order at the end
     run.json        the run's settings and what happened (model, weights digest, method spec, budget,
                     dtype, device, quantization, mean visual tokens entering the LLM, versions,
-                    seed, questions, question_set digest, answered, errors, missing; `finished` is
-                    null while the run answers)
+                    seed, LLaVA-NeXT layout, questions, question_set digest, answered, errors, missing;
+                    `started`: when the first invocation began answering, `resumed`: when each later
+                    one did, `finished`: when the answers were last scored, null while a run answers)
     scores.json     the benchmark's metrics, its headline number, the unreadable question lines
                     (counted wrong) and run.json's content; removed when a run starts to answer,
                     so a killed run leaves no stale score
@@ -24,7 +25,9 @@ the context, unreadable question line) gets an answer line with `text` "" and
 in answers.jsonl are not asked again (error lines neither, unless
 `--retry-errors`; an error line never replaces an answer); when every question is
 answered, no model is loaded and the run only scores again. A directory holding
-answers made with another model, weights, method or generation setting is refused.
+answers made with another model, weights, method, generation setting or image layout is refused,
+each compared as the model uses it (an omitted option by its default), and scoring again never
+rewrites what run.json says the answers were made with.
 
 Several processes (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK): each answers every
 WORLD_SIZE-th of the questions still unanswered into `answers.rank<R>.jsonl` on
@@ -63,10 +66,16 @@ from llava.eval.registry import BENCHMARKS, Benchmark, get_benchmark
 
 ANSWERS = "answers.jsonl"
 DEFAULT_PIPELINE = "llava.pipeline:LlavaPipeline.load"
-# Settings that change the answers: a directory holding answers made with other values is not resumed.
+# Settings that change the answers: a directory holding answers made with other values is not resumed. Each is
+# recorded and compared as the model uses it (an omitted option as its default resolves), in both directions.
 ANSWER_SETTINGS = ("benchmark", "model_id", "weights", "method", "conv_mode", "max_new_tokens", "temperature", "seed",
                    "patch_merge", "image_grid")
 SAME_RUN_SETTINGS = ANSWER_SETTINGS + ("dtype", "device", "quantization")  # checked when something is left to answer
+# The command-line option behind each setting, for the refusal's message.
+OPTIONS = {"benchmark": "--benchmark", "model_id": "--model-path", "weights": "--model-path", "method": "--method",
+           "conv_mode": "--conv-mode", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+           "seed": "--seed", "patch_merge": "--patch-merge", "image_grid": "--image-grid", "dtype": "--dtype",
+           "device": "--device", "quantization": "--load-8bit / --load-4bit"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 FINGERPRINT_BYTES = 1 << 20  # read from each end of every weights file
 
@@ -103,6 +112,41 @@ def loaded_weight_files(model_path: str | None, vision_tower: str | None = None)
     from llava.model.builder import checkpoint_weight_files
 
     return checkpoint_weight_files(model_path, vision_tower)
+
+
+def answer_layout(pipeline, model_path: str | None, vision_tower: str | None, patch_merge: str | None,
+                  image_grid: str | None) -> dict:
+    """{"patch_merge", "image_grid"}: how LLaVA-NeXT turns each image into tokens for these answers, the
+    merge and the canvases (WIDTHxHEIGHT) the images are cut by; both None for LLaVA-1.5.
+
+    What the model uses, not what was typed: a loaded pipeline says it itself; otherwise the options are
+    resolved against the checkpoint's config as the loader resolves them (omitted: the checkpoint's own),
+    so that a resume that omits an option is compared with the run's layout as strictly as one that
+    gives it. Without a checkpoint to read (scoring again without --model-path, a test's fake model),
+    the options as given (None: not known, not compared).
+    """
+    model, processor = getattr(pipeline, "model", None), getattr(pipeline, "image_processor", None)
+    config = getattr(model, "config", None)
+    if not _is_loader(pipeline) and config is not None and processor is not None:
+        if not config.anyres:
+            return {"patch_merge": None, "image_grid": None}
+        return {"patch_merge": config.patch_merge, "image_grid": canvases(processor.image_grid_pinpoints)}
+    if model_path and (Path(model_path) / "config.json").is_file():
+        from llava.model.builder import anyres_options, read_checkpoint
+
+        checkpoint = read_checkpoint(model_path, vision_tower)
+        pinpoints = anyres_options(checkpoint, patch_merge, image_grid)  # refuses options LLaVA-1.5 has not
+        if pinpoints is None:
+            return {"patch_merge": None, "image_grid": None}
+        return {"patch_merge": patch_merge or checkpoint.config.patch_merge, "image_grid": canvases(pinpoints)}
+    from llava.mm_utils import parse_image_grid
+
+    return {"patch_merge": patch_merge, "image_grid": canvases([parse_image_grid(image_grid, 1)]) if image_grid else None}
+
+
+def canvases(pinpoints) -> list[str]:
+    """(height, width) pinpoints -> ["WIDTHxHEIGHT", ...], the --image-grid spelling."""
+    return [f"{width}x{height}" for height, width in pinpoints]
 
 
 def check_run_options(batch_size: int, limit: int | None) -> None:
@@ -157,32 +201,42 @@ def run_benchmark(
     ("8bit", "4bit" or "none") are recorded, and a directory holding answers made
     with other values is not resumed (None: not known, not checked). `patch_merge`
     and `image_grid` are LLaVA-NeXT's options as given to the pipeline (None: the
-    checkpoint's), recorded and checked the same way.
+    checkpoint's), resolved to the layout the model uses (`answer_layout`), recorded and checked the same way.
     Returns scores.json's content on rank 0, None on the other ranks.
     """
     from llava.generate import check_generation_options
 
     bench = get_benchmark(benchmark)
     check_run_options(batch_size, limit)
+    # The options left out, and whose default stands in for each (said when a resume is refused).
+    omitted = {name: default for name, value, default in (
+        ("max_new_tokens", max_new_tokens, f"{bench.name}'s default"),
+        ("patch_merge", patch_merge, "the checkpoint's"), ("image_grid", image_grid, "the checkpoint's pinpoints"),
+    ) if value is None}
     max_new_tokens = bench.max_new_tokens if max_new_tokens is None else max_new_tokens
     check_generation_options(max_new_tokens, temperature, seed=seed)
     output_dir = prepare_output_dir(Path(output_dir))
     questions = load_questions(bench, Path(data_root), question_file, image_folder, limit)
+    bench.check_inputs(questions, Path(data_root) / bench.folder)  # what scoring reads, before any answer
     previous = read_run(output_dir)
     settings = {
         "benchmark": bench.name, "model_path": model_path, "model_id": Path(model_path).name if model_path else None,
         "weights": weights_fingerprint(loaded_weight_files(model_path, vision_tower)), "vision_tower": vision_tower,
         "method": _canonical(method or previous.get("method")), "conv_mode": conv_mode, "max_new_tokens": max_new_tokens,
         "temperature": temperature, "seed": seed, "dtype": dtype, "device": device, "quantization": quantization,
-        "patch_merge": patch_merge, "image_grid": image_grid,
+        **answer_layout(pipeline, model_path, vision_tower, patch_merge, image_grid),
     }
     done = read_answers(output_dir)
     todo = [q for q in questions if q.key not in done or (retry_errors and _is_error(done[q.key]))]
     # Scoring finished answers again needs no model: another machine (dtype, device) may do it, and
-    # run.json keeps saying what the answers were made with.
-    check_same_run(previous, settings, output_dir, SAME_RUN_SETTINGS if todo else ANSWER_SETTINGS)
+    # run.json keeps saying what the answers were made with, whatever this invocation was given.
+    check_same_run(previous, settings, output_dir, SAME_RUN_SETTINGS if todo else ANSWER_SETTINGS,
+                   omitted)
     if not todo:
-        settings.update({name: previous[name] for name in SAME_RUN_SETTINGS if previous.get(name) is not None})
+        settings.update({name: previous[name] for name in (*SAME_RUN_SETTINGS, "model_path", "vision_tower")
+                         if name in previous})
+    times = invocation_times(previous, bool(done)) if todo else {
+        "started": previous.get("started"), "resumed": list(previous.get("resumed") or [])}
     if barrier:
         barrier()  # every rank has read the same answers before any writes more
     mine = todo[rank::world_size]
@@ -194,10 +248,10 @@ def run_benchmark(
                 (output_dir / stale).unlink(missing_ok=True)
             write_json(output_dir / "run.json", {
                 **previous, **settings, "questions": len(questions), "question_set": question_set(questions),
-                "started": _now(), "finished": None,
+                **times, "finished": None,
             })
         if any(q.error is None for q in mine):  # malformed question lines need no model
-            loaded = pipeline() if callable(pipeline) and not hasattr(pipeline, "answer") else pipeline
+            loaded = pipeline() if _is_loader(pipeline) else pipeline
         request_type = sys.modules[type(loaded).__module__].Request if loaded is not None else None
         shard = output_dir / (ANSWERS if world_size == 1 else f"answers.rank{rank}.jsonl")
         with AnswerWriter(shard) as writer:
@@ -212,6 +266,7 @@ def run_benchmark(
 
     answers = merge_answers(output_dir, questions)
     run = run_record(questions, answers, settings, previous, loaded, world_size, batch_size, data_root, question_file)
+    run.update(times, finished=_now())
     write_json(output_dir / "run.json", run)
     # Every question the file holds is scored: an unreadable one counts as wrong, and is named here.
     metrics = bench.score(questions, answers, Path(data_root) / bench.folder, output_dir)
@@ -363,6 +418,11 @@ def merge_answers(output_dir: Path, questions: list[Question]) -> dict:
     return answers
 
 
+def _is_loader(pipeline) -> bool:
+    """`pipeline` is a function returning the pipeline (called only when something is left to answer)."""
+    return callable(pipeline) and not hasattr(pipeline, "answer")
+
+
 def _is_error(record: dict) -> bool:
     return bool((record.get("metadata") or {}).get("error"))
 
@@ -370,15 +430,54 @@ def _is_error(record: dict) -> bool:
 # ----------------------------------------------------------------------------- run metadata
 
 
-def check_same_run(previous: dict, settings: dict, output_dir: Path, names=SAME_RUN_SETTINGS) -> None:
-    """Refuse to mix answers made with another model, method or setting (`names`) into one answers file."""
+def check_same_run(previous: dict, settings: dict, output_dir: Path, names=SAME_RUN_SETTINGS,
+                   omitted: dict | None = None) -> None:
+    """Refuse to mix answers made with another model, method or setting (`names`) into one answers file.
+
+    Both sides are the values the model uses (`settings` holds an omitted option's resolved default), so
+    a setting is compared whether this invocation gave it or not; None is "not known" (an older run.json,
+    a run without a checkpoint to read) and is not compared. `omitted`: {name: whose default it is} for the
+    options this invocation left out, said in the message (their defaults are what differ).
+    """
     for name in names:
-        before, now = previous.get(name), settings.get(name)
+        before, now = _comparable(name, previous.get(name)), _comparable(name, settings.get(name))
         if before is not None and now is not None and before != now:
+            option = OPTIONS.get(name, name)
+            default = f" ({option} not given: {omitted[name]})" if (omitted or {}).get(name) else ""
             raise InputError(
-                f"{output_dir} holds answers made with {name}={before!r}, not {now!r}: "
-                "choose another --output-dir (or delete that one)"
+                f"{output_dir} holds answers made with {name}={previous[name]!r}, not {settings[name]!r}{default}: "
+                f"answer into another --output-dir, or use the options those answers were made with ({option})"
             )
+
+
+def _comparable(name: str, value):
+    """A setting as two runs are compared: a method by its canonical spec ('fastv:k=2,ratio=0.75' is
+    'fastv:ratio=0.75'), a conversation template by its name (not an alias), an image grid recorded by an
+    older runner as one 'WxH' string as its one canvas."""
+    if name == "method" and isinstance(value, str):
+        from llava.model.pruning.registry import parse_method
+
+        try:
+            return parse_method(value).spec
+        except InputError:
+            return value  # not a spec this version knows: compared as written
+    if name == "conv_mode" and isinstance(value, str):  # an alias ('v1') by the template's first name
+        from llava.conversation import conv_templates
+
+        template = conv_templates.get(value)
+        return next((known for known, t in conv_templates.items() if t is template), value)
+    if name == "image_grid" and isinstance(value, str):
+        return [value.strip().lower()]
+    return value
+
+
+def invocation_times(previous: dict, answered_before: bool) -> dict:
+    """run.json's `started` (when the first invocation began answering into this folder) and `resumed`
+    (when each later one that had questions left began): a resumed run says so, and when it began."""
+    now = _now()
+    if not answered_before:
+        return {"started": now, "resumed": []}
+    return {"started": previous.get("started"), "resumed": [*(previous.get("resumed") or []), now]}
 
 
 def run_record(questions, answers, settings, previous, pipeline, world_size, batch_size, data_root, question_file) -> dict:
@@ -404,7 +503,6 @@ def run_record(questions, answers, settings, previous, pipeline, world_size, bat
         "question_file": str(question_file) if question_file else previous.get("question_file"),
         "world_size": world_size, "batch_size": batch_size,
         "versions": versions(),
-        "started": previous.get("started"), "finished": _now(),
     }
 
 
