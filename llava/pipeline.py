@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import build_prompt
+from llava.errors import InputError
 from llava.generate import generate
 from llava.mm_utils import AnyresImage, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
@@ -74,10 +76,28 @@ class LlavaPipeline:
         prompts = [build_prompt(r.text, self.conv_mode, with_image=r.image is not None) for r in requests]
         prompt_ids = [tokenizer_image_token(p, self.tokenizer) for p in prompts]
         pictures = [r.image for r in requests if r.image is not None]
+        self.check_context(prompt_ids, pictures)
         images = self.image_processor(pictures) if pictures else None
         if isinstance(images, torch.Tensor):
             images = images.to(self.model.device)
         return prompts, prompt_ids, images
+
+    def check_context(self, prompt_ids: list[list[int]], pictures: list[Image.Image]) -> None:
+        """InputError for a prompt whose tokens, visual tokens included, exceed the context, raised before any
+        image is resized or encoded when the model can count an image's tokens from its size (no pre-LLM pruner);
+        `generate` checks the real count after encoding in every case, with the same message."""
+        pinpoints = self.image_processor.image_grid_pinpoints
+        sizes = iter((picture.height, picture.width) for picture in pictures)
+        context = min(self.context_len, self.model.config.text.max_position_embeddings)
+        for ids in prompt_ids:
+            length = len(ids)
+            for _ in range(ids.count(IMAGE_TOKEN_INDEX)):
+                tokens = self.model.tokens_before_encoding(next(sizes), pinpoints)
+                if tokens is None:
+                    return
+                length += tokens - 1  # the placeholder becomes the image's tokens
+            if length > context:
+                raise InputError(f"prompt of {length} tokens (visual tokens included) is longer than the context of {context}")
 
     def answer(
         self,

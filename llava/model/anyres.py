@@ -71,6 +71,20 @@ def anyres_layout(grid: tuple[int, int], side: int, image_size: tuple[int, int],
     return torch.cat([base, stitched.reshape(-1, 2)])
 
 
+def image_token_count(grid: tuple[int, int], side: int, image_size: tuple[int, int], merge: str) -> int:
+    """len(anyres_layout(grid, side, image_size, merge)), by arithmetic: the tokens one unpruned image brings,
+    known from its size before it is resized, cut or encoded (a huge canvas is refused without allocating it)."""
+    if merge not in MERGES:
+        raise ValueError(f"unknown patch merge '{merge}' (known: {', '.join(MERGES)})")
+    rows, cols = grid
+    height, width = rows * side, cols * side
+    if merge == "spatial":
+        return side * side + height * width
+    row_window, col_window = unpadded_window(height, width, image_size)
+    kept_rows, kept_cols = len(range(height)[row_window]), len(range(width)[col_window])
+    return side * side + kept_rows * (kept_cols + 1)  # + 1: the image_newline token ending each row
+
+
 def keep_in_layout(layout: torch.Tensor, kept: list[torch.Tensor], partitions: int) -> torch.Tensor:
     """The rows of `layout` that stay when partition p keeps the patches `kept[p]`: (T',) bool.
     Newline tokens always stay; a kept patch the layout has no row for (in the padding) is dropped."""

@@ -40,7 +40,7 @@ import transformers
 from llava.device import default_dtype, resolve_device
 from llava.errors import CheckpointError, InputError
 from llava.mm_utils import ImageProcessor, check_pinpoints, parse_image_grid
-from llava.model.anyres import MERGES
+from llava.model.anyres import MERGES, image_token_count
 from llava.model.language_model.llava_llama import LlamaConfig, rope_inverse_frequencies
 from llava.model.llava_arch import LlavaConfig, LlavaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import VisionConfig
@@ -120,6 +120,7 @@ def load_pretrained_model(
             )
         model.image_newline = None  # original LLaVA makes the token only for an 'unpad' merge
     check_weights(model, weights, model_path)
+    check_checkpoint_canvases(checkpoint, pinpoints, patch_merge)
     quantize = load_8bit or load_4bit
     target = torch.device("cpu") if quantize else device
     # Convert tensor by tensor, dropping each source as it goes, so the checkpoint is not held twice.
@@ -152,7 +153,38 @@ def anyres_options(checkpoint: Checkpoint, patch_merge: str | None, image_grid: 
         raise InputError(f"unknown patch merge '{patch_merge}' (known: {', '.join(MERGES)})")
     if image_grid is None:
         return config.image_grid_pinpoints
-    return (parse_image_grid(image_grid, config.vision.image_size),)
+    canvas = parse_image_grid(image_grid, config.vision.image_size)
+    problem = canvas_beyond_context(canvas, config, patch_merge or config.patch_merge)
+    if problem:
+        raise InputError(f"--image-grid: the canvas {problem}")
+    return (canvas,)
+
+
+def check_checkpoint_canvases(checkpoint: Checkpoint, pinpoints, patch_merge: str | None) -> None:
+    """The checkpoint's own canvases (when --image-grid does not replace them), bounded as --image-grid is; after
+    its weights are checked, so that a folder broken in both ways names its weights first, and before any image."""
+    config = checkpoint.config
+    if not config.anyres or pinpoints is not config.image_grid_pinpoints:
+        return
+    for canvas in pinpoints:
+        problem = canvas_beyond_context(canvas, config, patch_merge or config.patch_merge)
+        if problem:
+            raise CheckpointError(f"{checkpoint.folder}: the image_grid_pinpoints canvas {problem}")
+
+
+def canvas_beyond_context(canvas: tuple[int, int], config: LlavaConfig, merge: str) -> str | None:
+    """Why a LLaVA-NeXT canvas (height, width) cannot be used, or None: an image of the canvas's own shape (no
+    padding to trim) would bring more visual tokens than the context, unpruned. That bounds the grid before any
+    image is resized into it: the vision tower encodes every crop whatever the method keeps, and a canvas the
+    unpruned model cannot take has no baseline to compare a pruned run with."""
+    height, width = canvas
+    crop, context = config.vision.image_size, config.text.max_position_embeddings
+    grid = (height // crop, width // crop)
+    tokens = image_token_count(grid, config.vision.grid_size, canvas, merge)
+    if tokens <= context:
+        return None
+    return (f"{width}x{height} cuts an image into {grid[0]}x{grid[1]} crops: {tokens:,} visual tokens ({merge}) for an"
+            f" image of its shape, more than the context of {context:,}")
 
 
 def checkpoint_weight_files(model_path: str, vision_tower: str | None = None) -> list[Path]:

@@ -28,8 +28,8 @@ from torch import nn
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.errors import InputError
-from llava.mm_utils import AnyresImage
-from llava.model.anyres import MERGES, anyres_layout, keep_in_layout
+from llava.mm_utils import AnyresImage, select_best_resolution
+from llava.model.anyres import MERGES, anyres_layout, image_token_count, keep_in_layout
 from llava.model.language_model.llava_llama import LLAMA_PRESETS, KVCache, LlamaConfig, LlamaDecoder
 from llava.model.multimodal_encoder.clip_encoder import VISION_PRESETS, CLIPVisionTower, VisionConfig
 from llava.model.multimodal_projector import build_projector
@@ -278,6 +278,20 @@ class LlavaForCausalLM(nn.Module):
         gathered = torch.cat(pieces)[source.to(self.device)]
         layout = layout.to(self.device)
         return ImageTokens(gathered, patch_index=layout[:, 1], partition=layout[:, 0], partition_grid=image.grid)
+
+    def tokens_before_encoding(self, image_size: tuple[int, int], pinpoints) -> int | None:
+        """The tokens an image of `image_size` (height, width) brings to the LLM's first layer, from its size alone
+        (NeXT: the canvas `pinpoints` choose for it and the merge), so that a prompt too long for the context is
+        refused before the image is resized or encoded. None when a pre-LLM pruner decides the count (an in-LLM
+        method prunes after layer k: every token enters the first layers)."""
+        if isinstance(self.pruning, VisionPruner):
+            return None
+        vision = self.config.vision
+        if not self.config.anyres:
+            return vision.num_patches
+        height, width = select_best_resolution(image_size, pinpoints)
+        grid = (height // vision.image_size, width // vision.image_size)
+        return image_token_count(grid, vision.grid_size, image_size, self.config.patch_merge)
 
     # ---- splicing ------------------------------------------------------------------------------
 
