@@ -193,7 +193,7 @@ PINPOINTS = ["672x672", "672x336", "336x672", "1008x336", "336x1008"]
 
 def test_runs_of_two_next_layouts_are_two_rows_each_against_its_own_unpruned_run(tmp_path):
     stock = {"patch_merge": "spatial_unpad", "image_grid": PINPOINTS}
-    fixed = {"patch_merge": "spatial", "image_grid": ["672x672"]}
+    fixed = {"patch_merge": "spatial", "image_grid": "672x672"}
     for folder, layout, none, keep29, finished in [("stock", stock, 80.0, 60.0, "2026-01-01"),
                                                    ("fixed", fixed, 90.0, 81.0, "2026-02-01")]:
         make_run(tmp_path / folder, "next", "none", "shapes_hr", none, 700, finished=finished, **layout)

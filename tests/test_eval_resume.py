@@ -15,7 +15,7 @@ from tests.eval_fakes import FakePipeline, make_pope
 
 MODEL = Path(__file__).resolve().parents[1] / "models/llava-next-shapes-tiny"
 METHOD = "fastervlm:keep=29"
-# The shipped model's image_grid_pinpoints ([height, width] in its config.json) as WIDTHxHEIGHT canvases.
+# The shipped model's image_grid_pinpoints ([height, width] in its config.json) as run.json names them.
 PINPOINTS = ["672x672", "672x336", "336x672", "1008x336", "336x1008"]
 
 needs_model = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"{MODEL.name} is not in this checkout")
@@ -78,13 +78,13 @@ def cli(data, out, *options, model=True):
 @needs_model
 @pytest.mark.parametrize("first, resume, name, before, now, note", [
     ((), ("--patch-merge", "spatial"), "patch_merge", "spatial_unpad", "spatial", ""),
-    ((), ("--image-grid", "672x672"), "image_grid", PINPOINTS, ["672x672"], ""),
+    ((), ("--image-grid", "672x672"), "image_grid", PINPOINTS, "672x672", ""),
     (("--patch-merge", "spatial"), (), "patch_merge", "spatial", "spatial_unpad",
      " (--patch-merge not given: the checkpoint's)"),
-    (("--image-grid", "672x672"), (), "image_grid", ["672x672"], PINPOINTS,
+    (("--image-grid", "672x672"), (), "image_grid", "672x672", PINPOINTS,
      " (--image-grid not given: the checkpoint's pinpoints)"),
     (("--patch-merge", "spatial"), ("--patch-merge", "spatial_unpad"), "patch_merge", "spatial", "spatial_unpad", ""),
-    (("--image-grid", "672x672"), ("--image-grid", "1008x336"), "image_grid", ["672x672"], ["1008x336"], ""),
+    (("--image-grid", "672x672"), ("--image-grid", "1008x336"), "image_grid", "672x672", "1008x336", ""),
 ])
 def test_a_killed_next_run_resumed_under_another_layout_is_refused(data, killed, tmp_path, capsys, first, resume, name,
                                                                    before, now, note):
@@ -128,7 +128,7 @@ def test_scoring_a_finished_run_again_never_rewrites_its_layout(data, straight, 
     capsys.readouterr()
     assert cli(data, out, "--image-grid", "672x672", model=model) == 2
     assert capsys.readouterr().err.startswith(
-        f"error: {out} holds answers made with image_grid={PINPOINTS!r}, not ['672x672']: ")
+        f"error: {out} holds answers made with image_grid={PINPOINTS!r}, not '672x672': ")
     assert json.loads((out / "run.json").read_text()) == recorded
     assert cli(data, out, model=model) == 0  # scored again as it was made
     rescored = json.loads((out / "run.json").read_text())

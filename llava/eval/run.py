@@ -117,7 +117,7 @@ def loaded_weight_files(model_path: str | None, vision_tower: str | None = None)
 def answer_layout(pipeline, model_path: str | None, vision_tower: str | None, patch_merge: str | None,
                   image_grid: str | None) -> dict:
     """{"patch_merge", "image_grid"}: how LLaVA-NeXT turns each image into tokens for these answers, the
-    merge and the canvases (WIDTHxHEIGHT) the images are cut by; both None for LLaVA-1.5.
+    merge and the canvases the images are cut by (`canvases`); both None for LLaVA-1.5.
 
     What the model uses, not what was typed: a loaded pipeline says it itself; otherwise the options are
     resolved against the checkpoint's config as the loader resolves them (omitted: the checkpoint's own),
@@ -144,9 +144,11 @@ def answer_layout(pipeline, model_path: str | None, vision_tower: str | None, pa
     return {"patch_merge": patch_merge, "image_grid": canvases([parse_image_grid(image_grid, 1)]) if image_grid else None}
 
 
-def canvases(pinpoints) -> list[str]:
-    """(height, width) pinpoints -> ["WIDTHxHEIGHT", ...], the --image-grid spelling."""
-    return [f"{width}x{height}" for height, width in pinpoints]
+def canvases(pinpoints) -> str | list[str]:
+    """(height, width) pinpoints in the --image-grid spelling: "WIDTHxHEIGHT" for one canvas (every image
+    is cut by it, as `--image-grid` asks), ["WIDTHxHEIGHT", ...] for several (each image takes the best)."""
+    names = [f"{width}x{height}" for height, width in pinpoints]
+    return names[0] if len(names) == 1 else names
 
 
 def check_run_options(batch_size: int, limit: int | None) -> None:
@@ -452,8 +454,8 @@ def check_same_run(previous: dict, settings: dict, output_dir: Path, names=SAME_
 
 def _comparable(name: str, value):
     """A setting as two runs are compared: a method by its canonical spec ('fastv:k=2,ratio=0.75' is
-    'fastv:ratio=0.75'), a conversation template by its name (not an alias), an image grid recorded by an
-    older runner as one 'WxH' string as its one canvas."""
+    'fastv:ratio=0.75'), a conversation template by its name (not an alias), one canvas as an older runner
+    recorded it ('672X672' as typed) in today's spelling."""
     if name == "method" and isinstance(value, str):
         from llava.model.pruning.registry import parse_method
 
@@ -467,7 +469,7 @@ def _comparable(name: str, value):
         template = conv_templates.get(value)
         return next((known for known, t in conv_templates.items() if t is template), value)
     if name == "image_grid" and isinstance(value, str):
-        return [value.strip().lower()]
+        return re.sub(r"\s+", "", value).lower()
     return value
 
 
