@@ -141,12 +141,12 @@ def plot(analysis: str, result: dict, path: Path) -> None:
 
 def main(analysis: str, out: str, model_path: str | None = None, benchmark: str = "shapes",
          data_root: str | None = None, limit: int = 120) -> dict:
+    from fastv.paths import check_output_dir
     from llava.errors import InputError, check_at_least
     from llava.pipeline import LlavaPipeline
 
     check_at_least("--limit", limit, 1)
-    if Path(out).is_file():
-        raise InputError(f"--out {out} is a file: name a folder")
+    check_output_dir("--out", out)
     from fastv.cli import model_or_shipped
 
     model_path = model_or_shipped(model_path)

@@ -186,6 +186,7 @@ def _save(figure, path: Path) -> Path:
 def main(image: str, prompt: str, out: str, model_path: str | None = None, layer: int = 1, max_new_tokens: int = 16,
          conv_mode: str = "vicuna_v1") -> dict:
     from llava.conversation import conversation_template
+    from fastv.paths import check_output_dir
     from llava.errors import InputError, check_at_least
     from llava.mm_utils import load_image
     from llava.pipeline import LlavaPipeline
@@ -194,8 +195,7 @@ def main(image: str, prompt: str, out: str, model_path: str | None = None, layer
     conversation_template(conv_mode)
     if not prompt.strip() or "<image>" in prompt:
         raise InputError("give the question as --prompt, without '<image>'")
-    if Path(out).is_file():
-        raise InputError(f"--out {out} is a file: name a folder")
+    check_output_dir("--out", out)
     from fastv.cli import model_or_shipped
 
     model_path = model_or_shipped(model_path)

@@ -64,6 +64,7 @@ def run(
     and how long it took. Every option is checked before a model is loaded (the LLaVA-NeXT ones,
     `patch_merge` and `image_grid`, against the checkpoint's config, before its weights). `overlay`: also
     write the kept-token overlay there (fastv/overlay.py)."""
+    from fastv.paths import check_output_file
     from llava.conversation import conversation_template
     from llava.generate import check_generation_options
     from llava.mm_utils import load_image
@@ -81,8 +82,8 @@ def run(
         raise InputError("write the prompt without '<image>': the image goes in front of it, as in LLaVA-1.5")
     if overlay is not None and image is None:
         raise InputError("--overlay draws the kept patches on the image: give --image too")
-    if overlay is not None and Path(overlay).is_dir():
-        raise InputError(f"--overlay {overlay} is a folder: name the PNG file to write")
+    if overlay is not None:
+        check_output_file("--overlay", overlay, what="the PNG file")
     model_path = model_or_shipped(model_path)
     picture = load_image(image) if image is not None else None  # --image "" is a missing image, not no image
     pipe = LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device, vision_tower=vision_tower,

@@ -16,7 +16,13 @@ softmax, RoPE and the pruning scores' single query rows are left out: under 1% a
   with n = 1 attending over L_l + 1 keys, and the LM head.
 
 Paper formula, per layer over n tokens: F(n) = 4 n d^2 + 2 n^2 d + 2 n d m; FastV after layer K of T runs
-K layers on n and the rest on n' = n - dropped: ratio = [K F(n) + (T - K) F(n')] / [T F(n)].
+K layers on n and the rest on n' = n - dropped: ratio = [K F(n) + (T - K) F(n')] / [T F(n)]. F counts a
+multiply-add once (its 4 n d^2 are the four d x d projections' n d^2 multiply-adds each), half the FLOPs
+above; and it folds Llama's three MLP matrices into two and leaves out the LM head. So a count by the
+paper's formula is in multiply-adds throughout (`UNITS`): the LLM's prefill F(n) per layer, a decoded
+token F's terms with one query row over the layer's cache, L_l + 1 keys (4 d^2 + 2 (L_l + 1) d + 2 d m),
+and the vision tower and projector, which the paper does not count, at half their FLOPs (every term above
+is a multiply-add: the halves are exact).
 """
 
 from __future__ import annotations
@@ -24,9 +30,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+UNITS = {"measured": "FLOPs", "paper": "multiply-adds"}  # the unit of every quantity of a count, by formula
+
+
 def layer_flops(n: float, hidden: int, intermediate: int) -> float:
-    """The FastV paper's F(n)."""
-    return 4 * n * hidden**2 + 2 * n**2 * hidden + 2 * n * hidden * intermediate
+    """The FastV paper's F(n) (multiply-adds)."""
+    return paper_layer(n, n, hidden, intermediate)
+
+
+def paper_layer(queries: float, keys: float, hidden: int, intermediate: int) -> float:
+    """F's terms for `queries` rows attending over `keys`: F(n) when both are n, a decoded token when queries = 1."""
+    return 4 * queries * hidden**2 + 2 * queries * keys * hidden + 2 * queries * hidden * intermediate
 
 
 def fastv_flops_ratio(n: float, dropped: float, k: int, layers: int, hidden: int, intermediate: int) -> float:
@@ -36,19 +50,23 @@ def fastv_flops_ratio(n: float, dropped: float, k: int, layers: int, hidden: int
     return (k * full + (layers - k) * pruned) / (layers * full)
 
 
-def paper_llm_flops(seq_lens: list[int], hidden: int, intermediate: int) -> float:
-    """The paper's F summed over the layers' real lengths."""
-    return sum(layer_flops(n, hidden, intermediate) for n in seq_lens)
+def paper_llm_flops(seq_lens: list[int], hidden: int, intermediate: int) -> tuple[float, float]:
+    """(the paper's F summed over the layers' real lengths, one decoded token by F's terms over those caches),
+    in multiply-adds."""
+    prefill = sum(layer_flops(n, hidden, intermediate) for n in seq_lens)
+    decode = sum(paper_layer(1, n + 1, hidden, intermediate) for n in seq_lens)
+    return prefill, decode
 
 
 @dataclass
 class Flops:
-    """FLOPs of one sample's forward, by part."""
+    """FLOPs (or, by the paper's formula, multiply-adds: `unit`) of one sample's forward, by part."""
 
     vision: float
     projector: float
-    llm_prefill: float  # decoder layers + LM head on the last position
+    llm_prefill: float  # decoder layers + LM head on the last position (paper: F over the layers, no head)
     decode_per_token: float  # the first decoded token, with the prefill's cache
+    unit: str = UNITS["measured"]
 
     @property
     def prefill(self) -> float:
@@ -89,10 +107,11 @@ def llm_flops(text, seq_lens: list[int]) -> tuple[float, float]:
     return prefill, decode
 
 
-def count(config, method, seq_lens: list[int], views: int, projected_tokens: int) -> Flops:
+def count(config, method, seq_lens: list[int], views: int, projected_tokens: int, formula: str = "measured") -> Flops:
     """FLOPs of one sample: `config` a LlavaConfig, `method` the attached pruning method, `seq_lens` the
     sample's PruneStats.seq_lens, `views` the vision tower's views (1, or NeXT's 1 + crops), and
-    `projected_tokens` the tokens that went through the projector."""
+    `projected_tokens` the tokens that went through the projector. `formula` "paper": every part in
+    multiply-adds, the LLM by the paper's F (the module's docstring)."""
     from llava.model.pruning.base import VisionPruner
 
     vision = config.vision
@@ -100,10 +119,10 @@ def count(config, method, seq_lens: list[int], views: int, projected_tokens: int
     probed = method.attention_layers(vision.num_layers, select) if isinstance(method, VisionPruner) else ()
     last = max([select, *probed])
     probe_only = last > select  # the model runs only its probe (clip_encoder.CLIPVisionTower.forward)
+    vision_count = vision_flops(vision, views, last + 1 - probe_only, probe_only)
+    projector_count = projector_flops(config.projector_type, vision.hidden_size, config.text.hidden_size, projected_tokens)
+    if formula == "paper":  # every part in multiply-adds: 2 FLOPs each
+        prefill, decode = paper_llm_flops(seq_lens, config.text.hidden_size, config.text.intermediate_size)
+        return Flops(vision_count // 2, projector_count // 2, prefill, decode, unit=UNITS["paper"])
     prefill, decode = llm_flops(config.text, seq_lens)
-    return Flops(
-        vision=vision_flops(vision, views, last + 1 - probe_only, probe_only),
-        projector=projector_flops(config.projector_type, vision.hidden_size, config.text.hidden_size, projected_tokens),
-        llm_prefill=prefill,
-        decode_per_token=decode,
-    )
+    return Flops(vision_count, projector_count, prefill, decode)

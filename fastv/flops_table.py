@@ -11,13 +11,19 @@ the sequence lengths of a forward of a narrow stand-in: the preset's depths, ima
 pinpoints with tiny random widths (what a method keeps depends on the token grid, not on the widths;
 adaptive methods such as PruMerge keep what random weights make them keep, so their row is marked).
 The prompt has `--text-tokens` non-image tokens: LLaVA-1.5's 35 system and `USER:` tokens before the image
-and the rest (a short question: 20 by default) after it. `--formula measured` counts every matmul of the
-sequence lengths the forward ran on; `--formula paper` counts the LLM by FastV's F(n) (METHODS.md) instead.
+and the rest (a short question: 20 by default) after it; with the image's visual tokens (unpruned) and the
+decoded token it must fit the model's context (the check `fastv bench` makes, before any work).
+`--formula measured` counts every matmul of the sequence lengths the forward ran on, in FLOPs (2 per
+multiply-add, as torch's FlopCounterMode counts); `--formula paper` counts the LLM by FastV's F(n)
+(METHODS.md), which counts a multiply-add once, and then every part in that unit, multiply-adds (the vision
+tower and projector at half their FLOPs; fastv/flops.py), so that totals and ratios add one unit. The
+projector is counted on the tokens it ran on (LLaVA-NeXT: every crop's, before unpadding drops some).
 
 `--method SPEC --json` prints one JSON object for that method: `vision`, `projector`, `llm_prefill`,
-`llm_decode_per_token`, `total_prefill` (FLOPs, 2 per multiply-add, as torch's FlopCounterMode counts) and
+`llm_decode_per_token`, `total_prefill` (in `unit`: "FLOPs", or "multiply-adds" with `--formula paper`) and
 `reduction_llm_prefill` (1 - its LLM prefill / the unpruned one's, on the same input), with `visual_tokens`,
-`kept_after_layer_k` and the layers' `seq_lens`.
+`kept_after_layer_k` and the layers' `seq_lens`; the table's rows also give `projected_tokens`, the tokens the
+projector ran on. Output files (`--out`) are checked before any work.
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastv.flops import count, paper_llm_flops
-from fastv.latency import write_result
+from fastv.flops import UNITS, count
+from fastv.latency import check_prompt_fits, write_result
 
 DEFAULT_METHODS = ("none", "fastv:k=2,ratio=0.5", "fastervlm:keep=58", "hired:rate=0.2", "prumerge+")
 SYSTEM_TOKENS = 35  # LLaVA-1.5's vicuna_v1 system prompt and "USER:", before the image
 TEXT_TOKENS = SYSTEM_TOKENS + 20  # and a short question after it
 ADAPTIVE = ("prumerge", "prumerge+")
+EXAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "shapes.png"  # the shipped model's example
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,13 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--methods", nargs="+", help=f"method specs for the table [default: {' '.join(DEFAULT_METHODS)}]")
     parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS,
                         help=f"non-image prompt tokens: LLaVA-1.5's system prompt and USER: ({SYSTEM_TOKENS}, before the "
-                             f"image), the rest after it [default: {TEXT_TOKENS}, the system prompt and a 20-token question]")
+                             f"image), the rest after it; with the image's visual tokens and one decoded token within "
+                             f"the model's context [default: {TEXT_TOKENS}, the system prompt and a 20-token question]")
     parser.add_argument("--formula", choices=["measured", "paper"], default="measured",
-                        help="how the LLM is counted: measured (every matmul over the real sequence lengths) or FastV's "
-                             "paper formula F(n)")
+                        help="how the LLM is counted: measured (every matmul over the real sequence lengths, in FLOPs) "
+                             "or FastV's paper formula F(n) (every part then in multiply-adds, the paper's unit)")
     parser.add_argument("--json", dest="as_json", action="store_true",
                         help="print one JSON object (with --method: that method's fields; else the table's rows)")
-    parser.add_argument("--out", help="also write the table as JSON here (and Markdown beside it)")
+    parser.add_argument("--out", help="also write the result as JSON here (and the table as Markdown beside it)")
 
 
 def stand_in(config):
@@ -68,29 +76,55 @@ def stand_in(config):
     return LlavaForCausalLM(dataclasses.replace(config, vision=vision, text=text)).eval()
 
 
-def load(model_path: str | None, preset: str | None):
-    """(model that runs, config counted at, image processor, the name the table gives it)."""
+def preset_config(preset: str):
+    """The named preset's LlavaConfig (read before anything is built, for the checks)."""
     from llava.errors import InputError
-    from llava.mm_utils import ImageProcessor
-    from llava.model.builder import load_pretrained_model
     from llava.model.llava_arch import LLAVA_PRESETS
 
+    if preset not in LLAVA_PRESETS:
+        raise InputError(f"unknown preset '{preset}' (available: {', '.join(LLAVA_PRESETS)})")
+    return LLAVA_PRESETS[preset]
+
+
+def load(model_path: str | None, preset: str | None):
+    """(model that runs, config counted at, image processor, the name the table gives it); `model_path` a
+    folder (model_or_shipped's) when `preset` is None."""
+    from llava.mm_utils import ImageProcessor
+    from llava.model.builder import load_pretrained_model
+
     if preset is not None:
-        if preset not in LLAVA_PRESETS:
-            raise InputError(f"unknown preset '{preset}' (available: {', '.join(LLAVA_PRESETS)})")
-        config = LLAVA_PRESETS[preset]
+        config = preset_config(preset)
         processor = ImageProcessor(image_size=config.vision.image_size, image_grid_pinpoints=config.image_grid_pinpoints)
         return stand_in(config), config, processor, preset
-    from fastv.cli import model_or_shipped
-
-    model_path = model_or_shipped(model_path)
     _, model, processor, _ = load_pretrained_model(model_path)
     return model, model.config, processor, Path(model_path).name
 
 
+def picture_for(image: str | None, config, preset: str | None) -> Image.Image:
+    """The image counted: `image`, else a random one at the preset's size (672x672 for NeXT), else the example."""
+    from llava.mm_utils import load_image
+
+    if image is not None:
+        return load_image(image)
+    if preset is not None:
+        side = 672 if config.anyres else config.vision.image_size
+        return Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
+    return load_image(EXAMPLE_IMAGE)
+
+
+def projected_tokens(model) -> tuple[list[int], object]:
+    """([tokens through the projector in each forward], the hook's handle): what the projector really ran
+    on (every patch, a method's kept or merged tokens, every crop's before NeXT's unpadding)."""
+    counted: list[int] = []
+
+    def hook(_module, args):
+        counted[-1] += args[0].numel() // args[0].shape[-1]  # (..., Dv) -> rows
+
+    return counted, model.mm_projector.register_forward_pre_hook(hook)
+
+
 def measure(model, config, processor, picture: Image.Image, methods: list[str], text_tokens: int, formula: str) -> list[dict]:
     from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.model.pruning.base import VisionPruner
 
     images = processor([picture])
     if isinstance(images, torch.Tensor):
@@ -99,23 +133,23 @@ def measure(model, config, processor, picture: Image.Image, methods: list[str], 
     before = min(SYSTEM_TOKENS, text_tokens)
     prompt = [1] + [100 % vocab] * (before - 1) + [IMAGE_TOKEN_INDEX] + [200 % vocab] * (text_tokens - before)
     rows = []
-    for spec in methods:
-        method = model.set_pruning(spec)
-        with torch.inference_mode():
-            stats = model([prompt], images).stats
-        seq_lens = stats.seq_lens[0]
-        grid = stats.partition_grid[0][0]
-        views = 1 + grid[0] * grid[1]
-        visual, newline = stats.visual_tokens[0][0], stats.newline_tokens[0][0]
-        selected_first = isinstance(method, VisionPruner) and method.before_projector
-        projected = visual - newline if selected_first else views * config.vision.num_patches
-        flops = count(config, method, seq_lens, views, projected)
-        if formula == "paper":
-            flops.llm_prefill = paper_llm_flops(seq_lens, config.text.hidden_size, config.text.intermediate_size)
-        kept = len((stats.kept_in_llm or stats.kept)[0][0])
-        rows.append({"method": method.spec, "visual_tokens": visual, "kept_after_layer_k": kept,
-                     "seq_lens": seq_lens, **flops.as_dict()})
-    model.set_pruning("none")
+    projected, handle = projected_tokens(model)
+    try:
+        for spec in methods:
+            method = model.set_pruning(spec)
+            projected.append(0)
+            with torch.inference_mode():
+                stats = model([prompt], images).stats
+            seq_lens = stats.seq_lens[0]
+            grid = stats.partition_grid[0][0]
+            views = 1 + grid[0] * grid[1]
+            flops = count(config, method, seq_lens, views, projected[-1], formula)
+            kept = len((stats.kept_in_llm or stats.kept)[0][0])
+            rows.append({"method": method.spec, "visual_tokens": stats.visual_tokens[0][0], "kept_after_layer_k": kept,
+                         "projected_tokens": projected[-1], "seq_lens": seq_lens, **flops.as_dict()})
+    finally:
+        handle.remove()
+        model.set_pruning("none")
     base = next((r for r in rows if r["method"] == "none"), None)
     for row in rows:
         if base:
@@ -127,7 +161,7 @@ def measure(model, config, processor, picture: Image.Image, methods: list[str], 
 def to_markdown(result: dict) -> str:
     scale, unit = (1e9, "G") if max(r["prefill"] for r in result["rows"]) >= 1e10 else (1e6, "M")
     g = lambda x: f"{x / scale:.2f}"
-    lines = [f"FLOPs ({unit}) of {result['model']}, prompt {result['prompt']}, LLM by the {result['formula']} count", "",
+    lines = [title(result, unit), "",
              "| method | visual tokens | kept after layer k | vision | projector | LLM prefill | prefill | / none | LLM / none | decode per token | / none |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
@@ -142,48 +176,59 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def title(result: dict, scale: str) -> str:
+    """The table's first line, naming the one unit of every column."""
+    where = f"of {result['model']}, prompt {result['prompt']}"
+    if result["unit"] == UNITS["paper"]:
+        return (f"Multiply-adds ({scale}) {where}, LLM by the paper's F(n); every column in multiply-adds, the FastV "
+                f"paper's unit (1 per multiply-add: half the FLOPs)")
+    return f"FLOPs ({scale}) {where}, LLM by the {result['formula']} count"
+
+
 def main(model_path=None, preset=None, image=None, method=None, methods=None, text_tokens=TEXT_TOKENS,
          formula="measured", as_json=False, out=None) -> dict:
     """The table of `methods` (printed, and with `out` written); with `method`, that method's FLOPs and its LLM
     prefill's reduction against the unpruned model (as one JSON object with `as_json`)."""
     import json
 
+    from fastv.cli import model_or_shipped
+    from fastv.paths import check_output_file
     from llava.errors import check_at_least
-    from llava.mm_utils import load_image
+    from llava.model.builder import read_checkpoint
     from llava.model.pruning.registry import parse_method
 
     check_at_least("--text-tokens", text_tokens, 1)
+    if out is not None:
+        check_output_file("--out", out, ".md")
     methods = ["none", method] if method is not None else list(methods or DEFAULT_METHODS)
     for spec in methods:
         parse_method(spec)
+    if preset is None:
+        model_path = model_or_shipped(model_path)
+    config = preset_config(preset) if preset is not None else read_checkpoint(model_path).config
+    picture = picture_for(image, config, preset)
+    check_prompt_fits(config, text_tokens, (picture.height, picture.width), new_tokens=1)  # and the decoded token
     model, config, processor, name = load(model_path, preset)
-    if image is not None:
-        picture = load_image(image)
-    elif preset is not None:
-        side = 672 if config.anyres else config.vision.image_size
-        picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
-    else:
-        picture = load_image("docs/examples/shapes.png")
     rows = measure(model, config, processor, picture, methods, text_tokens, formula)
     prompt = f"{text_tokens} text tokens + image ({picture.width}x{picture.height})"
+    table = {"model": name, "stand_in": preset is not None, "prompt": prompt, "formula": formula,
+             "unit": UNITS[formula], "rows": rows}
     if method is not None:
         result = one_method(rows[-1], name, prompt, text_tokens, formula)
         print(json.dumps(result) if as_json else "\n".join(f"{k}: {v}" for k, v in result.items() if k != "seq_lens"))
+        write_result(out, result, to_markdown(table), echo=False)
         return result
-    result = {"model": name, "stand_in": preset is not None, "prompt": prompt, "formula": formula, "rows": rows}
     if as_json:
-        print(json.dumps(result))
-        if out:
-            write_result(out, result, to_markdown(result), echo=False)
-    else:
-        write_result(out, result, to_markdown(result))
-    return result
+        print(json.dumps(table))
+    write_result(out, table, to_markdown(table), echo=not as_json)
+    return table
 
 
 def one_method(row: dict, model: str, prompt: str, text_tokens: int, formula: str) -> dict:
     """The `--method --json` object (field names are an interface other tools read)."""
     return {
         "model": model, "method": row["method"], "prompt": prompt, "text_tokens": text_tokens, "formula": formula,
+        "unit": UNITS[formula],
         "visual_tokens": row["visual_tokens"], "kept_after_layer_k": row["kept_after_layer_k"],
         "vision": row["vision"], "projector": row["projector"], "llm_prefill": row["llm_prefill"],
         "llm_decode_per_token": row["decode_per_token"], "total_prefill": row["prefill"],

@@ -80,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated per sample (no stop at EOS)")
     parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS,
                         help=f"non-image prompt tokens, at least 2: up to {SYSTEM_TOKENS} before the image (LLaVA-1.5's "
-                             f"system prompt), the rest (at least one) after it [default: {TEXT_TOKENS}]")
+                             f"system prompt), the rest (at least one) after it; with the image's visual tokens and "
+                             f"--new-tokens within the model's context [default: {TEXT_TOKENS}]")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median and quartiles reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--device", default="cpu")
@@ -382,6 +383,7 @@ def _hf_fastv_hooks(hf, fastv: tuple[int, int], input_ids: torch.Tensor, image_t
 def check_options(preset, random_weights, model_path, methods, batch, new_tokens, text_tokens, repeats, warmup, device,
                   json_out):
     """Refuse bad options with one InputError before a model is built; the device, checked against this machine."""
+    from fastv.paths import check_output_file
     from llava.device import resolve_device
     from llava.errors import InputError, check_at_least
     from llava.model.llava_arch import LLAVA_PRESETS
@@ -400,9 +402,50 @@ def check_options(preset, random_weights, model_path, methods, batch, new_tokens
             raise InputError("--preset builds a model of that size without weights: add --random-weights")
     elif random_weights:
         raise InputError("--random-weights is for --preset (a checkpoint brings its own weights)")
-    if json_out and Path(json_out).is_dir():
-        raise InputError(f"--json {json_out} is a folder: name the JSON file to write (the table and chart go beside it)")
+    if json_out is not None:
+        check_output_file("--json", json_out, ".md", ".png", what="the JSON file")  # the table and chart go beside it
     return resolve_device(device)
+
+
+def model_config(preset: str | None, model_path: str | None):
+    """The LlavaConfig of the preset, or of the checkpoint's config.json (no weights read)."""
+    from llava.model.builder import read_checkpoint
+    from llava.model.llava_arch import LLAVA_PRESETS
+
+    if preset is not None:
+        return {**LLAVA_PRESETS, **bench_presets()}[preset]
+    return read_checkpoint(model_path).config
+
+
+def unpruned_visual_tokens(config, image_size: tuple[int, int]) -> int:
+    """The visual tokens an image of `image_size` = (height, width) sends into the LLM unpruned: LLaVA-1.5's
+    patches, or LLaVA-NeXT's base view and crops of the best pinpoint in `config.patch_merge`'s layout."""
+    from llava.mm_utils import select_best_resolution
+    from llava.model.anyres import anyres_layout
+
+    if not config.anyres:
+        return config.vision.num_patches
+    side = config.vision.image_size
+    height, width = select_best_resolution(image_size, config.image_grid_pinpoints)
+    return len(anyres_layout((height // side, width // side), config.vision.grid_size, image_size, config.patch_merge))
+
+
+def check_prompt_fits(config, text_tokens: int, image_size: tuple[int, int], new_tokens: int) -> None:
+    """InputError unless `text_tokens` non-image tokens, the image's visual tokens unpruned (what every method
+    is compared with) and `new_tokens` new ones fit the model's context, as generation requires (a prompt of
+    L tokens gets at most context - L new ones). `fastv bench` and `fastv flops` check this before any work."""
+    from llava.errors import InputError
+
+    visual = unpruned_visual_tokens(config, image_size)
+    context = config.text.max_position_embeddings
+    if text_tokens + visual + new_tokens > context:
+        raise InputError(f"--text-tokens {text_tokens}: {text_tokens} text tokens, the image's {visual} visual tokens "
+                         f"(unpruned) and {new_tokens} new token(s) do not fit the model's context of {context} tokens")
+
+
+def bench_image_side(config) -> int:
+    """The side in pixels of the benchmark's square random images: one view, or NeXT's 2x2 crop grid."""
+    return 2 * config.vision.image_size if config.anyres else config.vision.image_size
 
 
 def random_models(preset: str, device: torch.device, dtype: torch.dtype):
@@ -467,7 +510,7 @@ def make_inputs(model, batch: int, text_tokens: int, image_token: int | None, de
     words = [w if w != image_token else w - 1 for w in words]
     prompt = [1] + words[1:before] + [IMAGE_TOKEN_INDEX] + words[before:]
     processor = ImageProcessor(image_size=config.vision.image_size, image_grid_pinpoints=config.image_grid_pinpoints)
-    side = 2 * config.vision.image_size if config.anyres else config.vision.image_size  # NeXT: a 2x2 crop grid
+    side = bench_image_side(config)
     pictures = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8))
                 for seed in range(batch)]
     images = processor(pictures)
@@ -508,10 +551,16 @@ def main(
     json_out: str | None = None,
     progress: bool = True,
 ) -> dict:
+    from fastv.cli import model_or_shipped
     from llava.device import default_dtype
 
     dev = check_options(preset, random_weights, model_path, methods, batch, new_tokens, text_tokens, repeats, warmup,
                         device, json_out)
+    if preset is None:
+        model_path = model_or_shipped(model_path)
+    config = model_config(preset, model_path)
+    side = bench_image_side(config)
+    check_prompt_fits(config, text_tokens, (side, side), new_tokens)
     torch_dtype = getattr(torch, dtype) if dtype else default_dtype(dev)
     if preset is not None:
         ours, hf, image_token = random_models(preset, dev, torch_dtype)
@@ -521,9 +570,6 @@ def main(
             quantize_language_model(ours, bits=4 if quant == "4bit" else 8, device=dev, compute_dtype=torch_dtype)
         model_name = f"{preset} (random weights{', ' + quant if quant else ''})"
     else:
-        from fastv.cli import model_or_shipped
-
-        model_path = model_or_shipped(model_path)
         ours, hf, image_token = checkpoint_models(model_path, dev, torch_dtype, quant, references != "none")
         model_name = Path(model_path).name + (f" ({quant})" if quant else "")
     if references == "none":

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from fastv.latency import REFERENCE
+from fastv.paths import check_output_file
+from llava.errors import InputError, print_error
 
 GIB = 2**30
 
@@ -100,15 +103,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("table", choices=["fastv-latency", "hired-report", "throughput"])
     parser.add_argument("results", nargs="+", type=Path,
                         help="fastv bench JSON files (fastv-latency: fp16, then 4-bit; throughput: one per batch size)")
-    parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
+    parser.add_argument("--out", help="also write the table here (Markdown)")
     args = parser.parse_args(argv)
+    out = None
+    if args.out is not None:
+        try:
+            out = check_output_file("--out", args.out)  # before the tables are read
+        except InputError as error:
+            sys.exit(print_error(error))
     results = [json.loads(path.read_text()) for path in args.results]
     tables = {"fastv-latency": lambda: fastv_latency(*results[:2]), "hired-report": lambda: hired_report(results[0]),
               "throughput": lambda: throughput(results)}
     table = tables[args.table]()
     print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n")
 
 
 if __name__ == "__main__":

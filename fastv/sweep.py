@@ -89,10 +89,12 @@ def is_adaptive(method, tokens: int) -> bool:
     return isinstance(method, VisionPruner) and method.budget(tokens) is None
 
 
-def check_options(out, names, shares, limit, max_new_tokens, batch_size, device) -> None:
-    """InputError naming the first bad option; nothing is loaded or computed before this passes."""
+def check_options(out, names, shares, limit, max_new_tokens, batch_size, device, n_questions=600) -> None:
+    """InputError naming the first bad option; nothing is loaded, computed or written before this passes
+    (but the `out` folder, made here to prove it can be)."""
+    from fastv.paths import check_not_empty
     from llava.device import resolve_device
-    from llava.errors import InputError
+    from llava.errors import InputError, check_at_least
     from llava.eval.run import check_run_options, prepare_output_dir
     from llava.generate import check_generation_options
     from llava.model.pruning.registry import parse_method
@@ -103,10 +105,35 @@ def check_options(out, names, shares, limit, max_new_tokens, batch_size, device)
     for name in names:  # the registry's "unknown method ... did you mean" error, and bad fixed parameters
         parse_method(method_spec(name, shares[0], NOMINAL_TOKENS))
     check_run_options(batch_size, limit)
+    check_at_least("--n-questions", n_questions, 1, "the test questions a shapes benchmark generates")
     if max_new_tokens is not None:
         check_generation_options(max_new_tokens, 0.0)
     resolve_device(device)
-    prepare_output_dir(Path(out))
+    prepare_output_dir(check_not_empty("--out", out, "the folder"))
+
+
+def generate_questions(folder: Path, question_file: str, n_questions: int, look: str) -> None:
+    """Write a shapes test split of `n_questions` in `look` into `folder` unless it holds questions already.
+    The split is written into a scratch folder beside it and moved in with the question file last, so that
+    a run killed while writing leaves no question file and the next sweep writes the split again; a question
+    file with no line (left by an earlier version given no questions) is written again too."""
+    import tempfile
+
+    from llava.data.synthetic import write_split
+
+    questions = folder / question_file
+    if questions.is_file() and questions.read_bytes().strip():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-writing-") as scratch:
+        write_split("test", n_questions, scratch, look=look)
+        written = Path(scratch)
+        (folder / "images").mkdir(exist_ok=True)
+        for image in (written / "images").iterdir():
+            image.replace(folder / "images" / image.name)
+        for file in sorted(p for p in written.iterdir() if p.is_file() and p.name != question_file):
+            file.replace(folder / file.name)
+        (written / question_file).replace(questions)  # last: the split is complete once this file exists
 
 
 def default_model(benchmark: str, model_path: str | None) -> str:
@@ -139,7 +166,7 @@ def main(
     from llava.pipeline import LlavaPipeline
 
     bench = get_benchmark(benchmark)
-    check_options(out, methods or [], shares or DEFAULT_SHARES, limit, max_new_tokens, batch_size, device)
+    check_options(out, methods or [], shares or DEFAULT_SHARES, limit, max_new_tokens, batch_size, device, n_questions)
     model_path = default_model(benchmark, model_path)
     anyres = read_checkpoint(model_path).config.anyres
     names = methods or (list(NEXT_METHODS) if anyres else available_methods())
@@ -149,11 +176,8 @@ def main(
     baseline_model = None if baseline_model == "none" else baseline_model
     if baseline_model is not None:
         read_checkpoint(baseline_model)  # a bad folder fails now, not after the sweep
-    folder = Path(data_root) / bench.folder
-    if benchmark in SHAPES_LOOKS and not (folder / bench.question_file).is_file():  # generated when missing
-        from llava.data.synthetic import write_split
-
-        write_split("test", n_questions, folder, look=SHAPES_LOOKS[benchmark])
+    if benchmark in SHAPES_LOOKS:
+        generate_questions(Path(data_root) / bench.folder, bench.question_file, n_questions, SHAPES_LOOKS[benchmark])
 
     options = dict(data_root=data_root, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
     pipe = LlavaPipeline.load(model_path, device=device)
