@@ -45,8 +45,8 @@ def cli_error(capsys, *argv) -> str:
     ("random:keep=8,seed=9223372036854775808", "random:seed must be in 0..9223372036854775807, got 9223372036854775808"),
     ("random:keep=8,seed=-1", "random:seed must be in 0..9223372036854775807, got -1"),
     ("fastv:ratio=nan", "fastv:ratio is the fraction dropped and must be in [0, 1], got nan"),
-    ("fastv:keep=-1", "fastv:keep must be >= 0, got -1"),
-    ("pool:keep=-4", "keep must be >= 0, got -4"),
+    ("fastv:keep=-1", "fastv:keep must be at least 1 (every method keeps at least one visual token of an image), got -1"),
+    ("pool:keep=-4", "keep must be at least 1 (every method keeps at least one visual token of an image), got -4"),
 ])
 def test_method_spec_errors(spec, message):
     with pytest.raises(InputError) as error:
