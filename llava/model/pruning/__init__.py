@@ -1,0 +1,8 @@
+"""The pruning methods: interfaces (`base`), spec strings (`spec`), the registry (`registry`), one module per method.
+
+Importing the package registers the built-in methods: each method module registers its class with
+`registry.register` as it is imported, and the registry never imports a method module back (no import cycle).
+A new method is a new module here, imported below.
+"""
+
+from llava.model.pruning import baselines, fastervlm, fastv, hired, prumerge  # noqa: F401  (registers them)

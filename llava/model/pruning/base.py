@@ -28,6 +28,7 @@ from typing import ClassVar
 import torch
 
 from llava.errors import InputError
+from llava.model.pruning.spec import format_spec
 
 
 NEWLINE = -1  # the partition (and patch) of a LLaVA-NeXT image_newline token
@@ -149,9 +150,7 @@ class PruningMethod(ABC):
     @property
     def spec(self) -> str:
         """Canonical spec string, e.g. 'fastv:k=2,keep=288'."""
-        from llava.model.pruning.registry import format_spec
-
-        return format_spec(self)
+        return format_spec(self.name, self.args)
 
     def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
         """Check the arguments against a model (`anyres`: LLaVA-NeXT); raise InputError naming the problem."""

@@ -3,6 +3,9 @@
 A spec is `name` or `name:key=value,key=value`, e.g. `fastv:k=2,keep=288`,
 `fastervlm:keep=58`, `random:keep=64,seed=0`; each key at most once. Values are
 converted to the types of the method's `Args` dataclass, which validates them.
+
+The built-in methods register themselves when the package `llava.model.pruning` is imported (its
+`__init__` imports each method module), so this module never imports a method back.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import typing
 
 from llava.errors import InputError
 from llava.model.pruning.base import PruningMethod
+from llava.model.pruning.spec import is_required
 
 _METHODS: dict[str, type[PruningMethod]] = {}
 
@@ -26,12 +30,10 @@ def register(cls: type[PruningMethod]) -> type[PruningMethod]:
 
 
 def available_methods() -> list[str]:
-    _load_builtin_methods()
     return sorted(_METHODS)
 
 
 def method_class(name: str) -> type[PruningMethod]:
-    _load_builtin_methods()
     if name not in _METHODS:
         raise InputError(f"unknown method '{name}'{_did_you_mean(name, _METHODS)} (available: {', '.join(sorted(_METHODS))})")
     return _METHODS[name]
@@ -61,23 +63,9 @@ def parse_method(spec: str | None) -> PruningMethod:
     try:
         args = cls.Args(**values)
     except TypeError as error:  # a required field left out
-        missing = [f.name for f in fields.values() if f.name not in values and _is_required(f)]
+        missing = [f.name for f in fields.values() if f.name not in values and is_required(f)]
         raise InputError(f"method '{cls.name}' needs {', '.join(missing)} (e.g. {cls.name}:{missing[0]}=...)") from error
     return cls(args)
-
-
-def format_spec(method: PruningMethod) -> str:
-    """Canonical spec: the name plus every argument that differs from its default."""
-    parts = []
-    for f in dataclasses.fields(method.args):
-        value = getattr(method.args, f.name)
-        if _is_required(f) or value != f.default:
-            parts.append(f"{f.name}={str(value).lower() if isinstance(value, bool) else value}")
-    return method.name + (":" + ",".join(parts) if parts else "")
-
-
-def _is_required(f: dataclasses.Field) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _did_you_mean(word: str, choices) -> str:
@@ -108,8 +96,3 @@ def _convert(raw: str, hint, where: str):
             continue
     kinds = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
     raise InputError(f"{where} must be {kinds}, got '{raw}'")
-
-
-def _load_builtin_methods() -> None:
-    """Importing the method modules registers them (once; Python caches the imports)."""
-    from llava.model.pruning import baselines, fastervlm, fastv, hired, prumerge  # noqa: F401

@@ -1,0 +1,25 @@
+"""Method spec strings' formatting, below both the base classes and the registry (each uses it; neither
+imports the other for it).
+
+A spec is `name` or `name:key=value,...`; the canonical spec of a method names every argument that differs
+from its default, booleans written `true` / `false`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def is_required(f: dataclasses.Field) -> bool:
+    """An argument with no default (a spec must name it)."""
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def format_spec(name: str, args) -> str:
+    """Canonical spec of method `name` with arguments `args` (its Args dataclass), e.g. 'fastv:k=2,keep=288'."""
+    parts = []
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if is_required(f) or value != f.default:
+            parts.append(f"{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+    return name + (":" + ",".join(parts) if parts else "")
