@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11) and install llava-fastv with its test, quant, plot and demo extras, and lmms-eval's API.
+# Create .venv (Python 3.11) and install llava-fastv with its test, quant, plot, demo and lmms extras, and lmms-eval's
+# command line (EVAL.md, "lmms-eval").
 #   torch: the CPU build 2.13.0 where no NVIDIA GPU is visible, else pip's CUDA build (torch>=2.4).
 #   Other packages: the ranges in pyproject.toml, pinned exactly by .ci/constraints.txt.
 # Re-running reuses an existing .venv. Set PYTHON to choose the interpreter.
@@ -15,12 +16,11 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
     "${PIP[@]}" "torch==2.13.0"
 fi
-"${PIP[@]}" -c .ci/constraints.txt -e ".[test,quant,plot,demo]"
-# lmms-eval for the llava_fastv plugin's tests: without its dependencies (torchvision among them would need
-# another torch build), plus the packages its API modules import. `pip install -e ".[lmms]"` is the full install.
-# pip's note that lmms-eval's other requirements are missing is expected: shown only if the install fails.
-if ! log=$("${PIP[@]}" -c .ci/constraints.txt --no-deps lmms-eval 2>&1 &&
-           "${PIP[@]}" -c .ci/constraints.txt pyyaml loguru pytz evaluate 2>&1); then
+"${PIP[@]}" -c .ci/constraints.txt -e ".[test,quant,plot,demo,lmms]"
+# lmms-eval itself, without its dependencies: they include torchvision, whose PyPI build needs CUDA torch (and
+# transformers imports torchvision wherever it is installed); the `lmms` extra above is what its command line
+# imports. pip's note that lmms-eval's other requirements are missing is expected: shown only if the install fails.
+if ! log=$("${PIP[@]}" -c .ci/constraints.txt --no-deps lmms-eval 2>&1); then
     echo "$log" >&2
     exit 1
 fi

@@ -11,14 +11,11 @@ import copy
 
 import pytest
 import torch
-from PIL import Image
 
-from fastv.cli import SHIPPED_MODEL
 from llava.data import synthetic
 from llava.errors import InputError
-from llava.mm_utils import tokenizer_image_token
 from llava.pipeline import Request
-from tests.lmms_tasks import TASKS, need_lmms_eval, write_docs
+from tests.lmms_tasks import SHIPPED_MODEL, TASKS, choice_logprobs, direct_logprobs, need_lmms_eval, write_docs
 
 need_lmms_eval()
 from lmms_eval.api.instance import Instance  # noqa: E402
@@ -51,32 +48,6 @@ def model(request):
     lm = plugin.LlavaFastV(**args)
     lm.task_dict = {TASK: {SPLIT: DOCS}}
     return lm
-
-
-@torch.inference_mode()
-def direct_logprobs(pipe, request: Request, continuations: list[str]) -> list[float]:
-    """log p(continuation | request) per continuation, straight from the model's forward, without the plugin
-    and without a cache: the question prefilled (the pruning decided there), then each further token by a
-    fresh forward over the grown sequence with the prefill's keep set replayed. The continuation's tokens
-    are those the whole text adds after the prompt (the tokens the model generates for it)."""
-    (text,), (prompt,), images = pipe.encode([request])
-    out = pipe.model.forward_inputs(pipe.model.prepare_inputs([prompt], images))
-    fixed = out.keep_mask  # FastV's keep set of the prefill, replayed over the grown sequence
-    totals = []
-    for continuation in continuations:
-        whole = tokenizer_image_token(text + continuation, pipe.tokenizer)
-        assert whole[: len(prompt)] == prompt
-        tokens, total = whole[len(prompt):], 0.0
-        for i, token in enumerate(tokens):
-            if i == 0:
-                logits = out.logits[0, -1]
-            else:
-                grown = pipe.model.prepare_inputs([prompt + tokens[:i]], images)
-                keep = None if fixed is None else torch.cat([fixed, torch.ones(1, i, dtype=torch.bool)], dim=1)
-                logits = pipe.model.forward_inputs(grown, use_cache=False, fixed_keep=keep).logits[0, -1]
-            total += float(logits.float().log_softmax(dim=-1)[token])
-        totals.append(total)
-    return totals
 
 
 def test_the_spec_is_rebuilt_from_comma_split_model_args(model):
@@ -145,8 +116,7 @@ def test_multiple_choice_scored_by_lmms_eval_picks_the_most_likely_choice(model,
 
     right = right_norm = 0
     for doc in docs:
-        image = Image.open(doc["image"]).convert("RGB")
-        logprobs = direct_logprobs(model.pipeline, Request(image, doc["prompt"]), [" " + c for c in doc["choices"]])
+        logprobs = choice_logprobs(model.pipeline, doc)
         per_char = [lp / len(c) for lp, c in zip(logprobs, doc["choices"])]
         right += doc["choices"][logprobs.index(max(logprobs))] == doc["answer"]
         right_norm += doc["choices"][per_char.index(max(per_char))] == doc["answer"]

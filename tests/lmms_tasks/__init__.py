@@ -11,9 +11,15 @@ import json
 import re
 from pathlib import Path
 
+import torch
+from PIL import Image
+
 from llava.data import synthetic
+from llava.mm_utils import tokenizer_image_token
+from llava.pipeline import Request
 
 TASKS = Path(__file__).parent
+SHIPPED_MODEL = TASKS.parents[1] / "models" / "llava-shapes-tiny"  # the model the repository ships
 DOCS = "shapes_docs.jsonl"
 SHAPES_FOLDER = "shapes"  # the runner's benchmark folder under the data root
 
@@ -53,16 +59,52 @@ def write_docs(folder: Path, n: int) -> list[dict]:
     return docs
 
 
-def need_lmms_eval() -> None:
-    """Skip the calling test module where lmms-eval does not import; fail in CI (CI=true), where setup.sh installs it."""
+def need_lmms_eval(command: Path | None = None) -> None:
+    """Skip the calling test module where lmms-eval does not import (or its `command` is missing); fail in CI
+    (CI=true), where setup.sh installs it."""
     import os
 
     import pytest
 
     try:
         import lmms_eval.api.instance  # noqa: F401
+        reason = None if command is None or command.is_file() else f"{command} is missing"
     except ImportError as error:
-        reason = f"lmms-eval does not import ({error}); install it as EVAL.md's lmms-eval section says"
+        reason = f"lmms-eval does not import ({error})"
+    if reason:
+        reason += "; install it as EVAL.md's lmms-eval section says"
         if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail(f"{reason} (CI=true: these tests must run)", pytrace=False)
         pytest.skip(reason, allow_module_level=True)
+
+
+@torch.inference_mode()
+def direct_logprobs(pipe, request: Request, continuations: list[str]) -> list[float]:
+    """log p(continuation | request) per continuation, straight from the model's forward, without the plugin
+    and without a cache: the question prefilled (the pruning decided there), then each further token by a
+    fresh forward over the grown sequence with the prefill's keep set replayed. The continuation's tokens
+    are those the whole text adds after the prompt (the tokens the model generates for it)."""
+    (text,), (prompt,), images = pipe.encode([request])
+    out = pipe.model.forward_inputs(pipe.model.prepare_inputs([prompt], images))
+    fixed = out.keep_mask  # FastV's keep set of the prefill, replayed over the grown sequence
+    totals = []
+    for continuation in continuations:
+        whole = tokenizer_image_token(text + continuation, pipe.tokenizer)
+        assert whole[: len(prompt)] == prompt
+        tokens, total = whole[len(prompt):], 0.0
+        for i, token in enumerate(tokens):
+            if i == 0:
+                logits = out.logits[0, -1]
+            else:
+                grown = pipe.model.prepare_inputs([prompt + tokens[:i]], images)
+                keep = None if fixed is None else torch.cat([fixed, torch.ones(1, i, dtype=torch.bool)], dim=1)
+                logits = pipe.model.forward_inputs(grown, use_cache=False, fixed_keep=keep).logits[0, -1]
+            total += float(logits.float().log_softmax(dim=-1)[token])
+        totals.append(total)
+    return totals
+
+
+def choice_logprobs(pipe, doc: dict) -> list[float]:
+    """log p(" " + choice | the doc's question and image) per choice: what lmms-eval asks for each choice."""
+    image = Image.open(doc["image"]).convert("RGB")
+    return direct_logprobs(pipe, Request(image, doc["prompt"]), [" " + choice for choice in doc["choices"]])
