@@ -35,14 +35,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 
 from fastv import ablation
 from llava.errors import InputError, print_error
 from llava.eval.registry import BENCHMARKS
-from llava.eval.run import SAME_RUN_SETTINGS, prepare_output_dir
+from llava.eval.runfolder import SAME_RUN_SETTINGS, prepare_output_dir, read_record
 
 # What a cell can say besides its score (a mark after the number, explained under the table).
 INCOMPLETE = "*"  # the run has not answered every question, or never finished (killed or still running)
@@ -85,8 +84,8 @@ def read_run_dir(folder: Path) -> dict:
     there) not left unfinished, every question answered, and more than zero questions; otherwise
     `why` says what is wrong and the run stands in the table as "-" with a mark, never as a score.
     """
-    scores = _read_json(folder / "scores.json")
-    run = _read_json(folder / "run.json")
+    scores = read_record(folder / "scores.json")
+    run = read_record(folder / "run.json")
     if run is None:
         run = (scores or {}).get("run", {})
     benchmark = (scores or {}).get("benchmark") or run.get("benchmark") or folder.name
@@ -106,23 +105,11 @@ def read_run_dir(folder: Path) -> dict:
             "why": why, "folder": folder}
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InputError(f"{path} is not valid JSON ({error}): rerun the benchmark into that folder, or remove it")
-    if not isinstance(data, dict):
-        raise InputError(f"{path} is not a JSON object: rerun the benchmark into that folder, or remove it")
-    return data
-
-
 def headline_value(scores: dict, run_dir: Path) -> float | None:
     value = (scores.get("headline") or {}).get("value")
     external = run_dir / "external_score.json"
     if value is None and external.is_file():
-        value = (_read_json(external) or {}).get("value")
+        value = (read_record(external) or {}).get("value")
     return value
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from llava.errors import InputError
 from llava.eval import aokvqa, ocrvqa, shapes
-from llava.eval.common import Question, read_json
+from llava.eval.common import Question
 from llava.eval.run import main, run_benchmark
+from llava.jsonfile import read_json
 from tests.eval_fakes import (
     FakePipeline, make_aokvqa, make_gqa, make_mme, make_mmbench, make_ocrvqa, make_pope, make_seed, make_sqa,
     make_textvqa, make_vqav2, save_image, write_json, write_jsonl,
@@ -114,7 +115,7 @@ def test_a_json_file_of_the_wrong_top_level_type_is_one_line_before_any_answer(b
     data = tmp_path / "data"
     BUILD[benchmark](data)
     write_json(data / relative, {"a": 1} if kind is list else ["a"])
-    words = "must hold a list" if kind is list else "must hold an object"
+    words = "must hold a list" if kind is list else "must hold a JSON object"
     _expect_refused_before_answering(benchmark, data, tmp_path, words, Path(relative).name)
 
 
@@ -176,7 +177,7 @@ def test_the_shapes_annotations_are_checked_before_answering_not_after(tmp_path,
 def test_read_json_accepts_a_byte_order_mark(tmp_path):
     path = tmp_path / "a.json"
     path.write_bytes(b"\xef\xbb\xbf" + b'[1, 2]')
-    assert read_json(path, "test file", list) == [1, 2]
+    assert read_json(path, list, what="test file") == [1, 2]
 
 
 # ----------------------------------------------------------------------------- malformed questions

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llava.errors import InputError
-from llava.eval import run as eval_run
+from llava.eval import runfolder
 from llava.eval.run import main, run_benchmark
 from tests.eval_fakes import FakePipeline, make_pope
 
@@ -176,7 +176,7 @@ def test_the_same_setting_spelled_otherwise_resumes(pope, tmp_path, first, resum
 
 def test_started_is_the_first_invocations_time_and_each_resume_is_listed(pope, tmp_path, monkeypatch):
     clock = iter(f"2027-01-01T00:00:0{i}+00:00" for i in range(10))
-    monkeypatch.setattr(eval_run, "_now", lambda: next(clock))
+    monkeypatch.setattr(runfolder, "_now", lambda: next(clock))
     run = fake_run(pope, tmp_path / "out", limit=1)["run"]  # 0: started, 1: finished
     assert (run["started"], run["resumed"], run["finished"]) == ("2027-01-01T00:00:00+00:00", [], "2027-01-01T00:00:01+00:00")
     run = fake_run(pope, tmp_path / "out", limit=2)["run"]  # 2: resumed, 3: finished
@@ -189,7 +189,7 @@ def test_started_is_the_first_invocations_time_and_each_resume_is_listed(pope, t
 
 
 def test_a_killed_run_says_when_it_started(pope, tmp_path, monkeypatch):
-    monkeypatch.setattr(eval_run, "_now", lambda: "2027-01-01T00:00:00+00:00")
+    monkeypatch.setattr(runfolder, "_now", lambda: "2027-01-01T00:00:00+00:00")
 
     def killed(self, requests, **options):
         raise KeyboardInterrupt

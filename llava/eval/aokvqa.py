@@ -19,9 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.common import (
-    MULTIPLE_CHOICE, OPTION_LETTERS, SHORT_ANSWER, Question, answer_text, normalize_vqa_answer, parse_option_letter,
-    percent, questions_from, read_json, typed, typed_list, with_instruction,
+    MULTIPLE_CHOICE, OPTION_LETTERS, SHORT_ANSWER, WHERE_FROM, Question, answer_text, normalize_vqa_answer,
+    parse_option_letter, percent, questions_from, typed, typed_list, with_instruction,
 )
+from llava.jsonfile import read_json
 
 FOLDER = "aokvqa"
 QUESTION_FILE = "aokvqa_v1p0_val.json"
@@ -40,7 +41,7 @@ def multiple_choice_prompt(question: str, choices: list[str]) -> str:
 def _questions(question_file: Path, image_folder: Path, make):
     """`make(record, image)` for every entry of the file (a JSON list), read and checked before the first
     question is yielded; an entry it cannot make is a malformed question."""
-    records = read_json(question_file, "A-OKVQA question file", list)
+    records = read_json(question_file, list, what="A-OKVQA question file", fix=WHERE_FROM)
 
     def made(record: dict) -> Question:
         return make(record, image_path(image_folder, typed(record, "image_id", int)))

@@ -34,10 +34,12 @@ from pathlib import Path
 from PIL import Image
 
 from llava.errors import InputError
+from llava.jsonfile import is_json_type, json_type, kinds_named
 from llava.mm_utils import decode_image, load_image
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
+WHERE_FROM = "see EVAL.md for where it comes from"  # said with an input file that is missing or broken
 
 
 # ----------------------------------------------------------------------------- questions
@@ -117,7 +119,7 @@ def read_jsonl_questions(path: Path, make_question) -> Iterator[Question]:
 
     A UTF-8 byte order mark before line 1 is skipped; a line that is not UTF-8 is a malformed question."""
     if not path.is_file():
-        raise InputError(f"question file not found: {path} (see EVAL.md for where it comes from)")
+        raise InputError(f"question file not found: {path} ({WHERE_FROM})")
     for number, record, problem in jsonl_values(path):
         if problem:
             yield malformed_question(path, number, problem)
@@ -187,36 +189,13 @@ def malformed_question(path: Path, number: int, detail: str, record=None, place:
 
 # ----------------------------------------------------------------------------- input files and field types
 
-_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number"}
-
-
-def json_type(value) -> str:
-    """What a JSON value is, in words for a message: null, true/false, a number, a string, a list, an object."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (true/false)"
-    if isinstance(value, str):
-        return f"the string {value[:40]!r}" if len(value) <= 40 else "a string"
-    return _JSON_NAMES.get(type(value), type(value).__name__)
-
-
-def is_json_type(value, kinds: tuple) -> bool:
-    """isinstance, as JSON's types: true/false is no number."""
-    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-
-
-def _kinds_named(kinds: tuple) -> str:
-    names = dict.fromkeys(_JSON_NAMES[kind] for kind in kinds)
-    return " or ".join(names)
-
 
 def typed(record: dict, name: str, *kinds: type):
     """`record[name]`, checked to be of one of `kinds` (JSON's types); a missing field is a KeyError,
     one of another type a ValueError that names the field, what it holds and what it should."""
     value = record[name]
     if not is_json_type(value, kinds):
-        raise ValueError(f"field '{name}' is {json_type(value)}, not {_kinds_named(kinds)}")
+        raise ValueError(f"field '{name}' is {json_type(value)}, not {kinds_named(kinds)}")
     return value
 
 
@@ -227,34 +206,8 @@ def typed_list(record: dict, name: str, *kinds: type) -> list:
     values = typed(record, name, list)
     for index, value in enumerate(values):
         if not is_json_type(value, kinds):
-            raise ValueError(f"field '{name}' item {index + 1} is {json_type(value)}, not {_kinds_named(kinds)}")
+            raise ValueError(f"field '{name}' item {index + 1} is {json_type(value)}, not {kinds_named(kinds)}")
     return values
-
-
-def read_json(path: Path, what: str, kind: type | tuple = (dict, list)):
-    """The JSON value in `path`, whose top level must be `kind` (dict: an object, list: a list).
-
-    Every way the file can fail (missing, unreadable, not UTF-8, empty, not JSON, another
-    top-level type) is a one-line InputError naming `what`, the file and the problem. A UTF-8 byte
-    order mark is skipped."""
-    if not path.is_file():
-        raise InputError(f"{what} not found: {path} (see EVAL.md for where it comes from)")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise InputError(f"{what} {path} is not UTF-8 text (byte {error.start + 1})") from None
-    except OSError as error:
-        raise InputError(f"cannot read the {what} {path}: {error.strerror}") from None
-    if not text.strip():
-        raise InputError(f"{what} {path} is empty")
-    try:
-        data = json.loads(text)
-    except ValueError as error:
-        raise InputError(f"{what} {path} is not valid JSON: {error}") from None
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if not is_json_type(data, kinds):
-        raise InputError(f"{what} {path} must hold {_kinds_named(kinds)} at its top level, not {json_type(data)}")
-    return data
 
 
 def read_checked_jsonl(path: Path, what: str, check) -> list[dict]:

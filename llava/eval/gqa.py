@@ -16,9 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.common import (
-    SHORT_ANSWER, Question, answer_text, checked_entries, percent, read_json, read_llava_questions, typed,
+    SHORT_ANSWER, WHERE_FROM, Question, answer_text, checked_entries, percent, read_llava_questions, typed,
     with_instruction, write_json,
 )
+from llava.jsonfile import read_json
 
 FOLDER = "gqa"
 QUESTION_FILE = "llava_gqa_testdev_balanced.jsonl"
@@ -41,7 +42,7 @@ def prediction(answer: str | None) -> str:
 def read_annotations(folder: Path) -> dict:
     """GQA's questions file, checked: {question id: {answer, ...}}."""
     path = folder / ANNOTATIONS
-    annotations = read_json(path, "GQA testdev-balanced questions", dict)
+    annotations = read_json(path, dict, what="GQA testdev-balanced questions", fix=WHERE_FROM)
     checked_entries(path, "GQA testdev-balanced questions", ((f"question {k}", v) for k, v in annotations.items()),
                     lambda entry: typed(entry, "answer", str))
     return annotations

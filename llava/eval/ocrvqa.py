@@ -18,9 +18,9 @@ from pathlib import Path, PurePosixPath
 
 from llava.errors import InputError
 from llava.eval.common import (
-    SHORT_ANSWER, Question, answer_text, json_type, is_json_type, percent, questions_from, read_json, typed,
-    with_instruction,
+    SHORT_ANSWER, WHERE_FROM, Question, answer_text, percent, questions_from, typed, with_instruction,
 )
+from llava.jsonfile import is_json_type, json_type, read_json
 
 FOLDER = "ocrvqa"
 QUESTION_FILE = "dataset.json"
@@ -32,7 +32,7 @@ SPLITS = (1, 2, 3)  # train, val, test
 def load_questions(question_file: Path, image_folder: Path):
     """The test images' questions. The whole file is read and every image's split checked first: an image
     whose split is not one of 1, 2, 3 is an InputError (is it a test image or not?), never silently left out."""
-    dataset = read_json(question_file, "OCR-VQA dataset.json", dict)
+    dataset = read_json(question_file, dict, what="OCR-VQA dataset.json", fix=WHERE_FROM)
     test = [(number, image_id, record) for number, (image_id, record) in enumerate(dataset.items(), start=1)
             if _split(question_file, image_id, record) == TEST_SPLIT]
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.common import (
-    MULTIPLE_CHOICE, OPTION_LETTERS, Question, answer_text, checked_entries, parse_option_letter, percent,
-    questions_from, read_json, typed, typed_list, with_instruction,
+    MULTIPLE_CHOICE, OPTION_LETTERS, WHERE_FROM, Question, answer_text, checked_entries, parse_option_letter, percent,
+    questions_from, typed, typed_list, with_instruction,
 )
+from llava.jsonfile import read_json
 
 FOLDER = "scienceqa"
 QUESTION_FILE = "llava_test_CQM-A.json"
@@ -33,7 +34,7 @@ def build_prompt(human_turn: str) -> str:
 
 
 def load_questions(question_file: Path, image_folder: Path):
-    records = read_json(question_file, "ScienceQA question file", list)
+    records = read_json(question_file, list, what="ScienceQA question file", fix=WHERE_FROM)
 
     def make(record: dict) -> Question:
         image = image_folder / typed(record, "image", str) if record.get("image") is not None else None
@@ -48,7 +49,7 @@ def load_questions(question_file: Path, image_folder: Path):
 def read_problems(folder: Path) -> dict:
     """problems.json, checked: {id: {choices, answer (index of the right choice), ...}}."""
     path = folder / PROBLEMS
-    problems = read_json(path, "ScienceQA problems.json", dict)
+    problems = read_json(path, dict, what="ScienceQA problems.json", fix=WHERE_FROM)
     checked_entries(path, "ScienceQA problems.json", ((f"problem {k}", v) for k, v in problems.items()), _check_problem)
     return problems
 

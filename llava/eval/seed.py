@@ -18,9 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.common import (
-    MULTIPLE_CHOICE, Question, accuracy_by, answer_text, checked_entries, is_json_type, json_type, parse_option_letter,
-    read_json, read_llava_questions, typed, with_instruction,
+    MULTIPLE_CHOICE, WHERE_FROM, Question, accuracy_by, answer_text, checked_entries, parse_option_letter,
+    read_llava_questions, typed, with_instruction,
 )
+from llava.jsonfile import is_json_type, json_type, read_json
 
 FOLDER = "seed_bench"
 QUESTION_FILE = "llava-seed-bench.jsonl"
@@ -41,7 +42,7 @@ def load_questions(question_file: Path, image_folder: Path):
 def read_annotations(folder: Path) -> tuple[dict, dict]:
     """SEED-Bench.json, checked: ({question id: annotation}, {question_type_id: dimension name})."""
     path, what = folder / ANNOTATIONS, "SEED-Bench annotations"
-    annotations = read_json(path, what, dict)
+    annotations = read_json(path, dict, what=what, fix=WHERE_FROM)
     checked_entries(path, what, [("the file", annotations)], _check_file)
     checked_entries(path, what, ((f"question {i}", q) for i, q in enumerate(annotations["questions"], 1)),
                     _check_question)

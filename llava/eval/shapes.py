@@ -33,9 +33,10 @@ from pathlib import Path
 from llava.data.synthetic import COLORS, GENERATOR_VERSION, QUESTION_TYPES
 from llava.errors import InputError
 from llava.eval.common import (
-    SHORT_ANSWER, Question, accuracy_by, answer_text, checked_entries, read_json, read_llava_questions, typed,
+    SHORT_ANSWER, WHERE_FROM, Question, accuracy_by, answer_text, checked_entries, read_llava_questions, typed,
     with_instruction,
 )
+from llava.jsonfile import read_json
 
 LOOKS = {"shapes": "lattice", "shapes_style": "drawn", "shapes_hr": "hr"}  # benchmark name (and folder) -> look
 FOLDER = "shapes"
@@ -68,7 +69,7 @@ def check_generator_version(folder: Path, benchmark: str = "shapes") -> None:
     meta = folder / "meta.json"
     if not meta.is_file():
         return  # a hand-made question file: nothing to check
-    written = read_json(meta, "shapes meta.json", dict)
+    written = read_json(meta, dict, what="shapes meta.json", fix=WHERE_FROM)
     version, look = written.get("version"), written.get("look", "lattice")  # files before the looks: lattice
     if version != GENERATOR_VERSION:
         raise InputError(
@@ -103,7 +104,7 @@ def fractions_by_type(graded) -> dict[str, float]:
 def read_annotations(folder: Path) -> dict[int | str, list[dict]]:
     """annotations.json, checked, as {question_id: [its annotations in file order]}."""
     path = folder / ANNOTATIONS
-    records = read_json(path, "shapes annotations", list)
+    records = read_json(path, list, what="shapes annotations", fix=WHERE_FROM)
     checked_entries(path, "shapes annotations", ((f"entry {i}", r) for i, r in enumerate(records, 1)), _check_annotation)
     by_id: dict[int | str, list[dict]] = {}
     for record in records:

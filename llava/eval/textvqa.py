@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.common import (
-    SHORT_ANSWER, Question, answer_text, checked_entries, read_json, read_llava_questions, typed, typed_list,
+    SHORT_ANSWER, WHERE_FROM, Question, answer_text, checked_entries, read_llava_questions, typed, typed_list,
     vqa_accuracy, with_instruction,
 )
+from llava.jsonfile import read_json
 
 FOLDER = "textvqa"
 QUESTION_FILE = "llava_textvqa_val_v051_ocr.jsonl"
@@ -40,7 +41,7 @@ def load_questions(question_file: Path, image_folder: Path):
 def read_annotations(folder: Path) -> list[dict]:
     """TextVQA_0.5.1_val.json's `data`, checked: [{question_id, image_id, question, answers}]."""
     path, what = folder / ANNOTATIONS, "TextVQA annotations"
-    annotations = read_json(path, what, dict)
+    annotations = read_json(path, dict, what=what, fix=WHERE_FROM)
     checked_entries(path, what, [("the file", annotations)], lambda file: typed(file, "data", list))
     checked_entries(path, what, ((f"data entry {i}", a) for i, a in enumerate(annotations["data"], 1)), _check_entry)
     return annotations["data"]

@@ -18,9 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.common import (
-    SHORT_ANSWER, Question, answer_text, normalize_vqa_answer, questions_from, read_json, read_llava_questions,
-    typed, typed_list, vqa_accuracy, with_instruction, write_json,
+    SHORT_ANSWER, WHERE_FROM, Question, answer_text, normalize_vqa_answer, questions_from, read_llava_questions, typed,
+    typed_list, vqa_accuracy, with_instruction, write_json,
 )
+from llava.jsonfile import read_json
 
 FOLDER = "vizwiz"
 QUESTION_FILE = "llava_test.jsonl"
@@ -41,7 +42,7 @@ def load_questions(question_file: Path, image_folder: Path):
 
 def load_val_questions(question_file: Path, image_folder: Path):
     """Val questions from the official annotations (keyed by image name, as VizWiz is)."""
-    records = read_json(question_file, "VizWiz val annotations", list)
+    records = read_json(question_file, list, what="VizWiz val annotations", fix=WHERE_FROM)
 
     def make(record: dict) -> Question:
         image = typed(record, "image", str)

@@ -20,9 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.common import (
-    SHORT_ANSWER, Question, answer_text, checked_entries, normalize_vqa_answer, questions_from, read_checked_jsonl,
-    read_json, read_llava_questions, typed, typed_list, vqa_accuracy, with_instruction, write_json,
+    SHORT_ANSWER, WHERE_FROM, Question, answer_text, checked_entries, normalize_vqa_answer, questions_from,
+    read_checked_jsonl, read_llava_questions, typed, typed_list, vqa_accuracy, with_instruction, write_json,
 )
+from llava.jsonfile import read_json
 
 FOLDER = "vqav2"
 QUESTION_FILE = "llava_vqav2_mscoco_test-dev2015.jsonl"
@@ -45,7 +46,7 @@ def load_questions(question_file: Path, image_folder: Path):
 def load_val_questions(question_file: Path, image_folder: Path):
     """Val questions from the official file, with LLaVA's prompt and COCO's image names."""
     what = "VQAv2 val questions"
-    file = read_json(question_file, what, dict)
+    file = read_json(question_file, dict, what=what, fix=WHERE_FROM)
     checked_entries(question_file, what, [("the file", file)], lambda file: typed(file, "questions", list))
 
     def make(record: dict) -> Question:
@@ -84,7 +85,7 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
 def read_val_annotations(folder: Path) -> dict:
     """{question_id: the 10 human answers} from the official val annotations, checked."""
     path, what = folder / VAL_ANNOTATIONS, "VQAv2 val annotations"
-    file = read_json(path, what, dict)
+    file = read_json(path, dict, what=what, fix=WHERE_FROM)
     checked_entries(path, what, [("the file", file)], lambda file: typed(file, "annotations", list))
     checked_entries(path, what, ((f"annotation {i}", a) for i, a in enumerate(file["annotations"], 1)), _check_annotation)
     return {a["question_id"]: [h["answer"] for h in a["answers"]] for a in file["annotations"]}
