@@ -1,6 +1,7 @@
 """The runner, in process, with the fake pipeline: answer lines, resume, per-question errors, metadata."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -310,3 +311,21 @@ def test_an_output_dir_that_cannot_be_one_is_refused(data, tmp_path, target):
     (tmp_path / "file").write_text("a file, not a folder")
     with pytest.raises(InputError, match="cannot use .* as the output directory: it or a folder above it is a file"):
         run("pope", data, tmp_path / target)
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models/llava-shapes-tiny"
+
+
+@pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason=f"{SHIPPED.name} is not in this checkout")
+def test_a_run_of_the_shipped_model_records_its_path_relative_to_the_repository(tmp_path):
+    """run.json and scores.json name the model as a reader's clone has it; a path outside the repository as given."""
+    from llava.data.synthetic import write_split
+    from llava.pipeline import LlavaPipeline
+
+    write_split("test", 2, tmp_path / "data/shapes")
+    scores = run_benchmark("shapes", lambda: LlavaPipeline.load(str(SHIPPED)), tmp_path / "data", tmp_path / "out",
+                           model_path=str(SHIPPED), max_new_tokens=2, progress=False)
+    run_json = json.loads((tmp_path / "out/run.json").read_text())
+    assert run_json["model_path"] == scores["run"]["model_path"] == "models/llava-shapes-tiny"
+    assert (run_json["model_id"], run_json["answered"]) == ("llava-shapes-tiny", 2)
+    assert run_json["data_root"] == str(tmp_path / "data")
