@@ -39,6 +39,7 @@ import transformers
 
 from llava.device import default_dtype, resolve_device
 from llava.errors import CheckpointError, InputError
+from llava.jsonfile import json_type, read_json
 from llava.mm_utils import ImageProcessor, check_pinpoints, parse_image_grid
 from llava.model.anyres import MERGES, image_token_count
 from llava.model.language_model.llava_llama import LlamaConfig, rope_inverse_frequencies
@@ -262,7 +263,7 @@ def read_checkpoint(model_path: str, vision_tower: str | None = None) -> Checkpo
         raise CheckpointError(f"{path}: no config.json (is this a LLaVA checkpoint folder?)")
     if (path / "adapter_config.json").is_file():
         raise CheckpointError(f"{path}: LoRA checkpoints are not supported; merge the adapter first")
-    raw = read_json(path / "config.json")
+    raw = read_json(path / "config.json", error=CheckpointError)
     architectures = raw.get("architectures") or []
     llava_next = raw.get("model_type") == "llava_next" or "LlavaNextForConditionalGeneration" in architectures
     llava_hf = llava_next or "LlavaForConditionalGeneration" in architectures
@@ -363,7 +364,7 @@ def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Che
             f"{path}: the vision tower folder '{folder}' ({named_by}) has no config.json;"
             " pass --vision-tower PATH to a local CLIP folder"
         )
-    clip_raw = read_json(folder / "config.json")
+    clip_raw = read_json(folder / "config.json", error=CheckpointError)
     _check_vision_type(folder, clip_raw)
     vision_raw = _section(clip_raw, "vision_config", folder / "config.json") if "vision_config" in clip_raw else clip_raw
     text_raw = {k: v for k, v in raw.items() if not k.startswith("mm_") and k != "image_grid_pinpoints"}
@@ -476,31 +477,12 @@ def _transformers_config(cls, raw: dict, source: Path, part: str):
         raise CheckpointError(f"{source}: the {part}'s config is not valid ({_first_line(error)})") from error
 
 
-def read_json(file: Path) -> dict:
-    """A JSON object from `file`; CheckpointError naming the file when it is not one."""
-    try:
-        value = json.loads(file.read_text())
-    except UnicodeDecodeError as error:
-        raise CheckpointError(f"{file} is not valid JSON (not UTF-8 text)") from error
-    except json.JSONDecodeError as error:
-        where = f"line {error.lineno}, column {error.colno}"
-        raise CheckpointError(f"{file} is not valid JSON ({where}: {error.msg})") from error
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{file} must hold a JSON object, got {_json_kind(value)}")
-    return value
-
-
 def _section(raw: dict, name: str, file: Path) -> dict:
     if name not in raw:  # transformers would silently assume Llama-7B / CLIP ViT-L sizes
         raise CheckpointError(f"{file} has no {name}: the sizes of the model are not given")
     if not isinstance(raw[name], dict):
-        raise CheckpointError(f"{file}: {name} must be a JSON object, got {_json_kind(raw[name])}")
+        raise CheckpointError(f"{file}: {name} must be a JSON object, got {json_type(raw[name])}")
     return raw[name]
-
-
-def _json_kind(value) -> str:
-    kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
-    return kinds.get(type(value), type(value).__name__)
 
 
 def _first_line(error: BaseException) -> str:
@@ -529,7 +511,7 @@ def _named_weight_files(folder: Path, name: str) -> list[Path]:
         return [folder / name]
     index = folder / f"{name}.index.json"
     if index.is_file():
-        weight_map = read_json(index).get("weight_map")
+        weight_map = read_json(index, error=CheckpointError).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index} has no weight_map (tensor name -> shard file)")
         shards = sorted(set(map(str, weight_map.values())))
