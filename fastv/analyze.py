@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from fastv.shipped import model_or_shipped
+
 ANALYSES = ("shift", "dispersion")
 
 
@@ -147,8 +149,6 @@ def main(analysis: str, out: str, model_path: str | None = None, benchmark: str 
 
     check_at_least("--limit", limit, 1)
     check_output_dir("--out", out)
-    from fastv.cli import model_or_shipped
-
     model_path = model_or_shipped(model_path)
     pairs = questions(benchmark, data_root, limit)
     if not pairs:

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastv.shipped import model_or_shipped
+
 SPANS = ("system", "image", "instruction", "output")
 
 
@@ -196,8 +198,6 @@ def main(image: str, prompt: str, out: str, model_path: str | None = None, layer
     if not prompt.strip() or "<image>" in prompt:
         raise InputError("give the question as --prompt, without '<image>'")
     check_output_dir("--out", out)
-    from fastv.cli import model_or_shipped
-
     model_path = model_or_shipped(model_path)
     picture = load_image(image)
     pipe = LlavaPipeline.load(model_path, conv_mode=conv_mode)

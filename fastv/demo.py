@@ -21,9 +21,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from fastv.shipped import EXAMPLE_IMAGE, model_or_shipped
 from llava.errors import CheckpointError, InputError
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "shapes.png"
 MAX_UPLOAD_MB = 20
 METHODS = ("fastv", "fastervlm", "hired", "prumerge", "prumerge+", "random", "uniform", "none")
 
@@ -57,8 +57,6 @@ class Demo:
 
     def __init__(self, model_path: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB):
         from llava.pipeline import LlavaPipeline
-
-        from fastv.cli import model_or_shipped
 
         self.pipe = LlavaPipeline.load(model_or_shipped(model_path))
         self.max_upload_mb = max_upload_mb
@@ -155,7 +153,7 @@ def build(demo: Demo):
         with gr.Row():
             with gr.Column():
                 image = gr.Image(label="image", elem_id="image", sources=["upload"])
-                gr.Examples([[str(EXAMPLE)]], inputs=[image], label="shipped example")
+                gr.Examples([[str(EXAMPLE_IMAGE)]], inputs=[image], label="shipped example")
                 question = gr.Textbox(label="question", value="What color is the star?", elem_id="question")
                 method = gr.Dropdown(list(METHODS), value="fastervlm", label="method", elem_id="method")
                 budget = gr.Number(value=36, label="budget: tokens kept per image (per partition on NeXT); HiRED: rate",

@@ -36,14 +36,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fastv.bench import check_prompt_fits
 from fastv.flops import UNITS, count
-from fastv.latency import check_prompt_fits, write_result
+from fastv.output import write_result
+from fastv.shipped import EXAMPLE_IMAGE, model_or_shipped
 
 DEFAULT_METHODS = ("none", "fastv:k=2,ratio=0.5", "fastervlm:keep=58", "hired:rate=0.2", "prumerge+")
 SYSTEM_TOKENS = 35  # LLaVA-1.5's vicuna_v1 system prompt and "USER:", before the image
 TEXT_TOKENS = SYSTEM_TOKENS + 20  # and a short question after it
 ADAPTIVE = ("prumerge", "prumerge+")
-EXAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "shapes.png"  # the shipped model's example
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +192,6 @@ def main(model_path=None, preset=None, image=None, method=None, methods=None, te
     prefill's reduction against the unpruned model (as one JSON object with `as_json`)."""
     import json
 
-    from fastv.cli import model_or_shipped
     from fastv.paths import check_output_file
     from llava.errors import check_at_least
     from llava.model.builder import read_checkpoint

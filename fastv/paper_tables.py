@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from fastv.latency import REFERENCE
+from fastv.bench.contestants import REFERENCE
 from fastv.paths import check_output_file
 from llava.errors import InputError, print_error
 

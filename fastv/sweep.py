@@ -29,6 +29,8 @@ import json
 import math
 from pathlib import Path
 
+from fastv.shipped import SHIPPED_NEXT_MODEL, model_or_shipped
+
 DEFAULT_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)
 NEXT_SHARES = (0.5, 0.2, 0.1, 0.05)
 # The methods that run on LLaVA-NeXT, HiRED in both of its crop-budget splits (METHODS.md)
@@ -137,8 +139,6 @@ def generate_questions(folder: Path, question_file: str, n_questions: int, look:
 
 
 def default_model(benchmark: str, model_path: str | None) -> str:
-    from fastv.cli import SHIPPED_NEXT_MODEL, model_or_shipped
-
     if model_path is None and benchmark == "shapes_hr":
         return model_or_shipped(None, SHIPPED_NEXT_MODEL)
     return model_or_shipped(model_path)
@@ -158,7 +158,6 @@ def main(
     batch_size: int = 16,
     device: str = "cpu",
 ) -> dict:
-    from fastv.cli import model_or_shipped
     from llava.eval.registry import get_benchmark
     from llava.eval.shapes import LOOKS as SHAPES_LOOKS
     from llava.model.builder import read_checkpoint

@@ -44,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastv.cli import SHIPPED_MODEL, SHIPPED_NEXT_MODEL  # noqa: E402
+from fastv.shipped import SHIPPED_MODEL, SHIPPED_NEXT_MODEL  # noqa: E402
 from fastv.sweep import DEFAULT_SHARES, NEXT_METHODS, NEXT_SHARES, method_spec  # noqa: E402
 from llava.data import synthetic  # noqa: E402
 from llava.model.pruning.hired import crop_blocks  # noqa: E402

@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastv.cli import SHIPPED_MODEL  # noqa: E402
+from fastv.shipped import SHIPPED_MODEL  # noqa: E402
 from llava.data import synthetic  # noqa: E402
 from llava.pipeline import LlavaPipeline, Request  # noqa: E402
 

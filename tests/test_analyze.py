@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from fastv import analyze
-from fastv.cli import SHIPPED_MODEL, main
+from fastv.cli import main
+from fastv.shipped import SHIPPED_MODEL
 
 
 def test_spread_by_hand():

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from torch.testing import assert_close
 
-from fastv.cli import SHIPPED_MODEL, main
+from fastv.cli import main
+from fastv.shipped import SHIPPED_MODEL
 
 pytestmark = pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="the shipped model is not here")
 IMAGE, PROMPT = "docs/examples/shapes.png", "What color is the star?"

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from fastv import latency
-from fastv.latency import TIME_FIELDS
+from fastv import bench
+from fastv.bench.contestants import REFERENCE, StageClock, _hf_fastv_hooks, make_inputs, random_models
+from fastv.bench.timing import TIME_FIELDS
 
 FIELDS = {"method", "visual_tokens", "vision_s", "pruning_s", "prefill_s", "ttft_s", "decode_s_per_token", "e2e_s",
           "new_tokens", "peak_memory_bytes", "kv_cache_bytes", "answers_per_s"}
@@ -17,8 +18,8 @@ FIELDS = {"method", "visual_tokens", "vision_s", "pruning_s", "prefill_s", "ttft
 def llava_result(tiny_llava_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     methods = ["none", "fastv:k=2,ratio=0.5", "fastervlm:keep=16"]
-    return out, latency.main(model_path=str(tiny_llava_dir), methods=methods, batch=2, new_tokens=3, repeats=2,
-                             warmup=0, json_out=str(out), progress=False)
+    return out, bench.main(model_path=str(tiny_llava_dir), methods=methods, batch=2, new_tokens=3, repeats=2,
+                           warmup=0, json_out=str(out), progress=False)
 
 
 def test_every_row_has_every_field_and_the_files_are_written(llava_result):
@@ -28,7 +29,7 @@ def test_every_row_has_every_field_and_the_files_are_written(llava_result):
     assert {"machine", "model", "dtype", "batch", "rows"} <= set(result) and result["batch"] == 2
     names = [row["method"] for row in result["rows"]]
     assert names[:3] == ["ours, none", "ours, fastv:ratio=0.5", "ours, fastervlm:keep=16"]
-    assert names[3] == latency.REFERENCE and names[4].startswith("transformers FastV (eager")
+    assert names[3] == REFERENCE and names[4].startswith("transformers FastV (eager")
     for row in result["rows"]:
         assert FIELDS <= set(row), row["method"]
         for field in TIME_FIELDS:
@@ -47,13 +48,13 @@ def test_rows_report_the_work_each_method_does(llava_result, loaded):
     assert none["visual_tokens"] == patches and none["pruning_s"] == 0
     assert fastv["kept_after_layer_k"] == round(patches * 0.5) and fastv["pruning_s"] > 0
     assert fastervlm["visual_tokens"] == 16 and fastervlm["pruning_s"] > 0
-    reference = rows[latency.REFERENCE]
+    reference = rows[REFERENCE]
     assert reference["visual_tokens"] == patches and reference["kv_cache_bytes"] == none["kv_cache_bytes"]
     eager = next(row for name, row in rows.items() if name.startswith("transformers FastV"))
     assert eager["kept_after_layer_k"] == fastv["kept_after_layer_k"] and eager["kv_cache_bytes"] == 0  # no cache
     # KV bytes: 2 samples x (k layers of every token + the rest of the kept ones) x K and V x width x 4 bytes
     text = config.text
-    prompt = latency.TEXT_TOKENS + patches  # the text tokens and the image
+    prompt = bench.TEXT_TOKENS + patches  # the text tokens and the image
     width = 2 * text.num_kv_heads * text.head_dim * 4
     assert none["kv_cache_bytes"] == 2 * text.num_layers * prompt * width
     kept = prompt - patches + fastv["kept_after_layer_k"]
@@ -68,10 +69,10 @@ def test_the_transformers_fastv_reference_keeps_what_ours_keeps(tiny_llava_dir, 
     model = loaded[1]
     hf = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, attn_implementation="eager").eval()
     image_token = hf.config.image_token_index
-    prompts, images, hf_inputs = latency.make_inputs(model, 3, 20, image_token, torch.device("cpu"), torch.float32)
+    prompts, images, hf_inputs = make_inputs(model, 3, 20, image_token, torch.device("cpu"), torch.float32)
     k, keep = 2, 13
-    clock = latency.StageClock(torch.device("cpu"))
-    hooks = latency._hf_fastv_hooks(hf, (k, keep), hf_inputs["input_ids"], image_token, clock)
+    clock = StageClock(torch.device("cpu"))
+    hooks = _hf_fastv_hooks(hf, (k, keep), hf_inputs["input_ids"], image_token, clock)
     try:
         with torch.no_grad():
             theirs = hf(**hf_inputs, use_cache=False, output_attentions=True, logits_to_keep=1).logits[:, -1]
@@ -89,12 +90,12 @@ def test_the_transformers_fastv_reference_keeps_what_ours_keeps(tiny_llava_dir, 
 
 
 def test_next_rows_count_partitions_and_newlines(tiny_next_dir, tmp_path):
-    result = latency.main(model_path=str(tiny_next_dir), methods=["none", "fastv:k=2,ratio=0.5", "hired:rate=0.2"],
-                          new_tokens=2, repeats=1, warmup=0, json_out=str(tmp_path / "next.json"), progress=False)
+    result = bench.main(model_path=str(tiny_next_dir), methods=["none", "fastv:k=2,ratio=0.5", "hired:rate=0.2"],
+                        new_tokens=2, repeats=1, warmup=0, json_out=str(tmp_path / "next.json"), progress=False)
     rows = {row["method"]: row for row in result["rows"]}
     none = rows["ours, none"]
     assert none["visual_tokens"] == 64 + 16 * 17  # base 8x8, then 2x2 crops stitched: 16 rows of 16 and a newline each
-    assert rows[latency.REFERENCE]["visual_tokens"] == none["visual_tokens"]
+    assert rows[REFERENCE]["visual_tokens"] == none["visual_tokens"]
     assert rows["ours, fastv:ratio=0.5"]["kept_after_layer_k"] == 5 * 64 // 2
     eager = next(row for name, row in rows.items() if name.startswith("transformers FastV"))
     assert eager["kept_after_layer_k"] == 5 * 64 // 2 + 16  # the same image tokens, and the newlines ours keeps
@@ -102,7 +103,7 @@ def test_next_rows_count_partitions_and_newlines(tiny_next_dir, tmp_path):
 
 
 def test_a_random_weight_preset_shares_one_copy_of_the_weights():
-    ours, hf, image_token = latency.random_models("bench-v1.5", torch.device("cpu"), torch.float32)
+    ours, hf, image_token = random_models("bench-v1.5", torch.device("cpu"), torch.float32)
     assert ours.lm_head.weight.data_ptr() == hf.lm_head.weight.data_ptr()
     assert ours.config.text.num_layers == 4 and image_token == ours.config.text.vocab_size - 1
     assert not any(p.is_meta for p in ours.parameters()) and ours.language_model.inv_freq.device.type == "cpu"
@@ -148,8 +149,8 @@ def test_the_throughput_table_has_a_column_per_batch_and_both_ratios(llava_resul
     assert table[2] == "| method | batch 2 | batch 8 |"
     none = next(line for line in table if line.startswith("| ours, none |"))
     assert none.count("(1.00 / ") == 2  # ours unpruned over itself, then over transformers, at each batch
-    reference = next(line for line in table if line.startswith(f"| {latency.REFERENCE} |"))
+    reference = next(line for line in table if line.startswith(f"| {REFERENCE} |"))
     assert reference.split("|")[2].strip().endswith("/ 1.00)")
     rows = {row["method"]: row["answers_per_s"] for row in result["rows"]}
-    ours, hf = rows["ours, none"], rows[latency.REFERENCE]
+    ours, hf = rows["ours, none"], rows[REFERENCE]
     assert f"({hf / (2 * ours):.2f} / 1.00)" in reference.split("|")[3]

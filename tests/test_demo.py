@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fastv.cli import SHIPPED_MODEL
+from fastv.shipped import SHIPPED_MODEL
 
 pytestmark = pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="the shipped model is not here")
 REPO = Path(__file__).resolve().parents[1]

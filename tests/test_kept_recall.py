@@ -2,7 +2,7 @@
 
 import pytest
 
-from fastv.cli import SHIPPED_MODEL, SHIPPED_NEXT_MODEL
+from fastv.shipped import SHIPPED_MODEL, SHIPPED_NEXT_MODEL
 from llava.data import synthetic
 from tests.helpers import load_script
 

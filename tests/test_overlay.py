@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastv.cli import SHIPPED_MODEL, main
+from fastv.cli import main
 from fastv.overlay import DIM, GAP, TITLE_HEIGHT, to_rgb
+from fastv.shipped import SHIPPED_MODEL
 from llava.pipeline import LlavaPipeline, Request
 from tests import helpers
 

@@ -20,7 +20,7 @@ shapes and 40.3% at 20% on shapes_hr (the same sweeps).
 
 import pytest
 
-from fastv.cli import SHIPPED_MODEL, SHIPPED_NEXT_MODEL
+from fastv.shipped import SHIPPED_MODEL, SHIPPED_NEXT_MODEL
 from fastv.sweep import method_spec
 
 MARGIN = 4.0  # points under the measured accuracy

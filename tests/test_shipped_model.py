@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fastv.cli import SHIPPED_MODEL, SHIPPED_NEXT_MODEL
+from fastv.shipped import SHIPPED_MODEL, SHIPPED_NEXT_MODEL
 from tests.helpers import hf_input_ids, hf_next_inputs
 
 

@@ -1,0 +1,116 @@
+"""`fastv run`: answer one question about one image with a pruning method, and say what the method kept and
+how long it took.
+
+    fastv run --image docs/examples/shapes.png --prompt "What color is the star?" --method fastervlm:keep=36
+    fastv run --model-path checkpoints/llava-v1.5-7b --image view.jpg --prompt "Describe it." --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from fastv.paths import check_output_file
+from fastv.shipped import model_or_shipped
+from llava.conversation import conv_templates
+from llava.errors import InputError
+
+METHOD_HELP = (
+    "pruning method spec, name:key=value,... e.g. 'fastervlm:keep=58' (keep = visual tokens kept per image), "
+    "'fastv:k=2,keep=144' or 'fastv:k=2,ratio=0.75' (ratio = fraction of image tokens DROPPED), "
+    "'random:keep=64,seed=0', 'none'. See `fastv methods`."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-path", help="llava-hf or original LLaVA checkpoint folder (default: the shipped model)")
+    parser.add_argument("--image", help="image file (leave the option out for a text-only prompt)")
+    parser.add_argument("--prompt", required=True, help="the question, without <image>")
+    parser.add_argument("--method", default="none", help=METHOD_HELP)
+    parser.add_argument("--conv-mode", default="vicuna_v1", help=f"conversation template ({', '.join(conv_templates)})")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated at most")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, >= 0 (0 = greedy)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked against this machine)")
+    parser.add_argument("--vision-tower",
+                        help="CLIP folder of an original-LLaVA checkpoint (instead of mm_vision_tower); not for llava-hf folders")
+    parser.add_argument("--patch-merge", metavar="spatial|spatial_unpad",
+                        help="LLaVA-NeXT: how the crops become tokens (default: the checkpoint's; FasterVLM's protocol: spatial)")
+    parser.add_argument("--image-grid", metavar="WxH",
+                        help="LLaVA-NeXT: cut every image into this canvas in pixels, e.g. 672x672 (default: the best of the"
+                             " checkpoint's image_grid_pinpoints)")
+    parser.add_argument("--overlay", metavar="FILE.png",
+                        help="also write the image with the kept patches outlined and the dropped ones dimmed (NeXT: a"
+                             " panel per partition)")
+    parser.add_argument("--json", dest="as_json", action="store_true",
+                        help="print one JSON object (kept_partitions and partition_grid per image: see docs/PIPELINE_API.md)")
+
+
+def main(
+    model_path: str | None,
+    image: str | None,
+    prompt: str,
+    method: str = "none",
+    conv_mode: str = "vicuna_v1",
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    device: str = "cpu",
+    vision_tower: str | None = None,
+    as_json: bool = False,
+    patch_merge: str | None = None,
+    image_grid: str | None = None,
+    overlay: str | None = None,
+) -> dict:
+    """Answer one question about one image (None: a text-only prompt) and report what pruning kept
+    and how long it took. Every option is checked before a model is loaded (the LLaVA-NeXT ones,
+    `patch_merge` and `image_grid`, against the checkpoint's config, before its weights). `overlay`: also
+    write the kept-token overlay there (fastv/overlay.py)."""
+    from llava.conversation import conversation_template
+    from llava.generate import check_generation_options
+    from llava.mm_utils import load_image
+    from llava.device import resolve_device
+    from llava.model.pruning.registry import parse_method
+    from llava.pipeline import LlavaPipeline, Request
+
+    parse_method(method)
+    conversation_template(conv_mode)
+    resolve_device(device)
+    check_generation_options(max_new_tokens, temperature)
+    if not prompt.strip():
+        raise InputError("the prompt is empty")
+    if "<image>" in prompt:
+        raise InputError("write the prompt without '<image>': the image goes in front of it, as in LLaVA-1.5")
+    if overlay is not None and image is None:
+        raise InputError("--overlay draws the kept patches on the image: give --image too")
+    if overlay is not None:
+        check_output_file("--overlay", overlay, what="the PNG file")
+    model_path = model_or_shipped(model_path)
+    picture = load_image(image) if image is not None else None  # --image "" is a missing image, not no image
+    pipe = LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device, vision_tower=vision_tower,
+                              patch_merge=patch_merge, image_grid=image_grid)
+    (answer,) = pipe.answer([Request(image=picture, text=prompt)], max_new_tokens=max_new_tokens, temperature=temperature)
+    result = {"method": pipe.method_spec, **dataclasses.asdict(answer)}
+    result["answer"] = result.pop("text")
+    if overlay is not None:
+        from fastv.overlay import write_overlay
+
+        result["overlay"] = str(write_overlay(overlay, pipe, Request(image=picture, text=prompt), answer))
+    if as_json:
+        print(json.dumps(result))
+    else:
+        config = pipe.model.config
+        visual = ", ".join(str(n) for n in answer.visual_tokens) or "0 (no image)"
+        print(f"answer: {answer.text}")
+        print(f"method: {pipe.method_spec}")
+        if config.anyres:
+            grids = ", ".join(f"{rows}x{cols} crops" for rows, cols in answer.partition_grid)
+            per = f"{config.tokens_per_image} per partition; {grids}; {config.patch_merge} merge"
+        else:
+            per = f"{config.tokens_per_image} per image"
+        print(f"visual tokens entering the LLM: {visual} (of {per})")
+        if answer.kept and len(answer.kept[0]) != (answer.visual_tokens or [0])[0]:
+            print(f"visual tokens kept after in-LLM pruning: {', '.join(str(len(k)) for k in answer.kept)}")
+        print(f"prefill (time to first token): {answer.prefill_s:.3f} s, total: {answer.total_s:.3f} s")
+        if overlay is not None:
+            print(f"kept-token overlay: {result['overlay']}")
+    return result
