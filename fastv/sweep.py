@@ -7,7 +7,9 @@ Loads the model once and switches methods with `set_pruning`; every (method,
 budget) gets its own run directory under `--out` (answers, scores, run.json), so
 an interrupted sweep resumes where it stopped. Writes `sweep.json`, `sweep.md`
 (overall accuracy per method and budget, then per question type, with the tokens
-each run really kept) and `sweep.png` (accuracy against the visual tokens kept).
+each run really kept) and `sweep.png` (accuracy against the visual tokens kept);
+a model inside the repository is named by its path relative to it (`models/llava-shapes-tiny`),
+so that a reader reruns the sweep from their own clone.
 
 Budgets are shares of the visual tokens of an image, in (0, 1], matched across
 methods: `keep = round(share * N)` per image (LLaVA-1.5) or per partition
@@ -30,6 +32,7 @@ import math
 from pathlib import Path
 
 from fastv.shipped import SHIPPED_NEXT_MODEL, model_or_shipped
+from llava.paths import recorded_path
 
 DEFAULT_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)
 NEXT_SHARES = (0.5, 0.2, 0.1, 0.05)
@@ -193,8 +196,8 @@ def main(
     if baseline_model is not None:
         baseline = LlavaPipeline.load(baseline_model, device=device)
         runs.append(_run(benchmark, baseline, Path(out) / "baseline", "baseline", "none", None, baseline_model, **options))
-    result = {"model": model_path, "benchmark": benchmark, "anyres": anyres, "tokens_per_image": tokens,
-              "baseline_model": baseline_model, "runs": runs}
+    result = {"model": recorded_path(model_path), "benchmark": benchmark, "anyres": anyres, "tokens_per_image": tokens,
+              "baseline_model": recorded_path(baseline_model), "runs": runs}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     table = to_markdown(result)
@@ -214,7 +217,7 @@ def _run(benchmark, pipe, out: Path, name: str, spec: str, share: float | None, 
                            limit=options["limit"], progress=False)
     metrics = scores["metrics"]
     return {
-        "method": name, "spec": spec, "share": share, "model": model_path,
+        "method": name, "spec": spec, "share": share, "model": recorded_path(model_path),
         "kept_tokens": scores["run"].get("kept_tokens_mean"), "visual_tokens": scores["run"].get("visual_tokens_mean"),
         "questions": scores["run"]["questions"],
         "accuracy": metrics.get("accuracy", scores["headline"]["value"]),

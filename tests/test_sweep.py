@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fastv import sweep
+from fastv.shipped import SHIPPED_MODEL
 from llava.errors import InputError
 
 
@@ -116,3 +117,14 @@ def test_a_next_sweep_matches_budgets_across_methods_and_adds_the_baseline(tiny_
     table = (out / "sweep.md").read_text()
     assert "per partition" in table.splitlines()[0] and "| baseline: " in table and "adaptive (tokens kept)" in table
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="the shipped model is not here")
+def test_sweep_json_names_the_shipped_model_relative_to_the_repository(tmp_path):
+    """A result a reader reruns from their own clone names a model inside the repository by its repo-relative path,
+    not by this machine's absolute one."""
+    sweep.main(str(tmp_path / "sweep"), model_path=str(SHIPPED_MODEL), data_root=str(tmp_path / "data"),
+               methods=["none"], limit=2, n_questions=4, batch_size=2, max_new_tokens=2)
+    written = json.loads((tmp_path / "sweep/sweep.json").read_text())
+    assert written["model"] == "models/llava-shapes-tiny"
+    assert [run["model"] for run in written["runs"]] == ["models/llava-shapes-tiny"]
