@@ -10,8 +10,9 @@ returning one, called only when something is left to answer):
   `kept_tokens` (per image, how many were kept) and `stop_reason` ("eos", "max_new_tokens", "context"),
   with `prompt_tokens` and LLaVA-NeXT's `partition_grid` / `partition_tokens` where known. Raise
   `llava.errors.InputError` with a one-line message for a prompt it cannot answer (too long for the
-  context, a method it cannot run, named); the generation options are checked before it is called
-  (`llava.generate.check_generation_options`).
+  context, a corrupt image); the generation options are checked before it is called
+  (`llava.generate.check_generation_options`). A method it cannot run is refused by name when the
+  backend is made (an InputError from its loader), before any question is asked.
 - `describe()`: a `BackendInfo` for run.json: the model id the answer lines carry, the canonical method
   spec, the LLaVA-NeXT layout it uses (None: resolved from the checkpoint) and the LLM's sizes.
 
