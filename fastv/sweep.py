@@ -100,7 +100,8 @@ def check_options(out, names, shares, limit, max_new_tokens, batch_size, device,
     from fastv.paths import check_not_empty
     from llava.device import resolve_device
     from llava.errors import InputError, check_at_least
-    from llava.eval.run import check_run_options, prepare_output_dir
+    from llava.eval.options import check_run_options
+    from llava.eval.runfolder import prepare_output_dir
     from llava.generate import check_generation_options
     from llava.model.pruning.registry import parse_method
 
