@@ -17,6 +17,8 @@ context is an InputError.
 
 Timings: `prefill_s` is the time to the first token (vision tower, pruning, LLM
 prefill, first sampling), `total_s` the whole call; both synchronise CUDA.
+
+Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

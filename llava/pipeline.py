@@ -1,6 +1,8 @@
 """LlavaPipeline: load once, answer batches of (image, question) requests. Used by the CLI and the evaluation.
 
 See docs/PIPELINE_API.md for the contract.
+
+Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ tokens in the model's order by filtering the layout (tokens that fall into the
 padding are not in it; newline tokens always stay). Matches the order of
 transformers' `LlavaNextModel.pack_image_features` (tested), which stitches rows
 and columns the right way round (METHODS.md: HiRED's vendored copy swapped them).
+
+Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ Weights come from safetensors, or `.bin` files read with `weights_only=True`; no
 code from a checkpoint ever runs. A missing, unexpected or mis-shaped weight is a
 `CheckpointError` naming it. The model is built on the meta device and the
 checkpoint's tensors are assigned to it, so a 7B model is held in memory once.
+
+Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

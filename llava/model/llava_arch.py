@@ -16,6 +16,8 @@ Reproduces transformers' `LlavaForConditionalGeneration` and
 `LlavaNextForConditionalGeneration` with pruning off (tested to 1e-4 in fp32).
 Records a `VisualSpan` per image (where its tokens sit, which partition and
 patch each is) and `PruneStats` per forward, so nothing downstream hard-codes 576.
+
+Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Parameter names follow the original LLaVA checkpoints (`mm_projector.0`, `mm_projector.2`);
 the loader maps transformers' `multi_modal_projector.linear_1/2` onto them.
+
+Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

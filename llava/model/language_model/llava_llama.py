@@ -23,6 +23,8 @@ What it adds, all in `LlamaDecoder.forward`'s one loop over layers:
   values live in per-layer buffers with room for the tokens to come (`cache_reserve`),
   so a decoding step writes one slot instead of copying the whole cache (`torch.cat`
   per step made the time per token grow with the tokens generated).
+
+Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ with two differences that pruning needs:
 Layer numbering: "layer L" is the L-th encoder layer (0-based); its output is
 transformers' `hidden_states[L + 1]`, so `select_layer=-2` is layer
 `num_layers - 2`.
+
+Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ image, on every model: a budget of none (`keep=0`, `fastv:ratio=1`, a HiRED rate
 1 / N) is refused when the spec is parsed or the method is attached (`check_model`), never
 run with an empty image span (which LLaVA-NeXT's layout cannot pack, and which is the
 text-only prompt, not a pruning budget).
+
+Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
