@@ -56,6 +56,17 @@ def test_the_spec_is_rebuilt_from_comma_split_model_args(model):
     assert plugin.method_spec("fastervlm", {"keep": 58}) == "fastervlm:keep=58"
 
 
+def test_model_args_are_split_where_lmms_eval_splits_them():
+    """At commas outside quotes and braces (lmms-eval's own splitter): a quoted spec stays whole, unquoted."""
+    from lmms_eval.utils import simple_parse_args_string
+
+    text = 'pretrained=m,method="fastv:k=2,keep=36",conv_mode=vicuna_v1'
+    assert set(simple_parse_args_string(text)) == {"pretrained", "method", "conv_mode"}  # lmms-eval's items
+    assert plugin.parse_model_args(text) == {"pretrained": "m", "method": "fastv:k=2,keep=36", "conv_mode": "vicuna_v1"}
+    assert plugin.parse_model_args("pretrained=m,method=fastv:k=2,keep=36") == {
+        "pretrained": "m", "method": "fastv:k=2", "keep": "36"}
+
+
 def test_generate_until_equals_the_pipeline_and_applies_stop_strings(model):
     kwargs = {"max_new_tokens": 8, "temperature": 0, "do_sample": False, "until": ["\n\n"]}
     requests = [instance("generate_until", n, dict(kwargs)) for n in range(6)]

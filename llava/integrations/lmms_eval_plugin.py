@@ -5,8 +5,8 @@
         --model_args pretrained=checkpoints/llava-v1.5-7b,method=fastv:k=2,keep=288,conv_mode=vicuna_v1 \\
         --tasks textvqa_val --batch_size 8
 
-`model_args` (lmms-eval splits them at every comma, so a method's own parameters may follow it as
-separate `key=value` pairs, as `keep=288` above; they are joined back into the spec; each key at most
+`model_args` (lmms-eval splits them at every comma outside quotes and braces, so a method's own parameters
+may follow it as separate `key=value` pairs, or the spec may be quoted whole, `method="fastv:k=2,keep=288"`; as `keep=288` above; they are joined back into the spec; each key at most
 once): `pretrained` (a checkpoint folder, either layout), `method` (a spec, default none), `conv_mode`
 (vicuna_v1), `device` (cpu, cuda, cuda:N; default cuda when CUDA is there, as lmms-eval's own models),
 `dtype` (float32, float16, bfloat16; default: the device's), `batch_size` (requests per forward, a
@@ -16,8 +16,10 @@ with different values they are refused, except that model_args win over `--batch
 Requests go through `LlavaPipeline` in batches of equal generation settings.
 
 Request types:
-- `generate_until`: greedy, or sampled with lmms-eval's rule (`do_sample` defaults to `temperature > 0`;
-  `top_p` applies whenever it samples), up to `max_new_tokens` (default 128), the text cut before the
+- `generate_until`: greedy, or sampled: `do_sample` defaults to `temperature > 0` (the rule of lmms-eval's
+  newer models, e.g. `cosmos_wm`; its `llava` model ignores `do_sample` and samples exactly when
+  `temperature > 0`, which agrees unless `do_sample` is given), a temperature of 0 is greedy, and `top_p`
+  applies whenever it samples, up to `max_new_tokens` (default 128), the text cut before the
   first of `until`; `num_beams` > 1 is refused.
 - `loglikelihood`: returns (loss, is_greedy) with loss = -log p(continuation | the templated question and
   its image), summed over the continuation's tokens. A loss, not a log-probability, because that is what
@@ -54,6 +56,7 @@ import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.api.registry import register_model
+from lmms_eval.utils import _smart_comma_split  # lmms-eval's own splitter of model_args
 from PIL import Image
 
 from llava.conversation import conversation_template
@@ -90,11 +93,15 @@ def method_spec(method: str, params: dict) -> str:
 def parse_model_args(arg_string: str) -> dict[str, str]:
     """'pretrained=m,method=fastv:k=2,keep=36' -> {'pretrained': 'm', 'method': 'fastv:k=2', 'keep': '36'}.
 
-    Split at every comma as lmms-eval does, but each key at most once (lmms-eval's own parser keeps the
-    last of `keep=36,keep=10`) and every value as written (the method's parser types its own)."""
+    Split where lmms-eval splits (at every comma outside quotes and braces: `method="fastv:k=2,keep=36"` stays one
+    item, its quotes removed), but each key at most once (lmms-eval's own parser keeps the last of
+    `keep=36,keep=10`) and every value as written (the method's parser types its own)."""
     args: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in arg_string.split(","))):
+    for item in filter(None, (part.strip() for part in _smart_comma_split(arg_string))):
         key, eq, value = item.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
         key = key.strip()
         if not eq or not key:
             raise InputError(f"llava_fastv: model_args item '{item}' must be written key=value")
@@ -301,8 +308,8 @@ class LlavaFastV(lmms):
 def _settings(gen_kwargs: dict) -> tuple:
     """(max_new_tokens, temperature, top_p, until) from lmms-eval's generation kwargs.
 
-    lmms-eval's rule (its llava models): `do_sample` defaults to `temperature > 0`, and a temperature of 0 is greedy
-    whatever `do_sample` says; `do_sample` true without a temperature samples at 1 (transformers' default). When
+    `do_sample` defaults to `temperature > 0` (as lmms-eval's newer models, e.g. cosmos_wm; its llava model ignores
+    `do_sample` and samples exactly when `temperature > 0`), and a temperature of 0 is greedy whatever `do_sample` says; `do_sample` true without a temperature samples at 1 (transformers' default). When
     sampling, `top_p` applies as given."""
     gen_kwargs = dict(gen_kwargs or {})
     if int(gen_kwargs.get("num_beams", 1) or 1) > 1:
