@@ -2,7 +2,11 @@
 
 Rows: method and budget, and every other setting that changes the answers (one table per checkpoint;
 runs that differ in LLaVA-NeXT's layout, dtype, template, ... are rows of their own, each labelled with
-the settings that differ between the table's rows); columns: benchmarks, each cell
+the settings that differ between the table's rows). Settings are compared as the runner compares them
+before a resume (`check_same_run`): a setting a run did not record (None: an older run.json, a sweep's
+dtype) is not known and matches any value, so such a run joins the row of the runs it agrees with; where
+it agrees with runs that differ from each other, it is shown on a row of its own and a line says why.
+Columns: benchmarks, each cell
 the benchmark's headline number (scores.json) and, in brackets, the number of
 questions it was taken over; last column: the mean over the row's benchmarks of
 its score relative to the unpruned run's ("none", with the same settings), in percent, as FasterVLM's
@@ -39,18 +43,26 @@ import sys
 from pathlib import Path
 
 from fastv import ablation
+from fastv.paths import check_not_empty, check_output_file
 from llava.errors import InputError, print_error
 from llava.eval.registry import BENCHMARKS
-from llava.eval.runfolder import SAME_RUN_SETTINGS, prepare_output_dir, read_record
+from llava.eval.runfolder import SAME_RUN_SETTINGS, read_record
+from llava.eval.runfolder import _comparable  # a setting as check_same_run compares it (canonical names)
 
 # What a cell can say besides its score (a mark after the number, explained under the table).
 INCOMPLETE = "*"  # the run has not answered every question, or never finished (killed or still running)
 OTHER_QUESTIONS = "†"  # this column's runs were taken over different question sets: not comparable
 NOT_SHOWN = "‡"  # a line under the table: a run of a cell that another run of the same settings replaced
+UNKNOWN = "?"  # a setting a run did not record, in a row's label
 # What changes a run's answers besides its model and method (the settings the runner refuses to resume
 # across): runs that differ in one are rows of their own. max_new_tokens counts where it is not the
-# benchmark's default (LLaVA's defaults differ by benchmark, so one row holds 128 and 1024).
-ROW_SETTINGS = tuple(name for name in SAME_RUN_SETTINGS if name not in ("benchmark", "model_id", "method", "max_new_tokens"))
+# benchmark's default (LLaVA's defaults differ by benchmark, so one row holds 128 and 1024). Not the device:
+# cpu and cuda runs of one dtype are the same experiment (the runner refuses a resume across devices only so
+# as not to mix float noise into one answers file); two runs of one cell on two devices show the preferred
+# one and name the other under the table.
+ROW_SETTINGS = tuple(name for name in SAME_RUN_SETTINGS
+                     if name not in ("benchmark", "model_id", "method", "max_new_tokens", "device"))
+DEFAULT = "default"  # max_new_tokens as the benchmark's default: known, unlike a run.json that lacks it
 
 
 def collect(run_dirs: list[str]) -> list[dict]:
@@ -123,24 +135,31 @@ def build_rows(runs: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
     """{model: [row]} with row = {method, spec, name, settings, budget, tokens, cells: {benchmark: run},
     dropped: [(benchmark, run not shown, run shown)], relative}; benchmark order.
 
-    A row is one method spec under one set of answer settings (`answer_settings`): runs made under
-    another LLaVA-NeXT layout, dtype, ... are never merged into its cells. A row's `relative` is taken
-    against the unpruned row of the same settings and leaves out the benchmarks whose runs in that table
-    were taken over different question sets (`mixed_benchmarks`; their cells are marked OTHER_QUESTIONS).
+    A row is one method spec under one group of compatible answer settings (`settings_groups`): runs made
+    under another LLaVA-NeXT layout, dtype, ... are never merged into its cells, runs that did not record a
+    setting are. A row's `relative` is taken against the unpruned row of the same group and leaves out the
+    benchmarks whose runs in that table were taken over different question sets (`mixed_benchmarks`; their
+    cells are marked OTHER_QUESTIONS).
     """
+    by_model: dict[str, list[dict]] = {}
+    for entry in runs:
+        by_model.setdefault(entry["run"].get("model_id") or "?", []).append(entry)
     models: dict[str, dict[tuple, dict]] = {}
-    for entry in sorted(runs, key=_preference):  # the preferred run of a cell comes last and wins
-        run = entry["run"]
-        settings = answer_settings(entry)
-        row_key = (run.get("method_spec") or "none", run.get("budget"), run.get("ratio"), settings)
-        row = models.setdefault(run.get("model_id") or "?", {}).setdefault(row_key, {
-            "method": run.get("method_name") or "none", "spec": row_key[0], "budget": run.get("budget"),
-            "ratio": run.get("ratio"), "settings": settings, "cells": {}, "dropped": [],
-        })
-        replaced = row["cells"].get(entry["benchmark"])
-        if replaced is not None:
-            row["dropped"].append((entry["benchmark"], replaced, entry))
-        row["cells"][entry["benchmark"]] = entry
+    for model, entries in by_model.items():
+        groups = settings_groups([answer_settings(entry) for entry in entries])
+        for entry in sorted(entries, key=_preference):  # the preferred run of a cell comes last and wins
+            run = entry["run"]
+            entry["group"], settings, apart = groups[answer_settings(entry)]
+            row_key = (run.get("method_spec") or "none", run.get("budget"), run.get("ratio"), entry["group"])
+            row = models.setdefault(model, {}).setdefault(row_key, {
+                "method": run.get("method_name") or "none", "spec": row_key[0], "budget": run.get("budget"),
+                "ratio": run.get("ratio"), "group": entry["group"], "settings": settings, "apart": apart,
+                "cells": {}, "dropped": [],
+            })
+            replaced = row["cells"].get(entry["benchmark"])
+            if replaced is not None:
+                row["dropped"].append((entry["benchmark"], replaced, entry))
+            row["cells"][entry["benchmark"]] = entry
     present = {entry["benchmark"] for entry in runs}
     benchmarks = [name for name in BENCHMARKS if name in present] + sorted(present - set(BENCHMARKS))
     tables = {}
@@ -155,21 +174,59 @@ def build_rows(runs: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
             row["tokens"] = sum(tokens) / len(tokens) if tokens else None
             row["scores"] = {b: e["value"] for b, e in row["cells"].items()}
         for row in ordered:
-            row["baseline"] = next((r for r in ordered if r["method"] == "none" and r["settings"] == row["settings"]), None)
+            row["baseline"] = next((r for r in ordered if r["method"] == "none" and r["group"] == row["group"]), None)
             row["relative"] = relative_to(row, row["baseline"], [b for b in benchmarks if b not in mixed])
         tables[model] = ordered
     return tables, benchmarks
 
 
 def answer_settings(entry: dict) -> tuple:
-    """((setting, value), ...): what, besides model and method, the run's answers were made under."""
+    """((setting, value), ...): what, besides model and method, the run's answers were made under, each value
+    as the runner compares it (`_comparable`); None where the run did not record it."""
     run = entry["run"]
     bench = BENCHMARKS.get(entry["benchmark"])
     max_new_tokens = run.get("max_new_tokens")
     if bench is not None and max_new_tokens == bench.max_new_tokens:
-        max_new_tokens = None  # the benchmark's default, as every run of it
-    values = [(name, run.get(name)) for name in ROW_SETTINGS] + [("max_new_tokens", max_new_tokens)]
+        max_new_tokens = DEFAULT  # the benchmark's default, as every run of it
+    values = [(name, _comparable(name, run.get(name))) for name in ROW_SETTINGS] + [("max_new_tokens", max_new_tokens)]
     return tuple((name, tuple(value) if isinstance(value, list) else value) for name, value in values)
+
+
+def compatible(first: tuple, second: tuple) -> bool:
+    """`check_same_run`'s rule: two settings agree unless both are known and differ (None is not known)."""
+    return all(a is None or b is None or a == b for (_, a), (_, b) in zip(first, second))
+
+
+def settings_groups(recorded: list[tuple]) -> dict[tuple, tuple[frozenset, tuple, dict]]:
+    """{settings: (group, the group's settings, apart)}: which runs of one table share rows and a baseline.
+
+    Settings that agree (`compatible`) are one group, shown with every value any of them recorded. A settings
+    that agrees with two settings that disagree with each other (an older run.json without a layout, in a table
+    with runs of two layouts) could belong to either: it is a group of its own, and `apart` is {setting: the
+    known values it could have}, for the line under the table; {} otherwise. Without those, agreeing is
+    transitive (two settings that agree with a third that is not apart agree with each other), so the groups are
+    well defined and do not depend on the order of the runs.
+    """
+    distinct = sorted(set(recorded), key=repr)
+    apart = {}
+    for settings in distinct:
+        agree = [other for other in distinct if other != settings and compatible(settings, other)]
+        if any(not compatible(a, b) for a in agree for b in agree):
+            apart[settings] = {
+                name: values for i, (name, value) in enumerate(settings)
+                if value is None and len(values := sorted({other[i][1] for other in agree if other[i][1] is not None},
+                                                          key=repr)) > 1
+            }
+    groups = {}
+    for settings in distinct:
+        if settings in apart:
+            groups[settings] = (frozenset([settings]), settings, apart[settings])
+            continue
+        members = [other for other in distinct if other not in apart and compatible(settings, other)]
+        merged = tuple((name, next((m[i][1] for m in members if m[i][1] is not None), None))
+                       for i, (name, _) in enumerate(settings))
+        groups[settings] = (frozenset(members), merged, {})
+    return groups
 
 
 def name_rows(rows: list[dict]) -> None:
@@ -186,10 +243,11 @@ def settings_label(settings: tuple, among: list[tuple]) -> str:
 
 
 def _setting(value) -> str:
-    """A setting as a table cell shows it: a list of canvases as 672x672/336x672 (no '|', which splits a cell)."""
+    """A setting as a table cell shows it: a list of canvases as 672x672/336x672 (no '|', which splits a cell),
+    one the run did not record as ?."""
     if isinstance(value, tuple):
         return "/".join(map(str, value))
-    return "-" if value is None else str(value)
+    return UNKNOWN if value is None else str(value)
 
 
 def mixed_benchmarks(rows: list[dict], benchmarks: list[str]) -> set[str]:
@@ -267,6 +325,12 @@ def notes(rows: list[dict], benchmarks: list[str]) -> list[str]:
             why = "an incomplete run" if shown["complete"] and not dropped["complete"] else "an older run"
             lines.append(f"{NOT_SHOWN} {row['name']}, {benchmark}: not shown: {dropped['folder']} ({why} of the same"
                          f" method and settings; shown: {shown['folder']})")
+    for group in dict.fromkeys(row["group"] for row in rows if row["apart"]):
+        names = [row["name"] for row in rows if row["group"] == group]
+        apart = next(row["apart"] for row in rows if row["group"] == group)
+        values = "; ".join(f"{name}={', '.join(map(_setting, known))}" for name, known in apart.items())
+        lines.append(f"{UNKNOWN} {', '.join(names)}: {', '.join(apart)} not recorded, and the runs of this table that"
+                     f" recorded it differ ({values}): not merged with either, shown apart")
     if any(row["method"] == "none" for row in rows):
         lines += [f"{row['name']}: no unpruned run with the same settings, no average" for row in rows
                   if row["baseline"] is None]
@@ -285,6 +349,8 @@ def report(run_dirs: list[str], out: str | None = None) -> str:
     stem = output_stem(out) if out is not None else None  # before any run is read: a bad --out costs nothing
     runs = collect(run_dirs)
     tables, benchmarks = build_rows(runs)
+    if stem:
+        stem.parent.mkdir(parents=True, exist_ok=True)
     markdown, rows_for_csv = [], []
     for model, rows in tables.items():
         header, body = table_cells(rows, benchmarks)
@@ -293,39 +359,38 @@ def report(run_dirs: list[str], out: str | None = None) -> str:
         markdown += [""] + [f"{line}  " for line in notes(rows, benchmarks)] + [""]
         rows_for_csv += [["Model"] + header] if not rows_for_csv else []
         rows_for_csv += [[model] + cells for cells in body]
-    groups: dict[tuple, list[dict]] = {}  # one K x R grid per set of answer settings, never a mix
-    for entry in runs:
-        groups.setdefault(answer_settings(entry), []).append(entry)
-    for number, (settings, group) in enumerate(groups.items()):
-        label, tail = settings_label(settings, list(groups)), f"-{number}" if len(groups) > 1 else ""
-        for (model, benchmark), grid in ablation.cells(group).items():
-            baseline = next((r for r in tables.get(model, []) if r["method"] == "none" and r["settings"] == settings), None)
-            unpruned = (baseline or {}).get("scores", {}).get(benchmark)
-            markdown += ablation.markdown(model + label, benchmark, grid, unpruned)
-            if stem:
-                ablation.plot(stem.parent / f"{stem.name}-kr-{model}-{benchmark}{tail}.png", model + label, benchmark, grid)
+    for model, rows in tables.items():  # one K x R grid per group of answer settings (as the rows), never a mix
+        groups = list(dict.fromkeys(row["group"] for row in rows))
+        for number, group in enumerate(groups):
+            settings = next(row["settings"] for row in rows if row["group"] == group)
+            label = settings_label(settings, [row["settings"] for row in rows])
+            tail = f"-{number}" if len(groups) > 1 else ""
+            entries = [e for e in runs if (e["run"].get("model_id") or "?") == model and e["group"] == group]
+            baseline = next((r for r in rows if r["method"] == "none" and r["group"] == group), None)
+            for (_, benchmark), grid in ablation.cells(entries).items():
+                unpruned = (baseline or {}).get("scores", {}).get(benchmark)
+                markdown += ablation.markdown(model + label, benchmark, grid, unpruned)
+                if stem:
+                    ablation.plot(stem.parent / f"{stem.name}-kr-{model}-{benchmark}{tail}.png", model + label,
+                                  benchmark, grid)
     text = "\n".join(markdown)
     if stem:
-        stem.with_suffix(".md").write_text(text, encoding="utf-8")
+        (stem.parent / f"{stem.name}.md").write_text(text, encoding="utf-8")
         buffer = io.StringIO()
         csv.writer(buffer).writerows(rows_for_csv)
-        stem.with_suffix(".csv").write_text(buffer.getvalue(), encoding="utf-8")
+        (stem.parent / f"{stem.name}.csv").write_text(buffer.getvalue(), encoding="utf-8")
     return text
 
 
 def output_stem(out: str) -> Path:
-    """`out` without a trailing .md or .csv, its folder created: the path checked before the work, as the
-    runner checks its --output-dir, so that a path that cannot be written is said at once."""
-    if not out.strip():
-        raise InputError("--out is empty: give the tables' path without suffix, e.g. outputs/table")
-    stem = Path(out).with_suffix("") if Path(out).suffix in (".md", ".csv") else Path(out)
-    try:
-        prepare_output_dir(stem.parent)
-    except InputError as error:
-        raise InputError(f"--out {out}: {error}")
-    for path in (stem.with_suffix(".md"), stem.with_suffix(".csv")):
-        if path.is_dir():
-            raise InputError(f"--out {out}: {path} is a folder, not a file the table can be written to")
+    """`out` without a trailing .md or .csv, checked as every fastv command checks what it will write
+    (`fastv.paths`), before the work and creating nothing: `<stem>.md` and `<stem>.csv` are not folders, and
+    the folder they go in is or can be made. The suffixes are added to the name, not swapped for one in it
+    (`outputs/llava-v1.5` writes `outputs/llava-v1.5.md`)."""
+    what = "the tables' path (OUT.md and OUT.csv are written), e.g. outputs/table"
+    stem = check_not_empty("--out", out, what)
+    stem = stem.with_suffix("") if stem.suffix in (".md", ".csv") else stem
+    check_output_file("--out", stem.parent / f"{stem.name}.md", ".csv", what=what)
     return stem
 
 

@@ -95,13 +95,13 @@ def is_adaptive(method, tokens: int) -> bool:
 
 
 def check_options(out, names, shares, limit, max_new_tokens, batch_size, device, n_questions=600) -> None:
-    """InputError naming the first bad option; nothing is loaded, computed or written before this passes
-    (but the `out` folder, made here to prove it can be)."""
-    from fastv.paths import check_not_empty
+    """InputError naming the first bad option; nothing is loaded, computed or written before this passes.
+    The method names are checked here against a nominal image (`NOMINAL_TOKENS`); every share against the
+    model's own token count in `check_budgets`, once its config is read."""
+    from fastv.paths import check_output_dir
     from llava.device import resolve_device
     from llava.errors import InputError, check_at_least
     from llava.eval.options import check_run_options
-    from llava.eval.runfolder import prepare_output_dir
     from llava.generate import check_generation_options
     from llava.model.pruning.registry import parse_method
 
@@ -115,7 +115,26 @@ def check_options(out, names, shares, limit, max_new_tokens, batch_size, device,
     if max_new_tokens is not None:
         check_generation_options(max_new_tokens, 0.0)
     resolve_device(device)
-    prepare_output_dir(check_not_empty("--out", out, "the folder"))
+    check_output_dir("--out", out)
+
+
+def check_budgets(names, shares, config) -> None:
+    """Every method at every share, as the model will be asked to run it (`set_pruning`'s check against the
+    checkpoint's config), before the first run: a share too small to keep one of the model's tokens is said
+    now, not after the sweep's earlier runs."""
+    from llava.errors import InputError
+    from llava.model.pruning.registry import parse_method
+
+    tokens = config.tokens_per_image
+    per = "per partition" if config.anyres else "per image"
+    for name in names:
+        for share in shares:
+            spec = method_spec(name, share, tokens)
+            try:
+                parse_method(spec).check_model(config.vision.num_layers, config.text.num_layers, tokens, config.anyres)
+            except InputError as error:
+                raise InputError(f"--shares {share:g} with {name} on the model's {tokens} visual tokens {per} is {spec}:"
+                                 f" {error}") from None
 
 
 def generate_questions(folder: Path, question_file: str, n_questions: int, look: str) -> None:
@@ -171,9 +190,11 @@ def main(
     bench = get_benchmark(benchmark)
     check_options(out, methods or [], shares or DEFAULT_SHARES, limit, max_new_tokens, batch_size, device, n_questions)
     model_path = default_model(benchmark, model_path)
-    anyres = read_checkpoint(model_path).config.anyres
+    config = read_checkpoint(model_path).config
+    anyres = config.anyres
     names = methods or (list(NEXT_METHODS) if anyres else available_methods())
     shares = list(shares or (NEXT_SHARES if anyres else DEFAULT_SHARES))
+    check_budgets(names, shares, config)
     if baseline_model is None and benchmark == "shapes_hr":
         baseline_model = model_or_shipped(None)
     baseline_model = None if baseline_model == "none" else baseline_model

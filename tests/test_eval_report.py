@@ -216,18 +216,77 @@ def test_a_run_replaced_by_a_later_one_of_the_same_settings_is_named(runs, tmp_p
             f"shown: {again})") in text
 
 
-def test_a_pruned_run_without_an_unpruned_run_of_its_settings_has_no_average(runs):
-    make_run(runs, "llava-v1.5-7b", "fastervlm:keep=32", "textvqa", 50.0, 32, dtype="float16")
-    text = report([str(runs)])
-    assert row_of(text, "fastervlm:keep=32 [dtype=float16]").endswith("| - | 50.0 (100) | - | - | - |")
-    assert row_of(text, "fastervlm:keep=64 [dtype=-]").endswith("| 92.5% |")
-    assert "fastervlm:keep=32 [dtype=float16]: no unpruned run with the same settings, no average" in text
+def test_a_pruned_run_without_an_unpruned_run_of_its_settings_has_no_average(tmp_path):
+    for method, value, tokens, max_new_tokens in [("none", 60.0, 576, 128), ("fastervlm:keep=64", 54.0, 64, 128),
+                                                  ("fastervlm:keep=32", 50.0, 32, 16)]:  # textvqa's default: 128
+        make_run(tmp_path, "llava-v1.5-7b", method, "textvqa", value, tokens, max_new_tokens=max_new_tokens)
+    text = report([str(tmp_path)])
+    assert row_of(text, "fastervlm:keep=32 [max_new_tokens=16]").endswith("| 50.0 (100) | - |")
+    assert row_of(text, "fastervlm:keep=64 [max_new_tokens=default]").endswith("| 54.0 (100) | 90.0% |")
+    assert "fastervlm:keep=32 [max_new_tokens=16]: no unpruned run with the same settings, no average" in text
+
+
+def test_runs_that_did_not_record_a_setting_join_the_runs_they_agree_with(tmp_path):
+    """An older run.json (no layout, dtype, device), a sweep's (layout, no dtype or device) and the runner's
+    (all of them) agree as the runner's resume check has it (None is not known): one row each, one baseline."""
+    stock = {"patch_merge": "spatial_unpad", "image_grid": PINPOINTS}
+    make_run(tmp_path / "old", "next", "none", "shapes_hr", 80.0, 700)
+    make_run(tmp_path / "sweep", "next", "fastervlm:keep=29", "shapes_hr", 60.0, 128, **stock)
+    make_run(tmp_path / "run", "next", "fastervlm:keep=14", "shapes_hr", 40.0, 64, dtype="float32", device="cpu",
+             quantization="none", **stock)
+    make_run(tmp_path / "gpu", "next", "fastervlm:keep=7", "shapes_hr", 20.0, 32, dtype="float32", device="cuda",
+             quantization="none", **stock)  # the device is not an answer setting: the same row set
+    text = report([str(tmp_path)])
+    assert row_of(text, "none (unpruned)") == "| none (unpruned) | - | 700.0 | 80.0 (100) | 100.0% |"
+    assert row_of(text, "fastervlm:keep=29") == "| fastervlm:keep=29 | 29 | 128.0 | 60.0 (100) | 75.0% |"  # 60/80
+    assert row_of(text, "fastervlm:keep=14") == "| fastervlm:keep=14 | 14 | 64.0 | 40.0 (100) | 50.0% |"  # 40/80
+    assert row_of(text, "fastervlm:keep=7") == "| fastervlm:keep=7 | 7 | 32.0 | 20.0 (100) | 25.0% |"  # 20/80
+    assert "no unpruned run" not in text and "?" not in text
+
+
+def test_a_run_of_one_cell_without_the_setting_is_the_same_cell(tmp_path):
+    """The later run of a cell replaces an older one that did not record the layout, as a resume would."""
+    make_run(tmp_path / "old", "next", "none", "shapes_hr", 70.0, 700)
+    later = make_run(tmp_path / "new", "next", "none", "shapes_hr", 80.0, 700, finished="2027-01-01",
+                     patch_merge="spatial_unpad", image_grid=PINPOINTS)
+    text = report([str(tmp_path)])
+    assert row_of(text, "none (unpruned)") == "| none (unpruned) | - | 700.0 | 80.0 (100) | 100.0% |"
+    assert f"not shown: {tmp_path / 'old/next/none/shapes_hr'} (an older run of the same method and settings; shown: {later})" in text
+
+
+def test_runs_that_could_belong_to_two_rows_are_shown_apart_and_said(tmp_path):
+    """Old runs without a layout, beside runs of two layouts: they agree with both, so they join neither."""
+    stock = {"patch_merge": "spatial_unpad", "image_grid": PINPOINTS}
+    fixed = {"patch_merge": "spatial", "image_grid": "672x672"}
+    for folder, layout, none, keep29 in [("stock", stock, 80.0, 60.0), ("fixed", fixed, 90.0, 81.0), ("old", {}, 70.0, 35.0)]:
+        make_run(tmp_path / folder, "next", "none", "shapes_hr", none, 700, **layout)
+        make_run(tmp_path / folder, "next", "fastervlm:keep=29", "shapes_hr", keep29, 128, **layout)
+    text = report([str(tmp_path)])
+    assert row_of(text, "none (unpruned) [patch_merge=spatial, image_grid=672x672]").endswith("| 90.0 (100) | 100.0% |")
+    assert row_of(text, "fastervlm:keep=29 [patch_merge=spatial, image_grid=672x672]").endswith("| 81.0 (100) | 90.0% |")
+    assert row_of(text, "none (unpruned) [patch_merge=?, image_grid=?]").endswith("| 70.0 (100) | 100.0% |")
+    assert row_of(text, "fastervlm:keep=29 [patch_merge=?, image_grid=?]").endswith("| 35.0 (100) | 50.0% |")  # 35/70
+    canvases = "672x672/672x336/336x672/1008x336/336x1008"
+    assert ("? none [patch_merge=?, image_grid=?], fastervlm:keep=29 [patch_merge=?, image_grid=?]: patch_merge, "
+            "image_grid not recorded, and the runs of this table that recorded it differ (patch_merge=spatial, "
+            f"spatial_unpad; image_grid=672x672, {canvases}): not merged with either, shown apart") in text
+    assert "not shown" not in text and "no unpruned run" not in text
+
+
+def test_an_older_run_without_a_layout_joins_the_only_layout_of_its_table(tmp_path):
+    """The committed shapes-hr sweep: run.json without patch_merge and image_grid; a new run of the same model
+    that records them shares its row's baseline."""
+    make_run(tmp_path / "old", "next", "none", "shapes_hr", 80.0, 700)
+    make_run(tmp_path / "new", "next", "fastervlm:keep=29", "shapes_hr", 60.0, 128, patch_merge="spatial_unpad",
+             image_grid=PINPOINTS)
+    text = report([str(tmp_path)])
+    assert row_of(text, "fastervlm:keep=29") == "| fastervlm:keep=29 | 29 | 128.0 | 60.0 (100) | 75.0% |"
 
 
 @pytest.mark.parametrize("out, message", [
     ("", "error: --out is empty"),
-    ("{file}/table", "error: --out {file}/table: cannot use {file} as the output directory"),
-    ("{folder}", "error: --out {folder}: {folder}.md is a folder"),
+    ("{file}/table", "error: --out: cannot make the folder {file}: {file} is a file"),
+    ("{folder}", "error: --out {folder}.md is a folder: name the tables' path"),
 ])
 def test_a_bad_out_is_refused_before_any_run_is_read(runs, tmp_path, capsys, out, message):
     (tmp_path / "file").write_text("a file")
@@ -236,3 +295,22 @@ def test_a_bad_out_is_refused_before_any_run_is_read(runs, tmp_path, capsys, out
     places = {"file": tmp_path / "file", "folder": tmp_path / "tables"}
     assert main([str(runs), "--out", out.format(**places)]) == 2
     assert capsys.readouterr().err.startswith(message.format(**places))
+
+
+def test_out_is_checked_as_every_fastv_command_checks_it_and_nothing_is_made_by_the_check(runs, tmp_path, capsys):
+    """fastv.paths checks --out: the same line as `fastv flops --out` under a file, and a report that fails
+    after the check has made no folder."""
+    from fastv.cli import main as fastv
+
+    (tmp_path / "a_file").write_text("")
+    assert fastv(["report", str(runs), "--out", str(tmp_path / "a_file" / "table")]) == 2
+    assert capsys.readouterr().err == f"error: --out: cannot make the folder {tmp_path / 'a_file'}: {tmp_path / 'a_file'} is a file\n"
+    (runs / "llava-v1.5-7b/none/pope/scores.json").write_text("{cut")
+    assert main([str(runs), "--out", str(tmp_path / "new" / "tables")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "new").exists()
+
+
+def test_out_with_a_dot_in_its_name_keeps_it(runs, tmp_path):
+    report([str(runs)], str(tmp_path / "tables" / "llava-v1.5"))
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["llava-v1.5.csv", "llava-v1.5.md"]

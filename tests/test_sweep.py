@@ -6,7 +6,7 @@ import pytest
 
 from fastv import sweep
 from fastv.shipped import SHIPPED_MODEL
-from llava.errors import InputError
+from llava.errors import CheckpointError, InputError
 
 
 def test_sweep_writes_runs_table_and_plot(tiny_llava_dir, tmp_path):
@@ -64,11 +64,35 @@ def test_bad_options_are_refused_before_any_work(tmp_path, options, message, mon
 def test_out_pointing_at_a_file_is_refused(tmp_path, capsys):
     from fastv.cli import main
 
-    (tmp_path / "taken").write_text("")
-    for out in (tmp_path / "taken", tmp_path / "taken/sweep"):
-        assert main(["sweep", "--out", str(out)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err == f"error: cannot use {out} as the output directory: it or a folder above it is a file"
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["sweep", "--out", str(taken)]) == 2
+    assert capsys.readouterr().err == f"error: --out {taken} is a file: name a folder\n"
+    assert main(["sweep", "--out", str(taken / "sweep")]) == 2
+    assert capsys.readouterr().err == f"error: --out: cannot make the folder {taken / 'sweep'}: {taken} is a file\n"
+
+
+def test_the_out_check_makes_no_folder(tmp_path):
+    """--out is checked by fastv.paths, which creates nothing: a sweep refused after the check leaves no folder."""
+    with pytest.raises(CheckpointError, match="checkpoint folder not found"):
+        sweep.main(str(tmp_path / "new" / "sweep"), model_path=str(tmp_path / "no-model"), data_root=str(tmp_path / "data"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_every_share_is_checked_against_the_model_before_the_first_run(tiny_llava_dir, tmp_path, monkeypatch):
+    """0.005 of the tiny model's 64 tokens keeps round(0.32) = 0 (of a nominal 576: 3): refused before any run."""
+    from llava import pipeline
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before every share was checked")
+
+    monkeypatch.setattr(pipeline.LlavaPipeline, "load", no_load)
+    with pytest.raises(InputError) as error:
+        sweep.main(str(tmp_path / "sweep"), model_path=str(tiny_llava_dir), data_root=str(tmp_path / "data"),
+                   methods=["none", "fastervlm"], shares=[0.5, 0.005], limit=2, n_questions=2)
+    assert str(error.value) == ("--shares 0.005 with fastervlm on the model's 64 visual tokens per image is fastervlm:keep=0: "
+                                "keep must be at least 1 (every method keeps at least one visual token of an image), got 0")
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "data").exists()
 
 
 def test_table_counts_questions_and_marks_missing_types():
