@@ -47,7 +47,7 @@ from fastv.paths import check_not_empty, check_output_file
 from llava.errors import InputError, print_error
 from llava.eval.registry import BENCHMARKS
 from llava.eval.runfolder import SAME_RUN_SETTINGS, read_record
-from llava.eval.runfolder import _comparable  # a setting as check_same_run compares it (canonical names)
+from llava.eval.runfolder import comparable_setting
 
 # What a cell can say besides its score (a mark after the number, explained under the table).
 INCOMPLETE = "*"  # the run has not answered every question, or never finished (killed or still running)
@@ -182,13 +182,13 @@ def build_rows(runs: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
 
 def answer_settings(entry: dict) -> tuple:
     """((setting, value), ...): what, besides model and method, the run's answers were made under, each value
-    as the runner compares it (`_comparable`); None where the run did not record it."""
+    as the runner compares it (`comparable_setting`); None where the run did not record it."""
     run = entry["run"]
     bench = BENCHMARKS.get(entry["benchmark"])
     max_new_tokens = run.get("max_new_tokens")
     if bench is not None and max_new_tokens == bench.max_new_tokens:
         max_new_tokens = DEFAULT  # the benchmark's default, as every run of it
-    values = [(name, _comparable(name, run.get(name))) for name in ROW_SETTINGS] + [("max_new_tokens", max_new_tokens)]
+    values = [(name, comparable_setting(name, run.get(name))) for name in ROW_SETTINGS] + [("max_new_tokens", max_new_tokens)]
     return tuple((name, tuple(value) if isinstance(value, list) else value) for name, value in values)
 
 

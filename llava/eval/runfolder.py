@@ -213,7 +213,7 @@ def check_same_run(previous: dict, settings: dict, output_dir: Path, names=SAME_
     options this invocation left out, said in the message (their defaults are what differ).
     """
     for name in names:
-        before, now = _comparable(name, previous.get(name)), _comparable(name, settings.get(name))
+        before, now = comparable_setting(name, previous.get(name)), comparable_setting(name, settings.get(name))
         if before is not None and now is not None and before != now:
             option = OPTIONS.get(name, name)
             default = f" ({option} not given: {omitted[name]})" if (omitted or {}).get(name) else ""
@@ -223,7 +223,7 @@ def check_same_run(previous: dict, settings: dict, output_dir: Path, names=SAME_
             )
 
 
-def _comparable(name: str, value):
+def comparable_setting(name: str, value):
     """A setting as two runs are compared: a method by its canonical spec ('fastv:k=2,ratio=0.75' is
     'fastv:ratio=0.75'), a conversation template by its name (not an alias), one canvas as an older runner
     recorded it ('672X672' as typed) in today's spelling."""
