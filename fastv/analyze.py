@@ -59,7 +59,7 @@ def questions(benchmark: str, data_root: str | None, limit: int):
 def maps(pipe, pairs) -> tuple[torch.Tensor, torch.Tensor]:
     """(text (Q, L, P), cls (Q, P)): per question the last prompt token's image attention per layer, and
     the [CLS] attention, each renormalised over the image's patches."""
-    from fastv.attention import cls_attention, on_patches
+    from fastv.attention_maps import cls_attention, on_patches
     from llava.pipeline import Request
 
     model = pipe.model

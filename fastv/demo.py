@@ -73,7 +73,7 @@ class Demo:
             return f"**Error:** {error}", "", "", None, None
 
     def _ask(self, image, question, method, budget, layer):
-        from fastv.attention import analyse, draw
+        from fastv.attention_maps import analyse, draw
         from fastv.overlay import render
         from llava.pipeline import Request
 

@@ -36,14 +36,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastv.bench import check_prompt_fits
 from fastv.flops import UNITS, count
 from fastv.output import write_result
+from fastv.prompt import SYSTEM_TOKENS, TEXT_TOKENS, check_prompt_fits
 from fastv.shipped import EXAMPLE_IMAGE, model_or_shipped
 
 DEFAULT_METHODS = ("none", "fastv:k=2,ratio=0.5", "fastervlm:keep=58", "hired:rate=0.2", "prumerge+")
-SYSTEM_TOKENS = 35  # LLaVA-1.5's vicuna_v1 system prompt and "USER:", before the image
-TEXT_TOKENS = SYSTEM_TOKENS + 20  # and a short question after it
 ADAPTIVE = ("prumerge", "prumerge+")
 
 

@@ -17,13 +17,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from fastv.bench.contestants import REFERENCE
+from fastv.bench.output import REFERENCE  # the name of a row in the bench JSON read here (output.py writes it)
 from fastv.paths import check_output_file
 from llava.errors import InputError, print_error
+from llava.jsonfile import read_json
 
 GIB = 2**30
 
@@ -98,6 +98,14 @@ def throughput(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def read_result(path: Path) -> dict:
+    """A `fastv bench` JSON file, or one InputError line naming it (missing, not JSON, not a bench result)."""
+    result = read_json(path, dict, what="fastv bench result", fix="give a file `fastv bench --json` wrote")
+    if not isinstance(result.get("rows"), list):
+        raise InputError(f"fastv bench result {path} has no list of `rows`; give a file `fastv bench --json` wrote")
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fastv.paper_tables", description=__doc__.split("\n\n")[0])
     parser.add_argument("table", choices=["fastv-latency", "hired-report", "throughput"])
@@ -105,13 +113,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="fastv bench JSON files (fastv-latency: fp16, then 4-bit; throughput: one per batch size)")
     parser.add_argument("--out", help="also write the table here (Markdown)")
     args = parser.parse_args(argv)
-    out = None
-    if args.out is not None:
-        try:
-            out = check_output_file("--out", args.out)  # before the tables are read
-        except InputError as error:
-            sys.exit(print_error(error))
-    results = [json.loads(path.read_text()) for path in args.results]
+    try:
+        out = None if args.out is None else check_output_file("--out", args.out)  # before the tables are read
+        results = [read_result(path) for path in args.results]
+    except InputError as error:
+        sys.exit(print_error(error))
     tables = {"fastv-latency": lambda: fastv_latency(*results[:2]), "hired-report": lambda: hired_report(results[0]),
               "throughput": lambda: throughput(results)}
     table = tables[args.table]()

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -30,7 +29,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from llava.errors import InputError
+from llava.errors import CheckpointError, InputError
+from llava.jsonfile import read_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -220,10 +220,12 @@ class ImageProcessor:
 
     @classmethod
     def from_folder(cls, *folders: Path | None, image_size: int | None = None) -> "ImageProcessor":
-        """Read preprocessor_config.json from the first folder that has one; CLIP's defaults otherwise."""
+        """Read preprocessor_config.json from the first folder that has one (one CheckpointError line if it is
+        not a JSON object); CLIP's defaults otherwise."""
         for folder in folders:
             if folder is not None and (Path(folder) / "preprocessor_config.json").is_file():
-                raw = json.loads((Path(folder) / "preprocessor_config.json").read_text())
+                raw = read_json(Path(folder) / "preprocessor_config.json", what="image preprocessor config",
+                                error=CheckpointError)
                 crop = raw.get("crop_size", image_size)
                 crop = crop.get("height", crop.get("shortest_edge")) if isinstance(crop, dict) else crop
                 return cls(

@@ -32,7 +32,7 @@ def test_shift_by_hand():
 
 @pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="the shipped model is not here")
 def test_the_maps_are_fastv_attn_rows_over_the_image(tmp_path):
-    from fastv.attention import analyse, on_patches
+    from fastv.attention_maps import analyse, on_patches
     from llava.pipeline import LlavaPipeline
 
     pipe = LlavaPipeline.load(str(SHIPPED_MODEL))

@@ -18,7 +18,7 @@ IMAGE, PROMPT = "docs/examples/shapes.png", "What color is the star?"
 
 @pytest.fixture(scope="module")
 def analysed():
-    from fastv.attention import analyse
+    from fastv.attention_maps import analyse
     from llava.pipeline import LlavaPipeline
 
     pipe = LlavaPipeline.load(str(SHIPPED_MODEL))

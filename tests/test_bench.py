@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fastv import bench
-from fastv.bench.contestants import REFERENCE, StageClock, _hf_fastv_hooks, make_inputs, random_models
+from fastv.bench.contestants import StageClock, _hf_fastv_hooks, make_inputs, random_models
+from fastv.bench.output import REFERENCE
 from fastv.bench.timing import TIME_FIELDS
 
 FIELDS = {"method", "visual_tokens", "vision_s", "pruning_s", "prefill_s", "ttft_s", "decode_s_per_token", "e2e_s",
@@ -154,3 +155,24 @@ def test_the_throughput_table_has_a_column_per_batch_and_both_ratios(llava_resul
     rows = {row["method"]: row["answers_per_s"] for row in result["rows"]}
     ours, hf = rows["ours, none"], rows[REFERENCE]
     assert f"({hf / (2 * ours):.2f} / 1.00)" in reference.split("|")[3]
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("missing.json", None, "error: fastv bench result not found: {path}; give a file `fastv bench --json` wrote"),
+    ("broken.json", '{"rows": [', "error: fastv bench result {path} is not valid JSON (line 1, column 11: Expecting "
+                                  "value); give a file `fastv bench --json` wrote"),
+    ("list.json", "[]", "error: fastv bench result {path} must hold a JSON object, got a list; give a file "
+                        "`fastv bench --json` wrote"),
+    ("other.json", '{"model": "x"}', "error: fastv bench result {path} has no list of `rows`; give a file "
+                                     "`fastv bench --json` wrote"),
+])
+def test_paper_tables_refuse_a_missing_or_invalid_result_file_in_one_line(tmp_path, capsys, name, text, message):
+    from fastv.paper_tables import main
+
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit) as caught:
+        main(["throughput", str(path)])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == message.format(path=path) + "\n"

@@ -129,7 +129,7 @@ def test_text_tokens_beyond_the_context_are_refused_before_any_work(tiny_llava_d
 
 def test_the_context_check_counts_the_visual_tokens_the_model_makes(tiny_llava_dir, tiny_next_dir, tmp_path, capsys):
     """At the boundary a prompt runs, and the check's visual tokens are the forward's (NeXT: unpadded)."""
-    from fastv.bench import check_prompt_fits, unpruned_visual_tokens
+    from fastv.prompt import check_prompt_fits, unpruned_visual_tokens
     from llava.model.builder import read_checkpoint
 
     image = tmp_path / "wide.png"

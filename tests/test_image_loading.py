@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llava.errors import InputError
+from llava.errors import CheckpointError, InputError
 from llava.eval.common import Question, open_image
 from llava.mm_utils import MAX_IMAGE_PIXELS, ImageProcessor, load_image
 from tests.helpers import huge_png
@@ -149,3 +149,32 @@ def test_corrupt_bytes_name_the_file(tmp_path):
     Image.new("RGB", (2, 2), (9, 8, 7)).save(data, format="PNG")
     embedded = Question("q", "x", image_base64=base64.b64encode(data.getvalue()).decode())
     assert tuple(pixels(open_image(embedded))[0, 0]) == (9, 8, 7)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"crop_size": 336,', "is not valid JSON (line 1, column 19: Expecting property name enclosed in double quotes)"),
+    ("[336]", "must hold a JSON object, got a list"),
+    ("", "is empty"),
+])
+def test_a_broken_preprocessor_config_is_one_checkpoint_error_line(tmp_path, text, problem):
+    """A checkpoint's preprocessor_config.json goes through the one JSON reader: one line naming the file."""
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(text)
+    with pytest.raises(CheckpointError) as caught:
+        ImageProcessor.from_folder(None, tmp_path, image_size=336)
+    assert str(caught.value) == f"image preprocessor config {path} {problem}"
+
+
+def test_a_broken_preprocessor_config_stops_a_command_with_one_line(tiny_llava_dir, tmp_path, capsys):
+    import shutil
+
+    from fastv.cli import main
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(tiny_llava_dir, folder)
+    (folder / "preprocessor_config.json").write_text('{"crop_size": ')
+    assert main(["flops", "--model-path", str(folder), "--method", "none", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: image preprocessor config {folder / 'preprocessor_config.json'} is not valid JSON")
+    assert err.count("\n") == 1
+

@@ -42,16 +42,15 @@ from pathlib import Path
 
 import torch
 
-from fastv.bench.contestants import (SYSTEM_TOKENS, bench_image_side, bench_presets, checkpoint_models, line_up,
-                                     make_inputs, random_models)
+from fastv.bench.contestants import bench_image_side, bench_presets, checkpoint_models, line_up, make_inputs, random_models
 from fastv.bench.output import add_ratios, plot, summarise, to_markdown
 from fastv.bench.timing import Run, StageClock, machine
 from fastv.output import write_result
+from fastv.prompt import SYSTEM_TOKENS, TEXT_TOKENS, check_prompt_fits
 from fastv.shipped import model_or_shipped
 
 DEFAULT_METHODS = ("none", "fastv:k=2,ratio=0.5", "fastervlm:keep=58")
 NEXT_METHODS = ("none", "fastv:k=2,ratio=0.5", "fastervlm:keep=29", "hired:rate=0.2", "hired:rate=0.1", "prumerge+")
-TEXT_TOKENS = 55  # LLaVA-1.5's system prompt and "USER:" (35 tokens, before the image) and a short question (20)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,32 +120,6 @@ def model_config(preset: str | None, model_path: str | None):
     if preset is not None:
         return {**LLAVA_PRESETS, **bench_presets()}[preset]
     return read_checkpoint(model_path).config
-
-
-def unpruned_visual_tokens(config, image_size: tuple[int, int]) -> int:
-    """The visual tokens an image of `image_size` = (height, width) sends into the LLM unpruned: LLaVA-1.5's
-    patches, or LLaVA-NeXT's base view and crops of the best pinpoint in `config.patch_merge`'s layout."""
-    from llava.mm_utils import select_best_resolution
-    from llava.model.anyres import anyres_layout
-
-    if not config.anyres:
-        return config.vision.num_patches
-    side = config.vision.image_size
-    height, width = select_best_resolution(image_size, config.image_grid_pinpoints)
-    return len(anyres_layout((height // side, width // side), config.vision.grid_size, image_size, config.patch_merge))
-
-
-def check_prompt_fits(config, text_tokens: int, image_size: tuple[int, int], new_tokens: int) -> None:
-    """InputError unless `text_tokens` non-image tokens, the image's visual tokens unpruned (what every method
-    is compared with) and `new_tokens` new ones fit the model's context, as generation requires (a prompt of
-    L tokens gets at most context - L new ones). `fastv bench` and `fastv flops` check this before any work."""
-    from llava.errors import InputError
-
-    visual = unpruned_visual_tokens(config, image_size)
-    context = config.text.max_position_embeddings
-    if text_tokens + visual + new_tokens > context:
-        raise InputError(f"--text-tokens {text_tokens}: {text_tokens} text tokens, the image's {visual} visual tokens "
-                         f"(unpruned) and {new_tokens} new token(s) do not fit the model's context of {context} tokens")
 
 
 def main(

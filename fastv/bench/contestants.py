@@ -6,15 +6,13 @@ inputs they are given. Each contestant's `run()` generates once and returns a Ru
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import torch
 
+from fastv.bench.output import REFERENCE
 from fastv.bench.timing import PeakMemory, Run, StageClock, run_times
+from fastv.prompt import SYSTEM_TOKENS
 from llava.generate import synchronized_time
-
-SYSTEM_TOKENS = 35  # LLaVA-1.5's system prompt and "USER:", before the image
-REFERENCE = "transformers (sdpa), unpruned"
 
 
 def bench_presets() -> dict:
@@ -227,11 +225,13 @@ def checkpoint_models(model_path: str, device: torch.device, dtype: torch.dtype,
     """(ours, transformers' reference or None, image token id) of a checkpoint folder."""
     import transformers
 
+    from llava.errors import CheckpointError
+    from llava.jsonfile import read_json
     from llava.model.builder import load_pretrained_model, read_checkpoint
 
     _, ours, _, _ = load_pretrained_model(model_path, device=device, dtype=dtype, load_4bit=quant == "4bit",
                                           load_8bit=quant == "8bit")
-    raw = json.loads((read_checkpoint(model_path).folder / "config.json").read_text())
+    raw = read_json(read_checkpoint(model_path).folder / "config.json", error=CheckpointError)
     image_token = raw.get("image_token_index", raw.get("image_token_id"))
     hf = None
     if references and image_token is not None:  # a llava-hf folder; an original-layout one has no transformers class
@@ -247,7 +247,7 @@ def make_inputs(model, batch: int, text_tokens: int, image_token: int | None, de
 
     from llava.constants import IMAGE_TOKEN_INDEX
     from llava.mm_utils import ImageProcessor
-    from llava.model.anyres import anyres_layout
+    from llava.model.anyres import image_token_count
 
     config = model.config
     vocab = config.text.vocab_size
@@ -262,7 +262,7 @@ def make_inputs(model, batch: int, text_tokens: int, image_token: int | None, de
     images = processor(pictures)
     if config.anyres:
         images = [dataclasses.replace(im, pixel_values=im.pixel_values.to(device, dtype)) for im in images]
-        visual = len(anyres_layout(images[0].grid, config.vision.grid_size, images[0].image_size, config.patch_merge))
+        visual = image_token_count(images[0].grid, config.vision.grid_size, images[0].image_size, config.patch_merge)
         hf_pixels = {"pixel_values": torch.stack([im.pixel_values for im in images]),
                      "image_sizes": torch.tensor([im.image_size for im in images], device=device)}
     else:
