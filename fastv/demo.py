@@ -7,7 +7,7 @@
 Upload an image or pick the shipped example, ask a question, choose the method, its budget and FastV's
 layer: the page shows the pruned answer beside the unpruned one, each with its time to first token and
 visual tokens, the kept-token overlay (fastv/overlay.py) and the per-layer attention maps of the
-unpruned model (fastv/attention.py). It binds to 127.0.0.1 unless `--host` says otherwise. A file that is
+unpruned model (fastv/attention_maps.py). It binds to 127.0.0.1 unless `--host` says otherwise. A file that is
 not an image or is larger than `--max-upload-mb`, an empty question or budget, or a value the page does not
 offer (sent to its HTTP API) gets a one-line message on the page, never a stack trace: the page's values
 reach the handler as sent (Gradio decodes and checks none of them), and the handler checks each itself.
