@@ -11,8 +11,7 @@
     fastv demo [--model-path P] [--port N]      the web demo (Gradio; fastv/demo.py)
 
 What the subcommands share lives below them (fastv/shipped.py, fastv/paths.py, fastv/output.py, fastv/prompt.py,
-fastv/attention_maps.py); none imports
-this file. Errors the user can fix print one line, `error: ...`, and exit with status 2.
+fastv/attention_maps.py); none imports this file. Errors the user can fix print one line, `error: ...`, and exit with status 2.
 """
 
 from __future__ import annotations
