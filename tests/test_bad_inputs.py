@@ -67,7 +67,7 @@ CLI_ROWS = [
     (["run", "--prompt", "hi", "--model-path", "{not_object}"], "config.json"),
     (["run", "--prompt", "hi", "--model-path", "{tiny}", "--vision-tower", "{folder}"], "--vision-tower"),
     (["sweep", "--out", "{folder}/sweep", "--shares", "0"], "--shares must be fractions of the visual tokens kept"),
-    (["sweep", "--out", "{file}"], "it or a folder above it is a file"),
+    (["sweep", "--out", "{file}"], "is a file: name a folder"),
     (["sweep", "--out", "{folder}/sweep", "--batch-size", "-3"], "--batch-size must be at least 1"),
     (["report", "{folder}/nothing"], "no such run directory or folder"),
     (["report", "{bad_json}"], "no scores.json or run.json in"),
