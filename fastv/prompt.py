@@ -13,30 +13,13 @@ SYSTEM_TOKENS = 35  # LLaVA-1.5's vicuna_v1 system prompt and "USER:", before th
 TEXT_TOKENS = SYSTEM_TOKENS + 20  # and a short question after it
 
 
-def unpruned_visual_tokens(config, image_size: tuple[int, int]) -> int:
-    """The visual tokens an image of `image_size` = (height, width) sends into the LLM unpruned: LLaVA-1.5's
-    patches, or LLaVA-NeXT's base view and crops of the best pinpoint in `config.patch_merge`'s layout.
-
-    The count of `LlavaForCausalLM.tokens_before_encoding`, from a config alone (no model is built before
-    the check): the same arithmetic, `llava.model.anyres.image_token_count`, on the config's values."""
-    from llava.mm_utils import select_best_resolution
-    from llava.model.anyres import image_token_count
-
-    vision = config.vision
-    if not config.anyres:
-        return vision.num_patches
-    height, width = select_best_resolution(image_size, config.image_grid_pinpoints)
-    grid = (height // vision.image_size, width // vision.image_size)
-    return image_token_count(grid, vision.grid_size, image_size, config.patch_merge)
-
-
 def check_prompt_fits(config, text_tokens: int, image_size: tuple[int, int], new_tokens: int) -> None:
     """InputError unless `text_tokens` non-image tokens, the image's visual tokens unpruned (what every method
     is compared with) and `new_tokens` new ones fit the model's context, as generation requires (a prompt of
     L tokens gets at most context - L new ones). `fastv bench` and `fastv flops` check this before any work."""
     from llava.errors import InputError
 
-    visual = unpruned_visual_tokens(config, image_size)
+    visual = config.unpruned_image_tokens(image_size)
     context = config.text.max_position_embeddings
     if text_tokens + visual + new_tokens > context:
         raise InputError(f"--text-tokens {text_tokens}: {text_tokens} text tokens, the image's {visual} visual tokens "

@@ -129,13 +129,13 @@ def test_text_tokens_beyond_the_context_are_refused_before_any_work(tiny_llava_d
 
 def test_the_context_check_counts_the_visual_tokens_the_model_makes(tiny_llava_dir, tiny_next_dir, tmp_path, capsys):
     """At the boundary a prompt runs, and the check's visual tokens are the forward's (NeXT: unpadded)."""
-    from fastv.prompt import check_prompt_fits, unpruned_visual_tokens
+    from fastv.prompt import check_prompt_fits
     from llava.model.builder import read_checkpoint
 
     image = tmp_path / "wide.png"
     helpers.random_images(1, seed=3, sizes=[(250, 100)])[0].save(image)
     config = read_checkpoint(str(tiny_next_dir)).config
-    assert unpruned_visual_tokens(config, (100, 250)) == 232
+    assert config.unpruned_image_tokens((100, 250)) == 232
     check_prompt_fits(config, 1024 - 232 - 1, (100, 250), new_tokens=1)
     with pytest.raises(InputError, match="the image's 232 visual tokens"):
         check_prompt_fits(config, 1024 - 232, (100, 250), new_tokens=1)

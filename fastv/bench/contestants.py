@@ -247,7 +247,6 @@ def make_inputs(model, batch: int, text_tokens: int, image_token: int | None, de
 
     from llava.constants import IMAGE_TOKEN_INDEX
     from llava.mm_utils import ImageProcessor
-    from llava.model.anyres import image_token_count
 
     config = model.config
     vocab = config.text.vocab_size
@@ -260,14 +259,13 @@ def make_inputs(model, batch: int, text_tokens: int, image_token: int | None, de
     pictures = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8))
                 for seed in range(batch)]
     images = processor(pictures)
+    visual = config.unpruned_image_tokens((side, side))
     if config.anyres:
         images = [dataclasses.replace(im, pixel_values=im.pixel_values.to(device, dtype)) for im in images]
-        visual = image_token_count(images[0].grid, config.vision.grid_size, images[0].image_size, config.patch_merge)
         hf_pixels = {"pixel_values": torch.stack([im.pixel_values for im in images]),
                      "image_sizes": torch.tensor([im.image_size for im in images], device=device)}
     else:
         images = images.to(device, dtype)
-        visual = config.vision.num_patches
         hf_pixels = {"pixel_values": images}
     hf_inputs = None
     if image_token is not None:

@@ -67,6 +67,16 @@ class LlavaConfig:
         """Patches of one view: the whole image for LLaVA-1.5, one partition (base or crop) for NeXT."""
         return self.vision.num_patches
 
+    def unpruned_image_tokens(self, image_size: tuple[int, int], pinpoints=None) -> int:
+        """The visual tokens an image of `image_size` (height, width) brings to the LLM unpruned, from its size
+        alone: LLaVA-1.5's patches, or NeXT's base view and the crops of the canvas `pinpoints` (default: the
+        config's) choose for it, in `patch_merge`'s layout (anyres.image_token_count: no tensor is built)."""
+        if not self.anyres:
+            return self.vision.num_patches
+        height, width = select_best_resolution(image_size, pinpoints or self.image_grid_pinpoints)
+        grid = (height // self.vision.image_size, width // self.vision.image_size)
+        return image_token_count(grid, self.vision.grid_size, image_size, self.patch_merge)
+
 
 # LLaVA-NeXT's stock canvases (liuhaotian/llava-v1.6-*, llava-hf/llava-v1.6-*): 2x1, 1x2, 2x2, 3x1, 1x3 crops.
 NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
@@ -288,12 +298,7 @@ class LlavaForCausalLM(nn.Module):
         method prunes after layer k: every token enters the first layers)."""
         if isinstance(self.pruning, VisionPruner):
             return None
-        vision = self.config.vision
-        if not self.config.anyres:
-            return vision.num_patches
-        height, width = select_best_resolution(image_size, pinpoints)
-        grid = (height // vision.image_size, width // vision.image_size)
-        return image_token_count(grid, vision.grid_size, image_size, self.config.patch_merge)
+        return self.config.unpruned_image_tokens(image_size, pinpoints)
 
     # ---- splicing ------------------------------------------------------------------------------
 
