@@ -31,6 +31,7 @@ SPECS = {
     "hired": "hired:rate=0.25",
     "prumerge": "prumerge",
     "prumerge+": "prumerge+",
+    "vispruner": "vispruner:keep={keep},important_ratio=0.5",
 }
 VARIANTS = list(SPECS.values()) + [
     "fastv:k=1,keep={keep},mode=mask", "fastv:k=2,ratio=0.75", "hired:rate=0.4,alpha=0.3,split=paper",
@@ -256,10 +257,11 @@ NO_TOKEN = {
     "pool": ["pool:keep=0"],
     "hired": ["hired:rate=0.01"],  # floor(64 x 0.01) = 0
     "none": [], "prumerge": [], "prumerge+": [],  # nothing to set: all tokens, or at least one outlier
+    "vispruner": ["vispruner:keep=0"],
 }
 ONE_TOKEN = ["none", "fastv:k=2,keep=1", "fastv:k=2,ratio=0.99", "fastervlm:keep=1", "random:keep=1,seed=3",
              "uniform:keep=1", "pool:keep=1", "hired:rate=0.015625", "hired:rate=0.015625,alpha=0", "prumerge",
-             "prumerge+"]
+             "prumerge+", "vispruner:keep=1"]
 
 
 def test_every_registered_method_says_what_a_budget_of_no_token_is():
