@@ -32,12 +32,16 @@ SPECS = {
     "prumerge": "prumerge",
     "prumerge+": "prumerge+",
     "vispruner": "vispruner:keep={keep},important_ratio=0.5",
+    "divprune": "divprune:keep={keep}",
+    "visionzip": "visionzip:dominant=9,contextual=7",
 }
 VARIANTS = list(SPECS.values()) + [
     "fastv:k=1,keep={keep},mode=mask", "fastv:k=2,ratio=0.75", "hired:rate=0.4,alpha=0.3,split=paper",
     "prumerge:merge=average",
 ]
 NEXT_ONLY = ("alpha=", "split=")  # HiRED's options for dividing a NeXT image's budget
+LLAVA_15_ONLY = ("visionzip", "divprune")  # methods refused on LLaVA-NeXT (tests/test_visionzip.py, test_divprune.py)
+NO_PATCH_TOKENS = {"visionzip": 1}  # tokens of a method's budget that are no patch (VisionZip's [CLS])
 PATCHES = 64
 SUBJECTS = ("llava-1.5", "llava-next", "llava-next-spatial-2x2")
 
@@ -60,6 +64,8 @@ def pruned(subject):
     def attach(spec):
         if not model.config.anyres and any(option in spec for option in NEXT_ONLY):
             pytest.skip("an option for LLaVA-NeXT images (refused on LLaVA-1.5: tests/test_hired.py)")
+        if model.config.anyres and spec.startswith(LLAVA_15_ONLY):
+            pytest.skip("a method refused on LLaVA-NeXT")
         return model.set_pruning(spec.format(keep=16))
 
     yield attach
@@ -81,6 +87,8 @@ def test_every_registered_method_has_a_contract_spec():
                                                                             "hired:rate=1.0"])
 def test_keeping_everything_equals_no_pruning_exactly(subject, batch, spec):
     model = subject[1]
+    if model.config.anyres and spec.startswith(LLAVA_15_ONLY):
+        pytest.skip("a method refused on LLaVA-NeXT (its own test checks the refusal)")
     if spec.startswith("hired") and model.config.anyres and model.config.patch_merge == "spatial_unpad":
         pytest.skip("HiRED packs a NeXT image without the newline tokens of spatial_unpad")
     prompts, pixel_values = batch
@@ -121,6 +129,8 @@ def test_number_kept_equals_the_budget(subject, pruned, spec):
     ]
     assert len(counts) == 3
     promised = method.budget(PATCHES)  # per image (LLaVA-1.5), per partition (NeXT); a ratio: of PATCHES
+    if promised is not None:
+        promised -= NO_PATCH_TOKENS.get(method.name, 0)
     for image in counts:
         partitions = len(image.partitions)
         if promised is None:  # adaptive (PruMerge): some patches of every partition, never more than it has
@@ -258,10 +268,12 @@ NO_TOKEN = {
     "hired": ["hired:rate=0.01"],  # floor(64 x 0.01) = 0
     "none": [], "prumerge": [], "prumerge+": [],  # nothing to set: all tokens, or at least one outlier
     "vispruner": ["vispruner:keep=0"],
+    "divprune": ["divprune:keep=0"],
+    "visionzip": ["visionzip:dominant=0,contextual=0"],  # dominant counts the [CLS] token
 }
 ONE_TOKEN = ["none", "fastv:k=2,keep=1", "fastv:k=2,ratio=0.99", "fastervlm:keep=1", "random:keep=1,seed=3",
              "uniform:keep=1", "pool:keep=1", "hired:rate=0.015625", "hired:rate=0.015625,alpha=0", "prumerge",
-             "prumerge+", "vispruner:keep=1"]
+             "prumerge+", "vispruner:keep=1", "divprune:keep=1", "visionzip:dominant=1,contextual=0"]
 
 
 def test_every_registered_method_says_what_a_budget_of_no_token_is():

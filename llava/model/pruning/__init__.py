@@ -5,4 +5,4 @@ Importing the package registers the built-in methods: each method module registe
 A new method is a new module here, imported below.
 """
 
-from llava.model.pruning import baselines, fastervlm, fastv, hired, prumerge, vispruner  # noqa: F401  (registers them)
+from llava.model.pruning import baselines, divprune, fastervlm, fastv, hired, prumerge, visionzip, vispruner  # noqa: F401  (registers them)
