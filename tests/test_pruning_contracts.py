@@ -273,7 +273,8 @@ NO_TOKEN = {
 }
 ONE_TOKEN = ["none", "fastv:k=2,keep=1", "fastv:k=2,ratio=0.99", "fastervlm:keep=1", "random:keep=1,seed=3",
              "uniform:keep=1", "pool:keep=1", "hired:rate=0.015625", "hired:rate=0.015625,alpha=0", "prumerge",
-             "prumerge+", "vispruner:keep=1", "divprune:keep=1", "visionzip:dominant=1,contextual=0"]
+             "prumerge+", "vispruner:keep=1", "divprune:keep=1",
+             "visionzip:dominant=2,contextual=0"]  # dominant=1 keeps [CLS] alone: a token, but no patch to count here
 
 
 def test_every_registered_method_says_what_a_budget_of_no_token_is():

@@ -221,6 +221,7 @@ class LlavaForCausalLM(nn.Module):
                 image_index=i,
                 pixel_values=pixel_values[i],
                 cls_query={layer: probe.cls_query[i] for layer, probe in out.probes.items()},
+                cls_feature=out.cls_features[i],
             )
             for i in range(features.shape[0])
         ]

@@ -80,6 +80,7 @@ class AttentionProbe:
 @dataclass
 class VisionOutput:
     features: torch.Tensor  # (B, P, D) patch features of the select layer, CLS removed
+    cls_features: torch.Tensor | None = None  # (B, D) the select layer's CLS feature (VisionZip keeps it)
     probes: dict[int, AttentionProbe] = field(default_factory=dict)  # keyed by 0-based layer
 
 
@@ -193,7 +194,7 @@ class CLIPVisionTower(nn.Module):
             raise ValueError(f"attention of layer(s) {outside} asked of a {self.config.num_layers}-layer vision tower")
         last = max([select, *attention_layers])
         x = self.pre_layrnorm(self.embeddings(pixel_values))  # (B, 1+P, D)
-        probes, features = {}, None
+        probes, features, cls_features = {}, None, None
         for index, layer in enumerate(self.encoder.layers[: last + 1]):
             if index == last and index > select:  # its output is not needed, only its probe
                 probes[index] = layer.self_attn.probe(layer.layer_norm1(x))
@@ -202,5 +203,5 @@ class CLIPVisionTower(nn.Module):
             if probe is not None:
                 probes[index] = probe
             if index == select:
-                features = x[:, 1:]  # (B, P, D), CLS removed ("default" strategy)
-        return VisionOutput(features=features, probes=probes)
+                features, cls_features = x[:, 1:], x[:, 0]  # (B, P, D), CLS removed ("default" strategy); (B, D)
+        return VisionOutput(features=features, cls_features=cls_features, probes=probes)

@@ -106,6 +106,7 @@ class VisionInputs:
     image_index: int  # position of the view in the batch's list of views (for error messages)
     pixel_values: torch.Tensor | None = None  # (3, S, S) the image as the vision tower saw it
     cls_query: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (D,) that layer's CLS query
+    cls_feature: torch.Tensor | None = None  # (D,) the select layer's CLS feature, before the projector
 
 
 @dataclass

@@ -1,0 +1,137 @@
+"""VisionZip (Yang et al., arXiv 2412.04467, CVPR 2025): keep the [CLS] token and the patches it attends to
+most ("dominant"), and merge the rest into a few "contextual" tokens (METHODS-NEWER.md, "VisionZip").
+
+Arguments: `dominant` D and `contextual` C; an image enters the LLM as D + C tokens. Paper budgets
+(LLaVA-1.5): 64 = 54 + 10 (the README's example and our default), 128 = 108 + 20, 192 = 162 + 30; the
+release's function default 191 + 30 is no paper budget. There is no `keep`: the split of a total into D and
+C is the user's choice (the three paper splits share one ratio, but a total such as 100 has no released
+split), so D and C are named explicitly.
+
+The rule, per image, on the select layer (the layer LLaVA feeds the LLM, layer 22 of 24 for LLaVA-1.5):
+
+- **D counts the [CLS] token** (the release passes D - 1 to its selection): the [CLS] row over the
+  patches, summed over heads, and its top D - 1 patches (ties towards the lower index; the release's fp16
+  `topk` leaves them unspecified). Dominant block = the [CLS] token's feature, then the dominant patches
+  in raster order (the release's mask over the 1 + P positions).
+- Contextual tokens: the M = P - (D - 1) remaining patches in raster order. Similarity features = the
+  layer's keys (k_proj of layer_norm1 of the layer's input, the probe's keys) averaged over heads,
+  L2-normalised. Targets = positions arange(0, M, max(1, M // C))[:C] of the remaining list (uniform in
+  index, not in space: D = 54, C = 10 on 576 patches gives M = 523, step 52, targets 0, 52, ..., 468).
+  Every other remaining patch joins the target of largest cosine (argmax: ties to the first target).
+  contextual_j = feature(target_j) + mean(features of its members), the count clamped to 1. Code-faithful:
+  the target plus the mean of its members, not the average of the group with the target in it; a target
+  with no member keeps its own feature.
+- Output, before the projector: [CLS, dominant patches in raster order, contextual tokens in target order].
+  Kept indices: -1 for [CLS] (no patch), each contextual token its target patch's index.
+
+Where the release is silent or crashes: C = 0 keeps the dominant block alone (the release divides by C);
+D = 1 keeps [CLS] and no patch. Scores, cosines and the merge are computed in float32 (the release: fp16)
+and cast back to the features' dtype; only near-ties can differ.
+
+LLaVA-NeXT is refused: the release packs a NeXT image as [base: CLS, dominant, contextual] + [the crops'
+dominant patches stitched on the crop grid] + [the crops' CLS tokens] + [the crops' contextual tokens],
+which none of the model's packings (pruning.base.PACKINGS) expresses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from llava.errors import InputError
+from llava.model.pruning.base import Kept, MethodArgs, VisionInputs, VisionPruner, top_k_indices
+from llava.model.pruning.registry import register
+
+CLS = -1  # kept index of the [CLS] token, which is no patch
+
+
+@dataclass(frozen=True)
+class VisionZipArgs(MethodArgs):
+    dominant: int = 54  # D: the [CLS] token and the D - 1 patches it attends to most
+    contextual: int = 10  # C: merged tokens made from the remaining patches
+
+    def __post_init__(self):
+        if self.dominant < 1:
+            raise InputError(f"visionzip:dominant must be at least 1 (it counts the [CLS] token), got {self.dominant}")
+        if self.contextual < 0:
+            raise InputError(f"visionzip:contextual must be at least 0, got {self.contextual}")
+
+
+def dominant_patches(cls_attention: torch.Tensor, count: int) -> torch.Tensor:
+    """cls_attention (H, P) -> the `count` patches of the largest head-summed [CLS] attention, in raster order."""
+    return top_k_indices(cls_attention.float().sum(dim=0), count)
+
+
+def target_positions(remaining: int, contextual: int) -> torch.Tensor:
+    """Positions of the C targets within the remaining list of M tokens: arange(0, M, max(1, M // C))[:C]."""
+    if contextual == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.arange(0, remaining, max(1, remaining // contextual))[:contextual]
+
+
+def contextual_tokens(features: torch.Tensor, metric: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """features (M, D), metric (M, d) of the remaining tokens, targets (C,) positions among them -> (C, D)
+    float32: each target's feature plus the mean feature of the non-targets whose most cosine-similar target
+    it is (argmax, ties to the first target)."""
+    if len(targets) == 0:  # C = 0: nothing to merge into (the release divides by C)
+        return features.new_zeros(0, features.shape[-1], dtype=torch.float32)
+    normed = F.normalize(metric.float(), dim=-1)  # (M, d)
+    is_target = torch.zeros(len(features), dtype=torch.bool, device=features.device)
+    is_target[targets] = True
+    members = (~is_target).nonzero()[:, 0]  # (M - C,)
+    choice = (normed[members] @ normed[targets].T).argmax(dim=-1)  # (M - C,): index into targets, first of ties
+    sums = torch.zeros(len(targets), features.shape[-1], device=features.device)
+    sums.index_add_(0, choice, features[members].float())  # (C, D)
+    counts = torch.bincount(choice, minlength=len(targets)).clamp(min=1)  # (C,)
+    return features[targets].float() + sums / counts[:, None]  # code-faithful: target + mean of members
+
+
+@register
+class VisionZip(VisionPruner):
+    """`dominant=54,contextual=10`: 64 tokens, the paper's smallest LLaVA-1.5 budget."""
+
+    name = "visionzip"
+    Args = VisionZipArgs
+    summary = "pre-LLM: [CLS] and the patches it attends to most, plus the rest merged into contextual tokens"
+
+    def attention_layers(self, vision_layers: int, select_layer: int) -> tuple[int, ...]:
+        return (select_layer,)
+
+    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
+        if anyres:
+            raise InputError("visionzip is not implemented for LLaVA-NeXT: its packing (base, stitched crop dominant"
+                             " patches, crop [CLS] tokens, crop contextual tokens) fits none of the model's packings")
+        self._check_counts(tokens_per_image, "each image")
+
+    def _check_counts(self, patches: int, what: str) -> None:
+        dominant, contextual = self.args.dominant, self.args.contextual
+        if dominant - 1 > patches:
+            raise InputError(f"visionzip:dominant={dominant} is more than [CLS] and the {patches} patches of {what}")
+        if contextual > patches - (dominant - 1):
+            raise InputError(f"visionzip:contextual={contextual} is more than the {patches - (dominant - 1)} patches"
+                             f" that dominant={dominant} leaves in {what}")
+
+    def budget(self, tokens_per_image: int) -> int:
+        return self.args.dominant + self.args.contextual
+
+    def select(self, inputs: VisionInputs) -> Kept:
+        features = inputs.features  # (P, D) the select layer's patch features, before the projector
+        patches = features.shape[0]
+        self._check_counts(patches, f"image {inputs.image_index}")
+        (layer,) = inputs.cls_attention
+        cls_attention = inputs.cls_attention[layer]  # (H, P)
+        heads = cls_attention.shape[0]
+        dominant = dominant_patches(cls_attention, self.args.dominant - 1)  # (D - 1,)
+        is_dominant = torch.zeros(patches, dtype=torch.bool, device=features.device)
+        is_dominant[dominant] = True
+        remaining = (~is_dominant).nonzero()[:, 0]  # (M,) raster order
+        keys = inputs.keys[layer][1:]  # (P, Dv) patch keys
+        metric = keys.reshape(patches, heads, -1).float().mean(dim=1)  # (P, hd): averaged over heads
+        targets = target_positions(len(remaining), self.args.contextual).to(features.device)  # (C,)
+        merged = contextual_tokens(features[remaining], metric[remaining], targets)  # (C, Dv)
+        cls = inputs.cls_feature[None].float()  # (1, Dv)
+        out = torch.cat([cls, features[dominant].float(), merged]).to(features.dtype)  # (D + C, Dv)
+        indices = torch.cat([dominant.new_full((1,), CLS), dominant, remaining[targets]])
+        return Kept(indices=indices, features=out)
