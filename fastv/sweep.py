@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def method_spec(name: str, share: float, tokens: int) -> str:
     """The spec that keeps `share` of the visual tokens with method `name` (fixed parameters after a colon stay):
     `keep = round(share * tokens)` (`tokens`: patches per image, or per partition on LLaVA-NeXT), HiRED's rate =
-    `share`; an adaptive method's spec is its name."""
+    `share`; VisionZip's `keep` tokens split as its paper's budgets split them (dominant : contextual = 54 : 10,
+    the dominant count including [CLS]); an adaptive method's spec is its name."""
     from llava.errors import InputError
     from llava.model.pruning.registry import parse_method
 
@@ -83,7 +84,11 @@ def method_spec(name: str, share: float, tokens: int) -> str:
         keep = round(share * tokens)
         if base == "pool":
             keep = max(1, round(math.sqrt(keep))) ** 2
-        budget = f"k=2,keep={keep}" if base == "fastv" else f"keep={keep}"
+        if base == "visionzip":
+            dominant = max(1, round(keep * 54 / 64))
+            budget = f"dominant={dominant},contextual={keep - dominant}"
+        else:
+            budget = f"k=2,keep={keep}" if base == "fastv" else f"keep={keep}"
     return f"{base}:{budget}" + (f",{fixed}" if fixed else "")
 
 

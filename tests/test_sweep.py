@@ -39,6 +39,19 @@ def test_method_spec_for_shares():
     assert sweep.method_spec("none", 0.1, 576) == "none"
     assert sweep.method_spec("hired:split=paper", 0.1, 144) == "hired:rate=0.1,split=paper"
     assert sweep.method_spec("prumerge+", 0.1, 144) == "prumerge+"  # adaptive: no budget
+    # VisionZip splits a budget as its paper's 64 = 54 + 10, 128 = 108 + 20, 192 = 162 + 30 do
+    assert [sweep.method_spec("visionzip", share, 576) for share in (64 / 576, 128 / 576, 192 / 576)] == [
+        "visionzip:dominant=54,contextual=10", "visionzip:dominant=108,contextual=20", "visionzip:dominant=162,contextual=30"]
+    assert sweep.method_spec("visionzip", 1 / 576, 576) == "visionzip:dominant=1,contextual=0"
+
+
+def test_the_default_sweep_gives_every_registered_method_a_spec_at_every_share():
+    """On LLaVA-1.5 the default sweep runs every registered method: each share becomes a spec its method takes."""
+    from llava.model.pruning.registry import available_methods, parse_method
+
+    for name in available_methods():
+        for share in sweep.DEFAULT_SHARES:
+            parse_method(sweep.method_spec(name, share, 144))
 
 
 @pytest.mark.parametrize("options, message", [
