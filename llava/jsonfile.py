@@ -3,7 +3,8 @@
 A checkpoint's config.json, a benchmark's annotations and a run's run.json are read by `read_json`:
 every way such a file can fail (missing, unreadable, not UTF-8, empty, not JSON, another top-level
 type) is one line naming the file and the problem, raised as the caller's error class
-(`llava.errors.InputError` by default, `CheckpointError` for a checkpoint). It sits below
+(`llava.errors.InputError` by default, `CheckpointError` for a checkpoint). `read_text` is its first
+half, for a text file of another format (MME's annotations). It sits below
 `llava.model` and `llava.eval` and imports neither.
 """
 
@@ -39,6 +40,21 @@ def kinds_named(kinds: tuple, names: dict = _JSON_NAMES) -> str:
     return " or ".join(dict.fromkeys(names[kind] for kind in kinds))
 
 
+def read_text(path: Path, *, what: str = "", error: type[Exception] = InputError, fix: str = "") -> str:
+    """The UTF-8 text of `path` (a byte order mark skipped); not found, unreadable or not UTF-8 is one line,
+    `error("<what> <path> <problem>[; <fix>]")`, as `read_json` words it."""
+    subject = f"{what} {path}" if what else str(path)
+    tail = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise error(f"{what or 'file'} not found: {path}{tail}")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as problem:
+        raise error(f"{subject} is not UTF-8 text (byte {problem.start + 1}){tail}") from None
+    except OSError as problem:
+        raise error(f"cannot read {subject}: {problem.strerror}{tail}") from None
+
+
 def read_json(path: Path, kind: type | tuple | None = dict, *, what: str = "", error: type[Exception] = InputError,
               fix: str = ""):
     """The JSON value in `path`, whose top level must be `kind` (dict: an object, list: a list, None: any).
@@ -50,14 +66,7 @@ def read_json(path: Path, kind: type | tuple | None = dict, *, what: str = "", e
     """
     subject = f"{what} {path}" if what else str(path)
     tail = f"; {fix}" if fix else ""
-    if not path.is_file():
-        raise error(f"{what or 'file'} not found: {path}{tail}")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as problem:
-        raise error(f"{subject} is not UTF-8 text (byte {problem.start + 1}){tail}") from None
-    except OSError as problem:
-        raise error(f"cannot read {subject}: {problem.strerror}{tail}") from None
+    text = read_text(path, what=what, error=error, fix=fix)
     if not text.strip():
         raise error(f"{subject} is empty{tail}")
     try:

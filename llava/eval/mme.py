@@ -28,6 +28,7 @@ from pathlib import Path
 
 from llava.errors import InputError
 from llava.eval.common import SHORT_ANSWER, Question, answer_text, percent, read_llava_questions, with_instruction, without_instruction
+from llava.jsonfile import read_text
 
 FOLDER = "MME"
 QUESTION_FILE = "llava_mme.jsonl"
@@ -74,12 +75,7 @@ def ground_truth(release: Path, subtask: str, image: str) -> dict[str, str]:
     folder = release / subtask
     answers_folder = folder / "questions_answers_YN" if (folder / "images").is_dir() else folder
     path = answers_folder / (Path(image).stem + ".txt")
-    if not path.is_file():
-        raise InputError(f"MME annotation not found: {path} (see EVAL.md)")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise InputError(f"MME annotation {path} is not UTF-8 text (byte {error.start + 1})") from None
+    text = read_text(path, what="MME annotation", fix="see EVAL.md")
     truth = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
