@@ -1,11 +1,12 @@
 """Prefill + decode: greedy or temperature/top-p sampling, batched with left padding.
 
-Decoding reuses the pruned KV cache: layers before FastV's k hold every token,
-later layers the kept ones, and new tokens continue the unpruned positions. Two
-cache-free paths exist for faithfulness studies:
+Decoding reuses the pruned KV cache: layers before an in-LLM stage hold every
+token, later layers the kept ones, and new tokens continue each layer's
+positions (the unpruned numbering, or the renumbered one after a stage that
+renumbers). Two cache-free paths exist for faithfulness studies:
 
-- `use_cache=False`: every step recomputes the whole sequence, replaying the keep
-  set chosen at prefill (must give the same tokens as the cached path: tested);
+- `use_cache=False`: every step recomputes the whole sequence, replaying the
+  decisions of the prefill (must give the same tokens as the cached path: tested);
 - a LayerPruner with `reselect_every_step`: every step recomputes and re-selects
   from the newest token's attention, as FastV's released code without a cache.
 
@@ -33,7 +34,7 @@ import torch
 from llava.constants import MAX_SEED
 from llava.errors import InputError
 from llava.model.llava_arch import LlavaForCausalLM, MultimodalInputs
-from llava.model.pruning.base import LayerPruner, PruneStats
+from llava.model.pruning.base import PruneStats, llm_parts
 
 
 @dataclass
@@ -133,12 +134,12 @@ def generate(
     # New tokens each sample may add: the last one sits at position context_len - 1 at most.
     limits = [min(max_new_tokens, context_len - n) for n in lengths]
 
-    reselect = isinstance(model.pruning, LayerPruner) and model.pruning.reselect_every_step
+    reselect = any(p.reselect_every_step for p in llm_parts(model.pruning))
     use_cache = use_cache and not reselect
     out = model.forward_inputs(inputs, use_cache=use_cache, cache_reserve=max(limits))
     next_token = sample_next(out.logits[:, -1], temperature, top_p, generator)
     prefill_s = synchronized_time(device) - start
-    cache, fixed_keep = out.cache, (None if reselect else out.keep_mask)
+    cache, replay = out.cache, (None if reselect else out.replay)
 
     B = len(prompts)
     tokens: list[list[int]] = [[] for _ in range(B)]
@@ -161,9 +162,7 @@ def generate(
             logits, cache = model.decode(next_token[:, None], cache)
         else:
             inputs = _append(inputs, model.language_model.embed_tokens(next_token)[:, None])
-            if fixed_keep is not None:
-                fixed_keep = torch.cat([fixed_keep, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
-            logits = model.forward_inputs(inputs, use_cache=False, fixed_keep=fixed_keep).logits
+            logits = model.forward_inputs(inputs, use_cache=False, replay=replay).logits
         next_token = sample_next(logits[:, -1], temperature, top_p, generator)
     return GenerationOutput(
         tokens=tokens, stop_reasons=stop_reasons, stats=out.stats, prefill_s=prefill_s,

@@ -4,7 +4,7 @@
 For the first N test samples of the synthetic shapes task, run the unpruned
 prompt through the model and read, at every decoder layer and head, the last
 prompt token's attention row (the row FastV ranks image tokens by, read the
-same way: SDPA stays on, see `InLLMPruning`). Reports, per layer and head:
+same way: SDPA stays on, see `LlamaAttention`'s "last" rows). Reports, per layer and head:
 
 - `image`: the share of that row spent on the image's tokens;
 - `target`: of the image share, the part on the question's target tokens (the
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,20 +38,6 @@ sys.path.insert(0, str(ROOT))
 from fastv.shipped import SHIPPED_MODEL  # noqa: E402
 from llava.data import synthetic  # noqa: E402
 from llava.pipeline import LlavaPipeline, Request  # noqa: E402
-
-
-@dataclass
-class _Probe:
-    """An in-LLM 'pruner' that keeps every token and records the last row of layer `layer - 1`."""
-
-    layer: int
-    mode: str = "mask"
-    needs_scores: bool = True
-    row: torch.Tensor | None = None
-
-    def keep_mask(self, attention: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        self.row = attention  # (B, H, N)
-        return key_mask
 
 
 @torch.no_grad()
@@ -76,12 +61,12 @@ def attention_rows(pipe: LlavaPipeline, samples: list, batch_size: int = 32) -> 
             foreground.append(sorted(every))
             uniform += len(tokens) / vision.num_patches
             uniform_objects += len(tokens) / len(every)
+        rows = model.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, None, False,
+                                    tuple(range(layers)), "last").attention  # layer -> (B, H, N)
         for layer in range(layers):
-            probe = _Probe(layer + 1)
-            model.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, probe, False)
             for b, (tokens, every) in enumerate(zip(targets, foreground)):
                 span = inputs.spans[b][0]
-                on_image = probe.row[b, :, span.start:span.start + span.length]  # (H, P)
+                on_image = rows[layer][b, :, span.start:span.start + span.length]  # (H, P)
                 total = on_image.sum(-1)
                 image[layer] += total
                 target[layer] += on_image[:, tokens].sum(-1) / total.clamp_min(1e-12)

@@ -238,23 +238,17 @@ def test_ground_loss_reads_the_heads_own_attention_row():
     head = 1
     loss = losses.ground_loss(model, batch, -1, head)
 
-    class Probe:
-        layer, mode, needs_scores, row = model.config.text.num_layers, "mask", True, None
-
-        def keep_mask(self, attention, key_mask):
-            self.row = attention
-            return key_mask
-
-    inputs, probe = model.last_inputs, Probe()
+    inputs, last = model.last_inputs, model.config.text.num_layers - 1
     assert any(len(span.patch_index) < 36 for spans in inputs.spans for span in spans)  # tokens were dropped
     with torch.no_grad():
-        model.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, probe, False)
+        row = model.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, None, False,
+                                   (last,), "last").attention[last]  # (B, H, N)
     expected = []
     for b, targets in enumerate(batch["target_tokens"]):
         span = inputs.spans[b][0]
         kept = [i for i, p in enumerate(span.patch_index.tolist()) if (b, p) in targets]
         if kept:
-            expected.append(-probe.row[b, head, [span.start + i for i in kept]].sum().log())
+            expected.append(-row[b, head, [span.start + i for i in kept]].sum().log())
     torch.testing.assert_close(loss.detach(), torch.stack(expected).mean(), rtol=1e-5, atol=1e-5)
     loss.backward()  # it trains the head's query and key projections
     attn = model.language_model.layers[-1].self_attn
@@ -291,7 +285,7 @@ def test_copy_loss_is_what_the_head_adds_when_it_attends_to_one_text_token():
                 mask = torch.eye(N, dtype=torch.bool)[None, None]  # (1, 1, N, N): rows see themselves,
                 mask[..., -1, :] = False  # the last row sees that one text token only
                 mask[..., -1, spans[0].start + i] = True
-                out, _, _ = attn(x[b:b + 1], cos[b:b + 1], sin[b:b + 1], inputs.key_mask[b:b + 1], mask, None, False)
+                out, *_ = attn(x[b:b + 1], cos[b:b + 1], sin[b:b + 1], inputs.key_mask[b:b + 1], mask, None, False)
                 logits.append(model.lm_head(model.language_model.norm(out[0, -1])))
                 labels.append(int(batch["align_labels"][b, p]))
     assert len(labels) >= 3

@@ -35,14 +35,15 @@ from llava.model.anyres import MERGES, anyres_layout, image_token_count, keep_in
 from llava.model.language_model.llava_llama import LLAMA_PRESETS, KVCache, LlamaConfig, LlamaDecoder
 from llava.model.multimodal_encoder.clip_encoder import VISION_PRESETS, CLIPVisionTower, VisionConfig
 from llava.model.multimodal_projector import build_projector
+from llava.model.llm_pruning import Replay, StagedPruning
 from llava.model.pruning.base import (
     NEWLINE,
-    LayerPruner,
     PruneStats,
     PruningMethod,
     VisionInputs,
-    VisionPruner,
     VisualSpan,
+    llm_parts,
+    vision_part,
 )
 from llava.model.pruning.registry import parse_method
 
@@ -118,33 +119,10 @@ class LlavaOutput:
     logits: torch.Tensor  # (B, N', V) with all_logits, else (B, 1, V) for the last position
     key_mask: torch.Tensor  # (B, N') rows that are real tokens
     cache: KVCache | None
-    keep_mask: torch.Tensor | None  # (B, N) in-LLM pruning's keep set, in the input layout
+    keep_mask: torch.Tensor | None  # (B, N) in-LLM pruning: the input rows that reach the last layer
     stats: PruneStats
     attention: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, Q, K), when asked
-
-
-class _SpanPruning:
-    """Adapts a LayerPruner (which picks tokens inside visual spans) to the decoder's seam.
-
-    The decoder adds each sample's last real token to whatever this returns (see InLLMPruning).
-    """
-
-    def __init__(self, pruner: LayerPruner, spans: list[list[VisualSpan]], fixed_keep: torch.Tensor | None):
-        self.pruner, self.spans, self.fixed_keep = pruner, spans, fixed_keep
-        self.layer, self.mode = pruner.layer, pruner.mode
-        self.needs_scores = fixed_keep is None
-
-    def keep_mask(self, attention: torch.Tensor | None, key_mask: torch.Tensor) -> torch.Tensor:
-        if self.fixed_keep is not None:
-            return self.fixed_keep
-        keep = key_mask.clone()  # text and system tokens always stay
-        for b, spans in enumerate(self.spans):
-            if not spans:
-                continue
-            for span, local in zip(spans, self.pruner.select(attention[b], spans)):
-                keep[b, span.start : span.end] = False
-                keep[b, span.start + local] = True
-        return keep
+    replay: Replay | None = None  # in-LLM pruning's decisions, to apply again to the prompt grown by new tokens
 
 
 class LlavaForCausalLM(nn.Module):
@@ -201,7 +179,7 @@ class LlavaForCausalLM(nn.Module):
         (T_i, D) and original patch indices (T_i,), as the pre-LLM pruner chose them. `partition_grids`: the
         crop grid of each image whose views these are, in order (NeXT); None: every view is an image."""
         vision = self.config.vision
-        pruner = self.pruning if isinstance(self.pruning, VisionPruner) else None
+        pruner = vision_part(self.pruning)
         select = vision.layer_index(self.config.select_layer)
         probe_layers = pruner.attention_layers(vision.num_layers, select) if pruner else ()
         out = self.vision_tower(pixel_values.to(self.dtype), self.config.select_layer, probe_layers)
@@ -265,13 +243,14 @@ class LlavaForCausalLM(nn.Module):
         partitions = 1 + rows * cols
         if len(features) != partitions:
             raise InputError(f"an anyres image of a {rows}x{cols} crop grid needs {partitions} views, got {len(features)}")
-        packing = self.pruning.packing if isinstance(self.pruning, VisionPruner) else "merge"
+        pruner = vision_part(self.pruning)
+        packing = pruner.packing if pruner is not None else "merge"
         if packing == "concat":
             layout = torch.cat([torch.stack([torch.full_like(i, p), i], dim=-1) for p, i in enumerate(indices)])
             return ImageTokens(torch.cat(features), patch_index=layout[:, 1], partition=layout[:, 0], partition_grid=image.grid)
         indices = [i.cpu() for i in indices]
         if any(bool((i < 0).any()) for i in indices):  # merged/extra tokens have no place in the stitched grid
-            raise InputError(f"method '{self.pruning.name}' makes merged tokens, which the anyres layout cannot place")
+            raise InputError(f"method '{pruner.name}' makes merged tokens, which the anyres layout cannot place")
         side = self.config.vision.grid_size
         layout = anyres_layout(image.grid, side, image.image_size, self.config.patch_merge)
         if packing == "no_newline":
@@ -297,7 +276,7 @@ class LlavaForCausalLM(nn.Module):
         (NeXT: the canvas `pinpoints` choose for it and the merge), so that a prompt too long for the context is
         refused before the image is resized or encoded. None when a pre-LLM pruner decides the count (an in-LLM
         method prunes after layer k: every token enters the first layers)."""
-        if isinstance(self.pruning, VisionPruner):
+        if vision_part(self.pruning) is not None:
             return None
         return self.config.unpruned_image_tokens(image_size, pinpoints)
 
@@ -361,35 +340,31 @@ class LlavaForCausalLM(nn.Module):
         inputs: MultimodalInputs,
         use_cache: bool = True,
         all_logits: bool = False,
-        fixed_keep: torch.Tensor | None = None,
+        replay: Replay | None = None,
         attention_layers: tuple[int, ...] = (),
         attention_rows: str = "all",
         cache_reserve: int = 0,
     ) -> LlavaOutput:
-        """Prefill over spliced inputs. `fixed_keep` (B, N) replays an earlier in-LLM keep set. `cache_reserve`: room
-        in the cache for that many tokens to be decoded.
-        `attention_layers`: also return those decoder layers' attention probabilities, fp32, every row or
+        """Prefill over spliced inputs. `replay` applies an earlier prefill's in-LLM decisions (LlavaOutput.replay)
+        to these inputs, that prompt grown by tokens. `cache_reserve`: room in the cache for that many tokens to be
+        decoded. `attention_layers`: also return those decoder layers' attention probabilities, fp32, every row or
         (`attention_rows="last"`) the last query's (LlamaDecoder.forward)."""
         pruning = None
-        if isinstance(self.pruning, LayerPruner) and any(inputs.spans):
-            pruning = _SpanPruning(self.pruning, inputs.spans, fixed_keep)
+        pruners = llm_parts(self.pruning)
+        if pruners and any(inputs.spans):
+            pruning = StagedPruning(pruners, inputs.spans, inputs.key_mask, replay)
         out = self.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, pruning, use_cache,
                                   attention_layers, attention_rows, cache_reserve)
         hidden = out.hidden if all_logits else out.hidden[:, -1:]
         # A fresh PruneStats per forward: the cache-free decoding paths call this again on grown inputs.
         stats = dataclasses.replace(inputs.stats)
         num_layers = self.config.text.num_layers
-        real_before = inputs.key_mask.sum(dim=1).tolist()
-        if out.keep_mask is None or pruning.mode == "mask":  # mask mode: every layer still runs on all N rows
-            stats.seq_lens = [[n] * num_layers for n in real_before]
-        else:
-            k, real_after = pruning.layer, out.keep_mask.sum(dim=1).tolist()
-            stats.seq_lens = [[n0] * k + [n1] * (num_layers - k) for n0, n1 in zip(real_before, real_after)]
-        if out.keep_mask is not None:
-            kept = [[(span, out.keep_mask[b, span.start : span.end]) for span in spans] for b, spans in enumerate(inputs.spans)]
-            stats.kept_in_llm = [[span.kept_ids(keep) for span, keep in sample] for sample in kept]
-            stats.kept_partitions_in_llm = [[span.kept_partitions(keep) for span, keep in sample] for sample in kept]
-        return LlavaOutput(self.lm_head(hidden), out.key_mask, out.cache, out.keep_mask, stats, out.attention)
+        if pruning is None:
+            stats.seq_lens = [[n] * num_layers for n in inputs.key_mask.sum(dim=1).tolist()]
+            return LlavaOutput(self.lm_head(hidden), out.key_mask, out.cache, None, stats, out.attention)
+        pruning.fill_stats(stats, num_layers)
+        return LlavaOutput(self.lm_head(hidden), out.key_mask, out.cache, pruning.keep_mask(), stats, out.attention,
+                           pruning.replay_record)
 
     def forward(
         self,

@@ -86,7 +86,7 @@ def direct_logprobs(pipe, request: Request, continuations: list[str]) -> list[fl
     are those the whole text adds after the prompt (the tokens the model generates for it)."""
     (text,), (prompt,), images = pipe.encode([request])
     out = pipe.model.forward_inputs(pipe.model.prepare_inputs([prompt], images))
-    fixed = out.keep_mask  # FastV's keep set of the prefill, replayed over the grown sequence
+    replay = out.replay  # the in-LLM decisions of the prefill, replayed over the grown sequence
     totals = []
     for continuation in continuations:
         whole = tokenizer_image_token(text + continuation, pipe.tokenizer)
@@ -97,8 +97,7 @@ def direct_logprobs(pipe, request: Request, continuations: list[str]) -> list[fl
                 logits = out.logits[0, -1]
             else:
                 grown = pipe.model.prepare_inputs([prompt + tokens[:i]], images)
-                keep = None if fixed is None else torch.cat([fixed, torch.ones(1, i, dtype=torch.bool)], dim=1)
-                logits = pipe.model.forward_inputs(grown, use_cache=False, fixed_keep=keep).logits[0, -1]
+                logits = pipe.model.forward_inputs(grown, use_cache=False, replay=replay).logits[0, -1]
             total += float(logits.float().log_softmax(dim=-1)[token])
         totals.append(total)
     return totals

@@ -6,23 +6,23 @@ linear and llama3 rope scaling), grouped-query attention through SDPA, SiLU MLP.
 
 What it adds, all in `LlamaDecoder.forward`'s one loop over layers:
 
-- **The pruning seam.** Before layer k, an `InLLMPruning` (see below) returns
-  which tokens to keep, from the last query row of layer k-1's attention. That
-  row is recomputed from layer k-1's query and keys in O(N d), so SDPA stays on
-  in every layer. In *inplace* mode the hidden states, position ids and key
-  mask are gathered to the kept tokens (re-packed with left padding, so each
-  sample in a batch keeps its own set) and layers k.. run on fewer tokens; in
-  *mask* mode every row stays and the dropped keys are masked. The seam always
-  also keeps each sample's last real token, the query whose row ranked the
-  tokens, outside the pruner's budget: without it a prompt ending in `<image>`
-  would lose its query row in inplace mode (next-token logits read from another
-  row) but not in mask mode.
+- **The pruning seam.** An `InLLMPruning` (see below) may rebuild the sequence
+  before any of its stage layers: the decoder hands it a `LayerState` (the
+  hidden states entering that layer, the key mask and positions, and on request
+  the previous layer's post-RoPE queries and keys, from which any attention row
+  is recomputed in O(R N d), so SDPA stays on in every layer), and applies the
+  `Regather` it returns: kept rows gathered and re-packed with left padding (so
+  each sample in a batch keeps its own set), merged tokens inserted, positions
+  kept or renumbered. Layers after a stage run on the new sequence; a stage may
+  also only mask keys (FastV's *mask* mode).
 - **A ragged KV cache.** Each layer caches its own keys with its own key mask,
-  so layers < k hold N tokens and layers >= k hold N' tokens. Decoding appends
-  one token to every layer; positions continue the unpruned numbering. Keys and
-  values live in per-layer buffers with room for the tokens to come (`cache_reserve`),
-  so a decoding step writes one slot instead of copying the whole cache (`torch.cat`
-  per step made the time per token grow with the tokens generated).
+  so layers before a stage hold more tokens than layers after it. Decoding
+  appends one token to every layer at that layer's next position: the unpruned
+  numbering, less what a renumbering stage removed before that layer
+  (`KVCache.position_shift`). Keys and values live in per-layer buffers with
+  room for the tokens to come (`cache_reserve`), so a decoding step writes one
+  slot instead of copying the whole cache (`torch.cat` per step made the time
+  per token grow with the tokens generated).
 
 Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
@@ -136,28 +136,98 @@ class KVCache:
     """Per-layer caches whose lengths may differ (pruned layers hold fewer tokens)."""
 
     layers: list[LayerCache]
-    next_position: torch.Tensor  # (B,) position id of the next token: continues the unpruned numbering
+    next_position: torch.Tensor  # (B,) position id of the next token in the unpruned numbering
+    # per layer: (B,) subtracted from `next_position` in that layer (what renumbering stages removed before it)
+    position_shift: list[torch.Tensor | None] = field(default_factory=list)
 
     def seq_lens(self) -> list[int]:
         return [layer.length for layer in self.layers]
 
 
-class InLLMPruning(Protocol):
-    """What the decoder asks of an in-LLM pruner (built per forward by llava_arch from a LayerPruner).
+@dataclass
+class Regather:
+    """How a stage rebuilds the sequence of N rows into N' rows.
 
-    `layer` = k: scores come from layer k-1, layers k.. see the kept tokens.
-    `keep_mask(attention, key_mask)` gets the last query row of layer k-1's attention,
-    (B, H, N) fp32 (None if `needs_scores` is False), and returns (B, N) bool, True = keep.
-    The decoder then also keeps every sample's last real token (the query row), whatever the
-    pruner chose: a visual span ending there keeps `keep` tokens, or `keep + 1` when the query
-    token was not among them.
+    Row i of sample b becomes old row `sources[b, i]`, or, where `sources[b, i]` is N + m, merged token m: the
+    `mix[b, m]`-weighted sum of the old rows. `sources` None: every row stays and only the key mask changes
+    (masked keys; positions untouched). `renumber`: the new real rows get positions 0, 1, ... (else each row keeps
+    its own; a merged token has none of its own, so merging requires renumbering).
     """
 
-    layer: int
-    mode: str  # "inplace" | "mask"
-    needs_scores: bool
+    sources: torch.Tensor | None  # (B, N') long
+    key_mask: torch.Tensor  # (B, N') bool
+    mix: torch.Tensor | None = None  # (B, M, N) weights of the merged tokens
+    renumber: bool = False
 
-    def keep_mask(self, attention: torch.Tensor | None, key_mask: torch.Tensor) -> torch.Tensor: ...
+    def __post_init__(self):
+        if self.mix is not None and not self.renumber:
+            raise ValueError("merged tokens have no position of their own: a stage that merges must renumber")
+
+
+def row_attention(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities of the query rows `rows` (R,) over all keys, fp32, as causal attention computes them:
+    q (H, N, hd) and k (Hkv, N, hd) after RoPE, key_mask (N,) -> (H, R, N). Row r sees the real keys up to r."""
+    H, N, hd = q.shape
+    k = (k.repeat_interleave(H // k.shape[0], dim=0) if k.shape[0] != H else k).float()
+    logits = q[:, rows].float() @ k.transpose(-1, -2) / math.sqrt(hd)  # (H, R, N)
+    visible = key_mask[None, :] & (torch.arange(N, device=q.device)[None, :] <= rows[:, None])  # (R, N)
+    return logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+
+
+@dataclass
+class LayerState:
+    """What the decoder offers a stage before decoder layer `layer`, for the whole batch."""
+
+    layer: int
+    hidden: torch.Tensor  # (B, N, D) the input of layer `layer` (output of layer - 1)
+    key_mask: torch.Tensor  # (B, N) True = real token
+    positions: torch.Tensor  # (B, N) the rows' current position ids
+    embeds: torch.Tensor  # (B, N, D) the decoder's input embeddings of the rows (a merged token: its mix of them)
+    qk: tuple[torch.Tensor, torch.Tensor] | None  # layer - 1's queries (B, H, N, hd) and keys (B, Hkv, N, hd), post-RoPE
+    decoder: "LlamaDecoder"
+    _next_qk: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def attention(self, b: int, rows: torch.Tensor, of: str = "previous") -> torch.Tensor:
+        """Sample b's attention rows (R,) -> (H, R, N) fp32: of layer `layer - 1` ("previous", from the queries and
+        keys it computed) or of layer `layer` ("next": its input norm, projections and RoPE on `hidden` at the
+        current positions; PyramidDrop ranks with the layer it prunes before)."""
+        if of == "previous":
+            if self.qk is None:
+                raise ValueError(f"the stage before layer {self.layer} did not ask for layer {self.layer - 1}'s queries and keys")
+            q, k = self.qk
+        elif of == "next":
+            if self._next_qk is None:
+                self._next_qk = self.decoder.layers[self.layer].self_attn.queries_keys(
+                    self.decoder.layers[self.layer].input_layernorm(self.hidden), *self.decoder.rope(self.positions, self.hidden.dtype))
+            q, k = self._next_qk
+        else:
+            raise ValueError(f"attention of '{of}' layer: 'previous' or 'next'")
+        return row_attention(q[b], k[b], self.key_mask[b], rows)
+
+    def keys(self, b: int) -> torch.Tensor:
+        """Sample b's keys of layer `layer - 1` after RoPE, heads side by side: (N, Hkv * hd)."""
+        if self.qk is None:
+            raise ValueError(f"the stage before layer {self.layer} did not ask for layer {self.layer - 1}'s keys")
+        k = self.qk[1][b]  # (Hkv, N, hd)
+        return k.transpose(0, 1).reshape(k.shape[1], -1)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The LLM's final RMSNorm (DART's duplication features)."""
+        return self.decoder.norm(x)
+
+
+class InLLMPruning(Protocol):
+    """What the decoder asks of an in-LLM pruner (built per forward by llava's llm_pruning from LayerPruners).
+
+    `layers`: ascending layer indices in 1..num_layers-1; before each, the decoder calls `cut(state)` and applies
+    the `Regather` it returns. `wants_qk(layer)`: whether that stage reads layer - 1's queries and keys.
+    """
+
+    layers: tuple[int, ...]
+
+    def wants_qk(self, layer: int) -> bool: ...
+
+    def cut(self, state: LayerState) -> Regather: ...
 
 
 @dataclass
@@ -165,7 +235,6 @@ class DecoderOutput:
     hidden: torch.Tensor  # (B, N', D) after the final norm
     key_mask: torch.Tensor  # (B, N') True where the row is a real token
     cache: KVCache | None
-    keep_mask: torch.Tensor | None  # (B, N) in the input's layout, when pruning ran
     attention: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, Q, K) fp32, when asked
 
 
@@ -240,6 +309,14 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=bias)
 
+    def queries_keys(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, Q, D) (after the input norm) -> queries (B, H, Q, hd) and keys (B, Hkv, Q, hd), RoPE applied."""
+        B, Q, _ = x.shape
+        q = self.q_proj(x).view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, Q, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, Q, hd)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
     def forward(
         self,
         x: torch.Tensor,  # (B, Q, D)
@@ -248,16 +325,14 @@ class LlamaAttention(nn.Module):
         key_mask: torch.Tensor,  # (B, K) over past + new tokens
         mask: torch.Tensor | None,  # (B, 1, Q, K) from attention_mask(key_mask, Q); None = causal
         past: LayerCache | None,
-        scores: str | None,  # "last": the last query's attention row (FastV); "all": every row (analyses)
+        scores: str | None,  # "last": the last query's attention row; "all": every row (analyses)
         cache_reserve: int = 0,  # prefill: room for this many more tokens in the new cache
-    ) -> tuple[torch.Tensor, LayerCache, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, LayerCache, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+        """-> output (B, Q, D), the grown cache, the probabilities `scores` asks for, and (q, k) of the new tokens."""
         B, Q, _ = x.shape
-        q = self.q_proj(x).view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, Q, hd)
-        k = self.k_proj(x).view(B, Q, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, Q, hd)
+        q, k = self.queries_keys(x, cos, sin)  # (B, H, Q, hd), (B, Hkv, Q, hd)
         v = self.v_proj(x).view(B, Q, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = cos[:, None], sin[:, None]  # (B, 1, Q, hd)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        qk = (q, k)
         if past is not None:
             cache = past.append(k, v, key_mask)
             k, v = cache.keys, cache.values  # (B, Hkv, K, hd)
@@ -273,7 +348,7 @@ class LlamaAttention(nn.Module):
         if scores is not None:
             k_all = (k.repeat_interleave(groups, dim=1) if groups > 1 else k).float()  # (B, H, K, hd)
             if scores == "last":
-                # FastV's score: the last query's attention over every key, fp32, O(K d).
+                # The last query's attention over every key, fp32, O(K d).
                 logits = q[:, :, -1:].float() @ k_all.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, 1, K)
                 logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
                 probabilities = logits.softmax(dim=-1)[:, :, 0]  # (B, H, K)
@@ -284,7 +359,7 @@ class LlamaAttention(nn.Module):
                 visible = mask if mask is not None else (
                     torch.arange(K, device=q.device)[None, :] <= torch.arange(K - Q, K, device=q.device)[:, None])
                 probabilities = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-        return out, cache, probabilities
+        return out, cache, probabilities, qk
 
 
 class LlamaMLP(nn.Module):
@@ -308,11 +383,11 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
 
     def forward(self, x, cos, sin, key_mask, mask, past, scores, cache_reserve=0):
-        attn, cache, probabilities = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, mask, past, scores,
-                                                    cache_reserve)
+        attn, cache, probabilities, qk = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, mask, past, scores,
+                                                        cache_reserve)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, cache, probabilities
+        return x, cache, probabilities, qk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,52 +439,71 @@ class LlamaDecoder(nn.Module):
         attention_rows: str = "all",
         cache_reserve: int = 0,
     ) -> DecoderOutput:
-        """Run every layer; prune before layer `pruning.layer` if a pruner is given (prefill only).
+        """Run every layer; at prefill, before each of `pruning.layers`, rebuild the sequence as the pruner says.
         `cache_reserve`: at prefill, room in the new cache for this many tokens to come (decoding writes into it).
         `attention_layers`: also return those layers' attention probabilities, computed from the layer's
-        own queries and keys: every row (B, H, Q, K), in the layer's own layout (after in-place pruning,
-        its kept rows), or with `attention_rows="last"` the last query's row alone (B, H, K)."""
+        own queries and keys: every row (B, H, Q, K), in the layer's own layout (after pruning, its kept
+        rows), or with `attention_rows="last"` the last query's row alone (B, H, K)."""
         if pruning is not None and cache is not None:
             raise ValueError("in-LLM pruning runs at prefill; decoding steps reuse the pruned cache")
         x = embeds
         q_len = x.shape[1]
-        cos, sin = self.rope(positions, x.dtype)
-        # Layers that share a key mask (all layers before the pruning layer, all after it) share one
-        # tensor object, so the SDPA mask is built once per group, not once per layer.
+        stages = set(pruning.layers) if pruning is not None else set()
+        shifts = cache.position_shift if cache is not None and cache.position_shift else [None] * len(self.layers)
+        shift = shifts[0]
+        cos, sin = self.rope(positions if shift is None else positions - shift[:, None], x.dtype)
+        # Layers that share a key mask (all layers between two stages) share one tensor object, so the SDPA
+        # mask is built once per group, not once per layer; the same for decoding's position shifts.
         layer_key_mask, mask, past_mask_seen = key_mask, attention_mask(key_mask, q_len), None
-        keep, new_layers, maps = None, [], {}
+        next_position = positions[:, -1] + 1 if cache is None else None  # unpruned numbering (prefill)
+        new_layers, new_shifts, maps = [], [], {}
         for index, layer in enumerate(self.layers):
             past = cache.layers[index] if cache is not None else None
             if past is not None and past.key_mask is not past_mask_seen:
                 past_mask_seen = past.key_mask
                 layer_key_mask = torch.cat([past.key_mask, key_mask], dim=1)  # (B, T + Q)
                 mask = attention_mask(layer_key_mask, q_len)
-            want_last_row = pruning is not None and pruning.needs_scores and index == pruning.layer - 1
-            scores = attention_rows if index in attention_layers else "last" if want_last_row else None
-            x, layer_cache, probabilities = layer(x, cos, sin, layer_key_mask, mask, past, scores, cache_reserve)
+            if cache is not None and shifts[index] is not shift:
+                shift = shifts[index]
+                cos, sin = self.rope(positions if shift is None else positions - shift[:, None], x.dtype)
+            x, layer_cache, probabilities, qk = layer(x, cos, sin, layer_key_mask, mask, past,
+                                                     attention_rows if index in attention_layers else None, cache_reserve)
             new_layers.append(layer_cache)
+            new_shifts.append(shift)
             if index in attention_layers:
                 maps[index] = probabilities
-            last_row = probabilities[:, :, -1] if scores == "all" else probabilities
 
-            if pruning is not None and index == pruning.layer - 1:
-                keep = pruning.keep_mask(last_row, key_mask) & key_mask  # (B, N)
-                # The query row stays, outside the budget: the next-token logits are read from it, and a
-                # prompt may end in an image token the pruner dropped. Left padding: it is the last column.
-                keep[:, -1] = key_mask[:, -1]
-                if pruning.mode == "inplace":
-                    index_kept, key_mask = pack_kept(keep)  # (B, N'), (B, N')
-                    gather = lambda t: t.gather(1, index_kept[..., None].expand(-1, -1, t.shape[-1]))
-                    x, cos, sin = gather(x), gather(cos), gather(sin)  # (B, N', D), (B, N', hd) x2
-                    q_len = x.shape[1]
-                elif pruning.mode == "mask":
-                    key_mask = keep
+            if index + 1 in stages:
+                state = LayerState(index + 1, x, key_mask, positions, embeds,
+                                   qk if pruning.wants_qk(index + 1) else None, self)
+                cut = pruning.cut(state)
+                if cut.sources is None:  # masked keys: every row stays
+                    key_mask = cut.key_mask
                 else:
-                    raise ValueError(f"unknown pruning mode '{pruning.mode}'")
+                    embeds, positions = _regather(cut, embeds), _regather(cut, positions[..., None])[..., 0]
+                    x = _regather(cut, x)
+                    key_mask = cut.key_mask
+                    if cut.renumber:
+                        positions = (key_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+                    cos, sin = self.rope(positions, x.dtype)
+                    q_len = x.shape[1]
+                    # The next token's position in the layers to come: one past the last real row (the last column).
+                    shift = next_position - (positions[:, -1] + 1)
+                    shift = None if not bool(shift.any()) else shift
                 layer_key_mask, mask = key_mask, attention_mask(key_mask, q_len)
 
         new_cache = None
         if use_cache:
-            next_position = positions[:, -1] + 1 if cache is None else cache.next_position + positions.shape[1]
-            new_cache = KVCache(layers=new_layers, next_position=next_position)
-        return DecoderOutput(hidden=self.norm(x), key_mask=key_mask, cache=new_cache, keep_mask=keep, attention=maps)
+            if cache is None:
+                new_cache = KVCache(new_layers, next_position, new_shifts if any(s is not None for s in new_shifts) else [])
+            else:
+                new_cache = KVCache(new_layers, cache.next_position + positions.shape[1], cache.position_shift)
+        return DecoderOutput(hidden=self.norm(x), key_mask=key_mask, cache=new_cache, attention=maps)
+
+
+def _regather(cut: Regather, t: torch.Tensor) -> torch.Tensor:
+    """t (B, N, C) in the old layout -> (B, N', C) in the new one (merged tokens: their weighted sums)."""
+    if cut.mix is not None:
+        t = torch.cat([t, torch.bmm(cut.mix.to(t.dtype), t)], dim=1) if t.is_floating_point() else \
+            torch.cat([t, t.new_zeros(t.shape[0], cut.mix.shape[1], t.shape[2])], dim=1)
+    return t.gather(1, cut.sources[..., None].expand(-1, -1, t.shape[-1]))

@@ -7,9 +7,13 @@ Two seams, as DESIGN.md describes:
   share one budget (HiRED), over all views of an image at once (`select_image`). It
   declares which CLIP layers' probes it needs, whether it selects before or after the
   projector, and how a NeXT image's kept tokens are packed; it returns a `Kept` per view.
-- `LayerPruner` acts inside the LLM: before decoder layer `k`, from the last query
-  row of layer k-1's attention, it picks the image tokens of each visual span to
-  keep. The model owns everything else (gathering, masks, caches, positions).
+- `LayerPruner` acts inside the LLM, in one or more stages: before each of its
+  `layers`, it sees a `StageView` of every sample (the visual spans as they are at
+  that layer, the hidden states entering it, attention rows of the layer before or
+  of that layer, its keys, the input embeddings) and answers a `SpanCut` per image:
+  the tokens to keep and, optionally, groups of tokens merged into new ones. The
+  model owns everything else (gathering, merging, masks, caches, positions, the
+  query row that always stays): llava/model/llm_pruning.py.
 
 Budgets: `keep` is a count of visual tokens kept per image; `ratio` is always the
 fraction *dropped* (FastV's R). Every method keeps at least one visual token of every
@@ -24,6 +28,7 @@ Where this file sits among the others, and one request's path through them: docs
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -146,6 +151,11 @@ class PruningMethod(ABC):
     name: ClassVar[str]
     Args: ClassVar[type[MethodArgs]]
     summary: ClassVar[str] = ""
+    # What `fastv methods` reports of a method:
+    acts: ClassVar[str] = "vision"  # "vision" (before the projector), "llm input" (after it) or "in LLM"
+    reads_attention: ClassVar[bool] = False  # ranks by attention probabilities (CLIP's or the LLM's)
+    reads_question: ClassVar[bool] = False  # its choice depends on the question's tokens
+    renumbers: ClassVar[bool] = False  # in-LLM: kept tokens get positions 0, 1, ... (else keep their own)
 
     def __init__(self, args: MethodArgs):
         self.args = args
@@ -221,18 +231,82 @@ class KeepBudgetPruner(VisionPruner):
         return patches
 
 
+@dataclass
+class StageView:
+    """What one stage of an in-LLM method sees of one sample, in the sample's layout at that stage: N rows, left
+    padding first (`key_mask` False), then the real tokens; the images are `spans`, every other real row is text."""
+
+    layer: int  # the stage prunes before this decoder layer
+    stage: int  # which of the method's stages (0-based)
+    spans: list[VisualSpan]  # the sample's images as they are now (merged tokens: patch_index -1)
+    key_mask: torch.Tensor  # (N,) bool
+    hidden: torch.Tensor  # (N, D) the hidden states entering layer `layer`
+    embeds: torch.Tensor  # (N, D) the LLM's input embeddings of the rows
+    attention: Callable[..., torch.Tensor]  # (rows (R,), of="previous"|"next") -> (H, R, N) fp32, LayerState.attention
+    keys: Callable[[], torch.Tensor]  # () -> (N, Hkv * hd) layer - 1's keys after RoPE
+    final_norm: Callable[[torch.Tensor], torch.Tensor]  # the LLM's final RMSNorm
+    memo: dict = field(default_factory=dict)  # the method's notes about this sample, kept from stage to stage
+
+    @property
+    def last_row(self) -> int:
+        """The query row: the sample's last real token (the last column, as padding is on the left)."""
+        return self.key_mask.shape[0] - 1
+
+    @property
+    def first_row(self) -> int:
+        """The sample's first real row (after its left padding)."""
+        return int(self.key_mask.long().argmax())
+
+    def text_after_images(self) -> torch.Tensor:
+        """(T,) the real rows after the sample's last image, ascending: its question and the template's tail."""
+        end = self.spans[-1].end if self.spans else self.first_row
+        return torch.arange(end, self.key_mask.shape[0], device=self.key_mask.device)
+
+
+@dataclass
+class SpanCut:
+    """A stage's answer for one image span of L rows: which rows stay, and which new tokens are merged from them."""
+
+    keep: torch.Tensor  # (T,) sorted local indices (0..L-1) of the rows kept, in their order
+    mix: torch.Tensor | None = None  # (M, L) weights: new token m = sum_i mix[m, i] * row i; placed after the kept rows
+
+
 class LayerPruner(PruningMethod):
-    mode: str = "inplace"
+    """An in-LLM method: one or more stages, each before one decoder layer."""
+
+    acts = "in LLM"
+    reads_attention = True
+    mode: str = "inplace"  # "mask": every row stays and the dropped keys are masked (FastV's option)
     reselect_every_step: bool = False
+    reads_keys: ClassVar[bool] = True  # its stages read the previous layer's queries and keys
 
     @property
     @abstractmethod
-    def layer(self) -> int:
-        """k: scores come from layer k-1's attention, layers k.. run on the kept tokens."""
+    def layers(self) -> tuple[int, ...]:
+        """Ascending decoder layers before which it prunes (1..layers-1), one per stage."""
 
     @abstractmethod
-    def select(self, attention: torch.Tensor, spans: list[VisualSpan]) -> list[torch.Tensor]:
-        """attention (H, N) fp32: one sample's last-query row at layer k-1 -> per span, sorted local indices kept."""
+    def cut(self, view: StageView) -> list[SpanCut]:
+        """One sample at stage `view.stage` -> a SpanCut per span of `view.spans`."""
+
+    def stage_budget(self, tokens: int) -> list[int] | None:
+        """Image tokens it keeps of an image of `tokens` at each stage (None when that depends on the input)."""
+        return None
+
+
+def method_parts(method: PruningMethod) -> list[PruningMethod]:
+    """The methods a spec chains (`a+b`, pruning.chain.Chain), in order; a single method alone."""
+    return list(getattr(method, "parts", (method,)))
+
+
+def vision_part(method: PruningMethod) -> VisionPruner | None:
+    """The pre-LLM method of a spec (alone or first in a chain), if any."""
+    return next((p for p in method_parts(method) if isinstance(p, VisionPruner)), None)
+
+
+def llm_parts(method: PruningMethod) -> list[LayerPruner]:
+    """The in-LLM methods of a spec, in the order their stages run."""
+    return [p for p in method_parts(method) if isinstance(p, LayerPruner)]
 
 
 @dataclass
@@ -245,8 +319,9 @@ class PruneStats:
     kept_partitions: list[list[list[list[int]]]] = field(default_factory=list)  # per partition: sorted patch indices
     partition_grid: list[list[tuple[int, int]]] = field(default_factory=list)  # (rows, cols) of crops, (0, 0) for none
     newline_tokens: list[list[int]] = field(default_factory=list)  # image_newline tokens among visual_tokens
-    kept_in_llm: list[list[list[int]]] | None = None  # in-LLM pruning: `kept` after layer k
-    kept_partitions_in_llm: list[list[list[list[int]]]] | None = None  # in-LLM pruning: `kept_partitions` after layer k
+    kept_in_llm: list[list[list[int]]] | None = None  # in-LLM pruning: `kept` after its last stage
+    kept_partitions_in_llm: list[list[list[list[int]]]] | None = None  # in-LLM pruning: `kept_partitions` after it
+    kept_stages: list[dict] | None = None  # in-LLM pruning, per stage: {"layer": L, "kept": per sample `kept`}
     seq_lens: list[list[int]] = field(default_factory=list)  # per sample, per layer: real tokens the layer ran on
 
     def partition_tokens(self, in_llm: bool = True) -> list[list[list[int]]]:

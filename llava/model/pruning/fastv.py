@@ -14,8 +14,9 @@ crop, as the v1_6 scripts' budget), so an image keeps keep x partitions tokens,
 chosen by score over the whole image, or all of them when unpadding left it
 fewer; `ratio` applies to its non-newline tokens.
 
-The model computes the attention row (one query, O(N d)) and gathers the kept
-tokens; this file holds only the rule. Batches: each sample is scored on its own
+FastV is one stage of the in-LLM seam (base.LayerPruner), before layer k, with
+original position ids kept. The model computes the attention row (one query,
+O(N d)) and gathers the kept tokens; this file holds only the rule. Batches: each sample is scored on its own
 row (the released code used row 0 for the whole batch).
 """
 
@@ -27,7 +28,16 @@ from typing import Literal
 import torch
 
 from llava.errors import InputError
-from llava.model.pruning.base import LayerPruner, MethodArgs, VisualSpan, check_budget, check_keep, top_k_indices
+from llava.model.pruning.base import (
+    LayerPruner,
+    MethodArgs,
+    SpanCut,
+    StageView,
+    VisualSpan,
+    check_budget,
+    check_keep,
+    top_k_indices,
+)
 from llava.model.pruning.registry import register
 
 
@@ -59,8 +69,8 @@ class FastV(LayerPruner):
     summary = "in-LLM: after layer k-1, keep the image tokens the last token attends to most"
 
     @property
-    def layer(self) -> int:
-        return self.args.k
+    def layers(self) -> tuple[int, ...]:
+        return (self.args.k,)
 
     @property
     def mode(self) -> str:
@@ -85,7 +95,12 @@ class FastV(LayerPruner):
     def budget(self, tokens_per_image: int) -> int:
         return self.kept_count(tokens_per_image)
 
+    def cut(self, view: StageView) -> list[SpanCut]:
+        row = view.attention(torch.tensor([view.last_row], device=view.key_mask.device))[:, 0]  # (H, N)
+        return [SpanCut(keep) for keep in self.select(row, view.spans)]
+
     def select(self, attention: torch.Tensor, spans: list[VisualSpan]) -> list[torch.Tensor]:
+        """attention (H, N) fp32: the last query's row at layer k-1 -> per span, sorted local indices kept."""
         scores = attention.mean(dim=0)  # (N,) mean over heads
         kept = []
         for number, span in enumerate(spans):
