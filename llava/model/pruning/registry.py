@@ -2,7 +2,9 @@
 
 A spec is `name` or `name:key=value,key=value`, e.g. `fastv:k=2,keep=288`,
 `fastervlm:keep=58`, `random:keep=64,seed=0`; each key at most once. Values are
-converted to the types of the method's `Args` dataclass, which validates them.
+converted to the types of the method's `Args` dataclass, which validates them. A
+list-valued parameter (a `tuple[int, ...]` field) takes the comma-separated values
+that follow it: `pdrop:layers=8,16,24,lambda=0.5`.
 
 The built-in methods register themselves when the package `llava.model.pruning` is imported (its
 `__init__` imports each method module), so this module never imports a method back.
@@ -47,7 +49,13 @@ def parse_method(spec: str | None) -> PruningMethod:
     fields = {f.name: f for f in dataclasses.fields(cls.Args)}
     hints = typing.get_type_hints(cls.Args)
     values = {}
+    items: list[str] = []
     for item in filter(None, (p.strip() for p in params.split(","))):
+        if "=" not in item and items and _is_list(hints.get(items[-1].partition("=")[0].strip())):
+            items[-1] += "," + item  # another value of a list-valued parameter
+        else:
+            items.append(item)
+    for item in items:
         key, eq, raw = item.partition("=")
         key = key.strip()
         if not eq:
@@ -73,7 +81,17 @@ def _did_you_mean(word: str, choices) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def _is_list(hint) -> bool:
+    return typing.get_origin(hint) is tuple
+
+
 def _convert(raw: str, hint, where: str):
+    if _is_list(hint):
+        kind = typing.get_args(hint)[0]
+        values = [v.strip() for v in raw.split(",")]
+        if not all(values):
+            raise InputError(f"{where} must be comma-separated {kind.__name__}s, got '{raw}'")
+        return tuple(_convert(v, kind, where) for v in values)
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
     if raw.lower() == "none" and type(None) in options:
         return None

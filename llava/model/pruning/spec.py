@@ -21,5 +21,13 @@ def format_spec(name: str, args) -> str:
     for f in dataclasses.fields(args):
         value = getattr(args, f.name)
         if is_required(f) or value != f.default:
-            parts.append(f"{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+            parts.append(f"{f.name}={_format_value(value)}")
     return name + (":" + ",".join(parts) if parts else "")
+
+
+def _format_value(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):  # a list-valued parameter: its values comma-separated
+        return ",".join(_format_value(v) for v in value)
+    return str(value)
