@@ -40,6 +40,9 @@ class Answer:
     prefill_s: float
     total_s: float
     stop_reason: str  # "eos", "max_new_tokens" or "context" (the context window is full)
+    # in-LLM methods, per stage: {"layer": L (it prunes before decoder layer L), "kept": per image, the sorted ids
+    # (as `kept`) of the image tokens layers L.. run on}; None without in-LLM pruning
+    kept_stages: list[dict] | None = None
 
 
 class LlavaPipeline:
@@ -125,9 +128,11 @@ class LlavaPipeline:
                 prompt=prompt, prompt_ids=ids, visual_tokens=visual, kept=kept_b, kept_partitions=partitions,
                 partition_grid=[list(g) for g in grid], prefill_s=out.prefill_s, total_s=out.total_s,
                 stop_reason=stop_reason,
+                kept_stages=None if stats.kept_stages is None else [
+                    {"layer": stage["layer"], "kept": stage["kept"][b]} for stage in stats.kept_stages],
             )
-            for prompt, ids, tokens, visual, kept_b, partitions, grid, stop_reason in zip(
+            for b, (prompt, ids, tokens, visual, kept_b, partitions, grid, stop_reason) in enumerate(zip(
                 prompts, prompt_ids, out.tokens, stats.visual_tokens, kept, kept_partitions, stats.partition_grid,
                 out.stop_reasons,
-            )
+            ))
         ]

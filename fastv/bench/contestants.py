@@ -33,16 +33,16 @@ class Ours:
     """Our model with one pruning method, generating through `llava.generate.generate` (the pruned KV cache)."""
 
     def __init__(self, model, spec: str, prompts, images, new_tokens: int, clock: StageClock):
-        from llava.model.pruning.base import LayerPruner, VisionPruner
+        from llava.model.pruning.base import llm_parts, vision_part
 
         self.model, self.prompts, self.images, self.new_tokens, self.clock = model, prompts, images, new_tokens, clock
         self.method = model.set_pruning(spec)
         self.name = f"ours, {self.method.spec}"
         self.spec = self.method.spec
-        if isinstance(self.method, VisionPruner):
-            clock.wrap(self.method, "select_image", "pruning")
-        elif isinstance(self.method, LayerPruner):
-            clock.wrap(self.method, "select", "pruning")
+        if vision_part(self.method) is not None:
+            clock.wrap(vision_part(self.method), "select_image", "pruning")
+        for stage_method in llm_parts(self.method):  # each stage's choice, the attention rows it reads included
+            clock.wrap(stage_method, "cut", "pruning")
 
     def run(self) -> Run:
         from llava.generate import generate
@@ -63,7 +63,8 @@ class Ours:
             peak_memory_bytes=memory.bytes,
             kv_cache_bytes=our_cache_bytes(caches[0]),
             visual_tokens=stats.visual_tokens[0][0],
-            kept_after_layer_k=len((stats.kept_in_llm or stats.kept)[0][0]),
+            kept_after_layer_k=len((stats.kept_in_llm or stats.kept)[0][0]),  # after the last in-LLM stage
+            layer_tokens=stats.seq_lens[0],
             newline_tokens=stats.newline_tokens[0][0],
         )
 

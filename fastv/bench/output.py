@@ -27,6 +27,9 @@ def summarise(name: str, spec: str | None, runs: list[Run], batch: int, new_toke
     memory = [r.peak_memory_bytes for r in runs if r.peak_memory_bytes is not None]
     row["peak_memory_bytes"] = int(statistics.median(memory)) if memory else None
     row["kv_cache_bytes"] = runs[0].kv_cache_bytes
+    layers = runs[0].layer_tokens
+    row["tokens_per_layer_mean"] = statistics.fmean(layers) if layers else None  # prompt tokens, each layer's own
+    row["pruning_share_of_ttft"] = row["pruning_s"] / row["ttft_s"] if row["ttft_s"] else None
     return row
 
 
@@ -58,14 +61,18 @@ def to_markdown(result: dict) -> str:
         f"{result['model']}, batch {result['batch']}, {result['dtype']}, {result['text_tokens']} text tokens + the image, "
         f"{result['new_tokens']} new tokens; median of {result['repeats']} on {result['machine']} (torch {result['torch']})",
         "",
-        "| method | visual tokens | kept after layer k | vision (ms) | pruning (ms) | LLM prefill (ms) | TTFT (ms) "
+        "| method | visual tokens | kept after layer k | tokens per layer (mean) | vision (ms) | pruning (ms) "
+        "| pruning / TTFT | LLM prefill (ms) | TTFT (ms) "
         "| TTFT / ours unpruned | TTFT / transformers | decode per token (ms) | decode / ours unpruned | decode / transformers "
         "| answers/s | peak memory (MiB) | KV cache (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    percent = lambda v: "" if v is None else f"{100 * v:.2f}%"
     for r in result["rows"]:
+        per_layer = "" if r.get("tokens_per_layer_mean") is None else f"{r['tokens_per_layer_mean']:.1f}"
         lines.append(
-            f"| {r['method']} | {r['visual_tokens']} | {r['kept_after_layer_k']} | {ms(r['vision_s'])} | {ms(r['pruning_s'])} "
+            f"| {r['method']} | {r['visual_tokens']} | {r['kept_after_layer_k']} | {per_layer} | {ms(r['vision_s'])} "
+            f"| {ms(r['pruning_s'])} | {percent(r.get('pruning_share_of_ttft'))} "
             f"| {ms(r['prefill_s'])} | {ms(r['ttft_s'])} | {ratio(r, 'ttft_vs_ours_unpruned')} | {ratio(r, 'ttft_vs_transformers')} "
             f"| {ms(r['decode_s_per_token'])} | {ratio(r, 'decode_vs_ours_unpruned')} "
             f"| {ratio(r, 'decode_vs_transformers')} | {r['answers_per_s']:.2f} | {mib(r['peak_memory_bytes'])} "

@@ -118,8 +118,9 @@ class Run:
     peak_memory_bytes: int | None
     kv_cache_bytes: int
     visual_tokens: int
-    kept_after_layer_k: int
+    kept_after_layer_k: int  # image tokens after the last in-LLM stage (the visual tokens without one)
     newline_tokens: int = 0  # LLaVA-NeXT's image_newline tokens among the visual tokens (FastV keeps them all)
+    layer_tokens: list[int] | None = None  # the first sample's real tokens in each decoder layer at prefill
 
 
 

@@ -36,6 +36,7 @@ class NoPruning(PruningMethod):
     name = "none"
     Args = NoArgs
     summary = "the unpruned model"
+    acts = "-"
 
 
 @dataclass(frozen=True)

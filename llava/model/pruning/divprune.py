@@ -70,6 +70,7 @@ class DivPrune(KeepBudgetPruner):
     Args = KeepArgs
     summary = "pre-LLM: the most diverse projected tokens, greedy max-min cosine distance"
     before_projector = False  # the release selects among the projected tokens as they enter the LLM
+    acts = "llm input"
 
     def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
         if anyres:

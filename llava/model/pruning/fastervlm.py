@@ -21,6 +21,7 @@ class FasterVLM(KeepBudgetPruner):
     name = "fastervlm"
     Args = KeepArgs
     summary = "pre-LLM: keep the patches the vision encoder's [CLS] attends to most (select layer)"
+    reads_attention = True
 
     def attention_layers(self, vision_layers: int, select_layer: int) -> tuple[int, ...]:
         return (select_layer,)

@@ -67,6 +67,7 @@ class FastV(LayerPruner):
     name = "fastv"
     Args = FastVArgs
     summary = "in-LLM: after layer k-1, keep the image tokens the last token attends to most"
+    reads_question = True  # its query row, the prompt's last token, has seen the question
 
     @property
     def layers(self) -> tuple[int, ...]:

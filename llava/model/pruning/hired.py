@@ -62,6 +62,7 @@ class HiRED(VisionPruner):
     name = "hired"
     Args = HiREDArgs
     summary = "pre-LLM: a budget shared by the crops by layer-0 [CLS] attention, spent by the select layer's (NeXT)"
+    reads_attention = True
     packing = "no_newline"
 
     def attention_layers(self, vision_layers: int, select_layer: int) -> tuple[int, ...]:

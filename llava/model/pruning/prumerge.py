@@ -58,6 +58,7 @@ class PruMerge(VisionPruner):
     name = "prumerge"
     Args = PruMergeArgs
     summary = "pre-LLM: [CLS]-attention outliers (IQR fence) with their 32 nearest patches merged in, + 1 extra token"
+    reads_attention = True
     packing = "concat"
     plus: ClassVar[bool] = False
 

@@ -1,6 +1,7 @@
 """The one place methods are registered, and the parser of method spec strings.
 
-A spec is `name` or `name:key=value,key=value`, e.g. `fastv:k=2,keep=288`,
+A spec is `name` or `name:key=value,key=value` (or such specs joined by `+`: a chain,
+pruning/chain.py), e.g. `fastv:k=2,keep=288`,
 `fastervlm:keep=58`, `random:keep=64,seed=0`; each key at most once. Values are
 converted to the types of the method's `Args` dataclass, which validates them. A
 list-valued parameter (a `tuple[int, ...]` field) takes the comma-separated values
@@ -19,6 +20,7 @@ import typing
 
 from llava.errors import InputError
 from llava.model.pruning.base import PruningMethod
+from llava.model.pruning.chain import Chain
 from llava.model.pruning.spec import is_required
 
 _METHODS: dict[str, type[PruningMethod]] = {}
@@ -42,8 +44,18 @@ def method_class(name: str) -> type[PruningMethod]:
 
 
 def parse_method(spec: str | None) -> PruningMethod:
-    """'fastv:k=2,keep=288' -> a FastV instance with validated arguments. None or '' means 'none'."""
+    """'fastv:k=2,keep=288' -> a FastV instance with validated arguments. None or '' means 'none'. Methods joined
+    by '+' make a chain (pruning.chain): 'fastervlm:keep=192+fastv:k=2,keep=96'."""
     spec = (spec or "none").strip()
+    if "+" in spec:
+        parts = [p.strip() for p in spec.split("+")]
+        if not all(parts):
+            raise InputError(f"empty method in the chain '{spec}'")
+        return Chain([_parse_one(p) for p in parts])
+    return _parse_one(spec)
+
+
+def _parse_one(spec: str) -> PruningMethod:
     name, _, params = spec.partition(":")
     cls = method_class(name.strip())
     fields = {f.name: f for f in dataclasses.fields(cls.Args)}

@@ -95,6 +95,7 @@ class VisionZip(VisionPruner):
     name = "visionzip"
     Args = VisionZipArgs
     summary = "pre-LLM: [CLS] and the patches it attends to most, plus the rest merged into contextual tokens"
+    reads_attention = True
 
     def attention_layers(self, vision_layers: int, select_layer: int) -> tuple[int, ...]:
         return (select_layer,)

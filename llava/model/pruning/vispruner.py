@@ -84,6 +84,7 @@ class VisPruner(KeepBudgetPruner):
     name = "vispruner"
     Args = VisPrunerArgs
     summary = "pre-LLM: the patches [CLS] attends to most (select layer), plus a diverse set of the rest"
+    reads_attention = True
 
     def attention_layers(self, vision_layers: int, select_layer: int) -> tuple[int, ...]:
         return (select_layer,)
