@@ -13,7 +13,7 @@ from llava.errors import InputError
 from llava.generate import generate
 from llava.model.pruning.base import StageView, VisualSpan
 from llava.model.pruning.registry import parse_method
-from llava.model.pruning.sparsevlm import SparseVLM, cluster, raters, stage_counts
+from llava.model.pruning.sparsevlm import STAGE_COUNTS, SparseVLM, cluster, raters, stage_counts, stage_lists
 from tests import helpers
 from tests.test_model_parity import IMAGE_TOKEN_ID, NUM_PATCHES, QUESTIONS, prompts_for
 
@@ -70,6 +70,7 @@ def test_raters_chosen_once_from_the_input_embeddings_and_found_again_after_prun
 
 @pytest.mark.parametrize("keep, expected", [(192, [309, 204, 113]), (128, [312, 117, 39]), (64, [82, 32, 18])])
 def test_stage_counts_of_a_576_token_image_include_the_recycled_tokens(keep, expected):
+    assert stage_lists(keep, 576) == list(STAGE_COUNTS[keep])  # the release's lists, unscaled
     # keep=192: 576 -> top 300, 276 pruned, int(82.8) + 1 = 83 recycled into int(8.3) + 1 = 9: 309;
     #           309 -> 200, 109 pruned, 33 recycled, 4 merged: 204; 204 -> 110, 94 pruned, 29 recycled, 3 merged: 113.
     # keep=128: 576 -> 303 + (273 -> 82 -> 9) = 312; 312 -> 110 + (202 -> 61 -> 7) = 117; 117 -> 36 + (81 -> 25 -> 3) = 39.
@@ -226,16 +227,17 @@ def test_batch_equals_single_and_recycled_tokens_show_as_minus_one(loaded, with_
     pixel_values = processor(helpers.random_images(3, seed=32))
     with_method(TINY)
     together = model(prompts, pixel_values)
-    # 64 patches: stage 0 keeps min(66, 63) = 63 and merges the 1 pruned token alone (-1); stage 1 keeps 30 of
-    # those 64, 34 pruned, 11 recycled into 2 tokens: 32.
+    # 64 patches: the lists (66, 30) scaled by 64 / 576 are (7, 3). Stage 0 keeps 7, 57 pruned, int(17.1) + 1 = 18
+    # recycled into int(1.8) + 1 = 2 merged tokens (-1): 9; stage 1 keeps 3 of those 9, 6 pruned, 2 recycled into
+    # 1: 4.
     stages = together.stats.kept_stages
     assert [s["layer"] for s in stages] == [1, 2]
     for b in range(3):
-        assert stages[0]["kept"][b][0].count(-1) == 1 and len(stages[0]["kept"][b][0]) == 64
-        # the 2 new merged tokens, and stage 0's merged token if it is among the 30 kept
-        assert stages[1]["kept"][b][0].count(-1) in (2, 3) and len(stages[1]["kept"][b][0]) == 32
+        assert stages[0]["kept"][b][0].count(-1) == 2 and len(stages[0]["kept"][b][0]) == 9
+        # the new merged token, and stage 0's merged tokens that are among the 3 kept
+        assert stages[1]["kept"][b][0].count(-1) in (1, 2, 3) and len(stages[1]["kept"][b][0]) == 4
         n = len(prompts[b]) - 1 + 64
-        assert together.stats.seq_lens[b] == [n, n, n - 32]
+        assert together.stats.seq_lens[b] == [n, n - 55, n - 60]
     for b in range(3):
         alone = model(prompts[b : b + 1], pixel_values[b : b + 1])
         assert_close(together.logits[b], alone.logits[0], atol=1e-4, rtol=1e-4)
@@ -253,6 +255,15 @@ def test_cached_decoding_equals_recompute_without_cache(loaded, with_method):
     assert cached.stats == recomputed.stats
     alone = generate(model, prompts[1:2], pixel_values[1:2], max_new_tokens=8).tokens[0]
     assert alone == cached.tokens[1]
+
+
+def test_the_lists_scale_with_a_smaller_image():
+    # Our rule for an image of N != 576 tokens (the shipped models' 144): the release's lists x N / 576, rounded.
+    # keep=64 on 144: 66/4 = 16.5 -> 16 (round half to even), 30/4 = 7.5 -> 8, 17/4 = 4.25 -> 4. Then
+    # 144 -> 16 + (128 pruned -> int(38.4) + 1 = 39 recycled -> int(3.9) + 1 = 4) = 20; 20 -> 8 + (12 -> 4 -> 1) = 9;
+    # 9 -> 4 + (5 -> 2 -> 1) = 5.
+    assert stage_lists(64, 144) == [16, 8, 4] and stage_counts(64, 144) == [20, 9, 5]
+    assert stage_lists(128, 1) == [1, 1, 1]  # at least one
 
 
 # ---- refusals --------------------------------------------------------------------------------------------------

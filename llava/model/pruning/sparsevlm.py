@@ -12,7 +12,10 @@ sparse layers), score.py (per-stage counts), utils.py `cluster_and_merge` (DPC-k
   score of an image token is layer l's attention probability from the raters to it, mean over heads, mean over
   raters. The top min(count, v - 1) stay, in their order, where v is the image's current token count (recycled
   tokens of earlier stages included) and count comes from a fixed list per budget (score.py; *not* the paper's
-  rank-adaptive count): keep=192 -> 300, 200, 110; 128 -> 303, 110, 36; 64 -> 66, 30, 17.
+  rank-adaptive count): keep=192 -> 300, 200, 110; 128 -> 303, 110, 36; 64 -> 66, 30, 17. These lists are for the
+  release's 576-token image; an image of N tokens at the first stage (the shipped models' 144 patches, or what a
+  pre-LLM method of a chain left) gets them scaled by N / 576, rounded, at least 1 (`stage_lists`; our rule: the
+  release has none and would keep min(count, N - 1), i.e. nearly everything of a small image).
 - Recycling: of the pruned tokens, the int(0.3 x pruned) + 1 with the best scores are clustered by DPC-kNN into
   int(recycled / 10) + 1 tokens (features: layer l's output), placed after the kept image tokens, in the order
   of their centres. A 576-token image thus has 309 / 204 / 113 tokens after the stages for keep=192,
@@ -77,10 +80,19 @@ class SparseVLMArgs(MethodArgs):
             raise InputError(f"sparsevlm:seed must be an integer in [0, 2**63 - 1], got {self.seed}")
 
 
+RELEASE_TOKENS = 576  # the image the release's lists are written for
+
+
+def stage_lists(keep: int, tokens: int, stages: int = 3) -> list[int]:
+    """The per-stage counts for an image of `tokens` at the first stage: the release's list scaled by tokens / 576
+    (rounded, at least 1; the list itself for 576 tokens)."""
+    return [max(1, round(count * tokens / RELEASE_TOKENS)) for count in STAGE_COUNTS[keep][:stages]]
+
+
 def stage_counts(keep: int, tokens: int, stages: int = 3) -> list[int]:
     """An image's token count after each stage (merged tokens included), from `tokens` before the first."""
     counts = []
-    for count in STAGE_COUNTS[keep][:stages]:
+    for count in stage_lists(keep, tokens, stages):
         kept = min(count, tokens - 1)
         pruned = tokens - kept
         tokens = kept + (cluster_count(recycled_count(pruned)) if pruned else 0)
@@ -155,6 +167,7 @@ class SparseVLM(LayerPruner):
         text = view.text_after_images()
         if "raters" not in view.memo:  # the first stage: the input embeddings choose each image's raters
             view.memo["text"] = len(text)
+            view.memo["lists"] = [stage_lists(self.args.keep, span.length, len(self.args.layers)) for span in view.spans]
             view.memo["raters"] = [raters(view.embeds[span.start : span.end], view.embeds[text]) for span in view.spans]
         if len(text) != view.memo["text"]:
             raise ValueError(f"{self.spec}: the text after the images changed between stages; its raters are lost")
@@ -164,11 +177,10 @@ class SparseVLM(LayerPruner):
             rows = [torch.tensor([view.last_row], device=text.device)] * len(view.spans)
         asked = torch.unique(torch.cat(rows))  # (R,) ascending
         attention = view.attention(asked).mean(dim=0)  # (R, N) mean over heads
-        count = STAGE_COUNTS[self.args.keep][view.stage]
         cuts = []
-        for span, image_rows in zip(view.spans, rows):
+        for span, image_rows, lists in zip(view.spans, rows, view.memo["lists"]):
             scores = attention[torch.searchsorted(asked, image_rows), span.start : span.end].mean(dim=0)  # (L,)
-            cuts.append(self.select(scores, view.hidden[span.start : span.end], count))
+            cuts.append(self.select(scores, view.hidden[span.start : span.end], lists[view.stage]))
         return cuts
 
     def select(self, scores: torch.Tensor, hidden: torch.Tensor, count: int) -> SpanCut:
