@@ -12,12 +12,20 @@ a model inside the repository is named by its path relative to it (`models/llava
 so that a reader reruns the sweep from their own clone.
 
 Budgets are shares of the visual tokens of an image, in (0, 1], matched across
-methods: `keep = round(share * N)` per image (LLaVA-1.5) or per partition
-(LLaVA-NeXT: every method that keeps a count per partition, FastV's keep x
-partitions over the image, so all keep the same total), and HiRED's rate is the
-share itself (floor(P x N x share) per image). `pool` needs a square grid, so it
-keeps the nearest square number. Adaptive methods (PruMerge, PruMerge+) take no
-budget: they run once and are plotted at the tokens they reached. A method name
+methods as the tokens that really reach the decoder's layers: a pre-LLM method
+keeps `round(share * N)` per image (LLaVA-1.5) or per partition (LLaVA-NeXT),
+HiRED's rate is the share itself (floor(P x N x share) per image), and an in-LLM
+method gets the budget whose visual tokens per layer, averaged over the layers,
+come nearest `share * N` (`in_llm_spec`: its stage layers at the release's depth
+scaled to the model's, its `keep` or `lambda` solved); a share it cannot reach
+(its first layers see every token) is left out and shown as "n/a". So every
+column compares methods at the same mean tokens per layer, hence nearly the same
+prefill FLOPs; the per-run table prints both, measured: the visual tokens per
+layer from each answer's `layer_tokens`, and the LLM prefill's multiply-adds by
+the FastV paper's formula over those lengths, relative to the unpruned run.
+`pool` needs a square grid, so it keeps the nearest square number. Adaptive
+methods (PruMerge, PruMerge+) and methods with fixed budgets (SparseVLM) take no
+share: they run once per budget and are plotted at the tokens they reached. A method name
 may carry fixed parameters (`hired:split=paper`). `--baseline-model` adds a
 second model's unpruned row (by default on shapes_hr: the shipped LLaVA-1.5, its
 single 336-px view of the same images), so the value of high resolution shows.
@@ -64,11 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
-def method_spec(name: str, share: float, tokens: int) -> str:
+def method_spec(name: str, share: float, tokens: int, llm_layers: int = 32) -> str | None:
     """The spec that keeps `share` of the visual tokens with method `name` (fixed parameters after a colon stay):
     `keep = round(share * tokens)` (`tokens`: patches per image, or per partition on LLaVA-NeXT), HiRED's rate =
     `share`; VisionZip's `keep` tokens split as its paper's budgets split them (dominant : contextual = 54 : 10,
-    the dominant count including [CLS]); an adaptive method's spec is its name."""
+    the dominant count including [CLS]); an in-LLM method's from `in_llm_spec` (None: the share is out of its
+    reach on this `llm_layers`-layer LLM, or the method has fixed budgets, `fixed_budget_specs`); an adaptive
+    method's spec is its name."""
     from llava.errors import InputError
     from llava.model.pruning.registry import parse_method
 
@@ -78,6 +88,10 @@ def method_spec(name: str, share: float, tokens: int) -> str:
             return name
     except InputError:  # the name alone lacks its budget: a method with one
         pass
+    if base in FIXED_BUDGETS:  # no share: fixed_budget_specs
+        return None
+    if base in IN_LLM_BUDGETS:
+        return in_llm_spec(base, fixed, share * tokens, tokens, llm_layers)
     if base == "hired":
         budget = f"rate={share:g}"
     else:
@@ -90,6 +104,69 @@ def method_spec(name: str, share: float, tokens: int) -> str:
         else:
             budget = f"k=2,keep={keep}" if base == "fastv" else f"keep={keep}"
     return f"{base}:{budget}" + (f",{fixed}" if fixed else "")
+
+
+# An in-LLM method's stage layers in its release (a 32-layer LLM), and the parameter the sweep solves for.
+IN_LLM_BUDGETS = {"fastv": ("k", (2,), "keep"), "dart": ("k", (2,), "keep"), "pdrop": ("layers", (8, 16, 24), "lambda")}
+
+
+# Methods with a fixed set of budgets: they run once per budget (no share), at their stage layers scaled as above.
+FIXED_BUDGETS = {"sparsevlm": (64, 128, 192)}
+
+
+def fixed_budget_specs(name: str, llm_layers: int) -> list[str]:
+    """SparseVLM's specs on an `llm_layers`-layer LLM: each budget of its release, its scoring layers 2, 6, 15 (it
+    prunes their outputs: stages before 3, 7, 16) at the same depth (the 4-layer shipped models: 0, 1, 2)."""
+    base, _, fixed = name.partition(":")
+    layers = ",".join(str(layer - 1) for layer in scaled_layers((3, 7, 16), llm_layers))
+    return [f"{base}:keep={keep},layers={layers}" + (f",{fixed}" if fixed else "") for keep in FIXED_BUDGETS[base]]
+
+
+def scaled_layers(layers: tuple[int, ...], llm_layers: int) -> tuple[int, ...]:
+    """A release's stage layers (of 32) at the same depth of an `llm_layers`-layer LLM: round(l * L / 32), at least
+    1, strictly increasing, at most L - 1 (the 4-layer shipped models: FastV's 2 -> 1, PyramidDrop's 8,16,24 -> 1,2,3)."""
+    scaled = []
+    for layer in layers:
+        value = max(round(layer * llm_layers / 32), 1, scaled[-1] + 1 if scaled else 1)
+        scaled.append(min(value, llm_layers - 1))
+    return tuple(dict.fromkeys(scaled))
+
+
+def visual_per_layer(method, tokens: int, llm_layers: int) -> float | None:
+    """An in-LLM method's visual tokens per decoder layer, averaged over the layers, on an image of `tokens`: every
+    token before its first stage, each stage's count from its layer on (`stage_budget`); None if not stated."""
+    counts = method.stage_budget(tokens)
+    if counts is None:
+        return None
+    layers = list(method.layers) + [llm_layers]
+    total = layers[0] * tokens + sum((layers[s + 1] - layers[s]) * counts[s] for s in range(len(counts)))
+    return total / llm_layers
+
+
+def in_llm_spec(base: str, fixed: str, target: float, tokens: int, llm_layers: int) -> str | None:
+    """The spec of in-LLM method `base` whose visual tokens per layer come nearest `target`: its stage layers scaled
+    from the release's (`scaled_layers`), its `keep` (every value) or `lambda` (0.01 .. 1 by 0.01) solved. None when
+    even the nearest is more than 5% (and one token) off: its layers before the first stage see every token."""
+    from llava.errors import InputError
+    from llava.model.pruning.registry import parse_method
+
+    where, release, knob = IN_LLM_BUDGETS[base]
+    layers = ",".join(map(str, scaled_layers(release, llm_layers)))
+    values = [f"{v / 100:g}" for v in range(1, 101)] if knob == "lambda" else [str(v) for v in range(1, tokens + 1)]
+    best = None
+    for value in values:
+        spec = f"{base}:{where}={layers},{knob}={value}" + (f",{fixed}" if fixed else "")
+        try:
+            method = parse_method(spec)
+            method.check_model(24, llm_layers, tokens)
+        except InputError:
+            continue
+        reached = visual_per_layer(method, tokens, llm_layers)
+        if reached is not None and (best is None or abs(reached - target) < best[0]):
+            best = (abs(reached - target), method.spec)
+    if best is None or best[0] > max(1.0, 0.05 * target):
+        return None
+    return best[1]
 
 
 def is_adaptive(method, tokens: int) -> bool:
@@ -114,7 +191,15 @@ def check_options(out, names, shares, limit, max_new_tokens, batch_size, device,
     if bad or not shares:
         raise InputError(f"--shares must be fractions of the visual tokens kept, in (0, 1]; got {', '.join(map(str, bad or shares)) or 'none'}")
     for name in names:  # the registry's "unknown method ... did you mean" error, and bad fixed parameters
-        parse_method(method_spec(name, shares[0], NOMINAL_TOKENS))
+        base, _, fixed = name.partition(":")
+        if base in FIXED_BUDGETS:
+            for spec in fixed_budget_specs(name, 32):
+                parse_method(spec)
+        elif base in IN_LLM_BUDGETS:
+            where, release, knob = IN_LLM_BUDGETS[base]
+            parse_method(f"{base}:{knob}={'0.5' if knob == 'lambda' else 1}" + (f",{fixed}" if fixed else ""))
+        else:
+            parse_method(method_spec(name, shares[0], NOMINAL_TOKENS))
     check_run_options(batch_size, limit)
     check_at_least("--n-questions", n_questions, 1, "the test questions a shapes benchmark generates")
     if max_new_tokens is not None:
@@ -134,7 +219,11 @@ def check_budgets(names, shares, config) -> None:
     per = "per partition" if config.anyres else "per image"
     for name in names:
         for share in shares:
-            spec = method_spec(name, share, tokens)
+            spec = method_spec(name, share, tokens, config.text.num_layers)
+            if name.partition(":")[0] in FIXED_BUDGETS:
+                spec = fixed_budget_specs(name, config.text.num_layers)[0]
+            if spec is None:  # an in-LLM method that cannot reach the share: its cell says n/a
+                continue
             try:
                 parse_method(spec).check_model(config.vision.num_layers, config.text.num_layers, tokens, config.anyres)
             except InputError as error:
@@ -211,10 +300,19 @@ def main(
     options = dict(data_root=data_root, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
     pipe = LlavaPipeline.load(model_path, device=device)
     tokens = pipe.model.config.tokens_per_image
+    llm_layers = pipe.model.config.text.num_layers
     runs, done = [], set()
     for name in names:
+        if name.partition(":")[0] in FIXED_BUDGETS:
+            for spec in fixed_budget_specs(name, llm_layers):
+                spec = pipe.model.set_pruning(spec).spec
+                runs.append(_run(benchmark, pipe, Path(out), name, spec, None, model_path, **options))
+            continue
         for share in shares:
-            spec = pipe.model.set_pruning(method_spec(name, share, tokens)).spec
+            spec = method_spec(name, share, tokens, llm_layers)
+            if spec is None:
+                continue
+            spec = pipe.model.set_pruning(spec).spec
             if spec in done:  # none, and adaptive methods: one run
                 continue
             done.add(spec)
@@ -223,8 +321,13 @@ def main(
     if baseline_model is not None:
         baseline = LlavaPipeline.load(baseline_model, device=device)
         runs.append(_run(benchmark, baseline, Path(out) / "baseline", "baseline", "none", None, baseline_model, **options))
+    unpruned = next((r for r in runs if r["spec"] == "none"), None)
+    for r in runs:  # prefill multiply-adds over the unpruned run's (same questions, same model)
+        same_model = unpruned is not None and r["model"] == unpruned["model"]
+        r["flops_ratio"] = (r["prefill_flops"] / unpruned["prefill_flops"]
+                            if same_model and r["prefill_flops"] and unpruned["prefill_flops"] else None)
     result = {"model": recorded_path(model_path), "benchmark": benchmark, "anyres": anyres, "tokens_per_image": tokens,
-              "baseline_model": recorded_path(baseline_model), "runs": runs}
+              "llm_layers": llm_layers, "baseline_model": recorded_path(baseline_model), "runs": runs}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     table = to_markdown(result)
@@ -246,10 +349,26 @@ def _run(benchmark, pipe, out: Path, name: str, spec: str, share: float | None, 
     return {
         "method": name, "spec": spec, "share": share, "model": recorded_path(model_path),
         "kept_tokens": scores["run"].get("kept_tokens_mean"), "visual_tokens": scores["run"].get("visual_tokens_mean"),
+        "visual_per_layer": scores["run"].get("visual_tokens_per_layer_mean"),
+        "prefill_flops": prefill_flops(run_dir, scores["run"].get("llm")),
         "questions": scores["run"]["questions"],
         "accuracy": metrics.get("accuracy", scores["headline"]["value"]),
         "types": metrics.get("types", {}),
     }
+
+
+def prefill_flops(run_dir: Path, llm: dict | None) -> float | None:
+    """The LLM prefill's multiply-adds (the FastV paper's formula over each layer's real length, fastv.flops), the
+    mean over the run's answers with an image; None without per-layer lengths."""
+    from fastv.flops import paper_llm_flops
+    from llava.eval.runfolder import read_answers
+
+    if not llm:
+        return None
+    per_answer = [paper_llm_flops(line["metadata"]["layer_tokens"], llm["hidden_size"], llm["intermediate_size"])[0]
+                  for line in read_answers(run_dir).values()
+                  if (line.get("metadata") or {}).get("layer_tokens") and line["metadata"].get("visual_tokens")]
+    return sum(per_answer) / len(per_answer) if per_answer else None
 
 
 def to_markdown(result: dict) -> str:
@@ -263,7 +382,9 @@ def to_markdown(result: dict) -> str:
             else f"over different numbers of questions ({', '.join(map(str, counts))}: see the per-type table)")
     adaptive = [r for r in runs if r["share"] is None and r["spec"] != "none"]
     lines = [
-        f"Accuracy (%) on {result['benchmark']}, by method and share of the {tokens} visual tokens kept {per}, {over}",
+        f"Accuracy (%) on {result['benchmark']}, by method and share of the {tokens} visual tokens {per}, matched as the"
+        f" visual tokens per decoder layer (mean over the {result.get('llm_layers', '?')} layers; an in-LLM method's"
+        f" first layers see them all), {over}; n/a: an in-LLM method cannot get that low",
         "",
         f"| method | {header} |" + (" adaptive (tokens kept) |" if adaptive else ""),
         "|---|" + "---:|" * (len(shares) + bool(adaptive)),
@@ -275,23 +396,34 @@ def to_markdown(result: dict) -> str:
             lines.append(f"| {label} | {_number(r['accuracy'])} |" + blank)
     for name in dict.fromkeys(r["method"] for r in runs if r["spec"] != "none"):
         by_share = {r["share"]: r for r in runs if r["method"] == name}
-        cells = [_number(by_share[s]["accuracy"]) if s in by_share else "" for s in shares]
+        in_llm = name.partition(":")[0] in IN_LLM_BUDGETS
+        cells = [_number(by_share[s]["accuracy"]) if s in by_share else ("n/a" if in_llm else "") for s in shares]
         if adaptive:
-            reached = by_share.get(None)
-            cells.append(f"{_number(reached['accuracy'])} ({reached['kept_tokens']:.0f})" if reached else "")
+            reached = [r for r in runs if r["method"] == name and r["share"] is None]
+            cells.append(", ".join(f"{_number(r['accuracy'])} ({_tokens(r)})" for r in reached))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     types = sorted({t for r in runs for t in r["types"]})
-    if types:
-        lines += ["", "Per question type (\"-\": the run had no question of that type; kept: visual tokens kept per "
-                      "image, mean, newline tokens not counted):", "",
-                  "| method | kept | questions | " + " | ".join(types) + " |", "|---|---:|---:|" + "---:|" * len(types)]
-        for r in runs:
-            kept = f"{r['kept_tokens']:.0f}" if r["kept_tokens"] is not None else ""
-            cells = " | ".join(_number(r["types"].get(t)) for t in types)
-            spec = r["spec"] if r["method"] != "baseline" else f"baseline ({Path(r['model']).name})"
-            lines.append(f"| {spec} | {kept} | {r.get('questions', '')} | {cells} |")
+    lines += ["", "Per run (kept: visual tokens per image after the last stage, mean, newline tokens not counted; per layer:"
+                  " visual tokens each decoder layer ran on, mean over layers and questions; FLOPs: LLM prefill"
+                  " multiply-adds by the FastV paper's formula over the measured per-layer lengths, over the unpruned"
+                  " run's; \"-\": the run had no question of that type):", "",
+              "| method | kept | per layer | FLOPs | questions | " + " | ".join(types) + " |",
+              "|---|---:|---:|---:|---:|" + "---:|" * len(types)]
+    for r in runs:
+        kept = f"{r['kept_tokens']:.0f}" if r["kept_tokens"] is not None else ""
+        per_layer = f"{r['visual_per_layer']:.1f}" if r.get("visual_per_layer") is not None else ""
+        flops = f"{r['flops_ratio']:.3f}" if r.get("flops_ratio") is not None else ""
+        cells = " | ".join(_number(r["types"].get(t)) for t in types)
+        spec = r["spec"] if r["method"] != "baseline" else f"baseline ({Path(r['model']).name})"
+        lines.append(f"| {spec} | {kept} | {per_layer} | {flops} | {r.get('questions', '')} | {cells} |")
     return "\n".join(lines)
+
+
+def _tokens(run: dict) -> str:
+    """The tokens a run reached: visual tokens per layer where measured, else those kept."""
+    value = run.get("visual_per_layer") if run.get("visual_per_layer") is not None else run["kept_tokens"]
+    return f"{value:.0f}"
 
 
 def _number(value) -> str:
@@ -299,7 +431,8 @@ def _number(value) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Accuracy against the visual tokens each run really kept (mean per image), one line per method."""
+    """Accuracy against the visual tokens each run's decoder layers really ran on (mean per layer and image; the
+    tokens kept where not measured), one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,11 +448,12 @@ def plot(result: dict, path: Path) -> None:
             label = "none (unpruned)" if name != "baseline" else f"{Path(runs[0]['model']).name}, unpruned"
             axis.axhline(runs[0]["accuracy"], linewidth=1, label=label, **style)
             continue
-        points = sorted((r["kept_tokens"], r["accuracy"]) for r in runs)
+        points = sorted((r["visual_per_layer"] if r.get("visual_per_layer") is not None else r["kept_tokens"],
+                         r["accuracy"]) for r in runs)
         axis.plot([t for t, _ in points], [a for _, a in points], marker="o" if len(points) > 1 else "*",
                   markersize=5 if len(points) > 1 else 10, linestyle="-" if len(points) > 1 else "", label=name)
     axis.set_xscale("log")
-    axis.set_xlabel("visual tokens kept per image (mean; newline tokens not counted)")
+    axis.set_xlabel("visual tokens per decoder layer (mean over layers and images)")
     axis.set_ylabel("accuracy (%)")
     axis.set_title(f"{result['benchmark']}: accuracy vs visual tokens ({Path(result['model']).name})")
     axis.grid(True, alpha=0.3)

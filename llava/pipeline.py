@@ -43,6 +43,7 @@ class Answer:
     # in-LLM methods, per stage: {"layer": L (it prunes before decoder layer L), "kept": per image, the sorted ids
     # (as `kept`) of the image tokens layers L.. run on}; None without in-LLM pruning
     kept_stages: list[dict] | None = None
+    layer_tokens: list[int] | None = None  # per decoder layer: the prompt's tokens it ran on at prefill
 
 
 class LlavaPipeline:
@@ -130,6 +131,7 @@ class LlavaPipeline:
                 stop_reason=stop_reason,
                 kept_stages=None if stats.kept_stages is None else [
                     {"layer": stage["layer"], "kept": stage["kept"][b]} for stage in stats.kept_stages],
+                layer_tokens=stats.seq_lens[b] if stats.seq_lens else None,
             )
             for b, (prompt, ids, tokens, visual, kept_b, partitions, grid, stop_reason) in enumerate(zip(
                 prompts, prompt_ids, out.tokens, stats.visual_tokens, kept, kept_partitions, stats.partition_grid,

@@ -16,13 +16,17 @@ def test_sweep_writes_runs_table_and_plot(tiny_llava_dir, tmp_path):
         methods=["none", "fastervlm", "pool", "fastv"], shares=[1.0, 0.25], limit=3, n_questions=6, batch_size=3, max_new_tokens=3,
     )
     specs = [r["spec"] for r in result["runs"]]
+    # FastV on the 3-layer tiny LLM prunes before layer 1 (the release's 2 of 32 at the same depth); at 25% it would
+    # need (3 x 16 - 64) / 2 < 0 tokens after layer 1: out of its reach, n/a in the table.
     assert specs == ["none", "fastervlm:keep=64", "fastervlm:keep=16", "pool:keep=64", "pool:keep=16",
-                     "fastv:keep=64", "fastv:keep=16"]
-    assert [r["kept_tokens"] for r in result["runs"]] == [64, 64, 16, 64, 16, 64, 16]
+                     "fastv:k=1,keep=64"]
+    assert [r["kept_tokens"] for r in result["runs"]] == [64, 64, 16, 64, 16, 64]
+    assert [r["visual_per_layer"] for r in result["runs"]] == [64, 64, 16, 64, 16, 64]
     assert all(0 <= r["accuracy"] <= 100 for r in result["runs"])
+    assert result["runs"][0]["flops_ratio"] == 1 and 0 < result["runs"][2]["flops_ratio"] < 1
     assert json.loads((out / "sweep.json").read_text()) == result
     table = (out / "sweep.md").read_text()
-    assert "| fastervlm |" in table and "Per question type" in table
+    assert "| fastervlm |" in table and "| fastv | 0.0 | n/a |" in table and "Per run" in table
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     # Every run has its own resumable directory; a second sweep answers nothing new.
     again = sweep.main(
@@ -34,7 +38,12 @@ def test_sweep_writes_runs_table_and_plot(tiny_llava_dir, tmp_path):
 
 def test_method_spec_for_shares():
     assert sweep.method_spec("fastervlm", 0.1, 576) == "fastervlm:keep=58"
-    assert sweep.method_spec("fastv", 0.25, 576) == "fastv:k=2,keep=144"
+    # An in-LLM method's budget: the visual tokens per layer, averaged over the layers, nearest the share. FastV at
+    # k = 2 of 32 layers: (2 x 576 + 30 keep) / 32 = 144 -> keep = 115.2 -> 115. On 4 layers k = 1: 25% of 144 is
+    # reached at keep = 1 ((144 + 3) / 4 = 36.75, within 5%); 10% is not.
+    assert sweep.method_spec("fastv", 0.25, 576) == "fastv:keep=115"
+    assert sweep.method_spec("fastv", 0.25, 144, llm_layers=4) == "fastv:k=1,keep=1"
+    assert sweep.method_spec("fastv", 0.1, 144, llm_layers=4) is None
     assert sweep.method_spec("pool", 0.1, 576) == "pool:keep=64"  # nearest square to 58
     assert sweep.method_spec("none", 0.1, 576) == "none"
     assert sweep.method_spec("hired:split=paper", 0.1, 144) == "hired:rate=0.1,split=paper"
@@ -51,7 +60,16 @@ def test_the_default_sweep_gives_every_registered_method_a_spec_at_every_share()
 
     for name in available_methods():
         for share in sweep.DEFAULT_SHARES:
-            parse_method(sweep.method_spec(name, share, 144))
+            spec = sweep.method_spec(name, share, 144, llm_layers=4)
+            if name in sweep.FIXED_BUDGETS:  # no share: its own budgets, each a spec it takes
+                assert spec is None
+                for fixed in sweep.fixed_budget_specs(name, 4):
+                    parse_method(fixed).check_model(6, 4, 144)
+                continue
+            if spec is None:  # an in-LLM method out of its reach at this share: n/a
+                assert name in sweep.IN_LLM_BUDGETS and share <= 0.25
+                continue
+            parse_method(spec)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -116,9 +134,9 @@ def test_table_counts_questions_and_marks_missing_types():
          "accuracy": 60.0, "types": {"color": 60.0}},  # no count question in this run: "-", not 0.0
     ]}
     table = sweep.to_markdown(result)
-    assert "kept per image, over 5 questions each" in table.splitlines()[0]
-    assert "| fastervlm:keep=50 | 50 | 5 | 60.0 | - |" in table
-    assert "| none | 100 | 5 | 100.0 | 50.0 |" in table
+    assert "over 5 questions each" in table.splitlines()[0]
+    assert "| fastervlm:keep=50 | 50 |  |  | 5 | 60.0 | - |" in table  # per layer and FLOPs not recorded
+    assert "| none | 100 |  |  | 5 | 100.0 | 50.0 |" in table
 
 
 def test_a_corrupt_run_file_in_a_sweep_folder(tiny_llava_dir, tmp_path):

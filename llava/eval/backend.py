@@ -112,6 +112,8 @@ def answer_metadata(answer) -> dict:
                 "stop_reason": answer.stop_reason}  # "eos", "max_new_tokens" or "context" (the window is full)
     if answer.prompt_ids:  # the prefill's length: the prompt with every image's visual tokens in place
         metadata["prompt_tokens"] = len(answer.prompt_ids) - len(answer.visual_tokens) + sum(answer.visual_tokens)
+    if getattr(answer, "layer_tokens", None):  # per decoder layer, the tokens it ran on (in-LLM pruning: fewer later)
+        metadata["layer_tokens"] = list(answer.layer_tokens)
     grids = getattr(answer, "partition_grid", None)
     if grids and any(rows for rows, _ in grids):  # LLaVA-NeXT: what each partition kept
         metadata["partition_grid"] = grids

@@ -294,6 +294,8 @@ def run_record(questions, answers, settings, previous, described, times, world_s
         "visual_tokens_mean": _mean(sum(l["metadata"]["visual_tokens"]) for l in with_image),
         "kept_tokens_mean": _mean(sum(l["metadata"].get("kept_tokens") or [0]) for l in with_image),
         "prompt_tokens_mean": _mean(l["metadata"]["prompt_tokens"] for l in with_image if "prompt_tokens" in l["metadata"]),
+        "visual_tokens_per_layer_mean": _mean(visual_per_layer(l["metadata"]) for l in with_image
+                                              if "layer_tokens" in l["metadata"] and "prompt_tokens" in l["metadata"]),
         "llm": (described and described.llm) or previous.get("llm"),
         "data_root": recorded_path(data_root),
         "question_file": recorded_path(question_file) if question_file else previous.get("question_file"),
@@ -321,6 +323,14 @@ def versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             found[package] = None
     return found
+
+
+def visual_per_layer(metadata: dict) -> float:
+    """An answer's visual tokens per decoder layer, averaged over the layers: each layer's tokens less the text's
+    (an in-LLM method's later layers run on fewer; a pre-LLM method's all on what it kept)."""
+    text = metadata["prompt_tokens"] - sum(metadata["visual_tokens"])
+    layers = metadata["layer_tokens"]
+    return sum(layers) / len(layers) - text
 
 
 def _mean(values) -> float | None:

@@ -5,4 +5,6 @@ Importing the package registers the built-in methods: each method module registe
 A new method is a new module here, imported below.
 """
 
-from llava.model.pruning import baselines, divprune, fastervlm, fastv, hired, prumerge, visionzip, vispruner  # noqa: F401  (registers them)
+from llava.model.pruning import (  # noqa: F401  (registers them)
+    baselines, dart, divprune, fastervlm, fastv, hired, prumerge, sparsevlm, visionzip, vispruner,
+)

@@ -96,6 +96,9 @@ class FastV(LayerPruner):
     def budget(self, tokens_per_image: int) -> int:
         return self.kept_count(tokens_per_image)
 
+    def stage_budget(self, tokens: int) -> list[int]:
+        return [self.kept_count(tokens)]
+
     def cut(self, view: StageView) -> list[SpanCut]:
         row = view.attention(torch.tensor([view.last_row], device=view.key_mask.device))[:, 0]  # (H, N)
         return [SpanCut(keep) for keep in self.select(row, view.spans)]

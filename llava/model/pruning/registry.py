@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 
@@ -47,10 +48,8 @@ def parse_method(spec: str | None) -> PruningMethod:
     """'fastv:k=2,keep=288' -> a FastV instance with validated arguments. None or '' means 'none'. Methods joined
     by '+' make a chain (pruning.chain): 'fastervlm:keep=192+fastv:k=2,keep=96'."""
     spec = (spec or "none").strip()
-    if "+" in spec:
-        parts = [p.strip() for p in spec.split("+")]
-        if not all(parts):
-            raise InputError(f"empty method in the chain '{spec}'")
+    parts = [p.strip() for p in re.split(r"\+(?=\s*[A-Za-z])", spec)]  # a '+' before a name joins (prumerge+ is one)
+    if len(parts) > 1:
         return Chain([_parse_one(p) for p in parts])
     return _parse_one(spec)
 
