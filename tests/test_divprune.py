@@ -1,14 +1,23 @@
 """DivPrune: known answers worked out by hand (the first pick by the nearest-other-token rule, the max-min
-order, ties to the first index, keep = all and keep = 1), the greedy loop against the rule's direct
-definition, the model's choice against transformers' projected image features, and one-line refusals
-(LLaVA-NeXT, bad budgets)."""
+order, ties to the first index, keep = all and keep = 1; on a hand-made LLaVA-NeXT image, one selection over
+the laid-out tokens with the newline tokens as candidates and the padding out), the greedy loop against the
+rule's direct definition, the model's choice against transformers' projected (LLaVA-1.5) and packed
+(LLaVA-NeXT) image features, NeXT's contracts (the budget, batch equals single, cached decoding equals
+recompute, ratio=0 equals no pruning, the kept ids), and one-line refusals (bad budgets)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.testing import assert_close
 
+from llava.conversation import build_prompt
 from llava.errors import InputError
+from llava.generate import generate
+from llava.mm_utils import AnyresImage, tokenizer_image_token
+from llava.model.anyres import NEWLINE, anyres_layout
+from llava.model.llava_arch import LlavaForCausalLM
 from llava.model.pruning.base import VisionInputs
 from llava.model.pruning.divprune import cosine_distance, max_min_order
 from llava.model.pruning.registry import parse_method
@@ -130,16 +139,138 @@ def test_llava_15_keeps_the_rule_applied_to_transformers_projected_features(load
     assert max_min_order(patches, 20).sort().values.tolist() != expected
 
 
+# ---- LLaVA-NeXT: one selection over the laid-out image ------------------------------------------------------
+
+# A 2 x 1 crop grid of 2 x 2-patch views for a 10 x 20 image: stitched rows 0 and 3 are padding, so the model's
+# merge reads (tests/test_anyres_layout.py), by position:
+#   0-3 base p0-p3 | 4 c1 p2 | 5 c1 p3 | 6 newline | 7 c2 p0 | 8 c2 p1 | 9 newline
+# Features on the unit circle, in degrees: base 0, 20, 30, 40; c1 p2 50, p3 60; c2 p0 70, p1 100; the newline
+# embedding 210. The padded patches c1 p0, c1 p1, c2 p2, c2 p3 sit at 300, 310, 320, 330 -- the most isolated
+# of all, had they been candidates: they never are (not in the layout).
+ANGLES = [[0, 20, 30, 40], [300, 310, 50, 60], [70, 100, 320, 330]]
+
+
+def lay_out(spec: str):
+    """The model's `_lay_out` of that image on a stand-in model (features per view, the newline embedding) ->
+    the kept tokens' (partition, patch) and features."""
+    method = parse_method(spec)
+    model = SimpleNamespace(pruning=method, config=SimpleNamespace(vision=SimpleNamespace(grid_size=2),
+                                                                   patch_merge="spatial_unpad"),
+                            image_newline=on_circle([210])[0], device=torch.device("cpu"))
+    image = AnyresImage(torch.zeros(3, 3, 1, 1), (2, 1), (0, 0), (10, 20))
+    views = [VisionInputs(on_circle(angles), {}, {}, (2, 2), v) for v, angles in enumerate(ANGLES)]
+    kept = method.select_image(views, image.grid)
+    assert [k.indices.tolist() for k in kept] == [[0, 1, 2, 3]] * 3  # every patch goes on to the layout
+    features = [view.features[k.indices] for view, k in zip(views, kept)]
+    tokens = LlavaForCausalLM._lay_out(model, image, features, [k.indices for k in kept])
+    return torch.stack([tokens.partition, tokens.patch_index], dim=-1).tolist(), tokens.features
+
+
+def test_next_selects_once_over_the_laid_out_image_newline_tokens_included():
+    # L = 10 candidates. Nearest other token: 0 20 | 20, 30, 40, 50, 60, 70: 10 | 100: 30 (70) | each newline: 0
+    # (the other newline, the same embedding): the first pick is 100 (position 8). Angles to it: 0 100 | 20 80 |
+    # 30 70 | 40 60 | 50 50 | 60 40 | 70 30 | newline 110: pick the first newline (position 6; 9 ties it exactly).
+    # Min over {100, 210}: 0 min(100, 150) = 100 | 20 80 | ... | newline 9: 0: pick 0 (position 0). Min over
+    # {100, 210, 0}: 20 20 | 30 30 | 40 40 | 50 min(50, 160, 50) = 50 | 60 40 | 70 30: pick 50 (position 4).
+    # keep=1 per view: min(1 x 3 views, 10) = 3 tokens; ratio=0.6: round(10 x 0.4) = 4.
+    n = [NEWLINE, NEWLINE]
+    layout, features = lay_out("divprune:keep=1")
+    assert layout == [[0, 0], n, [2, 1]]
+    assert_close(features, on_circle([0, 210, 100]))
+    assert lay_out("divprune:ratio=0.6")[0] == [[0, 0], [1, 2], n, [2, 1]]  # in the layout's order
+    assert len(lay_out("divprune:keep=4")[0]) == 10  # min(4 x 3, 10): every token, both newlines
+    assert len(lay_out("divprune:ratio=0")[0]) == 10
+
+
+def test_the_budget_per_view_or_as_the_fraction_dropped():
+    assert parse_method("divprune:keep=16").kept_count(268, 5) == 80  # 16 per view of a 2 x 2 grid
+    assert parse_method("divprune:keep=64").kept_count(136, 3) == 136  # min(192, L)
+    assert parse_method("divprune:ratio=0.75").kept_count(268, 5) == 67  # round(268 x .25)
+    release_r = 0.098  # the release's SUBSET_RATIO: int(round(r L)) kept
+    assert parse_method(f"divprune:ratio={1 - release_r}").kept_count(576) == round(release_r * 576) == 56
+    assert parse_method("divprune:ratio=0.5").budget(64) == 32 and parse_method("divprune:keep=20").budget(64) == 20
+
+
+# ---- LLaVA-NeXT: through the model ---------------------------------------------------------------------------
+
+SIZES = ((160, 120), (90, 140), (112, 112), (300, 100))  # crop grids 2x2, 2x1, 1x2, 1x3 on the tiny model
+
+
+def next_batch(loaded_next, seed: int = 41):
+    tokenizer, _, processor, _ = loaded_next
+    questions = ["what is in this image ?", "describe it", "how many red left ? answer yes or no", "read the word"]
+    prompts = [tokenizer_image_token(build_prompt(q), tokenizer) for q in questions]
+    return prompts, processor(helpers.random_images(4, seed=seed, sizes=SIZES))
+
+
+def test_llava_next_keeps_the_rule_applied_to_transformers_packed_features(loaded_next, tiny_next_dir):
+    from transformers import LlavaNextForConditionalGeneration
+
+    _, model, _, _ = loaded_next
+    prompts, images = next_batch(loaded_next)
+    hf = LlavaNextForConditionalGeneration.from_pretrained(tiny_next_dir, dtype=torch.float32).eval()
+    for spec in ("divprune:keep=16", "divprune:ratio=0.8"):
+        method = model.set_pruning(spec)
+        try:
+            with torch.no_grad():
+                inputs = model.prepare_inputs(prompts, images)
+        finally:
+            model.set_pruning("none")
+        newline_kept = 0
+        for b, image in enumerate(images):
+            with torch.no_grad():  # base view + unpadded stitched crops + newline tokens, projected (spatial_unpad)
+                (packed,) = hf.model.get_image_features(pixel_values=image.pixel_values,
+                                                        image_sizes=torch.tensor([image.image_size])).pooler_output
+            layout = anyres_layout(image.grid, 8, image.image_size, "spatial_unpad")
+            assert len(packed) == len(layout)
+            budget = method.kept_count(len(packed), 1 + image.grid[0] * image.grid[1])
+            kept = max_min_order(packed[None], budget)[0].sort().values
+            (span,) = inputs.spans[b]
+            assert span.length == budget == (16 * (1 + image.grid[0] * image.grid[1]) if "keep" in spec
+                                             else round(len(packed) * 0.2))
+            assert torch.stack([span.partition, span.patch_index], dim=-1).tolist() == layout[kept].tolist()
+            assert_close(inputs.embeds[b, span.start : span.end], packed[kept], atol=1e-5, rtol=1e-5)
+            # Bookkeeping: the newline tokens kept are in the count; ids and partitions name the patches kept.
+            stats = inputs.stats
+            assert stats.visual_tokens[b] == [budget] and stats.newline_tokens[b] == [int(span.newline.sum())]
+            assert sum(stats.partition_tokens()[b][0]) + stats.newline_tokens[b][0] == budget
+            assert stats.kept[b][0] == [int(p) * 64 + int(i) for p, i in layout[kept] if p != NEWLINE]
+            newline_kept += stats.newline_tokens[b][0]
+        assert newline_kept > 0  # the newline embedding is a candidate, and was chosen
+
+
+def test_next_batch_equals_single_runs_and_cached_decoding_equals_recompute(loaded_next):
+    _, model, _, _ = loaded_next
+    prompts, images = next_batch(loaded_next, seed=42)
+    assert len({image.grid for image in images}) == 4  # a mixed batch
+    model.set_pruning("divprune:keep=10")
+    try:
+        together = model(prompts, images)
+        cached = generate(model, prompts, images, max_new_tokens=6).tokens
+        assert generate(model, prompts, images, max_new_tokens=6, use_cache=False).tokens == cached
+        for b in range(4):
+            alone = model(prompts[b : b + 1], images[b : b + 1])
+            assert_close(together.logits[b], alone.logits[0], atol=1e-4, rtol=1e-4)
+            assert together.stats.kept[b] == alone.stats.kept[0]
+            assert generate(model, prompts[b : b + 1], images[b : b + 1], max_new_tokens=6).tokens[0] == cached[b]
+    finally:
+        model.set_pruning("none")
+    assert together.stats.visual_tokens == [[10 * (1 + image.grid[0] * image.grid[1])] for image in images]
+
+
+def test_next_ratio_zero_keeps_every_token_and_equals_no_pruning(loaded_next):
+    _, model, _, _ = loaded_next
+    prompts, images = next_batch(loaded_next, seed=43)
+    expected = model(prompts, images, all_logits=True)
+    model.set_pruning("divprune:ratio=0")
+    try:
+        out = model(prompts, images, all_logits=True)
+    finally:
+        model.set_pruning("none")
+    assert torch.equal(out.logits, expected.logits) and out.stats.kept == expected.stats.kept
+
+
 # ---- bad input -------------------------------------------------------------------------------------------------
-
-
-def test_llava_next_is_refused_in_one_line(loaded_next):
-    model = loaded_next[1]
-    with pytest.raises(InputError) as error:
-        model.set_pruning("divprune:keep=16")
-    message = str(error.value)
-    assert "\n" not in message and "divprune" in message and "newline" in message and "LLaVA-1.5 only" in message
-    assert model.pruning.name == "none"
 
 
 def test_bad_budgets_are_refused_in_one_line(loaded):
@@ -154,3 +285,28 @@ def test_bad_budgets_are_refused_in_one_line(loaded):
     with pytest.raises(InputError) as error:
         select("divprune:keep=6", on_circle(FIVE))
     assert str(error.value) == "keep=6 is larger than the 5 visual tokens in image 0"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("divprune", "divprune needs exactly one budget: keep=N (tokens kept per image, per view on LLaVA-NeXT)"
+                 " or ratio=R (fraction dropped)"),
+    ("divprune:keep=16,ratio=0.5", "divprune needs exactly one budget: keep=N (tokens kept per image, per view on"
+                                   " LLaVA-NeXT) or ratio=R (fraction dropped)"),
+    ("divprune:ratio=1", "divprune:ratio is the fraction dropped and must be in [0, 1), got 1.0"),
+    ("divprune:ratio=-0.1", "divprune:ratio is the fraction dropped and must be in [0, 1), got -0.1"),
+])
+def test_bad_arguments_are_refused_in_one_line(spec, message):
+    with pytest.raises(InputError) as error:
+        parse_method(spec)
+    assert str(error.value) == message
+
+
+def test_budgets_beyond_a_view_or_keeping_nothing_are_refused_in_one_line_on_llava_next(loaded_next):
+    model = loaded_next[1]
+    with pytest.raises(InputError) as error:
+        model.set_pruning("divprune:keep=65")
+    assert str(error.value) == "keep=65 is larger than the 64 visual tokens in each view"
+    with pytest.raises(InputError) as error:
+        model.set_pruning("divprune:ratio=0.995")  # round(64 x .005) = 0 of a view's patches
+    assert "keeps no visual token" in str(error.value) and "\n" not in str(error.value)
+    assert model.pruning.name == "none"

@@ -1,15 +1,23 @@
 """VisionZip: known answers worked out by hand (the dominant set with [CLS] counted in D, the target
-arithmetic, the cosine assignment with a tie, the target + mean merge, a whole image), the model's tokens
-against transformers' eager CLIP on LLaVA-1.5, and one-line refusals (bad arguments, LLaVA-NeXT)."""
+arithmetic, the cosine assignment with a tie, the target + mean merge, a whole image; LLaVA-NeXT's release
+and stock packings of hand-made views), the model's tokens against transformers' eager CLIP on LLaVA-1.5 and
+LLaVA-NeXT, NeXT's contracts (batch equals single, cached decoding equals recompute, the count P (D + C),
+the kept ids), and one-line refusals (bad arguments, budgets beyond a view, packing=stock on LLaVA-1.5)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.testing import assert_close
 
+from llava.conversation import build_prompt
 from llava.errors import InputError
-from llava.model.pruning.base import VisionInputs, top_k_indices
+from llava.generate import generate
+from llava.mm_utils import AnyresImage, tokenizer_image_token
+from llava.model.anyres import anyres_layout, keep_in_layout
+from llava.model.llava_arch import LlavaForCausalLM
+from llava.model.pruning.base import NEWLINE, VisionInputs, top_k_indices
 from llava.model.pruning.registry import parse_method
 from llava.model.pruning.visionzip import contextual_tokens, dominant_patches, target_positions
 from tests import helpers
@@ -149,13 +157,203 @@ def test_llava_15_tokens_are_the_rule_on_eager_attention_hidden_states_and_keys(
     assert stats.visual_tokens == [[16], [16]]
 
 
-def test_llava_next_is_refused_in_one_line(loaded_next):
-    model = loaded_next[1]
-    with pytest.raises(InputError) as error:
-        model.set_pruning("visionzip")
-    message = str(error.value)
-    assert message.startswith("visionzip is not implemented for LLaVA-NeXT") and "\n" not in message
-    assert model.pruning.name == "none"
+# ---- LLaVA-NeXT: the packing ----------------------------------------------------------------------------------
+
+N = [NEWLINE, NEWLINE]
+
+
+def lay_out(spec: str, grid, image_size, indices: list[list[int]], side: int = 2):
+    """The model's `_lay_out` of one NeXT image whose views kept `indices` (rows of each view's Kept), on a
+    stand-in model with `side` x `side` patches per view: feature of (view v, row r) = [v, r], the newline
+    embedding [-1, -1]. -> ((view, row) per token read back from the features, (partition, patch) per token)."""
+    method = parse_method(spec)
+    model = SimpleNamespace(pruning=method, config=SimpleNamespace(vision=SimpleNamespace(grid_size=side),
+                                                                   patch_merge="spatial_unpad"),
+                            image_newline=torch.tensor([-1.0, -1.0]), device=torch.device("cpu"))
+    views = 1 + grid[0] * grid[1]
+    image = AnyresImage(torch.zeros(views, 3, 1, 1), grid, (0, 0), image_size)
+    features = [torch.tensor([[float(v), float(r)] for r in range(len(kept))]) for v, kept in enumerate(indices)]
+    tokens = LlavaForCausalLM._lay_out(model, image, features, [torch.tensor(i) for i in indices])
+    return tokens.features.long().tolist(), torch.stack([tokens.partition, tokens.patch_index], dim=-1).tolist()
+
+
+# D = 3 ([CLS] + 2 patches), C = 1 on 2 x 2-patch views. Rows of a view's Kept: 0 [CLS], 1-2 dominant patches in
+# raster order, 3 the contextual token (its target's patch index).
+BASE = [-1, 1, 2, 0]
+LEFT_OR_TOP = [-1, 0, 3, 1]  # crop 1: dominant patches 0 and 3, target 1
+RIGHT_OR_BOTTOM = [-1, 1, 2, 0]  # crop 2: dominant patches 1 and 2, target 0
+SPEC = "visionzip:dominant=3,contextual=1"
+
+
+def test_release_packing_stitches_the_crops_dominant_patches_then_their_cls_then_their_contextual_tokens():
+    # A 1 x 2 crop grid: the stitched grid is 2 rows x 4 columns, crop 1 left, crop 2 right:
+    #   row 0: c1 p0  c1 p1  c2 p0  c2 p1
+    #   row 1: c1 p2  c1 p3  c2 p2  c2 p3
+    # Dominant: c1 p0 (row 1 of view 1), c1 p3 (row 2), c2 p1 (row 1 of view 2), c2 p2 (row 2); raster: c1 p0, c2 p1,
+    # c1 p3, c2 p2 -- the crops interleave (concatenating them would give c1 p0, c1 p3, c2 p1, c2 p2). No newline
+    # token, although the model merges with spatial_unpad: the release skips unpad and newline (the next test).
+    rows, layout = lay_out(SPEC, (1, 2), (10, 40), [BASE, LEFT_OR_TOP, RIGHT_OR_BOTTOM])
+    assert rows == [[0, 0], [0, 1], [0, 2], [0, 3],  # the base view's block: [CLS], 1, 2, contextual
+                    [1, 1], [2, 1], [1, 2], [2, 2],  # the crops' dominant patches, stitched raster
+                    [1, 0], [2, 0],  # crop 1's [CLS], crop 2's
+                    [1, 3], [2, 3]]  # crop 1's contextual token, crop 2's
+    assert layout == [[0, -1], [0, 1], [0, 2], [0, 0],  # [CLS]: patch -1; contextual: its target's patch
+                      [1, 0], [2, 1], [1, 3], [2, 2],
+                      [1, -1], [2, -1],
+                      [1, 1], [2, 0]]  # P (D + C) = 3 x 4 = 12 tokens
+
+
+def test_stock_packing_puts_the_crops_dominant_patches_in_the_models_merge():
+    # A 2 x 1 crop grid (crop 1 on top) for a 10 x 20 image: of the stitched 4 rows x 2 columns, rows 0 and 3 are
+    # padding (tests/test_anyres_layout.py): the merge reads c1 p2, c1 p3, newline, c2 p0, c2 p1, newline.
+    # Dominant: c1 p0 (padding: dropped), c1 p3 (row 2 of view 1), c2 p1 (row 1 of view 2), c2 p2 (padding: dropped).
+    # c2 p0 is crop 2's target, no dominant patch: it enters only as the contextual token, after the grid.
+    views = [BASE, LEFT_OR_TOP, RIGHT_OR_BOTTOM]
+    rows, layout = lay_out(SPEC + ",packing=stock", (2, 1), (10, 20), views)
+    assert rows == [[0, 0], [0, 1], [0, 2], [0, 3],
+                    [1, 2], N, [2, 1], N,  # the merge, newline tokens and all
+                    [1, 0], [2, 0], [1, 3], [2, 3]]
+    assert layout == [[0, -1], [0, 1], [0, 2], [0, 0], [1, 3], N, [2, 1], N, [1, -1], [2, -1], [1, 1], [2, 0]]
+    # The release on the same image: the stitched raster (for a 2 x 1 grid, crop 1's patches then crop 2's), all four
+    # dominant patches, the two in the padding too, no newline.
+    rows, _ = lay_out(SPEC, (2, 1), (10, 20), views)
+    assert rows[4:8] == [[1, 1], [1, 2], [2, 1], [2, 2]] and len(rows) == 12
+
+
+# ---- LLaVA-NeXT: through the model ---------------------------------------------------------------------------
+
+SIZES = ((160, 120), (90, 140), (112, 112), (300, 100))  # crop grids 2x2, 2x1, 1x2, 1x3 on the tiny model
+NEXT_SPEC = "visionzip:dominant=9,contextual=7"  # 8 patches + [CLS] + 7 contextual per view of 64
+
+
+def next_batch(loaded_next, seed: int = 31):
+    tokenizer, _, processor, _ = loaded_next
+    questions = ["what is in this image ?", "describe it", "how many red left ? answer yes or no", "read the word"]
+    prompts = [tokenizer_image_token(build_prompt(q), tokenizer) for q in questions]
+    return prompts, processor(helpers.random_images(4, seed=seed, sizes=SIZES))
+
+
+def release_order(kept: list[list[int]], grid, side: int, dominant: int) -> list[tuple[int, int]]:
+    """The release's packing written out with loops: (view, row) per token."""
+    rows, cols = grid
+    order = [(0, r) for r in range(len(kept[0]))]
+    for y in range(rows * side):  # restore the crops' dominant patches on the stitched grid, read it in raster order
+        for x in range(cols * side):
+            view, patch = 1 + (y // side) * cols + x // side, (y % side) * side + x % side
+            if patch in kept[view][1:dominant]:
+                order.append((view, kept[view].index(patch, 1)))
+    order += [(view, 0) for view in range(1, len(kept))]
+    order += [(view, r) for view in range(1, len(kept)) for r in range(dominant, len(kept[view]))]
+    return order
+
+
+def test_llava_next_tokens_are_the_release_packing_of_the_rule_on_eager_clip(loaded_next, tiny_next_dir):
+    from transformers import LlavaNextForConditionalGeneration
+
+    _, model, _, _ = loaded_next
+    prompts, images = next_batch(loaded_next)
+    hf = LlavaNextForConditionalGeneration.from_pretrained(tiny_next_dir, dtype=torch.float32,
+                                                           attn_implementation="eager").eval()
+    tower, heads = hf.model.vision_tower, hf.config.vision_config.num_attention_heads
+    model.set_pruning(NEXT_SPEC)
+    try:
+        with torch.no_grad():
+            inputs = model.prepare_inputs(prompts, images)
+    finally:
+        model.set_pruning("none")
+    for b, image in enumerate(images):
+        with torch.no_grad():
+            out = tower(image.pixel_values, output_attentions=True, output_hidden_states=True)
+            select = len(out.attentions) - 2
+            layer = tower.encoder.layers[select]
+            keys = layer.self_attn.k_proj(layer.layer_norm1(out.hidden_states[select]))  # (V, 1 + P, D)
+        views = [reference(out.attentions[-2][v, :, 0, 1:], out.hidden_states[-2][v], keys[v], heads, 9, 7)
+                 for v in range(len(image.pixel_values))]
+        kept = [indices for indices, _ in views]
+        order = release_order(kept, image.grid, 8, 9)
+        assert len(order) == len(views) * (9 + 7)  # P (D + C)
+        with torch.no_grad():
+            expected = torch.stack([hf.model.multi_modal_projector(views[v][1][r]) for v, r in order])
+        (span,) = inputs.spans[b]
+        assert span.length == len(order) and int(span.newline.sum()) == 0
+        assert span.partition.tolist() == [v for v, _ in order]
+        assert span.patch_index.tolist() == [kept[v][r] for v, r in order]
+        assert_close(inputs.embeds[b, span.start : span.end], expected, atol=1e-4, rtol=1e-4)  # SDPA vs eager
+        # Bookkeeping: a [CLS] token per view (-1), the rest its dominant patches and contextual targets.
+        assert inputs.stats.kept[b][0] == span.kept_ids() and span.kept_ids().count(-1) == len(views)
+        assert inputs.stats.kept_partitions[b][0] == [sorted(k[1:]) for k in kept]
+
+
+def test_stock_packing_is_the_release_with_the_crops_patches_in_the_models_merge(loaded_next):
+    _, model, _, _ = loaded_next
+    prompts, images = next_batch(loaded_next)
+    spans, embeds = {}, {}
+    for packing in ("release", "stock"):
+        model.set_pruning(f"{NEXT_SPEC},packing={packing}")
+        try:
+            with torch.no_grad():
+                inputs = model.prepare_inputs(prompts, images)
+        finally:
+            model.set_pruning("none")
+        spans[packing] = [s for (s,) in inputs.spans]
+        embeds[packing] = [inputs.embeds[b, s.start : s.end] for b, (s,) in enumerate(inputs.spans)]
+    padded = 0
+    for b, image in enumerate(images):
+        release, stock = spans["release"][b], spans["stock"][b]
+        views = 1 + image.grid[0] * image.grid[1]
+        grid_end = release.length - (views - 1) * 8  # the release's stitched block ends before the crops' [CLS]
+        dominant = [release.patch_index[16:grid_end][release.partition[16:grid_end] == v] for v in range(views)]
+        dominant[0] = release.patch_index[1:9]
+        merge = anyres_layout(image.grid, 8, image.image_size, "spatial_unpad")
+        merge = merge[keep_in_layout(merge, dominant, views)]
+        merge = merge[merge[:, 0] != 0]  # the crops' part of the model's merge
+        tail = (views - 1) * 8  # the crops' [CLS] and contextual tokens
+        assert stock.length == 16 + len(merge) + tail
+        stock_layout = torch.stack([stock.partition, stock.patch_index], dim=-1)
+        assert stock_layout[16 : 16 + len(merge)].tolist() == merge.tolist()
+        for part in (slice(0, 16), slice(-tail, None)):  # the base view's block and the crops' tail: the release's
+            assert torch.equal(embeds["stock"][b][part], embeds["release"][b][part])
+            assert torch.equal(stock.patch_index[part], release.patch_index[part])
+        padded += release.length - 16 - tail - int((merge[:, 0] != NEWLINE).sum())
+    assert padded > 0  # some dominant patches fell in the padding: the case that differs
+
+
+def test_next_batch_equals_single_runs_and_cached_decoding_equals_recompute(loaded_next):
+    _, model, _, _ = loaded_next
+    prompts, images = next_batch(loaded_next, seed=32)
+    assert len({image.grid for image in images}) == 4  # a mixed batch
+    for packing in ("release", "stock"):
+        model.set_pruning(f"{NEXT_SPEC},packing={packing}")
+        try:
+            together = model(prompts, images)
+            cached = generate(model, prompts, images, max_new_tokens=6).tokens
+            assert generate(model, prompts, images, max_new_tokens=6, use_cache=False).tokens == cached
+            for b in range(4):
+                alone = model(prompts[b : b + 1], images[b : b + 1])
+                assert_close(together.logits[b], alone.logits[0], atol=1e-4, rtol=1e-4)
+                assert together.stats.kept[b] == alone.stats.kept[0]
+                assert generate(model, prompts[b : b + 1], images[b : b + 1], max_new_tokens=6).tokens[0] == cached[b]
+        finally:
+            model.set_pruning("none")
+        if packing == "release":  # P (D + C) tokens per image, no newline token
+            views = [1 + image.grid[0] * image.grid[1] for image in images]
+            assert together.stats.visual_tokens == [[v * 16] for v in views]
+            assert together.stats.newline_tokens == [[0]] * 4
+            assert together.stats.partition_tokens() == [[[15] * v] for v in views]  # [CLS] is no patch
+
+
+def test_the_spatial_merge_packs_the_same_in_both_modes(tiny_next_dir):
+    from llava.model.builder import load_pretrained_model
+
+    loaded = load_pretrained_model(str(tiny_next_dir), patch_merge="spatial")
+    model = loaded[1]
+    prompts, images = next_batch(loaded, seed=33)
+    logits = {}
+    for packing in ("release", "stock"):
+        model.set_pruning(f"{NEXT_SPEC},packing={packing}")
+        out = model(prompts, images)
+        logits[packing] = out.logits
+    assert torch.equal(logits["release"], logits["stock"]) and out.stats.newline_tokens == [[0]] * 4
 
 
 # ---- bad input -------------------------------------------------------------------------------------------------
@@ -183,3 +381,23 @@ def test_budgets_beyond_the_image_are_refused_in_one_line(loaded, spec, message)
     assert str(error.value) == message
     assert model.pruning.name == "none"
     assert parse_method("visionzip:dominant=65,contextual=0").budget(64) == 65  # [CLS] and every patch: allowed
+
+
+def test_budgets_beyond_a_view_are_refused_in_one_line_on_llava_next(loaded_next):
+    model = loaded_next[1]
+    with pytest.raises(InputError) as error:
+        model.set_pruning("visionzip:dominant=9,contextual=57")
+    assert str(error.value) == "visionzip:contextual=57 is more than the 56 patches that dominant=9 leaves in each view"
+    assert model.pruning.name == "none"
+
+
+def test_stock_packing_is_refused_on_llava_15_in_one_line(loaded):
+    model = loaded[1]
+    with pytest.raises(InputError) as error:
+        model.set_pruning("visionzip:packing=stock")
+    message = str(error.value)
+    assert message.startswith("visionzip:packing lays out a LLaVA-NeXT image's crops") and "\n" not in message
+    assert model.pruning.name == "none"
+    with pytest.raises(InputError) as error:
+        parse_method("visionzip:packing=merge")
+    assert str(error.value) == "visionzip:packing must be one of release, stock, got 'merge'"

@@ -238,36 +238,48 @@ class LlavaForCausalLM(nn.Module):
 
     def _lay_out(self, image: AnyresImage, features: list[torch.Tensor], indices: list[torch.Tensor]) -> ImageTokens:
         """One NeXT image's kept tokens per partition -> its tokens in the order of `config.patch_merge`, or as
-        the pruner's `packing` says (pruning.base.PACKINGS)."""
+        the pruner's `packing` says (pruning.base.PACKINGS); then the pruner's `select_laid_out` may choose among
+        them (DivPrune's one selection over the whole image)."""
         rows, cols = image.grid
         partitions = 1 + rows * cols
         if len(features) != partitions:
             raise InputError(f"an anyres image of a {rows}x{cols} crop grid needs {partitions} views, got {len(features)}")
         pruner = vision_part(self.pruning)
         packing = pruner.packing if pruner is not None else "merge"
-        if packing == "concat":
-            layout = torch.cat([torch.stack([torch.full_like(i, p), i], dim=-1) for p, i in enumerate(indices)])
-            return ImageTokens(torch.cat(features), patch_index=layout[:, 1], partition=layout[:, 0], partition_grid=image.grid)
-        indices = [i.cpu() for i in indices]
-        if any(bool((i < 0).any()) for i in indices):  # merged/extra tokens have no place in the stitched grid
-            raise InputError(f"method '{pruner.name}' makes merged tokens, which the anyres layout cannot place")
         side = self.config.vision.grid_size
+        indices = [i.cpu() for i in indices]
+        counts = torch.tensor([len(i) for i in indices])
+        first = counts.cumsum(0) - counts  # (partitions,) row of each view's first token, the views laid end to end
+        newline_row = int(counts.sum())  # the newline embedding goes last
         layout = anyres_layout(image.grid, side, image.image_size, self.config.patch_merge)
-        if packing == "no_newline":
-            layout = layout[layout[:, 0] != NEWLINE]
-        layout = layout[keep_in_layout(layout, indices, partitions)]  # (T, 2): (partition, patch) per token
-        # Row of (partition, patch) in the kept features laid end to end; the newline embedding goes last.
-        slot = torch.full((partitions, side * side), -1, dtype=torch.long)
-        first = 0
-        for p, kept in enumerate(indices):
-            slot[p, kept] = first + torch.arange(len(kept))
-            first += len(kept)
-        newline = layout[:, 0] == NEWLINE
-        source = torch.where(newline, first, slot[layout[:, 0].clamp(min=0), layout[:, 1].clamp(min=0)])
+        if packing == "concat":
+            source = torch.arange(newline_row)
+            layout = torch.stack([torch.arange(partitions).repeat_interleave(counts), torch.cat(indices)], dim=-1)
+        elif packing == "own":
+            stitched = anyres_layout(image.grid, side, image.image_size, "spatial")[side * side :]  # the crops alone
+            order = pruner.pack(indices, layout, stitched)  # (T, 2): (view, row of its kept tokens)
+            newline = order[:, 0] == NEWLINE
+            source = torch.where(newline, newline_row, first[order[:, 0].clamp(min=0)] + order[:, 1])
+            patch = torch.cat(indices + [torch.tensor([NEWLINE])])[source]
+            layout = torch.stack([order[:, 0], patch], dim=-1)  # (T, 2): (partition, patch)
+        else:
+            if any(bool((i < 0).any()) for i in indices):  # merged/extra tokens have no place in the stitched grid
+                raise InputError(f"method '{pruner.name}' makes merged tokens, which the anyres layout cannot place")
+            if packing == "no_newline":
+                layout = layout[layout[:, 0] != NEWLINE]
+            layout = layout[keep_in_layout(layout, indices, partitions)]  # (T, 2): (partition, patch) per token
+            slot = torch.full((partitions, side * side), -1, dtype=torch.long)  # (partition, patch) -> row
+            for p, kept in enumerate(indices):
+                slot[p, kept] = first[p] + torch.arange(len(kept))
+            newline = layout[:, 0] == NEWLINE
+            source = torch.where(newline, newline_row, slot[layout[:, 0].clamp(min=0), layout[:, 1].clamp(min=0)])
         pieces = list(features)
-        if bool(newline.any()):
+        if bool((layout[:, 0] == NEWLINE).any()):
             pieces.append(self.image_newline[None].to(features[0].dtype))
         gathered = torch.cat(pieces)[source.to(self.device)]
+        keep = pruner.select_laid_out(gathered, layout, image.grid) if pruner is not None else None
+        if keep is not None:
+            gathered, layout = gathered[keep.to(self.device)], layout[keep.cpu()]
         layout = layout.to(self.device)
         return ImageTokens(gathered, patch_index=layout[:, 1], partition=layout[:, 0], partition_grid=image.grid)
 

@@ -185,8 +185,13 @@ class PruningMethod(ABC):
 #   "merge":      in the order of the model's patch merge (anyres.anyres_layout), newline tokens included;
 #   "no_newline": the same order without the newline tokens (HiRED);
 #   "concat":     partition after partition, each in the order `select` returned, nothing stitched,
-#                 unpadded or added (PruMerge: a merged or extra token has no place in the grid).
-PACKINGS = ("merge", "no_newline", "concat")
+#                 unpadded or added (PruMerge: a merged or extra token has no place in the grid);
+#   "own":        in the order the method's `pack` gives, from every view's kept rows and the image's
+#                 layouts (VisionZip's release: base view, stitched crop patches, crop [CLS] tokens, crop
+#                 contextual tokens).
+# After the packing, on LLaVA-NeXT only, `select_laid_out` may choose among the image's laid-out tokens, as
+# they enter the LLM (DivPrune: one selection over the whole image, image_newline tokens included).
+PACKINGS = ("merge", "no_newline", "concat", "own")
 
 
 class VisionPruner(PruningMethod):
@@ -205,6 +210,23 @@ class VisionPruner(PruningMethod):
         LLaVA-NeXT's base view then its crops in row-major order of the (rows, cols) crop grid. By
         default every view is selected on its own."""
         return [self.select(view) for view in views]
+
+    def pack(self, indices: list[torch.Tensor], merged: torch.Tensor, stitched: torch.Tensor) -> torch.Tensor:
+        """Packing "own", LLaVA-NeXT: one image's `Kept.indices` per view (base view, then the crops row-major),
+        the image's layout in the model's merge (`merged`, anyres.anyres_layout: (T, 2) (partition, patch), newline
+        tokens (NEWLINE, NEWLINE)) and its crops' whole stitched grid in raster order (`stitched`, (S, 2), no
+        unpad, no newline) -> (T', 2) long, per token in sequence order: (view, row of that view's Kept), or
+        (NEWLINE, NEWLINE) for an image_newline token."""
+        raise NotImplementedError(f"method '{self.name}' declares packing 'own' but has no pack")
+
+    def select_laid_out(
+        self, features: torch.Tensor, layout: torch.Tensor, partition_grid: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """LLaVA-NeXT, after the packing: one image's tokens as they enter the LLM, features (T, D) (projected,
+        image_newline tokens included) and layout (T, 2) (partition, patch; NEWLINE pairs for newline tokens), of
+        an image of a (rows, cols) crop grid -> the sorted positions (T',) kept, or None to keep every token (the
+        default: a method that chose per view in `select_image`)."""
+        return None
 
 
 @dataclass(frozen=True)

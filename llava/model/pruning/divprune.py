@@ -3,7 +3,7 @@ tokens, chosen greedily by max-min cosine distance (the paper's MMDP; METHODS-NE
 
 Implemented from the spec's description (the release is CC BY-NC 4.0; none of its code is used here).
 
-Of an image's L projected tokens (after the projector, as they enter the LLM), `keep` = N are kept:
+Of an image's L projected tokens (after the projector, as they enter the LLM), N are kept:
 
 - distance d(i, j) = 1 - cos(x_i, x_j) over the full L x L matrix;
 - first pick: for every token j, the second-smallest entry of its column of d, i.e. its distance to its
@@ -11,29 +11,53 @@ Of an image's L projected tokens (after the projector, as they enter the LLM), `
   distance is the smallest); the token whose nearest neighbour is farthest, the most isolated one;
 - then, N - 1 times: score_j = min over the picked s of d(s, j); pick the argmax (`torch.argmax`: the first
   index among ties);
-- the kept tokens re-sorted into raster order.
+- the kept tokens re-sorted into their order in the image (raster order; on LLaVA-NeXT the layout's).
 
-Budget: the release's `SUBSET_RATIO` r keeps `round(r * L)` tokens, so its r corresponds to keep = round(r * L)
-(L = 576 on LLaVA-1.5: the released r = 0.098 is keep = 56; 64/128/192 are r = 64/576, ...).
+Budget, one of (as FastV's, base.py's convention):
+- `keep` = N: LLaVA-1.5, N tokens per image; LLaVA-NeXT, N per view (base view or crop, the v1_6 scripts'
+  convention), i.e. min(N x P, L) of the image's L tokens, P = 1 + rows x cols views;
+- `ratio` = R, the fraction dropped: round(L (1 - R)) of L tokens. The release's `SUBSET_RATIO` r keeps
+  int(round(r L)): r = 1 - R (its r = 0.098 is ratio=0.902, 56 of 576 tokens; 64/128/192 of 576 are keep=64, ...).
+
+LLaVA-NeXT (as released): one selection over the image's whole feature as it enters the LLM, L = its
+length in the model's merge (`spatial_unpad`: base view, the stitched crops unpadded, an image_newline token
+after each row), the newline tokens included: they are candidates and count in L and in the budget like any
+token, so a newline token can go, and `keep=N` with N every patch of a view need not keep every token (more
+newline tokens than padded patches); `ratio=0` does. It runs after the layout (`select_laid_out`, the model's
+`_lay_out`): every view keeps all its patches through `select_image`, then the chosen positions of the
+laid-out image stay, in their order.
 
 Where we differ from the release, and why: distances are computed in float32 (the release: fp16), so only
 near-ties can differ; a token once picked is never picked again (its score is set to -inf), where the
 release relies on its self distance being ~0, which re-picks a token only when every remaining token
 duplicates a picked one (its keep_indexs would then hold the same token twice).
-
-LLaVA-NeXT is refused: the release selects once over the whole unpadded image feature, image_newline tokens
-included, with a budget over that length; this project's pre-LLM seam selects per view before the layout,
-so it cannot express that rule.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from llava.errors import InputError
-from llava.model.pruning.base import KeepArgs, KeepBudgetPruner, Kept, VisionInputs
+from llava.model.pruning.base import Kept, MethodArgs, VisionInputs, VisionPruner, check_budget, check_keep
 from llava.model.pruning.registry import register
+
+
+@dataclass(frozen=True)
+class DivPruneArgs(MethodArgs):
+    keep: int | None = None  # tokens kept per image (LLaVA-1.5) or per view (LLaVA-NeXT, chosen over the whole image)
+    ratio: float | None = None  # fraction of an image's tokens dropped (the release's SUBSET_RATIO is 1 - ratio)
+
+    def __post_init__(self):
+        if (self.keep is None) == (self.ratio is None):
+            raise InputError("divprune needs exactly one budget: keep=N (tokens kept per image, per view on LLaVA-NeXT)"
+                             " or ratio=R (fraction dropped)")
+        if self.keep is not None:
+            check_keep(self.keep)
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise InputError(f"divprune:ratio is the fraction dropped and must be in [0, 1), got {self.ratio}")
 
 
 def cosine_distance(features: torch.Tensor) -> torch.Tensor:
@@ -62,23 +86,46 @@ def max_min_order(features: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 @register
-class DivPrune(KeepBudgetPruner):
-    """`keep`: tokens kept per image (the release's SUBSET_RATIO r is keep = round(r * L), L = 576: r = 0.098
-    keeps 56). LLaVA-1.5 only."""
+class DivPrune(VisionPruner):
+    """`keep`: tokens kept per image (per view on LLaVA-NeXT); or `ratio`: the fraction dropped (the release's r is
+    1 - ratio)."""
 
     name = "divprune"
-    Args = KeepArgs
-    summary = "pre-LLM: the most diverse projected tokens, greedy max-min cosine distance"
+    Args = DivPruneArgs
+    summary = "pre-LLM: the most diverse projected tokens, greedy max-min cosine distance (NeXT: over the whole image)"
     before_projector = False  # the release selects among the projected tokens as they enter the LLM
     acts = "llm input"
 
     def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
-        if anyres:
-            raise InputError("divprune selects once over a LLaVA-NeXT image's whole unpadded feature, newline tokens"
-                             " included (as released); the per-view pre-LLM seam cannot express that: LLaVA-1.5 only")
-        super().validate(vision_layers, llm_layers, tokens_per_image, anyres)
+        if self.args.keep is not None:
+            check_budget(self.args.keep, tokens_per_image, "each image" if not anyres else "each view")
+
+    def kept_count(self, length: int, views: int = 1) -> int:
+        """Tokens kept of an image of `length` tokens in `views` views (LLaVA-NeXT: newline tokens included)."""
+        if self.args.ratio is not None:
+            return round(length * (1 - self.args.ratio))
+        return min(self.args.keep * views, length)
+
+    def budget(self, tokens_per_image: int) -> int:
+        return self.kept_count(tokens_per_image)
 
     def select(self, inputs: VisionInputs) -> Kept:
-        self.patch_count(inputs)
-        order = max_min_order(inputs.features[None], self.args.keep)[0]  # (keep,)
+        """One LLaVA-1.5 image (or any single view): its `kept_count` most diverse tokens, in raster order."""
+        if self.args.keep is not None:
+            check_budget(self.args.keep, inputs.features.shape[0], f"image {inputs.image_index}")
+        order = max_min_order(inputs.features[None], self.kept_count(inputs.features.shape[0]))[0]  # (keep,)
         return Kept(indices=order.sort().values)
+
+    def select_image(self, views: list[VisionInputs], partition_grid: tuple[int, int]) -> list[Kept]:
+        if partition_grid == (0, 0):
+            return [self.select(view) for view in views]
+        # LLaVA-NeXT: every patch of every view goes on to the layout; `select_laid_out` chooses.
+        return [Kept(indices=torch.arange(view.features.shape[0], device=view.features.device)) for view in views]
+
+    def select_laid_out(
+        self, features: torch.Tensor, layout: torch.Tensor, partition_grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """A NeXT image's L tokens as they enter the LLM (features (L, D), newline tokens included) -> the sorted
+        positions of its `kept_count` most diverse, chosen over all L at once."""
+        keep = self.kept_count(features.shape[0], 1 + partition_grid[0] * partition_grid[1])
+        return max_min_order(features[None], keep)[0].sort().values  # (keep,)

@@ -28,20 +28,39 @@ Where the release is silent or crashes: C = 0 keeps the dominant block alone (th
 D = 1 keeps [CLS] and no patch. Scores, cosines and the merge are computed in float32 (the release: fp16)
 and cast back to the features' dtype; only near-ties can differ.
 
-LLaVA-NeXT is refused: the release packs a NeXT image as [base: CLS, dominant, contextual] + [the crops'
-dominant patches stitched on the crop grid] + [the crops' CLS tokens] + [the crops' contextual tokens],
-which none of the model's packings (pruning.base.PACKINGS) expresses.
+LLaVA-NeXT (the release's `spatial_unpad` path): the base view and every crop select their own D + C as
+above, and an image enters the LLM as P (D + C) tokens, P = 1 + rows x cols views, packed (`packing=release`,
+the default) as
+
+    [base: CLS, dominant patches, contextual tokens]
+    + [the crops' dominant patches placed back on the stitched (rows x side, cols x side) grid and read in its
+       raster order: no unpad, no image_newline (the release builds the newline tensor and never uses it)]
+    + [CLS of crop 1 .. P - 1] + [contextual tokens of crop 1 .. P - 1, crop by crop].
+
+The release reads no merge setting beyond `unpad`, so the same packing serves a model run with the `spatial`
+merge (whose crop order is that stitched raster anyway). `packing=stock` changes the crop block only: the
+crops' dominant patches in the model's own merge (`spatial_unpad`: the stitched grid cut to the image's aspect
+ratio, an image_newline token after each row; a dominant patch in the padding is dropped, as every method's
+kept patches are under the `merge` packing), so that every patch token sits where the checkpoint was trained
+to see it; the base view's block, the crops' [CLS] tokens and contextual tokens stay where the release puts
+them (the [CLS] and contextual tokens have no place in the grid: before and after it, as in the base view's
+block). An image then enters with P (D + C) tokens, less its dominant patches in the padding, plus its
+newline tokens. `packing=stock` is refused on LLaVA-1.5, whose one view has nothing to stitch.
+
+Bookkeeping (VisualSpan): every token carries its view as its partition; a [CLS] token has patch index -1, a
+contextual token its target patch's index (as on LLaVA-1.5), a dominant patch its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from llava.errors import InputError
-from llava.model.pruning.base import Kept, MethodArgs, VisionInputs, VisionPruner, top_k_indices
+from llava.model.pruning.base import NEWLINE, Kept, MethodArgs, VisionInputs, VisionPruner, top_k_indices
 from llava.model.pruning.registry import register
 
 CLS = -1  # kept index of the [CLS] token, which is no patch
@@ -51,6 +70,7 @@ CLS = -1  # kept index of the [CLS] token, which is no patch
 class VisionZipArgs(MethodArgs):
     dominant: int = 54  # D: the [CLS] token and the D - 1 patches it attends to most
     contextual: int = 10  # C: merged tokens made from the remaining patches
+    packing: Literal["release", "stock"] = "release"  # LLaVA-NeXT: crops' dominant patches as released / model's merge
 
     def __post_init__(self):
         if self.dominant < 1:
@@ -90,21 +110,22 @@ def contextual_tokens(features: torch.Tensor, metric: torch.Tensor, targets: tor
 
 @register
 class VisionZip(VisionPruner):
-    """`dominant=54,contextual=10`: 64 tokens, the paper's smallest LLaVA-1.5 budget."""
+    """`dominant=54,contextual=10`: 64 tokens, the paper's smallest LLaVA-1.5 budget; on LLaVA-NeXT, 64 per view."""
 
     name = "visionzip"
     Args = VisionZipArgs
     summary = "pre-LLM: [CLS] and the patches it attends to most, plus the rest merged into contextual tokens"
     reads_attention = True
+    packing = "own"  # LLaVA-NeXT: `pack` lays an image's views out (the module docstring)
 
     def attention_layers(self, vision_layers: int, select_layer: int) -> tuple[int, ...]:
         return (select_layer,)
 
     def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
-        if anyres:
-            raise InputError("visionzip is not implemented for LLaVA-NeXT: its packing (base, stitched crop dominant"
-                             " patches, crop [CLS] tokens, crop contextual tokens) fits none of the model's packings")
-        self._check_counts(tokens_per_image, "each image")
+        if not anyres and self.args.packing != "release":
+            raise InputError("visionzip:packing lays out a LLaVA-NeXT image's crops; this LLaVA-1.5 model has one view"
+                             " per image (leave packing out)")
+        self._check_counts(tokens_per_image, "each image" if not anyres else "each view")
 
     def _check_counts(self, patches: int, what: str) -> None:
         dominant, contextual = self.args.dominant, self.args.contextual
@@ -136,3 +157,26 @@ class VisionZip(VisionPruner):
         out = torch.cat([cls, features[dominant].float(), merged]).to(features.dtype)  # (D + C, Dv)
         indices = torch.cat([dominant.new_full((1,), CLS), dominant, remaining[targets]])
         return Kept(indices=indices, features=out)
+
+    def pack(self, indices: list[torch.Tensor], merged: torch.Tensor, stitched: torch.Tensor) -> torch.Tensor:
+        """A NeXT image's views, each kept as [CLS, D - 1 dominant patches, C contextual tokens] (`select`) -> (T, 2)
+        (view, row) in the order the module docstring gives for `packing`."""
+        dominant, contextual = self.args.dominant, self.args.contextual
+        views = len(indices)
+        crops = torch.arange(1, views)  # (P - 1,)
+        # Where the crops' patches go: release, the stitched grid's raster; stock, the model's merge after the base.
+        grid = merged[merged[:, 0] != 0] if self.args.packing == "stock" else stitched  # (S, 2) (partition, patch)
+        crop_dominant = torch.stack(indices[1:])[:, 1:dominant]  # (P - 1, D - 1) patch of each crop's dominant row
+        patches = 1 + int(torch.cat([grid[:, 1], crop_dominant.flatten()]).max())
+        row_of = torch.full((views, patches), -1)  # (view, patch) -> its row, for dominant patches
+        row_of[crops[:, None], crop_dominant] = torch.arange(1, dominant)
+        newline = grid[:, 0] == NEWLINE
+        rows = torch.full((len(grid),), NEWLINE)
+        rows[~newline] = row_of[grid[~newline, 0], grid[~newline, 1]]
+        kept = newline | (rows >= 0)  # (S,): newline tokens (stock) and dominant patches
+        base_rows = torch.arange(dominant + contextual)
+        base = torch.stack([torch.zeros_like(base_rows), base_rows], dim=-1)  # [CLS], dominant, contextual
+        crop_cls = torch.stack([crops, torch.zeros_like(crops)], dim=-1)
+        contextual_rows = torch.arange(dominant, dominant + contextual)
+        crop_contextual = torch.stack([crops.repeat_interleave(contextual), contextual_rows.repeat(views - 1)], dim=-1)
+        return torch.cat([base, torch.stack([grid[kept, 0], rows[kept]], dim=-1), crop_cls, crop_contextual])
