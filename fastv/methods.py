@@ -13,6 +13,7 @@ def rows() -> list[dict]:
     """One row per registered method: the columns above, `summary` and `parameters` (name=default, ...)."""
     from llava.model.pruning.base import LayerPruner
     from llava.model.pruning.registry import available_methods, method_class
+    from llava.model.pruning.spec import spec_key
 
     table = []
     for name in available_methods():
@@ -20,7 +21,7 @@ def rows() -> list[dict]:
         params = []
         for f in dataclasses.fields(cls.Args):
             default = "" if f.default is dataclasses.MISSING else f"={_value(f.default)}"
-            params.append(f"{f.name}{default}")
+            params.append(f"{spec_key(f)}{default}")
         in_llm = issubclass(cls, LayerPruner)
         table.append({
             "method": name,

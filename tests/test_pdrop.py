@@ -16,14 +16,8 @@ from llava.model.pruning.registry import parse_method
 from tests import helpers
 from tests.test_model_parity import IMAGE_TOKEN_ID, NUM_PATCHES, QUESTIONS, prompts_for
 
-# The spec key of PDropArgs.lambda_: `lambda` once the registry spells PEP 8's trailing underscore of a keyword
-# without it, `lambda_` until then (read from the canonical spec, so these tests hold either way).
-LAMBDA = PyramidDrop(PDropArgs(lambda_=0.25)).spec.partition(":")[2].partition("=")[0]
-
-
 def pdrop(spec: str) -> PyramidDrop:
-    """parse_method on a spec written with `lambda=`."""
-    return parse_method(spec.replace("lambda=", f"{LAMBDA}="))
+    return parse_method(spec)
 
 
 class Recorder:
@@ -164,7 +158,7 @@ def test_the_release_counts_and_other_lambdas():
     assert pdrop("pdrop:layers=2,12,lambda=0.25").stage_budget(576) == [144, 36]
     assert pdrop("pdrop:lambda=1").stage_budget(576) == [576, 576, 576]
     assert pdrop("pdrop:layers=1,2").stage_budget(64) == [32, 16]
-    spec = f"pdrop:layers=1,2,{LAMBDA}=0.25"
+    spec = "pdrop:layers=1,2,lambda=0.25"
     assert parse_method(spec).spec == spec  # the canonical spec round-trips
 
 
@@ -174,9 +168,9 @@ def test_what_it_declares():
     assert method.acts == "in LLM" and method.mode == "inplace"
 
 
-@pytest.mark.xfail(LAMBDA != "lambda", strict=True,
-                   reason="the registry still spells PDropArgs.lambda_ with its underscore (the report says what to change)")
 def test_the_spec_key_is_lambda():
+    # The field is PEP 8's lambda_ (a keyword cannot name a field); the spec writes and reads it as lambda.
+    assert PyramidDrop(PDropArgs(lambda_=0.25)).spec == "pdrop:lambda=0.25"
     assert parse_method("pdrop:layers=8,16,24,lambda=0.5").spec == "pdrop"
     assert parse_method("pdrop:layers=1,2,lambda=0.25").spec == "pdrop:layers=1,2,lambda=0.25"
 
@@ -363,7 +357,7 @@ def test_layers_the_model_lacks_and_empty_stages_are_refused_in_one_line(loaded)
     assert "pdrop:layers=1,3 is outside 1..2 for this 3-layer LLM" in str(error.value)
     with pytest.raises(InputError) as error:
         model.set_pruning(pdrop("pdrop:layers=1,2,lambda=0.1"))  # int(64 * 0.1) = 6, int(64 * 0.01) = 0
-    assert str(error.value) == (f"pdrop:layers=1,2,{LAMBDA}=0.1 keeps int(64 * 0.1^2) = 0 tokens of a 64-token image"
+    assert str(error.value) == ("pdrop:layers=1,2,lambda=0.1 keeps int(64 * 0.1^2) = 0 tokens of a 64-token image"
                                 " before layer 2; every method keeps at least one (raise lambda or use fewer layers)")
     assert "\n" not in str(error.value) and model.pruning.name == "none"
     model.set_pruning("pdrop:layers=1,2").check_model(24, 32, 576)  # the same method fits a 32-layer LLM

@@ -14,7 +14,8 @@ from torch.testing import assert_close
 from llava.errors import InputError
 from llava.generate import generate
 from llava.model.builder import load_pretrained_model
-from llava.model.pruning.base import LayerPruner
+from llava.model.pruning.base import LayerPruner, llm_parts, method_parts
+from llava.model.pruning.divprune import DivPrune
 from llava.model.pruning.hired import HiRED
 from llava.model.pruning.registry import available_methods, parse_method
 from tests import helpers
@@ -34,13 +35,20 @@ SPECS = {
     "vispruner": "vispruner:keep={keep},important_ratio=0.5",
     "divprune": "divprune:keep={keep}",
     "visionzip": "visionzip:dominant=9,contextual=7",
+    "dart": "dart:k=1,keep={keep}",
+    "pdrop": "pdrop:layers=1,2,lambda=0.5",
+    "sparsevlm": "sparsevlm:keep=64,layers=0,1",
 }
-VARIANTS = list(SPECS.values()) + [
+# Chains of a pre-LLM method and in-LLM stages (llava/model/pruning/chain.py): every contract runs on them too.
+CHAINS = ["fastervlm:keep=32+fastv:k=2,keep={keep}", "vispruner:keep=48+pdrop:layers=1,2,lambda=0.5",
+          "random:keep=40,seed=1+dart:k=1,keep=16+fastv:k=2,keep=12"]
+VARIANTS = list(SPECS.values()) + CHAINS + [
     "fastv:k=1,keep={keep},mode=mask", "fastv:k=2,ratio=0.75", "hired:rate=0.4,alpha=0.3,split=paper",
-    "prumerge:merge=average",
+    "prumerge:merge=average", "pdrop:layers=2,lambda=0.3", "sparsevlm:keep=128,layers=0,1",
+    "divprune:ratio=0.75", "visionzip:dominant=9,contextual=7,packing=stock",
 ]
-NEXT_ONLY = ("alpha=", "split=")  # HiRED's options for dividing a NeXT image's budget
-LLAVA_15_ONLY = ("visionzip", "divprune")  # methods refused on LLaVA-NeXT (tests/test_visionzip.py, test_divprune.py)
+NEXT_ONLY = ("alpha=", "split=", "packing=")  # NeXT-only options: HiRED's budget division, VisionZip's packing
+LLAVA_15_ONLY = ("sparsevlm",)  # refused on LLaVA-NeXT (each method's own test file)
 NO_PATCH_TOKENS = {"visionzip": 1}  # tokens of a method's budget that are no patch (VisionZip's [CLS])
 PATCHES = 64
 SUBJECTS = ("llava-1.5", "llava-next", "llava-next-spatial-2x2")
@@ -64,7 +72,7 @@ def pruned(subject):
     def attach(spec):
         if not model.config.anyres and any(option in spec for option in NEXT_ONLY):
             pytest.skip("an option for LLaVA-NeXT images (refused on LLaVA-1.5: tests/test_hired.py)")
-        if model.config.anyres and spec.startswith(LLAVA_15_ONLY):
+        if model.config.anyres and any(part.startswith(LLAVA_15_ONLY) for part in spec.split("+")):
             pytest.skip("a method refused on LLaVA-NeXT")
         return model.set_pruning(spec.format(keep=16))
 
@@ -83,14 +91,21 @@ def test_every_registered_method_has_a_contract_spec():
     assert set(available_methods()) == set(SPECS)
 
 
-@pytest.mark.parametrize("spec", [s for s in SPECS.values() if "{keep}" in s] + ["fastv:k=1,keep={keep},mode=mask",
-                                                                            "hired:rate=1.0"])
+KEEP_ALL = [s for s in SPECS.values() if "{keep}" in s and not s.startswith("dart")] + [  # DART keeps 4 + 8 x (keep // 8)
+    "fastv:k=1,keep={keep},mode=mask", "hired:rate=1.0", "pdrop:layers=1,2,lambda=1", "divprune:ratio=0",
+    "fastervlm:keep={keep}+fastv:k=2,keep={keep}", "random:keep={keep}+pdrop:layers=1,2,lambda=1"]
+
+
+@pytest.mark.parametrize("spec", KEEP_ALL)
 def test_keeping_everything_equals_no_pruning_exactly(subject, batch, spec):
     model = subject[1]
-    if model.config.anyres and spec.startswith(LLAVA_15_ONLY):
+    if model.config.anyres and any(part.startswith(LLAVA_15_ONLY) for part in spec.split("+")):
         pytest.skip("a method refused on LLaVA-NeXT (its own test checks the refusal)")
     if spec.startswith("hired") and model.config.anyres and model.config.patch_merge == "spatial_unpad":
         pytest.skip("HiRED packs a NeXT image without the newline tokens of spatial_unpad")
+    if spec.startswith("divprune:keep") and model.config.anyres and model.config.patch_merge == "spatial_unpad":
+        pytest.skip("DivPrune counts a NeXT image's newline tokens in its budget: keep=64 per view can keep fewer"
+                    " than all (divprune:ratio=0 keeps all)")
     prompts, pixel_values = batch
     model.set_pruning("none")
     expected = model(prompts, pixel_values, all_logits=True).logits
@@ -109,6 +124,8 @@ class ImageCount:
     partitions: list[int]  # patches kept per partition
     candidates: int  # its visual tokens without pruning, newline tokens not counted
     padded: bool  # spatial_unpad: some crop patches fall in the padding and never enter the LLM
+    length: int  # its visual tokens without pruning, newline tokens included
+    entered: int  # its visual tokens that entered the LLM, newline tokens included
 
 
 @pytest.mark.parametrize("spec", VARIANTS)
@@ -122,12 +139,22 @@ def test_number_kept_equals_the_budget(subject, pruned, spec):
     method = pruned(spec)
     out = model(prompts, images).stats
     counts = [
-        ImageCount(kept, visual - newline, sum(before) < PATCHES * len(before))
-        for sample, sample_full, sample_visual, sample_newline in zip(
-            out.partition_tokens(), full.partition_tokens(), full.visual_tokens, full.newline_tokens)
-        for kept, before, visual, newline in zip(sample, sample_full, sample_visual, sample_newline)
+        ImageCount(kept, visual - newline, sum(before) < PATCHES * len(before), visual, entered)
+        for sample, sample_full, sample_visual, sample_newline, sample_entered in zip(
+            out.partition_tokens(), full.partition_tokens(), full.visual_tokens, full.newline_tokens, out.visual_tokens)
+        for kept, before, visual, newline, entered in zip(sample, sample_full, sample_visual, sample_newline, sample_entered)
     ]
     assert len(counts) == 3
+    in_llm = llm_parts(method)
+    if in_llm and not (len(method_parts(method)) == 1 and method.name == "fastv"):
+        # An in-LLM method other than FastV alone, or a chain: its tokens after the last stage (merged ones included)
+        # are what its last method states of the tokens that reached it (a pre-LLM part's choice).
+        if model.config.anyres:
+            pytest.skip("NeXT: these methods rank newline tokens too; their own tests count them")
+        reached = [visual for sample in out.visual_tokens for visual in sample]
+        after = [len(kept) for sample in out.kept_in_llm for kept in sample]
+        assert after == [in_llm[-1].stage_budget(_before_last(method, n))[-1] for n in reached]
+        return
     promised = method.budget(PATCHES)  # per image (LLaVA-1.5), per partition (NeXT); a ratio: of PATCHES
     if promised is not None:
         promised -= NO_PATCH_TOKENS.get(method.name, 0)
@@ -138,6 +165,8 @@ def test_number_kept_equals_the_budget(subject, pruned, spec):
         elif isinstance(method, HiRED):  # one budget per image, floor(P N rate); below it when quotas truncate
             budget = math.floor(partitions * PATCHES * method.args.rate)
             assert sum(image.partitions) <= budget and (partitions > 1 or image.partitions == [budget])
+        elif isinstance(method, DivPrune) and partitions > 1:  # one choice over the whole NeXT image, newline tokens too
+            assert image.entered == method.kept_count(image.length, partitions)
         elif isinstance(method, LayerPruner):  # chosen over the whole image
             expected = method.kept_count(image.candidates, partitions)
             assert sum(image.partitions) == min(expected, image.candidates)
@@ -151,6 +180,14 @@ def test_number_kept_equals_the_budget(subject, pruned, spec):
             for indices in image:
                 assert indices == sorted(indices) and len(set(indices)) == len(indices)
                 assert all(0 <= i < PATCHES for i in indices)
+
+
+def _before_last(method, tokens: int) -> int:
+    """The tokens of an image that reach a chain's last in-LLM method: what the earlier in-LLM methods left of the
+    `tokens` that entered the LLM."""
+    for part in llm_parts(method)[:-1]:
+        tokens = part.stage_budget(tokens)[-1]
+    return tokens
 
 
 def test_the_spatial_protocol_keeps_exactly_five_times_keep(subject):
@@ -270,11 +307,17 @@ NO_TOKEN = {
     "vispruner": ["vispruner:keep=0"],
     "divprune": ["divprune:keep=0"],
     "visionzip": ["visionzip:dominant=0,contextual=0"],  # dominant counts the [CLS] token
+    "dart": ["dart:keep=0"],  # below 8 it is refused too, as keeping only its pivots (tests/test_dart.py)
+    "pdrop": ["pdrop:layers=1,2,lambda=0.01", "pdrop:layers=1,lambda=0.01"],  # int(64 x 0.01) = 0
+    "sparsevlm": [],  # its budgets are the release's lists, scaled to at least one token
 }
 ONE_TOKEN = ["none", "fastv:k=2,keep=1", "fastv:k=2,ratio=0.99", "fastervlm:keep=1", "random:keep=1,seed=3",
              "uniform:keep=1", "pool:keep=1", "hired:rate=0.015625", "hired:rate=0.015625,alpha=0", "prumerge",
              "prumerge+", "vispruner:keep=1", "divprune:keep=1",
-             "visionzip:dominant=2,contextual=0"]  # dominant=1 keeps [CLS] alone: a token, but no patch to count here
+             "visionzip:dominant=2,contextual=0",  # dominant=1 keeps [CLS] alone: a token, but no patch to count here
+             "dart:k=1,keep=8",  # 4 pivots + 8 x 1
+             "pdrop:layers=1,lambda=0.02",  # int(64 x 0.02) = 1
+             "sparsevlm:keep=64,layers=0,1"]  # 7 then 3 by the scaled lists, plus merged tokens
 
 
 def test_every_registered_method_says_what_a_budget_of_no_token_is():

@@ -16,7 +16,7 @@ weights, never an fp32 copy on the host); a forward costs the same whatever the 
 
 Per contestant (JSON row fields; medians over `--repeats`, and `<field>_iqr` = [25th, 75th percentile]):
     vision_s            the vision tower's forward (the prefill's: FastV's reference re-runs it for every token)
-    pruning_s           time inside the method's selection at prefill (`select_image` before the LLM, each stage's `cut`
+    pruning_s           time inside the method's selection at prefill (`select_image` and `select_laid_out` before the LLM, each stage's `cut`
                         inside it, the attention rows it reads included); pruning_share_of_ttft = pruning_s / ttft_s
     tokens_per_layer_mean  the prompt's tokens each decoder layer ran on at prefill, averaged over the layers
     prefill_s           the LLM's forward over the prompt (decoder layers and final norm)

@@ -39,8 +39,9 @@ class Ours:
         self.method = model.set_pruning(spec)
         self.name = f"ours, {self.method.spec}"
         self.spec = self.method.spec
-        if vision_part(self.method) is not None:
+        if vision_part(self.method) is not None:  # per view, and (NeXT, DivPrune) over the laid-out image
             clock.wrap(vision_part(self.method), "select_image", "pruning")
+            clock.wrap(vision_part(self.method), "select_laid_out", "pruning")
         for stage_method in llm_parts(self.method):  # each stage's choice, the attention rows it reads included
             clock.wrap(stage_method, "cut", "pruning")
 

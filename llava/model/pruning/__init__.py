@@ -6,5 +6,5 @@ A new method is a new module here, imported below.
 """
 
 from llava.model.pruning import (  # noqa: F401  (registers them)
-    baselines, dart, divprune, fastervlm, fastv, hired, prumerge, sparsevlm, visionzip, vispruner,
+    baselines, dart, divprune, fastervlm, fastv, hired, pdrop, prumerge, sparsevlm, visionzip, vispruner,
 )

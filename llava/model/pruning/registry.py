@@ -22,7 +22,7 @@ import typing
 from llava.errors import InputError
 from llava.model.pruning.base import PruningMethod
 from llava.model.pruning.chain import Chain
-from llava.model.pruning.spec import is_required
+from llava.model.pruning.spec import is_required, spec_key
 
 _METHODS: dict[str, type[PruningMethod]] = {}
 
@@ -57,8 +57,9 @@ def parse_method(spec: str | None) -> PruningMethod:
 def _parse_one(spec: str) -> PruningMethod:
     name, _, params = spec.partition(":")
     cls = method_class(name.strip())
-    fields = {f.name: f for f in dataclasses.fields(cls.Args)}
-    hints = typing.get_type_hints(cls.Args)
+    fields = {spec_key(f): f for f in dataclasses.fields(cls.Args)}  # by the key a spec writes
+    field_hints = typing.get_type_hints(cls.Args)
+    hints = {key: field_hints[f.name] for key, f in fields.items()}
     values = {}
     items: list[str] = []
     for item in filter(None, (p.strip() for p in params.split(","))):
@@ -80,9 +81,9 @@ def _parse_one(spec: str) -> PruningMethod:
             raise InputError(f"method parameter '{key}' is given twice in '{spec}'")
         values[key] = _convert(raw.strip(), hints[key], f"{cls.name}:{key}")
     try:
-        args = cls.Args(**values)
+        args = cls.Args(**{fields[key].name: value for key, value in values.items()})
     except TypeError as error:  # a required field left out
-        missing = [f.name for f in fields.values() if f.name not in values and is_required(f)]
+        missing = [key for key, f in fields.items() if key not in values and is_required(f)]
         raise InputError(f"method '{cls.name}' needs {', '.join(missing)} (e.g. {cls.name}:{missing[0]}=...)") from error
     return cls(args)
 

@@ -8,11 +8,18 @@ from its default, booleans written `true` / `false`.
 from __future__ import annotations
 
 import dataclasses
+import keyword
 
 
 def is_required(f: dataclasses.Field) -> bool:
     """An argument with no default (a spec must name it)."""
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def spec_key(f: dataclasses.Field) -> str:
+    """The key a spec names an argument by: its field name, less PEP 8's trailing underscore of a Python keyword
+    (PyramidDrop's `lambda_` is written `lambda`)."""
+    return f.name[:-1] if f.name.endswith("_") and keyword.iskeyword(f.name[:-1]) else f.name
 
 
 def format_spec(name: str, args) -> str:
@@ -21,7 +28,7 @@ def format_spec(name: str, args) -> str:
     for f in dataclasses.fields(args):
         value = getattr(args, f.name)
         if is_required(f) or value != f.default:
-            parts.append(f"{f.name}={_format_value(value)}")
+            parts.append(f"{spec_key(f)}={_format_value(value)}")
     return name + (":" + ",".join(parts) if parts else "")
 
 
