@@ -112,11 +112,12 @@ def count(config, method, seq_lens: list[int], views: int, projected_tokens: int
     sample's PruneStats.seq_lens, `views` the vision tower's views (1, or NeXT's 1 + crops), and
     `projected_tokens` the tokens that went through the projector. `formula` "paper": every part in
     multiply-adds, the LLM by the paper's F (the module's docstring)."""
-    from llava.model.pruning.base import VisionPruner
+    from llava.model.pruning.base import vision_part
 
     vision = config.vision
     select = vision.layer_index(config.select_layer)
-    probed = method.attention_layers(vision.num_layers, select) if isinstance(method, VisionPruner) else ()
+    pre_llm = vision_part(method)  # alone, or first in a chain
+    probed = pre_llm.attention_layers(vision.num_layers, select) if pre_llm is not None else ()
     last = max([select, *probed])
     probe_only = last > select  # the model runs only its probe (clip_encoder.CLIPVisionTower.forward)
     vision_count = vision_flops(vision, views, last + 1 - probe_only, probe_only)

@@ -401,3 +401,15 @@ def test_stock_packing_is_refused_on_llava_15_in_one_line(loaded):
     with pytest.raises(InputError) as error:
         parse_method("visionzip:packing=merge")
     assert str(error.value) == "visionzip:packing must be one of release, stock, got 'merge'"
+
+
+def test_keep_splits_as_the_papers_budgets():
+    # 64 = 54 + 10, 128 = 108 + 20, 192 = 162 + 30; 100: round(84.375) = 84 + 16; 3: round(2.53) = 3 + 0; 1: 1 + 0.
+    for keep, counts in [(64, (54, 10)), (128, (108, 20)), (192, (162, 30)), (100, (84, 16)), (3, (3, 0)), (1, (1, 0))]:
+        method = parse_method(f"visionzip:keep={keep}")
+        assert method.args.counts == counts and method.budget(576) == keep and method.spec == f"visionzip:keep={keep}"
+    assert parse_method("visionzip").args.counts == (54, 10)  # the default: the paper's 64
+    with pytest.raises(InputError, match="^visionzip takes keep=N .* or dominant=D,contextual=C, not both$"):
+        parse_method("visionzip:keep=64,dominant=54")
+    with pytest.raises(InputError, match="^visionzip:keep must be at least 1"):
+        parse_method("visionzip:keep=0")

@@ -1,11 +1,11 @@
 """VisionZip (Yang et al., arXiv 2412.04467, CVPR 2025): keep the [CLS] token and the patches it attends to
 most ("dominant"), and merge the rest into a few "contextual" tokens (METHODS-NEWER.md, "VisionZip").
 
-Arguments: `dominant` D and `contextual` C; an image enters the LLM as D + C tokens. Paper budgets
-(LLaVA-1.5): 64 = 54 + 10 (the README's example and our default), 128 = 108 + 20, 192 = 162 + 30; the
-release's function default 191 + 30 is no paper budget. There is no `keep`: the split of a total into D and
-C is the user's choice (the three paper splits share one ratio, but a total such as 100 has no released
-split), so D and C are named explicitly.
+Arguments: `dominant` D and `contextual` C, or their total `keep`; an image enters the LLM as D + C tokens.
+Paper budgets (LLaVA-1.5): 64 = 54 + 10 (the README's example and our default), 128 = 108 + 20, 192 = 162 + 30;
+the release's function default 191 + 30 is no paper budget. `keep=N` splits N as the paper's three budgets do
+(54 : 10): D = round(N x 54 / 64) (Python's round, half to even; at least 1), C = N - D; so keep=64|128|192 are
+exactly the paper's splits, and `dominant`/`contextual` name any other split.
 
 The rule, per image, on the select layer (the layer LLaVA feeds the LLM, layer 22 of 24 for LLaVA-1.5):
 
@@ -68,15 +68,37 @@ CLS = -1  # kept index of the [CLS] token, which is no patch
 
 @dataclass(frozen=True)
 class VisionZipArgs(MethodArgs):
-    dominant: int = 54  # D: the [CLS] token and the D - 1 patches it attends to most
-    contextual: int = 10  # C: merged tokens made from the remaining patches
+    dominant: int | None = None  # D: the [CLS] token and the D - 1 patches it attends to most (default 54)
+    contextual: int | None = None  # C: merged tokens made from the remaining patches (default 10)
+    keep: int | None = None  # D + C, split as the paper's budgets (`split`): 64 = 54 + 10, 128 = 108 + 20, ...
     packing: Literal["release", "stock"] = "release"  # LLaVA-NeXT: crops' dominant patches as released / model's merge
 
     def __post_init__(self):
-        if self.dominant < 1:
-            raise InputError(f"visionzip:dominant must be at least 1 (it counts the [CLS] token), got {self.dominant}")
-        if self.contextual < 0:
-            raise InputError(f"visionzip:contextual must be at least 0, got {self.contextual}")
+        if self.keep is not None and (self.dominant is not None or self.contextual is not None):
+            raise InputError("visionzip takes keep=N (split 54 : 10 as the paper's budgets) or dominant=D,contextual=C,"
+                             " not both")
+        if self.keep is not None and self.keep < 1:
+            raise InputError(f"visionzip:keep must be at least 1 (every method keeps at least one visual token of an"
+                             f" image), got {self.keep}")
+        dominant, contextual = self.counts
+        if dominant < 1:
+            raise InputError(f"visionzip:dominant must be at least 1 (it counts the [CLS] token), got {dominant}")
+        if contextual < 0:
+            raise InputError(f"visionzip:contextual must be at least 0, got {contextual}")
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(D, C) as given, or `keep` split 54 : 10, or the default 54 + 10."""
+        if self.keep is not None:
+            return split(self.keep)
+        return (54 if self.dominant is None else self.dominant, 10 if self.contextual is None else self.contextual)
+
+
+def split(keep: int) -> tuple[int, int]:
+    """A total split as the paper's budgets (64 = 54 + 10, 128 = 108 + 20, 192 = 162 + 30): D = round(keep x 54 / 64),
+    at least 1, C = keep - D."""
+    dominant = max(1, round(keep * 54 / 64))
+    return dominant, keep - dominant
 
 
 def dominant_patches(cls_attention: torch.Tensor, count: int) -> torch.Tensor:
@@ -114,7 +136,8 @@ class VisionZip(VisionPruner):
 
     name = "visionzip"
     Args = VisionZipArgs
-    summary = "pre-LLM: [CLS] and the patches it attends to most, plus the rest merged into contextual tokens"
+    summary = ("pre-LLM: [CLS] and the patches it attends to most, plus the rest merged into contextual tokens;"
+               " keep=N splits as the paper, D = round(N x 54 / 64), C = N - D")
     reads_attention = True
     packing = "own"  # LLaVA-NeXT: `pack` lays an image's views out (the module docstring)
 
@@ -128,7 +151,7 @@ class VisionZip(VisionPruner):
         self._check_counts(tokens_per_image, "each image" if not anyres else "each view")
 
     def _check_counts(self, patches: int, what: str) -> None:
-        dominant, contextual = self.args.dominant, self.args.contextual
+        dominant, contextual = self.args.counts
         if dominant - 1 > patches:
             raise InputError(f"visionzip:dominant={dominant} is more than [CLS] and the {patches} patches of {what}")
         if contextual > patches - (dominant - 1):
@@ -136,7 +159,7 @@ class VisionZip(VisionPruner):
                              f" that dominant={dominant} leaves in {what}")
 
     def budget(self, tokens_per_image: int) -> int:
-        return self.args.dominant + self.args.contextual
+        return sum(self.args.counts)
 
     def select(self, inputs: VisionInputs) -> Kept:
         features = inputs.features  # (P, D) the select layer's patch features, before the projector
@@ -145,13 +168,13 @@ class VisionZip(VisionPruner):
         (layer,) = inputs.cls_attention
         cls_attention = inputs.cls_attention[layer]  # (H, P)
         heads = cls_attention.shape[0]
-        dominant = dominant_patches(cls_attention, self.args.dominant - 1)  # (D - 1,)
+        dominant = dominant_patches(cls_attention, self.args.counts[0] - 1)  # (D - 1,)
         is_dominant = torch.zeros(patches, dtype=torch.bool, device=features.device)
         is_dominant[dominant] = True
         remaining = (~is_dominant).nonzero()[:, 0]  # (M,) raster order
         keys = inputs.keys[layer][1:]  # (P, Dv) patch keys
         metric = keys.reshape(patches, heads, -1).float().mean(dim=1)  # (P, hd): averaged over heads
-        targets = target_positions(len(remaining), self.args.contextual).to(features.device)  # (C,)
+        targets = target_positions(len(remaining), self.args.counts[1]).to(features.device)  # (C,)
         merged = contextual_tokens(features[remaining], metric[remaining], targets)  # (C, Dv)
         cls = inputs.cls_feature[None].float()  # (1, Dv)
         out = torch.cat([cls, features[dominant].float(), merged]).to(features.dtype)  # (D + C, Dv)
@@ -161,7 +184,7 @@ class VisionZip(VisionPruner):
     def pack(self, indices: list[torch.Tensor], merged: torch.Tensor, stitched: torch.Tensor) -> torch.Tensor:
         """A NeXT image's views, each kept as [CLS, D - 1 dominant patches, C contextual tokens] (`select`) -> (T, 2)
         (view, row) in the order the module docstring gives for `packing`."""
-        dominant, contextual = self.args.dominant, self.args.contextual
+        dominant, contextual = self.args.counts
         views = len(indices)
         crops = torch.arange(1, views)  # (P - 1,)
         # Where the crops' patches go: release, the stitched grid's raster; stock, the model's merge after the base.
