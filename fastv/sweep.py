@@ -45,7 +45,11 @@ from llava.paths import recorded_path
 DEFAULT_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)
 NEXT_SHARES = (0.5, 0.2, 0.1, 0.05)
 # The methods that run on LLaVA-NeXT, HiRED in both of its crop-budget splits (METHODS.md)
-NEXT_METHODS = ("none", "fastervlm", "hired", "hired:split=paper", "prumerge", "prumerge+", "fastv", "random", "uniform")
+NEXT_METHODS = ("none", "fastervlm", "hired", "hired:split=paper", "prumerge", "prumerge+", "vispruner", "visionzip",
+                "divprune", "fastv", "dart", "pdrop", "random", "uniform")  # SparseVLM v1.5 has no NeXT code
+# Methods whose budget on LLaVA-NeXT is one count for the whole image (newline tokens included), not per partition:
+# DART (the release's retain count); the sweep counts their share on the unpruned run's mean image tokens.
+WHOLE_IMAGE_ON_NEXT = ("dart",)
 NOMINAL_TOKENS = 576  # the patches a method name is checked against before the model is loaded
 
 
@@ -308,8 +312,16 @@ def main(
                 spec = pipe.model.set_pruning(spec).spec
                 runs.append(_run(benchmark, pipe, Path(out), name, spec, None, model_path, **options))
             continue
+        image_tokens = tokens
+        if anyres and name.partition(":")[0] in WHOLE_IMAGE_ON_NEXT:
+            unpruned = next((r for r in runs if r["spec"] == "none" and r["method"] == "none"), None)
+            if unpruned is None or not unpruned["visual_tokens"]:
+                print(f"{name}: left out; on LLaVA-NeXT its budget counts a whole image's tokens, which the sweep"
+                      " reads from the unpruned run ('none' before it in --methods)")
+                continue
+            image_tokens = round(unpruned["visual_tokens"])
         for share in shares:
-            spec = method_spec(name, share, tokens, llm_layers)
+            spec = method_spec(name, share, image_tokens, llm_layers)
             if spec is None:
                 continue
             spec = pipe.model.set_pruning(spec).spec
