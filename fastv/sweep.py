@@ -112,6 +112,7 @@ def method_spec(name: str, share: float, tokens: int, llm_layers: int = 32) -> s
 
 # An in-LLM method's stage layers in its release (a 32-layer LLM), and the parameter the sweep solves for.
 IN_LLM_BUDGETS = {"fastv": ("k", (2,), "keep"), "dart": ("k", (2,), "keep"), "pdrop": ("layers", (8, 16, 24), "lambda")}
+NOMINAL_BUDGET = {"keep": 128, "lambda": 0.5}  # what the option check parses a name with
 
 
 # Methods with a fixed set of budgets: they run once per budget (no share), at their stage layers scaled as above.
@@ -149,17 +150,21 @@ def visual_per_layer(method, tokens: int, llm_layers: int) -> float | None:
 
 def in_llm_spec(base: str, fixed: str, target: float, tokens: int, llm_layers: int) -> str | None:
     """The spec of in-LLM method `base` whose visual tokens per layer come nearest `target`: its stage layers scaled
-    from the release's (`scaled_layers`), its `keep` (every value) or `lambda` (0.01 .. 1 by 0.01) solved. None when
-    even the nearest is more than 5% (and one token) off: its layers before the first stage see every token."""
+    from the release's (`scaled_layers`) unless `fixed` names them (`fastv:k=3`), its `keep` (every value) or
+    `lambda` (0.01 .. 1 by 0.01) solved. None when even the nearest is more than 5% (and one token) off: its layers
+    before the first stage see every token."""
     from llava.errors import InputError
     from llava.model.pruning.registry import parse_method
 
     where, release, knob = IN_LLM_BUDGETS[base]
-    layers = ",".join(map(str, scaled_layers(release, llm_layers)))
+    given = _fixed_keys(fixed)
+    if knob in given:
+        raise InputError(f"'{base}:{fixed}' sets {knob}, which the sweep solves for each share; leave it out")
+    layers = "" if where in given else f"{where}={','.join(map(str, scaled_layers(release, llm_layers)))},"
     values = [f"{v / 100:g}" for v in range(1, 101)] if knob == "lambda" else [str(v) for v in range(1, tokens + 1)]
     best = None
     for value in values:
-        spec = f"{base}:{where}={layers},{knob}={value}" + (f",{fixed}" if fixed else "")
+        spec = f"{base}:{layers}{knob}={value}" + (f",{fixed}" if fixed else "")
         try:
             method = parse_method(spec)
             method.check_model(24, llm_layers, tokens)
@@ -171,6 +176,11 @@ def in_llm_spec(base: str, fixed: str, target: float, tokens: int, llm_layers: i
     if best is None or best[0] > max(1.0, 0.05 * target):
         return None
     return best[1]
+
+
+def _fixed_keys(fixed: str) -> set[str]:
+    """The parameter keys a method name's fixed part sets ('layers=2,4,seed=1' -> {layers, seed})."""
+    return {item.partition("=")[0].strip() for item in fixed.split(",") if "=" in item}
 
 
 def is_adaptive(method, tokens: int) -> bool:
@@ -199,9 +209,11 @@ def check_options(out, names, shares, limit, max_new_tokens, batch_size, device,
         if base in FIXED_BUDGETS:
             for spec in fixed_budget_specs(name, 32):
                 parse_method(spec)
-        elif base in IN_LLM_BUDGETS:
+        elif base in IN_LLM_BUDGETS:  # its fixed parameters, with a budget every such method takes
             where, release, knob = IN_LLM_BUDGETS[base]
-            parse_method(f"{base}:{knob}={'0.5' if knob == 'lambda' else 1}" + (f",{fixed}" if fixed else ""))
+            if knob in _fixed_keys(fixed):
+                raise InputError(f"'{name}' sets {knob}, which the sweep solves for each share; leave it out")
+            parse_method(f"{base}:{knob}={NOMINAL_BUDGET[knob]}" + (f",{fixed}" if fixed else ""))
         else:
             parse_method(method_spec(name, shares[0], NOMINAL_TOKENS))
     check_run_options(batch_size, limit)
@@ -305,7 +317,7 @@ def main(
     pipe = LlavaPipeline.load(model_path, device=device)
     tokens = pipe.model.config.tokens_per_image
     llm_layers = pipe.model.config.text.num_layers
-    runs, done = [], set()
+    runs, done, unreachable, left_out = [], set(), [], []
     for name in names:
         if name.partition(":")[0] in FIXED_BUDGETS:
             for spec in fixed_budget_specs(name, llm_layers):
@@ -316,13 +328,15 @@ def main(
         if anyres and name.partition(":")[0] in WHOLE_IMAGE_ON_NEXT:
             unpruned = next((r for r in runs if r["spec"] == "none" and r["method"] == "none"), None)
             if unpruned is None or not unpruned["visual_tokens"]:
-                print(f"{name}: left out; on LLaVA-NeXT its budget counts a whole image's tokens, which the sweep"
-                      " reads from the unpruned run ('none' before it in --methods)")
+                left_out.append({"method": name, "why": "on LLaVA-NeXT its budget counts a whole image's tokens, which"
+                                                        " the sweep reads from the unpruned run ('none' before it)"})
+                print(f"{name}: left out; {left_out[-1]['why']}")
                 continue
             image_tokens = round(unpruned["visual_tokens"])
         for share in shares:
             spec = method_spec(name, share, image_tokens, llm_layers)
-            if spec is None:
+            if spec is None:  # an in-LLM method whose first layers alone exceed the share
+                unreachable.append({"method": name, "share": share})
                 continue
             spec = pipe.model.set_pruning(spec).spec
             if spec in done:  # none, and adaptive methods: one run
@@ -339,7 +353,8 @@ def main(
         r["flops_ratio"] = (r["prefill_flops"] / unpruned["prefill_flops"]
                             if same_model and r["prefill_flops"] and unpruned["prefill_flops"] else None)
     result = {"model": recorded_path(model_path), "benchmark": benchmark, "anyres": anyres, "tokens_per_image": tokens,
-              "llm_layers": llm_layers, "baseline_model": recorded_path(baseline_model), "runs": runs}
+              "llm_layers": llm_layers, "baseline_model": recorded_path(baseline_model), "runs": runs,
+              "unreachable": unreachable, "left_out": left_out}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     table = to_markdown(result)
@@ -398,7 +413,7 @@ def to_markdown(result: dict) -> str:
         f" visual tokens per decoder layer (mean over the {result.get('llm_layers', '?')} layers; an in-LLM method's"
         f" first layers see them all), {over}; n/a: an in-LLM method cannot get that low",
         "",
-        f"| method | {header} |" + (" adaptive (tokens kept) |" if adaptive else ""),
+        f"| method | {header} |" + (" adaptive or fixed budgets (visual tokens per layer) |" if adaptive else ""),
         "|---|" + "---:|" * (len(shares) + bool(adaptive)),
     ]
     blank = " |" * (len(shares) - 1 + bool(adaptive))
@@ -408,13 +423,16 @@ def to_markdown(result: dict) -> str:
             lines.append(f"| {label} | {_number(r['accuracy'])} |" + blank)
     for name in dict.fromkeys(r["method"] for r in runs if r["spec"] != "none"):
         by_share = {r["share"]: r for r in runs if r["method"] == name}
-        in_llm = name.partition(":")[0] in IN_LLM_BUDGETS
-        cells = [_number(by_share[s]["accuracy"]) if s in by_share else ("n/a" if in_llm else "") for s in shares]
+        out_of_reach = {u["share"] for u in result.get("unreachable", []) if u["method"] == name}
+        cells = [_number(by_share[s]["accuracy"]) if s in by_share else ("n/a" if s in out_of_reach else "")
+                 for s in shares]
         if adaptive:
             reached = [r for r in runs if r["method"] == name and r["share"] is None]
             cells.append(", ".join(f"{_number(r['accuracy'])} ({_tokens(r)})" for r in reached))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
+    for item in result.get("left_out", []):
+        lines += ["", f"Left out: {item['method']} ({item['why']})."]
     types = sorted({t for r in runs for t in r["types"]})
     lines += ["", "Per run (kept: visual tokens per image after the last stage, mean, newline tokens not counted; per layer:"
                   " visual tokens each decoder layer ran on, mean over layers and questions; FLOPs: LLM prefill"

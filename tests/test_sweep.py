@@ -170,7 +170,7 @@ def test_a_next_sweep_matches_budgets_across_methods_and_adds_the_baseline(tiny_
     assert baseline["method"] == "baseline" and baseline["model"] == str(tiny_llava_dir)
     assert next(r for r in result["runs"] if r["spec"] == "prumerge")["share"] is None
     table = (out / "sweep.md").read_text()
-    assert "per partition" in table.splitlines()[0] and "| baseline: " in table and "adaptive (tokens kept)" in table
+    assert "per partition" in table.splitlines()[0] and "| baseline: " in table and "adaptive or fixed budgets" in table
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -183,3 +183,37 @@ def test_sweep_json_names_the_shipped_model_relative_to_the_repository(tmp_path)
     written = json.loads((tmp_path / "sweep/sweep.json").read_text())
     assert written["model"] == "models/llava-shapes-tiny"
     assert [run["model"] for run in written["runs"]] == ["models/llava-shapes-tiny"]
+
+
+def test_in_llm_budgets_match_the_visual_tokens_per_layer():
+    # PyramidDrop on the shipped models' 4 layers (stages before 1, 2, 3) at half of 144 tokens per layer:
+    # lambda 0.55 keeps int(79.2) = 79, int(43.56) = 43, int(23.958) = 23: (144 + 79 + 43 + 23) / 4 = 72.25, nearer 72
+    # than 0.54's (144 + 77 + 41 + 22) / 4 = 71.
+    assert sweep.method_spec("pdrop", 0.5, 144, llm_layers=4) == "pdrop:layers=1,2,3,lambda=0.55"
+    # DART before layer 1 keeps 4 + 8 x (keep // 8): keep 40 -> 44, (144 + 3 x 44) / 4 = 69; 48 -> 52: 75; a tie at 3
+    # tokens, the first (smaller) kept.
+    assert sweep.method_spec("dart", 0.5, 144, llm_layers=4) == "dart:k=1,keep=40"
+    # SparseVLM has its own budgets, at its scoring layers 2, 6, 15 scaled to the depth.
+    assert sweep.method_spec("sparsevlm", 0.5, 144, llm_layers=4) is None
+    assert sweep.fixed_budget_specs("sparsevlm", 4) == [f"sparsevlm:keep={k},layers=0,1,2" for k in (64, 128, 192)]
+    # A name that fixes its stage layers keeps them; one that fixes the solved budget is refused.
+    assert sweep.method_spec("fastv:k=3", 0.5, 576) == "fastv:k=3,keep=258"
+    assert sweep.method_spec("pdrop:layers=2,4", 0.5, 144, llm_layers=6) == "pdrop:layers=2,4,lambda=0.37"
+    with pytest.raises(InputError, match="^'fastv:keep=3' sets keep, which the sweep solves for each share"):
+        sweep.check_options("/tmp/unused-sweep", ["fastv:keep=3"], [0.5], None, None, 16, "cpu")
+    sweep.check_options("/tmp/unused-sweep", ["dart", "pdrop:layers=2,4", "sparsevlm"], [0.5], None, None, 16, "cpu")
+
+
+def test_the_table_marks_out_of_reach_and_left_out_methods():
+    result = {"benchmark": "shapes_hr", "tokens_per_image": 100, "llm_layers": 4, "runs": [
+        {"method": "none", "spec": "none", "share": None, "kept_tokens": 100, "questions": 5, "accuracy": 80.0,
+         "types": {}},
+        {"method": "fastv", "spec": "fastv:k=1,keep=34", "share": 0.5, "kept_tokens": 34, "questions": 5,
+         "accuracy": 70.0, "types": {}, "visual_per_layer": 50.5, "flops_ratio": 0.6},
+        {"method": "fastervlm", "spec": "fastervlm:keep=10", "share": 0.1, "kept_tokens": 10, "questions": 5,
+         "accuracy": 60.0, "types": {}},
+    ], "unreachable": [{"method": "fastv", "share": 0.1}], "left_out": [{"method": "dart", "why": "no unpruned run"}]}
+    table = sweep.to_markdown(result)
+    assert "| fastv | 70.0 | n/a |" in table and "| fastervlm |  | 60.0 |" in table
+    assert "Left out: dart (no unpruned run)." in table
+    assert "| fastv:k=1,keep=34 | 34 | 50.5 | 0.600 | 5 |" in table

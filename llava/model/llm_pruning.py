@@ -9,7 +9,8 @@ re-packed with left padding, positions kept or renumbered as the method says (`r
 What the model adds to every method, whatever it chose:
 - text and system tokens always stay;
 - each sample's last real token (the query row, whose logits are read) stays, outside the budget: a prompt
-  ending in `<image>` keeps one more image token when the method dropped that one;
+  ending in `<image>` keeps one more image token when the method dropped that one (a merging method may also
+  have merged it into one of its new tokens: that token keeps it, as the method chose);
 - a later stage sees what the earlier ones left: its spans are the images' current rows (merged tokens have
   patch index -1), and a chain's later method counts its budget on them.
 
@@ -35,27 +36,29 @@ from llava.model.pruning.base import LayerPruner, PruneStats, SpanCut, StageView
 
 @dataclass
 class Decision:
-    """One stage's Regather as decided at prefill, over `width` columns, with the image each merged token is of."""
+    """One stage's Regather as decided at prefill, over `input_width` columns, with the image each merged token is
+    of."""
 
     cut: Regather
-    width: int
+    input_width: int
     merged_image: torch.Tensor  # (B, M) the image (index in the sample) each merged token belongs to
 
     def extended(self, width: int) -> Regather:
-        """The same cut over `width` >= self.width columns: the extra columns (tokens appended to every sample) stay."""
-        extra = width - self.width
+        """The same cut over `width` >= self.input_width columns: the extra columns (tokens appended to every sample)
+        stay."""
+        extra = width - self.input_width
         cut = self.cut
         if extra == 0:
             return cut
         if extra < 0:
-            raise ValueError(f"a replayed pruning decision covers {self.width} columns, more than the {width} given")
+            raise ValueError(f"a replayed pruning decision covers {self.input_width} columns, more than the {width} given")
         B = cut.key_mask.shape[0]
         device = cut.key_mask.device
-        new_columns = torch.arange(self.width, width, device=device).expand(B, -1)
+        new_columns = torch.arange(self.input_width, width, device=device).expand(B, -1)
         ones = torch.ones(B, extra, dtype=torch.bool, device=device)
         if cut.sources is None:
             return Regather(None, torch.cat([cut.key_mask, ones], dim=1))
-        sources = torch.where(cut.sources >= self.width, cut.sources + extra, cut.sources)
+        sources = torch.where(cut.sources >= self.input_width, cut.sources + extra, cut.sources)
         mix = None if cut.mix is None else torch.nn.functional.pad(cut.mix, (0, extra))
         return Regather(torch.cat([sources, new_columns], dim=1), torch.cat([cut.key_mask, ones], dim=1), mix, cut.renumber)
 
@@ -118,7 +121,8 @@ class StagedPruning:
     # ---- deciding --------------------------------------------------------------------------------
 
     def current_spans(self, b: int, key_mask: torch.Tensor) -> list[VisualSpan]:
-        """Sample b's images as they are now (their real rows, which stay contiguous)."""
+        """Sample b's images as they are now: their real rows, which stay contiguous (in mask mode they have holes;
+        only their kept ids are read then, for the stats)."""
         spans = []
         for j, original in enumerate(self.input_spans[b]):
             rows = ((self.image[b] == j) & key_mask[b]).nonzero()[:, 0]

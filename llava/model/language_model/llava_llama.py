@@ -166,10 +166,12 @@ class Regather:
 
 def row_attention(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Attention probabilities of the query rows `rows` (R,) over all keys, fp32, as causal attention computes them:
-    q (H, N, hd) and k (Hkv, N, hd) after RoPE, key_mask (N,) -> (H, R, N). Row r sees the real keys up to r."""
-    H, N, hd = q.shape
+    q (H, R, hd) those rows' queries and k (Hkv, N, hd) every key, after RoPE, key_mask (N,) -> (H, R, N). Row r sees
+    the real keys up to r."""
+    H, _, hd = q.shape
+    N = k.shape[1]
     k = (k.repeat_interleave(H // k.shape[0], dim=0) if k.shape[0] != H else k).float()
-    logits = q[:, rows].float() @ k.transpose(-1, -2) / math.sqrt(hd)  # (H, R, N)
+    logits = q.float() @ k.transpose(-1, -2) / math.sqrt(hd)  # (H, R, N)
     visible = key_mask[None, :] & (torch.arange(N, device=q.device)[None, :] <= rows[:, None])  # (R, N)
     return logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
 
@@ -185,24 +187,27 @@ class LayerState:
     embeds: torch.Tensor  # (B, N, D) the decoder's input embeddings of the rows (a merged token: its mix of them)
     qk: tuple[torch.Tensor, torch.Tensor] | None  # layer - 1's queries (B, H, N, hd) and keys (B, Hkv, N, hd), post-RoPE
     decoder: "LlamaDecoder"
-    _next_qk: tuple[torch.Tensor, torch.Tensor] | None = None
+    _next: tuple | None = None  # layer `layer`'s normed input, cos, sin and keys, once asked for
 
     def attention(self, b: int, rows: torch.Tensor, of: str = "previous") -> torch.Tensor:
         """Sample b's attention rows (R,) -> (H, R, N) fp32: of layer `layer - 1` ("previous", from the queries and
         keys it computed) or of layer `layer` ("next": its input norm, projections and RoPE on `hidden` at the
-        current positions; PyramidDrop ranks with the layer it prunes before)."""
+        current positions, keys for every row and queries for the asked rows only; PyramidDrop ranks with the layer
+        it prunes before)."""
         if of == "previous":
             if self.qk is None:
                 raise ValueError(f"the stage before layer {self.layer} did not ask for layer {self.layer - 1}'s queries and keys")
-            q, k = self.qk
-        elif of == "next":
-            if self._next_qk is None:
-                self._next_qk = self.decoder.layers[self.layer].self_attn.queries_keys(
-                    self.decoder.layers[self.layer].input_layernorm(self.hidden), *self.decoder.rope(self.positions, self.hidden.dtype))
-            q, k = self._next_qk
-        else:
+            return row_attention(self.qk[0][b][:, rows], self.qk[1][b], self.key_mask[b], rows)
+        if of != "next":
             raise ValueError(f"attention of '{of}' layer: 'previous' or 'next'")
-        return row_attention(q[b], k[b], self.key_mask[b], rows)
+        layer = self.decoder.layers[self.layer]
+        if self._next is None:
+            x = layer.input_layernorm(self.hidden)
+            cos, sin = self.decoder.rope(self.positions, x.dtype)
+            self._next = (x, cos, sin, layer.self_attn.keys(x, cos, sin))
+        x, cos, sin, k = self._next
+        q = layer.self_attn.queries(x[b : b + 1, rows], cos[b : b + 1, rows], sin[b : b + 1, rows])[0]  # (H, R, hd)
+        return row_attention(q, k[b], self.key_mask[b], rows)
 
     def keys(self, b: int) -> torch.Tensor:
         """Sample b's keys of layer `layer - 1` after RoPE, heads side by side: (N, Hkv * hd)."""
@@ -309,13 +314,17 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=bias)
 
-    def queries_keys(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, Q, D) (after the input norm) -> queries (B, H, Q, hd) and keys (B, Hkv, Q, hd), RoPE applied."""
+    def queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x (B, Q, D) (after the input norm), cos/sin (B, Q, hd) -> queries (B, H, Q, hd), RoPE applied."""
         B, Q, _ = x.shape
         q = self.q_proj(x).view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)
+        return q * cos[:, None] + rotate_half(q) * sin[:, None]
+
+    def keys(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x (B, Q, D) (after the input norm), cos/sin (B, Q, hd) -> keys (B, Hkv, Q, hd), RoPE applied."""
+        B, Q, _ = x.shape
         k = self.k_proj(x).view(B, Q, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = cos[:, None], sin[:, None]  # (B, 1, Q, hd)
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        return k * cos[:, None] + rotate_half(k) * sin[:, None]
 
     def forward(
         self,
@@ -330,7 +339,7 @@ class LlamaAttention(nn.Module):
     ) -> tuple[torch.Tensor, LayerCache, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
         """-> output (B, Q, D), the grown cache, the probabilities `scores` asks for, and (q, k) of the new tokens."""
         B, Q, _ = x.shape
-        q, k = self.queries_keys(x, cos, sin)  # (B, H, Q, hd), (B, Hkv, Q, hd)
+        q, k = self.queries(x, cos, sin), self.keys(x, cos, sin)  # (B, H, Q, hd), (B, Hkv, Q, hd)
         v = self.v_proj(x).view(B, Q, self.num_kv_heads, self.head_dim).transpose(1, 2)
         qk = (q, k)
         if past is not None:
@@ -392,20 +401,6 @@ class LlamaDecoderLayer(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # The decoder
-
-
-def pack_kept(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """keep (B, N) bool -> (index (B, N'), key_mask (B, N')): kept rows re-packed with left padding.
-
-    Padding slots point at row 0 and are False in the returned mask.
-    """
-    counts = keep.sum(dim=1)  # (B,)
-    width = int(counts.max())
-    slots = torch.arange(width, device=keep.device)[None, :]  # (1, N')
-    packed_mask = slots >= (width - counts)[:, None]  # (B, N')
-    index = torch.zeros(keep.shape[0], width, dtype=torch.long, device=keep.device)
-    index[packed_mask] = keep.nonzero()[:, 1]  # row-major order fills each sample's slots in order
-    return index, packed_mask
 
 
 class LlamaDecoder(nn.Module):

@@ -8,7 +8,8 @@ Before each decoder layer L of `layers` (the release: after layers 7, 15, 23 wit
   the current positions) applied to the hidden states entering it, the query = the prompt's last token
   (LLaVA's template: the ':' of "ASSISTANT:"), causal softmax over every key in fp32, then cast to the
   model's dtype as released (fp16 there), mean over heads, sliced to the image's current tokens. The model
-  recomputes that one row (`StageView.attention(of="next")`, O(N d)), so SDPA stays on in every layer.
+  recomputes that one row (`StageView.attention(of="next")`: that layer's keys of every token, O(N d^2), its
+  query of the last one, then O(N d)), so SDPA stays on in every layer.
 - keep: stage s (0-based) keeps int(N0 * lambda^(s+1)) of the image's tokens, N0 = the tokens the image had
   at the first stage: 576 -> 288, 144, 72 with the release's lambda = 0.5. The release's scripts write the
   powers out as decimals ("[0.5,0.25,0.125]"); we take each power as the float nearest its exact decimal

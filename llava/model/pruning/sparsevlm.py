@@ -14,7 +14,7 @@ sparse layers), score.py (per-stage counts), utils.py `cluster_and_merge` (DPC-k
   tokens of earlier stages included) and count comes from a fixed list per budget (score.py; *not* the paper's
   rank-adaptive count): keep=192 -> 300, 200, 110; 128 -> 303, 110, 36; 64 -> 66, 30, 17. These lists are for the
   release's 576-token image; an image of N tokens at the first stage (the shipped models' 144 patches, or what a
-  pre-LLM method of a chain left) gets them scaled by N / 576, rounded, at least 1 (`stage_lists`; our rule: the
+  pre-LLM method of a chain left) gets them scaled by N / 576, rounded half to even (Python's round), at least 1 (`stage_lists`; our rule: the
   release has none and would keep min(count, N - 1), i.e. nearly everything of a small image).
 - Recycling: of the pruned tokens, the int(0.3 x pruned) + 1 with the best scores are clustered by DPC-kNN into
   int(recycled / 10) + 1 tokens (features: layer l's output), placed after the kept image tokens, in the order
