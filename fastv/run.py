@@ -110,6 +110,10 @@ def main(
         print(f"visual tokens entering the LLM: {visual} (of {per})")
         if answer.kept and len(answer.kept[0]) != (answer.visual_tokens or [0])[0]:
             print(f"visual tokens kept after in-LLM pruning: {', '.join(str(len(k)) for k in answer.kept)}")
+        if answer.kept_stages and len(answer.kept_stages) > 1:
+            stages = "; ".join(f"before layer {s['layer']}: {', '.join(str(len(k)) for k in s['kept'])}"
+                               for s in answer.kept_stages)
+            print(f"in-LLM stages (visual tokens per image): {stages}")
         print(f"prefill (time to first token): {answer.prefill_s:.3f} s, total: {answer.total_s:.3f} s")
         if overlay is not None:
             print(f"kept-token overlay: {result['overlay']}")

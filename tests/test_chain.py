@@ -109,3 +109,6 @@ def test_run_json_reports_every_stage(capsys, tiny_llava_dir, tmp_path):
 
     assert main(common + ["--method", "fastervlm:keep=16"]) == 0
     assert json.loads(capsys.readouterr().out)["kept_stages"] is None  # no in-LLM stage
+
+    assert main(common[:-1] + ["--method", "random:keep=40,seed=1+pdrop:layers=1,2,lambda=0.5"]) == 0
+    assert "in-LLM stages (visual tokens per image): before layer 1: 20; before layer 2: 10" in capsys.readouterr().out
