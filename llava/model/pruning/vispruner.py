@@ -66,11 +66,12 @@ def bipartite_rounds(residual: torch.Tensor, features: torch.Tensor, target: int
     if target == 0:
         return [residual, residual[:0]]
     normed = F.normalize(features.float(), dim=-1)  # (P, D)
+    cosine = normed @ normed.T  # (P, P) once: each round only reads its a x b block (one matmul, not one per round)
     lists = [residual]
     while len(residual) > target:
         step = min(ROUND, len(residual) - target)
         a, b = residual[0::2], residual[1::2]  # (Ra,), (Rb,)
-        similarity = (normed[a] @ normed[b].T).max(dim=-1).values  # (Ra,)
+        similarity = cosine[a[:, None], b[None, :]].max(dim=-1).values  # (Ra,)
         order = torch.sort(similarity, descending=True, stable=True).indices  # (Ra,)
         residual = torch.cat([a[order[step:]], b])
         lists.append(residual)
