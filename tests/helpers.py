@@ -231,3 +231,21 @@ def huge_png(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def batch_equals_single(model, prompts, images, new_tokens: int = 6):
+    """With the method attached to `model`: a forward of the batch, whose logits and kept ids equal each sample's
+    alone, and whose cached greedy tokens equal the cache-free path's and each sample's alone. Returns the forward."""
+    from torch.testing import assert_close
+
+    from llava.generate import generate
+
+    together = model(prompts, images)
+    cached = generate(model, prompts, images, max_new_tokens=new_tokens).tokens
+    assert generate(model, prompts, images, max_new_tokens=new_tokens, use_cache=False).tokens == cached
+    for b in range(len(prompts)):
+        alone = model(prompts[b : b + 1], images[b : b + 1])
+        assert_close(together.logits[b], alone.logits[0], atol=1e-4, rtol=1e-4)
+        assert together.stats.kept[b] == alone.stats.kept[0]
+        assert generate(model, prompts[b : b + 1], images[b : b + 1], max_new_tokens=new_tokens).tokens[0] == cached[b]
+    return together

@@ -14,7 +14,6 @@ from torch.testing import assert_close
 
 from llava.conversation import build_prompt
 from llava.errors import InputError
-from llava.generate import generate
 from llava.mm_utils import AnyresImage, tokenizer_image_token
 from llava.model.anyres import NEWLINE, anyres_layout
 from llava.model.llava_arch import LlavaForCausalLM
@@ -245,14 +244,7 @@ def test_next_batch_equals_single_runs_and_cached_decoding_equals_recompute(load
     assert len({image.grid for image in images}) == 4  # a mixed batch
     model.set_pruning("divprune:keep=10")
     try:
-        together = model(prompts, images)
-        cached = generate(model, prompts, images, max_new_tokens=6).tokens
-        assert generate(model, prompts, images, max_new_tokens=6, use_cache=False).tokens == cached
-        for b in range(4):
-            alone = model(prompts[b : b + 1], images[b : b + 1])
-            assert_close(together.logits[b], alone.logits[0], atol=1e-4, rtol=1e-4)
-            assert together.stats.kept[b] == alone.stats.kept[0]
-            assert generate(model, prompts[b : b + 1], images[b : b + 1], max_new_tokens=6).tokens[0] == cached[b]
+        together = helpers.batch_equals_single(model, prompts, images)
     finally:
         model.set_pruning("none")
     assert together.stats.visual_tokens == [[10 * (1 + image.grid[0] * image.grid[1])] for image in images]
