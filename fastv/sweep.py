@@ -233,18 +233,20 @@ def check_budgets(names, shares, config) -> None:
 
     tokens = config.tokens_per_image
     per = "per partition" if config.anyres else "per image"
+    layers = config.text.num_layers
     for name in names:
-        for share in shares:
-            spec = method_spec(name, share, tokens, config.text.num_layers)
-            if name.partition(":")[0] in FIXED_BUDGETS:
-                spec = fixed_budget_specs(name, config.text.num_layers)[0]
+        if name.partition(":")[0] in FIXED_BUDGETS:  # its own budgets, whatever the shares
+            runs = [(None, spec) for spec in fixed_budget_specs(name, layers)]
+        else:
+            runs = [(share, method_spec(name, share, tokens, layers)) for share in shares]
+        for share, spec in runs:
             if spec is None:  # an in-LLM method that cannot reach the share: its cell says n/a
                 continue
             try:
-                parse_method(spec).check_model(config.vision.num_layers, config.text.num_layers, tokens, config.anyres)
+                parse_method(spec).check_model(config.vision.num_layers, layers, tokens, config.anyres)
             except InputError as error:
-                raise InputError(f"--shares {share:g} with {name} on the model's {tokens} visual tokens {per} is {spec}:"
-                                 f" {error}") from None
+                given = name if share is None else f"--shares {share:g} with {name}"
+                raise InputError(f"{given} on the model's {tokens} visual tokens {per} is {spec}: {error}") from None
 
 
 def generate_questions(folder: Path, question_file: str, n_questions: int, look: str) -> None:

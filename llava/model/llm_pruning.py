@@ -82,7 +82,6 @@ class StagedPruning:
                     raise ValueError(f"stage layers must increase along the chain; {pruner.spec} prunes before layer {layer}")
                 self.schedule[layer] = (pruner, stage)
         self.layers = tuple(self.schedule)
-        self.mode = pruners[0].mode if len(pruners) == 1 and len(self.layers) == 1 else "inplace"
         self.input_spans = spans
         self.replay = replay
         self.decisions: list[Decision] = []
@@ -187,7 +186,7 @@ class StagedPruning:
         if M and not pruner.renumbers:
             raise ValueError(f"{pruner.spec} merges tokens but keeps position ids; merged tokens need renumbering")
         if pruner.mode == "mask":
-            if self.mode != "mask" or M:
+            if len(self.layers) != 1 or M:
                 raise ValueError(f"{pruner.spec}: mask mode is for a single stage that merges nothing")
             keep = torch.zeros_like(key_mask)
             for b, order in enumerate(orders):

@@ -116,9 +116,9 @@ class DART(LayerPruner):
         pivots = self.args.pivots
         return max(0, min(self.args.keep, length - pivots)) // (2 * pivots)
 
-    def kept_count(self, length: int, partitions: int = 1) -> int:
-        """Tokens kept of a span of `length` tokens (newline tokens included on NeXT), given `pivots` text tokens
-        or more after the last image (`partitions` is unused: the rule chooses over the whole span)."""
+    def kept_count(self, length: int) -> int:
+        """Tokens kept of a span of `length` tokens (newline tokens included on NeXT: the rule chooses over the
+        whole span), given `pivots` text tokens or more after the last image."""
         pivots = min(self.args.pivots, length)
         return pivots + 2 * self.args.pivots * self.quota(length)
 
