@@ -85,10 +85,20 @@ class TorchBackend(Backend):
     def __init__(self, pipeline):
         self.pipeline = pipeline
 
-    def answer(self, prompts: list[Prompt], *, max_new_tokens: int, temperature: float, seed: int) -> list[Reply]:
+    def answer(self, prompts: list[Prompt], *, max_new_tokens: int, temperature: float, seed: int,
+               method: str | None = None) -> list[Reply]:
+        """`method`: a pruning spec for this call only (the model's own method is restored after it);
+        None: the model's method. An InputError when the model cannot run it."""
         request_type = sys.modules[type(self.pipeline).__module__].Request
         requests = [request_type(image=prompt.image, text=prompt.text) for prompt in prompts]
-        answers = self.pipeline.answer(requests, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        own = None if method is None else self.pipeline.model.pruning
+        if method is not None:
+            self.pipeline.model.set_pruning(method)  # checked against the model first: nothing changes on an error
+        try:
+            answers = self.pipeline.answer(requests, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        finally:
+            if own is not None:
+                self.pipeline.model.pruning = own
         return [Reply(answer.text, answer_metadata(answer)) for answer in answers]
 
     def describe(self) -> BackendInfo:
