@@ -9,6 +9,7 @@
     fastv attn --image I --prompt T --out DIR   where the LLM's attention goes, per layer (fastv/attention.py)
     fastv analyze shift|dispersion --out DIR    FasterVLM's analyses of text vs [CLS] attention (fastv/analyze.py)
     fastv demo [--model-path P] [--port N]      the web demo (Gradio; fastv/demo.py)
+    fastv serve [--model-path P] [--method SPEC] [--backend torch|vllm] [--port N]   OpenAI-compatible server (fastv/serve.py)
 
 What the subcommands share lives below them (fastv/shipped.py, fastv/paths.py, fastv/output.py, fastv/prompt.py,
 fastv/attention_maps.py); none imports this file. Errors the user can fix print one line, `error: ...`, and exit with status 2.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastv import analyze, attention, bench, demo, flops_table, methods, report, run, sweep
+from fastv import analyze, attention, bench, demo, flops_table, methods, report, run, serve, sweep
 from llava.errors import CheckpointError, InputError, print_error
 
 COMMANDS = {  # subcommand -> what runs it, given the parsed options
@@ -33,6 +34,7 @@ COMMANDS = {  # subcommand -> what runs it, given the parsed options
     "attn": attention.main,
     "analyze": analyze.main,
     "demo": demo.main,
+    "serve": serve.main,
 }
 
 
@@ -49,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     attention.add_arguments(sub.add_parser("attn", help=attention.__doc__.splitlines()[0]))
     analyze.add_arguments(sub.add_parser("analyze", help=analyze.__doc__.splitlines()[0]))
     demo.add_arguments(sub.add_parser("demo", help=demo.__doc__.splitlines()[0]))
+    serve.add_arguments(sub.add_parser("serve", help="an OpenAI-compatible chat server, a pruning method per request",
+                                       description=serve.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
