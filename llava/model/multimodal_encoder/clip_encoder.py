@@ -153,6 +153,10 @@ class CLIPEncoderLayer(nn.Module):
         x = x + self.mlp(self.layer_norm2(x))
         return x, attention_probe
 
+    def probe(self, x: torch.Tensor) -> AttentionProbe:
+        """The probe of this layer alone (its output unused): x (B, N, D) is the layer's input."""
+        return self.self_attn.probe(self.layer_norm1(x))
+
 
 class CLIPMLP(nn.Module):
     def __init__(self, config: VisionConfig):
@@ -168,13 +172,15 @@ class CLIPMLP(nn.Module):
 class CLIPVisionTower(nn.Module):
     """CLIP's vision transformer. Parameter names follow transformers' CLIPVisionModel."""
 
-    def __init__(self, config: VisionConfig):
+    def __init__(self, config: VisionConfig, layer=CLIPEncoderLayer):
+        """`layer(config)` builds one encoder layer (LanguageBind's video tower passes its layer with temporal
+        attention, multimodal_encoder/languagebind.py)."""
         super().__init__()
         self.config = config
         self.embeddings = CLIPEmbeddings(config)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # sic, CLIP's name
         self.encoder = nn.Module()
-        self.encoder.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.num_layers))
+        self.encoder.layers = nn.ModuleList(layer(config) for _ in range(config.num_layers))
         # Unused by LLaVA (it reads a hidden layer), kept so every checkpoint weight has a home.
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
@@ -197,7 +203,7 @@ class CLIPVisionTower(nn.Module):
         probes, features, cls_features = {}, None, None
         for index, layer in enumerate(self.encoder.layers[: last + 1]):
             if index == last and index > select:  # its output is not needed, only its probe
-                probes[index] = layer.self_attn.probe(layer.layer_norm1(x))
+                probes[index] = layer.probe(x)
                 break
             x, probe = layer(x, probe=index in attention_layers)
             if probe is not None:

@@ -1,0 +1,127 @@
+"""LanguageBind's video tower (temporal attention before spatial attention in every layer) against the test's
+transcription of the released forward (tests/reference_languagebind.py), and against transformers' CLIP with the
+temporal parts off or zeroed; the original Video-LLaVA checkpoint layout's key mapping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower, VisionConfig
+from llava.model.multimodal_encoder.languagebind import LanguageBindVideoTower, VideoTowerConfig
+from tests import reference_languagebind as reference
+
+FRAMES = 8
+RAW = {  # a tiny LanguageBind vision config: 28 px, patch 14 -> 4 patches + CLS per frame
+    "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 3,
+    "image_size": 28, "patch_size": 14, "num_channels": 3, "layer_norm_eps": 1e-5, "hidden_act": "gelu",
+    "add_time_attn": True, "num_frames": FRAMES,
+}
+VISION = VisionConfig(hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4, image_size=28, patch_size=14,
+                      hidden_act="gelu")
+ALL_LAYERS = tuple(range(RAW["num_hidden_layers"]))
+
+
+def _weights(seed=0, temporal_scale=1.0):
+    return reference.random_weights(RAW, torch.Generator().manual_seed(seed), temporal_scale)
+
+
+def _tower(weights, temporal=True):
+    tower = LanguageBindVideoTower(VideoTowerConfig(VISION, num_frames=FRAMES, temporal_attention=temporal))
+    tower.load_state_dict(weights)  # strict: every parameter named as LanguageBind names it
+    return tower.eval()
+
+
+def _videos(seed=1, videos=2):
+    return torch.randn(videos, FRAMES, 3, 28, 28, generator=torch.Generator().manual_seed(seed))  # (V, T, 3, S, S)
+
+
+def _reference(weights, videos, **config):
+    """The released forward on the release's (B, C, T, H, W) layout."""
+    return reference.video_vision_model(weights, {**RAW, **config}, videos.permute(0, 2, 1, 3, 4))
+
+
+@pytest.mark.parametrize("select_layer", [-2, -1, 1])
+def test_temporal_tower_equals_the_released_forward(select_layer):
+    """Features, CLS feature and every layer's spatial [CLS] row (FasterVLM's) equal the transcription, T=8, fp32."""
+    weights, videos = _weights(), _videos()
+    with torch.no_grad():
+        out = _tower(weights)(videos, select_layer=select_layer, attention_layers=ALL_LAYERS)
+        states, attentions = _reference(weights, videos)
+    selected = states[select_layer].flatten(0, 1)  # (V*T, N, D), video-major as the tower's rows
+    torch.testing.assert_close(out.features, selected[:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.cls_features, selected[:, 0], rtol=1e-5, atol=1e-5)
+    assert sorted(out.probes) == list(ALL_LAYERS)  # the last layer past select -2 runs as a probe only
+    for layer in ALL_LAYERS:
+        torch.testing.assert_close(out.probes[layer].cls_attention, attentions[layer][:, :, 0, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_the_temporal_attention_mixes_frames_and_the_frame_wise_tower_does_not():
+    weights, videos = _weights(), _videos()
+    changed = videos.clone()
+    changed[:, 5] = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(9))  # another frame 5
+    for temporal, mixes in ((True, True), (False, False)):
+        tower_weights = weights if temporal else {k: v for k, v in weights.items() if ".temporal_" not in k}
+        tower = _tower(tower_weights, temporal=temporal)
+        with torch.no_grad():
+            before, after = tower(videos).features, tower(changed).features
+        frame_0 = [0, FRAMES]  # frame 0 of each video
+        assert (not torch.allclose(before[frame_0], after[frame_0])) == mixes
+
+
+def test_frame_wise_tower_equals_transformers_clip_frame_by_frame():
+    """temporal_attention=False is transformers' Video-LLaVA video tower: CLIPVisionModel on each frame."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    weights = {k: v for k, v in _weights().items() if ".temporal_" not in k}
+    hf = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=28,
+        patch_size=14, hidden_act="gelu", attn_implementation="eager",
+    )).eval()
+    hf.load_state_dict(weights)  # transformers 5 holds the vision model at the top level
+    videos = _videos()
+    with torch.no_grad():
+        out = _tower(weights, temporal=False)(videos, attention_layers=ALL_LAYERS)
+        expected = hf(videos.flatten(0, 1), output_hidden_states=True, output_attentions=True)
+    torch.testing.assert_close(out.features, expected.hidden_states[-2][:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.cls_features, expected.hidden_states[-2][:, 0], rtol=1e-5, atol=1e-5)
+    for layer in ALL_LAYERS:
+        torch.testing.assert_close(out.probes[layer].cls_attention, expected.attentions[layer][:, :, 0, 1:],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_zeroed_temporal_parts_give_the_plain_clip_tower():
+    """With temporal_embedding and temporal_attn's output projection at zero the temporal step adds nothing: the
+    tower equals our CLIP tower on the frames (the weights the -hf port keeps)."""
+    weights = _weights()
+    for layer in ALL_LAYERS:
+        for name in ("temporal_embedding", "temporal_attn.out_proj.weight", "temporal_attn.out_proj.bias"):
+            weights[f"encoder.layers.{layer}.{name}"] = torch.zeros_like(weights[f"encoder.layers.{layer}.{name}"])
+    clip = CLIPVisionTower(VISION).eval()
+    clip.load_state_dict({k: v for k, v in weights.items() if ".temporal_" not in k})
+    videos = _videos()
+    with torch.no_grad():
+        out = _tower(weights)(videos, attention_layers=ALL_LAYERS)
+        expected = clip(videos.flatten(0, 1), attention_layers=ALL_LAYERS)
+    torch.testing.assert_close(out.features, expected.features, rtol=0, atol=1e-6)
+    for layer in ALL_LAYERS:
+        torch.testing.assert_close(out.probes[layer].cls_attention, expected.probes[layer].cls_attention, rtol=0, atol=1e-6)
+
+
+def test_one_video_alone_equals_its_row_in_a_batch():
+    weights, videos = _weights(), _videos(videos=3)
+    tower = _tower(weights)
+    with torch.no_grad():
+        batch = tower(videos, attention_layers=(1,))
+        single = tower(videos[1:2], attention_layers=(1,))
+    rows = slice(FRAMES, 2 * FRAMES)
+    torch.testing.assert_close(single.features, batch.features[rows], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(single.probes[1].cls_attention, batch.probes[1].cls_attention[rows], rtol=1e-5, atol=1e-6)
+
+
+def test_the_tower_refuses_another_frame_count_or_a_batch_of_images():
+    tower = _tower(_weights())
+    with pytest.raises(ValueError, match="takes 8 frames per video, got 4"):
+        tower(_videos()[:, :4])
+    with pytest.raises(ValueError, match=r"videos must be \(videos, frames, 3, S, S\)"):
+        tower(_videos()[0])
