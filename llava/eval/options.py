@@ -13,7 +13,7 @@ import importlib
 import re
 from pathlib import Path
 
-from llava.errors import check_at_least
+from llava.errors import InputError, check_at_least
 from llava.eval.registry import BENCHMARKS
 from llava.eval.runfolder import canonical_method
 
@@ -25,6 +25,20 @@ def check_run_options(batch_size: int, limit: int | None) -> None:
     check_at_least("--batch-size", batch_size, 1)
     if limit is not None:
         check_at_least("--limit", limit, 1, "it is the number of questions asked")
+
+
+def check_backend_options(backend: str, tensor_parallel_size: int, *, pipeline: str, vision_tower: str | None,
+                          quantization: str) -> None:
+    """`--backend vllm` with what it cannot take, or `--tensor-parallel-size` without it, is an InputError."""
+    check_at_least("--tensor-parallel-size", tensor_parallel_size, 1)
+    if backend != "vllm":
+        if tensor_parallel_size != 1:
+            raise InputError("--tensor-parallel-size is for --backend vllm")
+        return
+    refused = [name for name, given in (("--pipeline", pipeline != DEFAULT_PIPELINE), ("--vision-tower", vision_tower),
+                                        (f"--load-{quantization}", quantization != "none")) if given]
+    if refused:
+        raise InputError(f"--backend vllm takes a llava-hf checkpoint as it is: {', '.join(refused)} is for --backend torch")
 
 
 def resolve_device_and_dtype(device: str | None, dtype: str, local_rank: int):
@@ -89,6 +103,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--load-8bit", action="store_true", help="8-bit weights through bitsandbytes (CUDA)")
     parser.add_argument("--load-4bit", action="store_true", help="4-bit weights through bitsandbytes (CUDA)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--backend", choices=("torch", "vllm"), default="torch",
+                        help="what runs the language model: torch (ours, every method) or vllm (vLLM's engine on our "
+                             "pruned image features: pre-LLM methods only; `bash setup.sh --vllm`) [default: torch]")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                        help="--backend vllm: split the LLM over N GPUs (vLLM's tensor parallelism) [default: 1]")
     parser.add_argument("--pipeline", default=DEFAULT_PIPELINE, help="loader 'module:attr' with LlavaPipeline.load's "
                         "signature; requests are made with the Request class beside the pipeline's class "
                         f"(testing: tests.eval_fakes:FakePipeline.load) [default: {DEFAULT_PIPELINE}]")

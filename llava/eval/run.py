@@ -60,7 +60,7 @@ from llava.errors import CheckpointError, InputError, print_error
 from llava.eval.backend import answer_questions, as_backend, is_loader
 from llava.eval.common import AnswerWriter, Question, format_table, number_repeats, write_json
 from llava.eval.options import (
-    check_run_options, default_output_dir, import_object, parse_args, resolve_device_and_dtype,
+    check_backend_options, check_run_options, default_output_dir, import_object, parse_args, resolve_device_and_dtype,
 )
 from llava.eval.registry import Benchmark, get_benchmark
 from llava.eval.runfolder import (
@@ -255,16 +255,29 @@ def main(argv=None) -> int:
         # Passed only when given, so that a --pipeline without them keeps working for LLaVA-1.5.
         anyres_options = {k: v for k, v in (("patch_merge", args.patch_merge), ("image_grid", args.image_grid)) if v}
 
+        quantization = "8bit" if args.load_8bit else "4bit" if args.load_4bit else "none"
+        check_backend_options(args.backend, args.tensor_parallel_size, pipeline=args.pipeline,
+                              vision_tower=args.vision_tower, quantization=quantization)
+        if args.backend == "vllm":
+            from llava.model.pruning.registry import parse_method
+            from llava.serve.vllm_backend import check_servable
+
+            check_servable(parse_method(method))  # an in-LLM method is refused before anything is loaded
+
         def load():  # only called when something is left to answer
             if not args.model_path:
                 raise InputError("--model-path is needed: some questions have no answer yet")
+            if args.backend == "vllm":
+                from llava.serve.vllm_backend import VllmBackend
+
+                return VllmBackend.load(args.model_path, method, tensor_parallel_size=args.tensor_parallel_size,
+                                        dtype=dtype, conv_mode=args.conv_mode, device=str(device), **anyres_options)
             return import_object(args.pipeline)(
                 args.model_path, method=method, conv_mode=args.conv_mode, device=str(device), dtype=dtype,
                 vision_tower=args.vision_tower, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
                 **anyres_options,
             )
 
-        quantization = "8bit" if args.load_8bit else "4bit" if args.load_4bit else "none"
         run_benchmark(
             args.benchmark, load, args.data_root, output_dir, model_path=args.model_path,
             method=method, conv_mode=args.conv_mode, max_new_tokens=args.max_new_tokens,

