@@ -19,6 +19,10 @@
 #   NPROC                (from CUDA_VISIBLE_DEVICES) number of processes, whatever the GPUs
 #   PYTHON               .venv/bin/python if setup.sh made one, else python
 #   EVAL_ARGS            (empty)                   more options for the runner, e.g. "--limit 100"
+#   BACKEND              torch                     vllm: vLLM runs the LLM on our pruned image features (pre-LLM
+#                                                  methods only; `bash setup.sh --vllm`; docs/running.md); one process,
+#                                                  its GPUs split by TP (tensor parallelism), not by torchrun
+#   TP                   1                         BACKEND=vllm: --tensor-parallel-size, the GPUs vLLM splits the LLM over
 #   PATCH_MERGE          spatial (v1_6)            LLaVA-NeXT merge: spatial (FasterVLM's protocol), spatial_unpad, or
 #                                                  checkpoint (the checkpoint's own, stock NeXT: spatial_unpad)
 #   IMAGE_GRID           672x672 (v1_6)            LLaVA-NeXT canvas, WIDTHxHEIGHT in pixels, or auto (the best of the
@@ -86,7 +90,11 @@ llava_eval() {
     fi
     local output_dir="${OUTPUT_ROOT:-outputs/eval}/$(basename "$model")/$label/$bench"
 
-    local nproc=${NPROC:-}
+    local nproc=${NPROC:-} backend=()
+    if [[ ${BACKEND:-torch} != torch ]]; then
+        backend=(--backend "$BACKEND" --tensor-parallel-size "${TP:-1}")
+        nproc=${NPROC:-1}  # vLLM batches the questions itself; its GPUs are TP's
+    fi
     if [[ -z $nproc ]]; then
         local gpus=()
         IFS=',' read -ra gpus <<< "${CUDA_VISIBLE_DEVICES:-}"
@@ -99,9 +107,9 @@ llava_eval() {
     # torchrun (torch's own launcher, run through this python); each process takes cuda:LOCAL_RANK
     (( nproc > 1 )) && launcher=("$python" -m torch.distributed.run --standalone --nproc_per_node "$nproc")
 
-    echo "[$bench] model=$model method=$spec ${anyres[*]} processes=$nproc -> $output_dir" >&2
+    echo "[$bench] model=$model method=$spec ${anyres[*]} ${backend[*]} processes=$nproc -> $output_dir" >&2
     # shellcheck disable=SC2086  # EVAL_ARGS is a list of options
     "${launcher[@]}" -m llava.eval.run --benchmark "$bench" --model-path "$model" --method "$spec" \
         --data-root "${DATA_ROOT:-playground/data/eval}" --output-dir "$output_dir" \
-        --conv-mode "${CONV_MODE:-vicuna_v1}" "${anyres[@]}" ${EVAL_ARGS:-} "$@"
+        --conv-mode "${CONV_MODE:-vicuna_v1}" "${anyres[@]}" "${backend[@]}" ${EVAL_ARGS:-} "$@"
 }
