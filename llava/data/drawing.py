@@ -15,6 +15,8 @@ Backgrounds (``BACKGROUNDS``; every colour has saturation <= 0.25, the objects'
 - ``texture``: a checkerboard, stripes or dots in two close tones;
 - ``plain``: a flat near-white or pale colour (the held-out look's).
 
+`video_backgrounds` gives a clip's frames the ``muted`` background with a little fresh noise each.
+
 Shapes: `draw_shape` fills a hard-edged PIL polygon (every training look);
 `draw_outlined` is a second routine that training never sees: the shape
 anti-aliased by supersampling, in the palette's exact colour, with a dark
@@ -63,6 +65,23 @@ def muted_background(rng: np.random.Generator, width: int, height: int) -> np.nd
     noise = np.frombuffer(rng.bytes(width * height), np.uint8).reshape(height, width)
     luminance = stripes + noise * np.float32(16 / 255) - 8  # (H, W), the same on all channels; noise -8 .. 8 levels
     return _compose(along, tone_a, tone_b, luminance)
+
+
+def video_backgrounds(rng: np.random.Generator, width: int, height: int, frames: int,
+                      sparkle: int = 64) -> list[np.ndarray]:
+    """``frames`` backgrounds of one clip: the muted background (as `muted_background` draws it) with
+    fresh luminance noise, in the muted background's range, on ``sparkle`` random pixels of each
+    frame, as a camera's sensor noise. So no two frames are equal (a GIF writer merges equal frames
+    into one), while a GIF still stores each frame as the few pixels that changed. Each (H, W, 3) uint8."""
+    still = muted_background(rng, width, height)
+    backgrounds = []
+    for _ in range(frames):
+        frame = still.copy()
+        ys, xs = rng.integers(0, height, sparkle), rng.integers(0, width, sparkle)
+        shift = rng.integers(-8, 9, (sparkle, 1))
+        frame[ys, xs] = np.clip(frame[ys, xs].astype(np.int16) + shift, 0, 255).astype(np.uint8)
+        backgrounds.append(frame)
+    return backgrounds
 
 
 def _flat(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
