@@ -97,11 +97,10 @@ class LanguageBindVideoTower(CLIPVisionTower):
     def forward(
         self, pixel_values: torch.Tensor, select_layer: int = -2, attention_layers: tuple[int, ...] = ()
     ) -> VisionOutput:
-        """pixel_values (V, T, 3, S, S) -> CLIPVisionTower's output over the V*T frames, video-major: row v*T + t
-        is frame t of video v (features (V*T, P, D), cls_features (V*T, D), probes' cls_attention (V*T, H, P))."""
-        if pixel_values.dim() != 5:
-            raise ValueError(f"videos must be (videos, frames, 3, S, S), got shape {tuple(pixel_values.shape)}")
-        frames = pixel_values.shape[1]
-        if self.video_config.temporal_attention and frames != self.video_config.num_frames:
-            raise ValueError(f"the video tower takes {self.video_config.num_frames} frames per video, got {frames}")
-        return super().forward(pixel_values.flatten(0, 1), select_layer, attention_layers)
+        """pixel_values (V*T, 3, S, S): the frames of V videos, each video's T = num_frames frames consecutive (the
+        release's '(b t)' order) -> CLIPVisionTower's output, row v*T + t frame t of video v: features (V*T, P, D),
+        cls_features (V*T, D), probes' cls_attention (V*T, H, P). A drop-in for CLIPVisionTower on frames."""
+        frames, T = pixel_values.shape[0], self.video_config.num_frames
+        if self.video_config.temporal_attention and frames % T:
+            raise ValueError(f"the video tower takes {T} frames per video, got {frames} frames")
+        return super().forward(pixel_values, select_layer, attention_layers)
