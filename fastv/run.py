@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlay", metavar="FILE.png",
                         help="also write the image with the kept patches outlined and the dropped ones dimmed (NeXT: a"
                              " panel per partition)")
+    parser.add_argument("--backend", choices=("torch", "vllm"), default="torch",
+                        help="what runs the language model: torch (ours, every method) or vllm (vLLM's engine on our pruned"
+                             " image features: pre-LLM methods only; `bash setup.sh --vllm`; docs/running.md)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                        help="--backend vllm: split the LLM over N GPUs (vLLM's tensor parallelism)")
     parser.add_argument("--json", dest="as_json", action="store_true",
                         help="print one JSON object (kept_partitions and partition_grid per image: see docs/PIPELINE_API.md)")
 
@@ -60,11 +65,14 @@ def main(
     patch_merge: str | None = None,
     image_grid: str | None = None,
     overlay: str | None = None,
+    backend: str = "torch",
+    tensor_parallel_size: int = 1,
 ) -> dict:
     """Answer one question about one image (None: a text-only prompt) and report what pruning kept
     and how long it took. Every option is checked before a model is loaded (the LLaVA-NeXT ones,
     `patch_merge` and `image_grid`, against the checkpoint's config, before its weights). `overlay`: also
-    write the kept-token overlay there (fastv/overlay.py)."""
+    write the kept-token overlay there (fastv/overlay.py). `backend` "vllm": vLLM generates from our pruned image
+    features (llava/serve/vllm_backend.py), over `tensor_parallel_size` GPUs."""
     from llava.conversation import conversation_template
     from llava.generate import check_generation_options
     from llava.mm_utils import load_image
@@ -72,7 +80,15 @@ def main(
     from llava.model.pruning.registry import parse_method
     from llava.pipeline import LlavaPipeline, Request
 
-    parse_method(method)
+    parsed = parse_method(method)
+    if backend == "vllm":
+        from llava.serve.vllm_backend import check_servable
+
+        check_servable(parsed)
+        if vision_tower is not None:
+            raise InputError("--backend vllm takes a llava-hf checkpoint as it is: --vision-tower is for --backend torch")
+    elif tensor_parallel_size != 1:
+        raise InputError("--tensor-parallel-size is for --backend vllm")
     conversation_template(conv_mode)
     resolve_device(device)
     check_generation_options(max_new_tokens, temperature)
@@ -86,10 +102,21 @@ def main(
         check_output_file("--overlay", overlay, what="the PNG file")
     model_path = model_or_shipped(model_path)
     picture = load_image(image) if image is not None else None  # --image "" is a missing image, not no image
-    pipe = LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device, vision_tower=vision_tower,
-                              patch_merge=patch_merge, image_grid=image_grid)
-    (answer,) = pipe.answer([Request(image=picture, text=prompt)], max_new_tokens=max_new_tokens, temperature=temperature)
-    result = {"method": pipe.method_spec, **dataclasses.asdict(answer)}
+    if backend == "vllm":
+        from llava.eval.backend import Prompt
+        from llava.serve.vllm_backend import VllmBackend
+
+        engine = VllmBackend.load(model_path, method, tensor_parallel_size=tensor_parallel_size, conv_mode=conv_mode,
+                                  device=device, patch_merge=patch_merge, image_grid=image_grid)
+        pipe = engine.pipeline  # the vision side: the overlay reads its processor and config
+        (answer,) = engine.generate([Prompt(prompt, picture)], max_new_tokens=max_new_tokens, temperature=temperature,
+                                    seed=0)
+    else:
+        pipe = LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device,
+                                  vision_tower=vision_tower, patch_merge=patch_merge, image_grid=image_grid)
+        (answer,) = pipe.answer([Request(image=picture, text=prompt)], max_new_tokens=max_new_tokens,
+                                temperature=temperature)
+    result = {"method": parsed.spec, "backend": backend, **dataclasses.asdict(answer)}
     result["answer"] = result.pop("text")
     if overlay is not None:
         from fastv.overlay import write_overlay
@@ -101,7 +128,7 @@ def main(
         config = pipe.model.config
         visual = ", ".join(str(n) for n in answer.visual_tokens) or "0 (no image)"
         print(f"answer: {answer.text}")
-        print(f"method: {pipe.method_spec}")
+        print(f"method: {parsed.spec}" + (" (on vLLM)" if backend == "vllm" else ""))
         if config.anyres:
             grids = ", ".join(f"{rows}x{cols} crops" for rows, cols in answer.partition_grid)
             per = f"{config.tokens_per_image} per partition; {grids}; {config.patch_merge} merge"
@@ -114,7 +141,10 @@ def main(
             stages = "; ".join(f"before layer {s['layer']}: {', '.join(str(len(k)) for k in s['kept'])}"
                                for s in answer.kept_stages)
             print(f"in-LLM stages (visual tokens per image): {stages}")
-        print(f"prefill (time to first token): {answer.prefill_s:.3f} s, total: {answer.total_s:.3f} s")
+        if backend == "vllm":  # the engine reports no time to first token of its own
+            print(f"total (vision side and vLLM's generation): {answer.total_s:.3f} s")
+        else:
+            print(f"prefill (time to first token): {answer.prefill_s:.3f} s, total: {answer.total_s:.3f} s")
         if overlay is not None:
             print(f"kept-token overlay: {result['overlay']}")
     return result
