@@ -102,17 +102,18 @@ def read_video(source, num_frames: int = NUM_FRAMES, sampling: str = "linspace")
             raise InputError(f"video not found: {path}")
         name, opener = str(path), lambda: str(path)
     _check_sampling(num_frames, sampling)
-    total = _count_frames(opener, name)
-    try:
-        indices = sample_frame_indices(total, num_frames, sampling)
-    except InputError as error:
-        raise InputError(f"video {name}: {error}") from None
-    frames, decoded = _decode(opener, name, set(indices))
-    if decoded != total:  # the container's packet count was off: sample again over what decodes
+
+    def sample(total: int) -> list[int]:
         try:
-            indices = sample_frame_indices(decoded, num_frames, sampling)
+            return sample_frame_indices(total, num_frames, sampling)
         except InputError as error:
             raise InputError(f"video {name}: {error}") from None
+
+    total = _count_frames(opener, name)
+    indices = sample(total)
+    frames, decoded = _decode(opener, name, set(indices))
+    if decoded != total:  # the container's packet count was off: sample again over the frames that decode
+        indices = sample(decoded)
         frames, decoded = _decode(opener, name, set(indices))
     return Video([frames[i] for i in indices], indices, decoded, None if path is None else name)
 

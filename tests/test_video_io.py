@@ -203,6 +203,22 @@ def test_read_video_of_300_and_of_9_frames(tmp_path):
             assert [_read_code(frame) for frame in video.frames] == video.indices == BY_HAND[total, sampling]
 
 
+def test_frames_are_sampled_over_the_frames_that_decode_when_the_packet_count_is_off(tmp_path, monkeypatch):
+    import llava.video
+
+    path = tmp_path / "clip.avi"
+    _encode(path, "avi", "mpeg4", 30)
+    for packets in (40, 12):  # a container that claims more, or fewer, frames than decode
+        monkeypatch.setattr(llava.video, "_count_frames", lambda opener, name: packets)
+        video = read_video(path)
+        assert video.total_frames == 30
+        assert [_read_code(frame) for frame in video.frames] == video.indices == BY_HAND[30, "linspace"]
+    _encode(path, "avi", "mpeg4", 5)
+    monkeypatch.setattr(llava.video, "_count_frames", lambda opener, name: 30)
+    with pytest.raises(InputError, match="clip.avi: it has 5 frames, fewer than 8"):
+        read_video(path)
+
+
 GIF_COLOURS = [(i * 20, 255 - i * 20, i * 37 % 256) for i in range(12)]
 
 
