@@ -4,11 +4,16 @@ temporal parts off or zeroed; the original Video-LLaVA checkpoint layout's key m
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
+from llava.errors import CheckpointError
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower, VisionConfig
 from llava.model.multimodal_encoder.languagebind import LanguageBindVideoTower, VideoTowerConfig
+from llava.model.video_checkpoint import TOWER_KEY_RULES, image_tower_config, video_tower_config
 from tests import reference_languagebind as reference
 
 FRAMES = 8
@@ -126,3 +131,55 @@ def test_one_video_alone_equals_its_row_in_a_batch():
 def test_the_tower_refuses_frames_that_are_not_whole_videos():
     with pytest.raises(ValueError, match="takes 8 frames per video, got 12 frames"):
         _tower(_weights())(_frames(_videos())[:12])
+
+
+# ---- the original Video-LLaVA layout's towers (llava/model/video_checkpoint.py) ----------------------------------
+
+CLIP_FIELDS = {k: v for k, v in RAW.items() if k not in ("add_time_attn", "num_frames")}
+VIDEO_FOLDER = {"model_type": "LanguageBindVideo", "vision_config": {
+    **CLIP_FIELDS, "model_type": "clip_vision_model", "add_time_attn": True, "num_frames": 8,
+    "force_patch_dropout": 0.0, "lora_r": 16, "video_decode_backend": "decord",
+}}
+
+
+def test_a_languagebind_video_folder_gives_its_clip_fields_frames_and_temporal_switch():
+    fields, frames, temporal = video_tower_config(VIDEO_FOLDER, Path("video"))
+    assert (frames, temporal) == (8, True)
+    assert fields == {**CLIP_FIELDS, "model_type": "clip_vision_model"}  # LanguageBind's own fields left out
+    image = image_tower_config({"model_type": "LanguageBindImage", "vision_config": {**CLIP_FIELDS, "add_time_attn": False}},
+                               Path("image"))
+    assert image == CLIP_FIELDS
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model_type": "clip", "vision_config": CLIP_FIELDS}, "video tower 'clip' is not supported"),
+    ({"model_type": "LanguageBindVideo"}, "no vision_config object"),
+    ({"model_type": "LanguageBindVideo", "vision_config": {**CLIP_FIELDS, "num_frames": 0}}, "num_frames must be a positive"),
+    ({"model_type": "LanguageBindVideo", "vision_config": {**CLIP_FIELDS, "add_time_attn": "yes"}}, "add_time_attn must be"),
+])
+def test_a_video_tower_we_do_not_run_is_refused_by_name(config, message):
+    with pytest.raises(CheckpointError, match=message):
+        video_tower_config(config, Path("video"))
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model_type": "siglip_vision_model"}, "image tower 'siglip_vision_model' is not supported"),
+    ({"model_type": "LanguageBindImage", "vision_config": {**CLIP_FIELDS, "add_time_attn": True}}, "temporal attention"),
+])
+def test_an_image_tower_we_do_not_run_is_refused_by_name(config, message):
+    with pytest.raises(CheckpointError, match=message):
+        image_tower_config(config, Path("image"))
+
+
+def test_the_original_tower_keys_map_onto_ours():
+    def mapped(key):
+        for pattern, replacement in TOWER_KEY_RULES:
+            new, n = re.subn(pattern, replacement, key, count=1)
+            if n:
+                return new
+        return None
+
+    assert mapped("model.video_tower.video_tower.encoder.layers.3.temporal_attn.q_proj.weight") == \
+        "video_tower.encoder.layers.3.temporal_attn.q_proj.weight"
+    assert mapped("model.image_tower.image_tower.embeddings.class_embedding") == "vision_tower.embeddings.class_embedding"
+    assert mapped("model.mm_projector.0.weight") is None  # LLaVA's names: builder.KEY_RULES
