@@ -1,20 +1,23 @@
 """Shapes-VQA: the synthetic benchmarks of the project's own small LLaVAs (llava/data/synthetic.py).
 
-Three benchmarks, one per look of the generator's test split (`LOOKS`):
+Four benchmarks, one per look of the generator's test split (`LOOKS`):
     shapes        the lattice look at 336x336, LLaVA-1.5's model's own test;
     shapes_style  the held-out drawn look (plain backgrounds, large anti-aliased outlined shapes) that no
                   training run sees: does a model generalise beyond the generator's look?
     shapes_hr     the high-resolution look (LLaVA-NeXT canvases up to 1008 px, small objects clustered in
                   some 336-px crops, distractors in others): where a crop budget goes matters.
+    shapes_video  the video look (llava/data/video_clips.py): GIF clips, each question asked of the video
+                  (`Question.video`), its answer in time (motion, appear, disappear, order, during_word,
+                  pass) or in every frame (the six types above); `answer_frames` in the question line.
 
 Files (under `<data root>/<folder>/`, written by `python -m llava.data.synthetic --split test --n N --look LOOK --out DIR`):
     questions.jsonl      question_id, image, text (question + short-answer instruction), category (question type)
-    images/              the PNGs
+    images/              the PNGs (shapes_video: videos/, the GIFs)
     annotations.json     question_id, answer, question_type, patches, ...
 
 Scoring: exact match after lower-casing and dropping a trailing period (every
 answer is one word); accuracy overall and per question type (color, shape,
-exist, count, position, ocr). A missing or error answer counts as wrong.
+exist, count, position, ocr, and shapes_video's temporal types). A missing or error answer counts as wrong.
 A question is graded by the annotation with its question_id; where the files
 repeat an id, the k-th question with it by the k-th annotation with it (the
 generator writes both files in one order), never by another question's. A
@@ -30,18 +33,21 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from llava.data.synthetic import COLORS, GENERATOR_VERSION, QUESTION_TYPES
+from llava.data.synthetic import COLORS, GENERATOR_VERSION, VIDEO_LOOK
+from llava.data.video_clips import VIDEO_GENERATOR_VERSION, VIDEO_QUESTION_TYPES
 from llava.errors import InputError
 from llava.eval.common import (
-    SHORT_ANSWER, WHERE_FROM, Question, accuracy_by, answer_text, checked_entries, read_llava_questions, typed,
-    with_instruction,
+    SHORT_ANSWER, WHERE_FROM, Question, accuracy_by, answer_text, checked_entries, read_jsonl_questions,
+    read_llava_questions, typed, typed_list, with_instruction,
 )
 from llava.jsonfile import read_json
 
-LOOKS = {"shapes": "lattice", "shapes_style": "drawn", "shapes_hr": "hr"}  # benchmark name (and folder) -> look
+LOOKS = {"shapes": "lattice", "shapes_style": "drawn", "shapes_hr": "hr",
+         "shapes_video": VIDEO_LOOK}  # benchmark name (and folder) -> look
 FOLDER = "shapes"
 QUESTION_FILE = "questions.jsonl"
 IMAGE_FOLDER = "images"
+VIDEO_FOLDER = "videos"  # shapes_video: beside the question file, whatever image folder the runner names
 ANNOTATIONS = "annotations.json"
 
 
@@ -51,7 +57,23 @@ def build_prompt(question: str) -> str:
 
 def load_questions(question_file: Path, image_folder: Path, benchmark: str = "shapes"):
     check_generator_version(Path(question_file).parent, benchmark)
+    if LOOKS[benchmark] == VIDEO_LOOK:
+        return _video_questions(Path(question_file))
     return read_llava_questions(question_file, image_folder, build_prompt, keep=("category",))
+
+
+def _video_questions(question_file: Path):
+    """shapes_video's lines: question_id, video (under ``videos/``), text, category, answer_frames."""
+    videos = question_file.parent / VIDEO_FOLDER
+
+    def make(record: dict) -> Question:
+        return Question(
+            typed(record, "question_id", int, str), build_prompt(typed(record, "text", str)),
+            video=videos / typed(record, "video", str),
+            fields={"category": record.get("category"), "answer_frames": typed_list(record, "answer_frames", int)},
+        )
+
+    return read_jsonl_questions(question_file, make)
 
 
 def loader(benchmark: str):
@@ -71,14 +93,15 @@ def check_generator_version(folder: Path, benchmark: str = "shapes") -> None:
         return  # a hand-made question file: nothing to check
     written = read_json(meta, dict, what="shapes meta.json", fix=WHERE_FROM)
     version, look = written.get("version"), written.get("look", "lattice")  # files before the looks: lattice
-    if version != GENERATOR_VERSION:
-        raise InputError(
-            f"{folder} was written by version {version} of llava.data.synthetic, this is version "
-            f"{GENERATOR_VERSION}: delete the folder and write it again ({write_command(folder, benchmark)})"
-        )
     if look != LOOKS[benchmark]:
         raise InputError(f"{folder} holds the {look} look, but {benchmark} is the {LOOKS[benchmark]} look: "
                          f"delete the folder and write it again ({write_command(folder, benchmark)})")
+    expected = VIDEO_GENERATOR_VERSION if look == VIDEO_LOOK else GENERATOR_VERSION
+    if version != expected:
+        raise InputError(
+            f"{folder} was written by version {version} of llava.data.synthetic's {look} look, this is version "
+            f"{expected}: delete the folder and write it again ({write_command(folder, benchmark)})"
+        )
 
 
 def normalize(answer: str | None) -> str:
@@ -96,7 +119,7 @@ def fractions_by_type(graded) -> dict[str, float]:
     result = accuracy_by(graded)
     if not result["questions"]:
         raise InputError("no questions were graded: nothing to take a fraction of")
-    fractions = {t: result["groups"][t] / 100 for t in QUESTION_TYPES if t in result["groups"]}
+    fractions = {t: result["groups"][t] / 100 for t in VIDEO_QUESTION_TYPES if t in result["groups"]}
     fractions["overall"] = result["accuracy"] / 100
     return fractions
 
