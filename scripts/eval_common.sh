@@ -1,19 +1,23 @@
-# Shared by every scripts/v1_5/eval/<bench>.sh and scripts/v1_6/eval/<bench>.sh (sourced, not run).
+# Shared by every scripts/v1_5/eval/<bench>.sh, scripts/v1_6/eval/<bench>.sh and scripts/video/eval/<bench>.sh
+# (sourced, not run).
 #
 #   bash scripts/v1_5/eval/<bench>.sh BUDGET [METHOD] [more options for python -m llava.eval.run]
 #
 #   BUDGET   what the method's budget is: visual tokens kept per image (v1_5) or per partition (v1_6: the base
-#            view and each crop), e.g. 64; for hired its rate, the fraction of all visual tokens, e.g. 0.2;
+#            view and each crop), e.g. 64; the method's keep on video (fastervlm: patches per frame, of 256);
+#            for hired its rate, the fraction of all visual tokens, e.g. 0.2;
 #            left out for none, prumerge and prumerge+ (they keep what they keep)
 #   METHOD   pruning method (default fastervlm; none = the unpruned baseline); also as a variable, METHOD=fastv.
 #            A method with its own parameters: METHOD=fastv:k=2 -> spec fastv:k=2,keep=BUDGET;
 #            METHOD=hired:alpha=0.5 -> hired:alpha=0.5,rate=BUDGET
 #
 # Variables (with their defaults):
-#   MODEL_PATH or CKPT   checkpoints/llava-v1.5-7b (v1_5), checkpoints/llava-v1.6-vicuna-7b (v1_6)
+#   MODEL_PATH or CKPT   checkpoints/llava-v1.5-7b (v1_5), checkpoints/llava-v1.6-vicuna-7b (v1_6),
+#                        checkpoints/Video-LLaVA-7B-hf (video)
 #   DATA_ROOT            playground/data/eval      benchmark files, laid out as EVAL.md says
 #   OUTPUT_ROOT          outputs/eval              run dir: OUTPUT_ROOT/<checkpoint name>/<method>_<budget>/<bench>
-#   CONV_MODE            vicuna_v1
+#   CONV_MODE            vicuna_v1 (llava_v1 for video, as Video-LLaVA's evaluation)
+#   SUBSET               1k (video)                1k: FasterVLM's first-1K subsets (<bench>_1k), full: the whole test set
 #   SPLIT                (unset)                   SPLIT=val runs vqav2/vizwiz on val with a local score
 #   CUDA_VISIBLE_DEVICES (unset)                   "0,1,2,3": four processes through torchrun, one GPU each
 #   NPROC                (from CUDA_VISIBLE_DEVICES) number of processes, whatever the GPUs
@@ -23,6 +27,9 @@
 #                                                  methods only; `bash setup.sh --vllm`; docs/running.md); one process,
 #                                                  its GPUs split by TP (tensor parallelism), not by torchrun
 #   TP                   1                         BACKEND=vllm: --tensor-parallel-size, the GPUs vLLM splits the LLM over
+#   JUDGE_URL            (unset)                   video: the GPT judge's OpenAI-compatible endpoint, e.g.
+#                                                  https://api.openai.com/v1 (key: OPENAI_API_KEY); unset: no judge
+#   JUDGE_MODEL          gpt-3.5-turbo (video)     the judge model, recorded with the scores
 #   PATCH_MERGE          spatial (v1_6)            LLaVA-NeXT merge: spatial (FasterVLM's protocol), spatial_unpad, or
 #                                                  checkpoint (the checkpoint's own, stock NeXT: spatial_unpad)
 #   IMAGE_GRID           672x672 (v1_6)            LLaVA-NeXT canvas, WIDTHxHEIGHT in pixels, or auto (the best of the
@@ -36,6 +43,7 @@ set -euo pipefail
 llava_model_path() {
     local default_model=checkpoints/llava-v1.5-7b
     [[ $1 == v1_6 ]] && default_model=checkpoints/llava-v1.6-vicuna-7b
+    [[ $1 == video ]] && default_model=checkpoints/Video-LLaVA-7B-hf
     echo "${MODEL_PATH:-${CKPT:-$default_model}}"
 }
 
@@ -62,19 +70,28 @@ llava_eval() {
     local model
     model=$(llava_model_path "$version")
     [[ ${SPLIT:-} == val && ($bench == vqav2 || $bench == vizwiz) ]] && bench=${bench}_val
+    local script=$bench conv_default=vicuna_v1
+    if [[ $version == video ]]; then
+        conv_default=llava_v1
+        case ${SUBSET:-1k} in
+            1k) bench=${bench}_1k ;;
+            full) ;;
+            *) echo "SUBSET=${SUBSET} is neither 1k nor full" >&2; return 2 ;;
+        esac
+    fi
 
     local spec label
     label=$(echo "${method}" | sed 's/=//g; s/[:,]/_/g')
     if [[ -z $parameter ]]; then
         if [[ -n $budget ]]; then
-            echo "$no_budget: give no BUDGET (bash scripts/$version/eval/$bench.sh $method)" >&2
+            echo "$no_budget: give no BUDGET (bash scripts/$version/eval/$script.sh $method)" >&2
             return 2
         fi
         spec=$method
     else
         if [[ -z $budget ]]; then
-            echo "usage: bash scripts/$version/eval/$bench.sh BUDGET [METHOD]  (BUDGET = visual tokens kept per" \
-                 "$([[ $version == v1_6 ]] && echo partition || echo image), or hired's rate, e.g. 0.2;" \
+            echo "usage: bash scripts/$version/eval/$script.sh BUDGET [METHOD]  (BUDGET = visual tokens kept per" \
+                 "$(case $version in v1_6) echo partition ;; video) echo frame ;; *) echo image ;; esac), or hired's rate, e.g. 0.2;" \
                  "METHOD none, prumerge and prumerge+ need no budget)" >&2
             return 2
         fi
@@ -89,6 +106,7 @@ llava_eval() {
         [[ $merge == "$merge_default" && $grid == "$grid_default" ]] || label="${label}_${merge}_${grid}"
     fi
     local output_dir="${OUTPUT_ROOT:-outputs/eval}/$(basename "$model")/$label/$bench"
+    LLAVA_EVAL_OUTPUT_DIR=$output_dir  # for a script that works on the run after it (scripts/video/eval: the judge)
 
     local nproc=${NPROC:-} backend=()
     if [[ ${BACKEND:-torch} != torch ]]; then
@@ -111,5 +129,17 @@ llava_eval() {
     # shellcheck disable=SC2086  # EVAL_ARGS is a list of options
     "${launcher[@]}" -m llava.eval.run --benchmark "$bench" --model-path "$model" --method "$spec" \
         --data-root "${DATA_ROOT:-playground/data/eval}" --output-dir "$output_dir" \
-        --conv-mode "${CONV_MODE:-vicuna_v1}" "${anyres[@]}" "${backend[@]}" ${EVAL_ARGS:-} "$@"
+        --conv-mode "${CONV_MODE:-$conv_default}" "${anyres[@]}" "${backend[@]}" ${EVAL_ARGS:-} "$@"
+}
+
+# After llava_eval on a video QA set: Video-LLaVA's GPT judge over the run (python -m llava.eval.judge_run,
+# cached per question) when JUDGE_URL is set; without it the run keeps its offline match only.
+llava_video_judge() {
+    if [[ -z ${JUDGE_URL:-} ]]; then
+        echo "JUDGE_URL not set: no GPT judge, the paper's Acc/Score are not computed (EVAL.md, Video QA)" >&2
+        return 0
+    fi
+    local model=()
+    [[ -n ${JUDGE_MODEL:-} ]] && model=(--judge-model "$JUDGE_MODEL")
+    "$(llava_python)" -m llava.eval.judge_run "$LLAVA_EVAL_OUTPUT_DIR" --judge-url "$JUDGE_URL" "${model[@]}" --no-progress
 }

@@ -29,6 +29,7 @@ CHOICE = "Answer with the option's letter from the given choices directly."
 class Request:
     image: Image.Image | None
     text: str
+    video: object | None = None  # a llava.video.Video
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Answer:
     prefill_s: float
     total_s: float
     stop_reason: str = "eos"
+    frames: list[int] | None = None  # a video: the frame indices read
+    kept_frames: list[list[int]] | None = None  # a video: per frame, the patches kept
 
 
 class FakePipeline:
@@ -63,10 +66,14 @@ class FakePipeline:
                 raise InputError(f"prompt too long: {len(request.text)} characters, the context holds {self.context_len}")
         answers = []
         for request in requests:
-            visual = [self.keep] if request.image is not None else []
+            visual, video = ([self.keep] if request.image is not None else []), {}
+            if request.video is not None:  # keep=N patches per frame (all 256 without a budget)
+                per_frame, frames = (self.keep if self.keep != 576 else 256), list(request.video.indices)
+                visual = [per_frame * len(frames)]
+                video = {"frames": frames, "kept_frames": [list(range(per_frame)) for _ in frames]}
             answers.append(Answer(
                 fake_answer(request.text), f"USER: <image>\n{request.text} ASSISTANT:", [1, -200], visual,
-                [list(range(n)) for n in visual], 0.0, 0.0,
+                [list(range(n)) for n in visual], 0.0, 0.0, **video,
             ))
             if self.delay:
                 time.sleep(self.delay)

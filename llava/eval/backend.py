@@ -5,7 +5,7 @@ A backend turns a batch of questions into answers; the runner does everything ar
 returning one, called only when something is left to answer):
 
 - `answer(prompts, max_new_tokens=, temperature=, seed=)`: `prompts` is a batch of `Prompt`s (the user
-  turn as sent, without `<image>`, and its decoded image or None); return one `Reply` per prompt, in
+  turn as sent, without `<image>`, and its decoded image or None, or its video); return one `Reply` per prompt, in
   order: the answer's text and its metadata, `visual_tokens` (per image, tokens that entered the LLM),
   `kept_tokens` (per image, how many were kept) and `stop_reason` ("eos", "max_new_tokens", "context"),
   with `prompt_tokens` and LLaVA-NeXT's `partition_grid` / `partition_tokens` where known. Raise
@@ -32,20 +32,26 @@ import json
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from llava.errors import InputError
-from llava.eval.common import AnswerWriter, Question, open_image
+from llava.eval.common import AnswerWriter, Question, open_image, open_video
 from llava.eval.runfolder import canvases
+
+if TYPE_CHECKING:
+    from llava.video import Video
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """One question as a backend is asked it: the user turn as sent (without `<image>`) and its image."""
+    """One question as a backend is asked it: the user turn as sent (without `<image>`) and its image or
+    its video (a `llava.video.Video`, 8 sampled frames; video QA)."""
 
     text: str
     image: Image.Image | None
+    video: Video | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,10 @@ class TorchBackend(Backend):
         """`method`: a pruning spec for this call only (the model's own method is restored after it);
         None: the model's method. An InputError when the model cannot run it."""
         request_type = sys.modules[type(self.pipeline).__module__].Request
-        requests = [request_type(image=prompt.image, text=prompt.text) for prompt in prompts]
+        if any(p.video is not None for p in prompts) and "video" not in getattr(request_type, "__dataclass_fields__", {}):
+            raise InputError(f"{type(self.pipeline).__name__} takes no video (its Request has no video field)")
+        requests = [request_type(image=prompt.image, text=prompt.text) if prompt.video is None else
+                    request_type(image=prompt.image, text=prompt.text, video=prompt.video) for prompt in prompts]
         own = None if method is None else self.pipeline.model.pruning
         if method is not None:
             self.pipeline.model.set_pruning(method)  # checked against the model first: nothing changes on an error
@@ -124,6 +133,9 @@ def answer_metadata(answer) -> dict:
         metadata["prompt_tokens"] = len(answer.prompt_ids) - len(answer.visual_tokens) + sum(answer.visual_tokens)
     if getattr(answer, "layer_tokens", None):  # per decoder layer, the tokens it ran on (in-LLM pruning: fewer later)
         metadata["layer_tokens"] = list(answer.layer_tokens)
+    if getattr(answer, "frames", None):  # a video: the frame indices read, and what each frame kept
+        metadata["frames"] = list(answer.frames)
+        metadata["kept_frame_tokens"] = [len(k) for k in answer.kept_frames or []]
     grids = getattr(answer, "partition_grid", None)
     if grids and any(rows for rows, _ in grids):  # LLaVA-NeXT: what each partition kept
         metadata["partition_grid"] = grids
@@ -157,7 +169,8 @@ def answer_questions(questions: list[Question], backend: Backend | None, writer:
                 if question.error:
                     raise InputError(question.error)
                 image = open_image(question) if question.has_image else None
-                ready.append((question, Prompt(question.text, image)))
+                video = open_video(question) if question.video is not None else None
+                ready.append((question, Prompt(question.text, image, video)))
             except InputError as error:
                 writer.write(error_line(question, str(error), model_id))
         generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)

@@ -59,6 +59,7 @@ class Question:
     text: str
     image: Path | None = None
     image_base64: str | None = None  # MMBench: the image is inside the TSV
+    video: Path | None = None  # video QA: the clip, as named (`open_video` finds its extension)
     fields: dict = field(default_factory=dict)
     error: str | None = None
     occurrence: int = 0  # > 0 only when the file repeats the same (question_id, text)
@@ -315,6 +316,22 @@ def open_image(question: Question) -> Image.Image:
             raise InputError(f"cannot read the image of question {question.question_id}: not base64 ({error})")
         return decode_image(source, f"of question {question.question_id} (base64 in the question file)")
     return load_image(question.image)
+
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")  # Video-LLaVA's four, in its order, then two
+
+
+def open_video(question: Question):
+    """The question's video (`llava.video.Video`: 8 frames, Video-LLaVA's sampling), the file as named or
+    the first of it with one of `VIDEO_EXTENSIONS` that exists; a missing, unreadable or too short video
+    is an InputError naming it, which the runner writes as that question's error line."""
+    from llava.video import read_video
+
+    path = question.video
+    found = next((p for p in (path, *(path.with_name(path.name + e) for e in VIDEO_EXTENSIONS)) if p.is_file()), None)
+    if found is None:
+        raise InputError(f"video not found: {path} (as named, or with {', '.join(VIDEO_EXTENSIONS)})")
+    return read_video(found)
 
 
 # ----------------------------------------------------------------------------- VQA answers

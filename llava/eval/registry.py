@@ -3,7 +3,9 @@
 Names are those of LLaVA's scripts (`scripts/v1_5/eval/<name>.sh`); `vqav2_val` and
 `vizwiz_val` score locally on the val splits; `aokvqa` (multiple choice) and `aokvqa_da`
 (direct answer) share one file and one script; `shapes`, `shapes_style` and `shapes_hr`
-are the project's own synthetic benchmarks (llava/data/synthetic.py, llava/eval/shapes.py).
+are the project's own synthetic benchmarks (llava/data/synthetic.py, llava/eval/shapes.py);
+`msvd`, `msrvtt`, `tgif` and `activitynet` are the video QA sets (llava/eval/video_qa.py), with
+FasterVLM's first-1K subsets as `<name>_1k` (`scripts/video/eval/<name>.sh`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 
 from llava.errors import InputError
 from llava.eval import (
-    aokvqa, gqa, llavabench, mmbench, mme, mmvet, ocrvqa, pope, scienceqa, seed, shapes, textvqa, vizwiz, vqav2,
+    aokvqa, gqa, llavabench, mmbench, mme, mmvet, ocrvqa, pope, scienceqa, seed, shapes, textvqa, video_qa, vizwiz,
+    vqav2,
 )
 from llava.eval.common import Question
 
@@ -63,6 +66,16 @@ def _mmbench(lang: str) -> Benchmark:
     )
 
 
+def _video(name: str, subset: str) -> Benchmark:
+    """A video QA set (`subset` "": the full test set, "1k": FasterVLM's first 1000 questions), judged by GPT."""
+    data = video_qa.SETS[name]
+    return Benchmark(
+        f"{name}_{subset}" if subset else name, f"{data.title}-{subset.upper()}" if subset else data.title,
+        data.folder, video_qa.QUESTION_FILES[subset], data.video_folder,
+        partial(video_qa.load_questions, prefix=data.prefix), video_qa.score, "accuracy", max_new_tokens=1024,
+    )
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
@@ -90,6 +103,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         _shapes("shapes", "Shapes"),
         _shapes("shapes_style", "Shapes-style"),
         _shapes("shapes_hr", "Shapes-HR"),
+        # the video QA sets (Video-LLaVA's layout; the paper's score is the GPT judge, llava/eval/video_judge.py)
+        *(_video(name, subset) for name in video_qa.SETS for subset in video_qa.QUESTION_FILES),
     )
 }
 
