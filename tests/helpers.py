@@ -249,3 +249,36 @@ def batch_equals_single(model, prompts, images, new_tokens: int = 6):
         assert together.stats.kept[b] == alone.stats.kept[0]
         assert generate(model, prompts[b : b + 1], images[b : b + 1], max_new_tokens=new_tokens).tokens[0] == cached[b]
     return together
+
+
+def make_tiny_video_llava(folder: Path, seed: int = 0, **config_overrides):
+    """Save a random VideoLlavaForConditionalGeneration (two towers of `tiny_configs`' CLIP at 112 px: 64 patches
+    + CLS per frame, 8 x 65 = 520 video tokens; its Llama) + a tokenizer with <image> and <video> + the
+    preprocessor config; return the HF model (its config holds the two token ids)."""
+    from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    parts = tiny_configs(**config_overrides)
+    tokenizer = make_tokenizer(parts.text_config.vocab_size)
+    tokenizer.add_tokens(["<image>", "<video>"], special_tokens=True)  # as llava-hf's conversion adds them
+    image_id, video_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
+    patches = (parts.vision_config.image_size // parts.vision_config.patch_size) ** 2
+    config = VideoLlavaConfig(vision_config=parts.vision_config, text_config=parts.text_config,
+                              image_token_index=image_id, video_token_index=video_id,
+                              image_seq_length=patches, video_seq_length=8 * (patches + 1))
+    model = VideoLlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():  # N(0, 4 / fan_in), as make_tiny_llava; the towers differ (own random weights)
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 2.0 / p.shape[-1] ** 0.5)
+        model.model.video_tower.embeddings.class_embedding.normal_(0, 1.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    size = parts.vision_config.image_size
+    (Path(folder) / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": {"height": size, "width": size}, "size": {"shortest_edge": size},
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_center_crop": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "resample": 3, "rescale_factor": 1 / 255, "image_processor_type": "CLIPImageProcessor",
+    }))
+    return model

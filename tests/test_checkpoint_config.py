@@ -100,7 +100,7 @@ def test_a_model_type_other_than_llava_is_refused_by_name(hf_copy, tiny_next_dir
         edit_config(folder, lambda c: c.__setitem__("model_type", model_type))
         with pytest.raises(CheckpointError) as error:
             load_pretrained_model(str(folder))
-        assert str(error.value) == f"{folder}: model_type '{model_type}' is not supported (llava-hf: llava, llava_next)"
+        assert str(error.value) == f"{folder}: model_type '{model_type}' is not supported (llava-hf: llava, llava_next, video_llava)"
 
 
 @pytest.mark.parametrize("aspect_ratio, pads", [("pad", True), ("square", False), (None, False)])

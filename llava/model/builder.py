@@ -1,6 +1,6 @@
-"""load_pretrained_model(): LLaVA-1.5 and LLaVA-NeXT checkpoints in either layout, every weight accounted for.
+"""load_pretrained_model(): LLaVA-1.5, LLaVA-NeXT and Video-LLaVA checkpoints, every weight accounted for.
 
-Two layouts are read:
+Two LLaVA layouts are read, and Video-LLaVA's llava-hf port:
 
 - **llava-hf** (`LlavaForConditionalGeneration`, e.g. `llava-hf/llava-1.5-7b-hf`, and
   `LlavaNextForConditionalGeneration`, e.g. `llava-hf/llava-v1.6-vicuna-7b-hf`): one
@@ -14,7 +14,13 @@ Two layouts are read:
   `model.layers.*`, `model.mm_projector.{0,2}`, `model.image_newline`, and the
   CLIP folder named by `mm_vision_tower` (override with `vision_tower=`), whose config,
   preprocessing and weights are read; vision weights stored in the checkpoint itself (a
-  tower trained unfrozen) take precedence over the CLIP folder's.
+  tower trained unfrozen) take precedence over the CLIP folder's;
+- **llava-hf Video-LLaVA** (`VideoLlavaForConditionalGeneration`, e.g. `LanguageBind/Video-LLaVA-7B-hf`):
+  `model_type` `video_llava`, two CLIP towers of one `vision_config` (`image_tower.*`, `video_tower.*`, with
+  or without `vision_model.`), the projector and decoder named as LLaVA's; 8 frames a video, each frame's
+  [CLS] kept (`video_cls` may drop it). The original Video-LLaVA layout (LanguageBind towers, temporal
+  attention, `mm_video_tower` in its config) is `_original_video_llava`'s, refused by name until
+  multimodal_encoder/languagebind.py reads it.
 
 The decoder is Llama or Mistral (Llama's code path; see `text_config_from`).
 
@@ -45,19 +51,23 @@ from llava.jsonfile import json_type, read_json
 from llava.mm_utils import ImageProcessor, check_pinpoints, parse_image_grid
 from llava.model.anyres import MERGES, image_token_count
 from llava.model.language_model.llava_llama import LlamaConfig, rope_inverse_frequencies
-from llava.model.llava_arch import LlavaConfig, LlavaForCausalLM
+from llava.model.llava_arch import LlavaConfig, LlavaForCausalLM, VideoConfig
 from llava.model.multimodal_encoder.clip_encoder import VisionConfig
+from llava.model.video_checkpoint import TOWER_KEY_RULES, image_tower_config, video_tower_config
 
 # Checkpoint keys that are buffers, not weights: safe to drop.
 IGNORED_KEYS = re.compile(r"(rotary_emb\.inv_freq|embeddings\.position_ids)$")
 
 # (pattern, replacement) applied in order; the first match wins. Targets are our parameter names.
 KEY_RULES = [
+    *TOWER_KEY_RULES,  # the original Video-LLaVA's model.{image,video}_tower.{image,video}_tower.*
     (r"^(?:model\.)?language_model\.lm_head\.", "lm_head."),
     (r"^(?:language_model\.model|model\.language_model)\.", "language_model."),
     (r"^(?:model\.)?multi_modal_projector\.linear_1\.", "mm_projector.0."),
     (r"^(?:model\.)?multi_modal_projector\.linear_2\.", "mm_projector.2."),
     (r"^(?:model\.)?vision_tower\.(?:vision_tower\.)?(?:vision_model\.)?", "vision_tower."),
+    (r"^(?:model\.)?image_tower\.(?:vision_model\.)?", "vision_tower."),  # Video-LLaVA's image tower
+    (r"^(?:model\.)?video_tower\.(?:vision_model\.)?", "video_tower."),
     (r"^model\.mm_projector\.", "mm_projector."),
     (r"^(?:model\.)?image_newline$", "image_newline"),
     (r"^model\.(embed_tokens|layers|norm)\.", r"language_model.\1."),
@@ -80,6 +90,7 @@ def load_pretrained_model(
     vision_tower: str | None = None,
     patch_merge: str | None = None,
     image_grid: str | None = None,
+    video_cls: str | None = None,
 ):
     """Returns (tokenizer, model, image_processor, context_len), as LLaVA's builder does.
 
@@ -90,7 +101,8 @@ def load_pretrained_model(
     `mm_vision_tower`). `pruning`: a method spec string or object, attached with `model.set_pruning`.
     LLaVA-NeXT only: `patch_merge` ('spatial' or 'spatial_unpad') instead of the checkpoint's, and
     `image_grid` ('WIDTHxHEIGHT' in pixels, e.g. '672x672'): cut every image into that one canvas
-    instead of choosing among the checkpoint's pinpoints.
+    instead of choosing among the checkpoint's pinpoints. Video-LLaVA only: `video_cls` ('keep' or 'drop'
+    each frame's [CLS] token; default 'keep', the stock layout).
     """
     del model_name  # behaviour is chosen by config fields, never by the folder's name
     device = resolve_device(device)
@@ -99,6 +111,8 @@ def load_pretrained_model(
     dtype = dtype or default_dtype(device)
     checkpoint = read_checkpoint(model_path, vision_tower)
     pinpoints = anyres_options(checkpoint, patch_merge, image_grid)  # checked before any weight is read
+    if video_cls is not None and checkpoint.config.video is None:
+        raise InputError(f"--video-cls is for Video-LLaVA checkpoints; {checkpoint.folder} has no video tower")
     base_files = weight_files(checkpoint_folder(model_base)) if model_base is not None else []
     files, clip_files = checkpoint.resolve_weight_files()
     tokenizer = load_tokenizer(checkpoint.folder)  # before the weights: a bad tokenizer fails in seconds, not minutes
@@ -136,6 +150,7 @@ def load_pretrained_model(
         quantize_language_model(model, bits=8 if load_8bit else 4, device=device, compute_dtype=dtype)
     model.eval().requires_grad_(False)
     model.set_patch_merge(patch_merge)
+    model.set_video_cls(video_cls)
     if pruning is not None:
         model.set_pruning(pruning)
 
@@ -217,7 +232,7 @@ TEXT_FAMILIES = {"llama": transformers.LlamaConfig, "mistral": transformers.Mist
 ORIGINAL_MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral"}
 # The llava-hf model types (transformers' LlavaConfig and LlavaNextConfig); any other (qwen2_vl, idefics2, ...) is
 # another architecture, refused by name rather than read as LLaVA.
-HF_MODEL_TYPES = ("llava", "llava_next")
+HF_MODEL_TYPES = ("llava", "llava_next", "video_llava")
 # The one vision tower: CLIP's, by its config's model_type (a CLIPModel folder is 'clip', its vision part, and a
 # llava-hf vision_config, 'clip_vision_model'); SigLIP and the rest have other layers and are refused by name.
 VISION_MODEL_TYPES = ("clip", "clip_vision_model")
@@ -268,7 +283,8 @@ def read_checkpoint(model_path: str, vision_tower: str | None = None) -> Checkpo
     raw = read_json(path / "config.json", error=CheckpointError)
     architectures = raw.get("architectures") or []
     llava_next = raw.get("model_type") == "llava_next" or "LlavaNextForConditionalGeneration" in architectures
-    llava_hf = llava_next or "LlavaForConditionalGeneration" in architectures
+    video_llava = raw.get("model_type") == "video_llava" or "VideoLlavaForConditionalGeneration" in architectures
+    llava_hf = llava_next or video_llava or "LlavaForConditionalGeneration" in architectures
     if llava_hf or "text_config" in raw or "vision_config" in raw:
         model_type = raw.get("model_type", "llava")
         if model_type not in HF_MODEL_TYPES:  # e.g. qwen2_vl: its sections would otherwise be read as LLaVA's
@@ -277,7 +293,12 @@ def read_checkpoint(model_path: str, vision_tower: str | None = None) -> Checkpo
             raise CheckpointError(
                 f"{path}: --vision-tower is for original-LLaVA checkpoints; a llava-hf folder holds its own vision tower"
             )
-        return Checkpoint(path, _llava_hf_config(path, raw, llava_next), vision_folder=None, pad_to_square=True)
+        config = _llava_hf_config(path, raw, llava_next)
+        if video_llava:
+            config = dataclasses.replace(config, video=_video_config(path, raw, config))
+        return Checkpoint(path, config, vision_folder=None, pad_to_square=True)
+    if "mm_video_tower" in raw or "mm_image_tower" in raw:
+        return _original_video_llava(path, raw, vision_tower)
     if "mm_vision_tower" in raw or vision_tower is not None:
         return _original_checkpoint(path, raw, vision_tower)
     raise CheckpointError(f"{path}: config.json is neither a llava-hf nor an original LLaVA config")
@@ -313,6 +334,47 @@ def _llava_hf_config(path: Path, raw: dict, llava_next: bool) -> LlavaConfig:
     )
 
 
+def _video_config(path: Path, raw: dict, config: LlavaConfig) -> VideoConfig:
+    """Video-LLaVA (llava-hf): 8 frames of [CLS, patches]; the config's token counts must say the same layout."""
+    video = VideoConfig()
+    expected = {"image_seq_length": config.vision.num_patches,
+                "video_seq_length": dataclasses.replace(config, video=video).unpruned_video_tokens}
+    for name, tokens in expected.items():
+        value = raw.get(name, tokens)
+        if value != tokens:
+            raise CheckpointError(f"{path}: {name} {json.dumps(value)} is not Video-LLaVA's layout ({tokens}: "
+                                  f"{video.num_frames} frames of CLS + {config.vision.num_patches} patches, images without CLS)")
+    return video
+
+
+def _original_video_llava(path: Path, raw: dict, vision_tower: str | None) -> Checkpoint:
+    """The original Video-LLaVA layout (LanguageBind/Video-LLaVA-7B; video_checkpoint.py): LLaVA's config fields,
+    read as _original_checkpoint reads them, with the image tower named by mm_image_tower and LanguageBind's video
+    tower (temporal attention) by mm_video_tower. The towers' folders give their configs; their weights are the
+    copies saved in the checkpoint."""
+    if vision_tower is not None:
+        raise CheckpointError(f"{path}: --vision-tower is for original-LLaVA checkpoints; Video-LLaVA names its towers"
+                              " in mm_image_tower and mm_video_tower")
+    folders = {}
+    for key in ("mm_image_tower", "mm_video_tower"):
+        folder = Path(str(raw.get(key) or ""))
+        if not raw.get(key) or not (folder / "config.json").is_file():  # e.g. the hub name, not a local folder
+            raise CheckpointError(f"{path}: the tower folder '{raw.get(key)}' ({key}) has no config.json; download the"
+                                  f" tower (e.g. LanguageBind/LanguageBind_Video_merge) and write its path in {key}")
+        folders[key] = folder
+    image_folder, video_folder = folders["mm_image_tower"], folders["mm_video_tower"]
+    image = image_tower_config(read_json(image_folder / "config.json", error=CheckpointError), image_folder)
+    video_raw, frames, temporal = video_tower_config(read_json(video_folder / "config.json", error=CheckpointError), video_folder)
+    base = _original_checkpoint(path, raw, None, tower=(image_folder, image))
+    if base.config.anyres:
+        raise CheckpointError(f"{path}: image_aspect_ratio 'anyres' with a video tower is not supported")
+    if vision_config_from(video_raw, video_folder) != base.config.vision:
+        raise CheckpointError(f"{path}: the video tower ({video_folder}) and the image tower ({image_folder}) differ in"
+                              " their sizes; one projector serves both")
+    config = dataclasses.replace(base.config, video=VideoConfig(num_frames=frames, temporal_attention=temporal))
+    return dataclasses.replace(base, config=config, vision_folder=None)  # no tower weights from the folders
+
+
 def _pinpoints(path: Path, pinpoints, vision: VisionConfig, width_first: bool = False):
     """image_grid_pinpoints as (height, width) pairs; original LLaVA writes them [width, height],
     sometimes as a string of a Python list."""
@@ -329,7 +391,9 @@ def _pinpoints(path: Path, pinpoints, vision: VisionConfig, width_first: bool = 
         raise CheckpointError(f"{path}: {error}") from error
 
 
-def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Checkpoint:
+def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None, tower: tuple[Path, dict] | None = None) -> Checkpoint:
+    """`tower`: the vision tower's folder and vision config, already read (Video-LLaVA's image tower); by default
+    the CLIP folder named by `vision_tower` or mm_vision_tower."""
     family = ORIGINAL_MODEL_TYPES.get(raw.get("model_type", "llava_llama"))
     if family is None:
         supported = ", ".join(sorted(ORIGINAL_MODEL_TYPES))
@@ -357,18 +421,7 @@ def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Che
     projector = raw.get("mm_projector_type", "linear")  # LLaVA's default
     if not isinstance(projector, str) or not re.fullmatch(r"linear|mlp\d+x_gelu", projector):
         raise CheckpointError(f"{path}: mm_projector_type '{projector}' is not supported (supported: linear, mlp<N>x_gelu)")
-    if vision_tower is not None:
-        folder, named_by = checkpoint_folder(vision_tower, "vision tower"), "--vision-tower"
-    else:
-        folder, named_by = Path(str(raw["mm_vision_tower"])), "mm_vision_tower"
-    if not (folder / "config.json").is_file():  # e.g. the hub name in mm_vision_tower, not a local folder
-        raise CheckpointError(
-            f"{path}: the vision tower folder '{folder}' ({named_by}) has no config.json;"
-            " pass --vision-tower PATH to a local CLIP folder"
-        )
-    clip_raw = read_json(folder / "config.json", error=CheckpointError)
-    _check_vision_type(folder, clip_raw)
-    vision_raw = _section(clip_raw, "vision_config", folder / "config.json") if "vision_config" in clip_raw else clip_raw
+    folder, vision_raw = tower or _clip_folder(path, raw, vision_tower)
     text_raw = {k: v for k, v in raw.items() if not k.startswith("mm_") and k != "image_grid_pinpoints"}
     vision = vision_config_from(vision_raw, folder)
     layer = _select_layer(path, raw.get("mm_vision_select_layer", -2), vision)
@@ -382,6 +435,23 @@ def _original_checkpoint(path: Path, raw: dict, vision_tower: str | None) -> Che
         patch_merge=merge if anyres else LlavaConfig.patch_merge,
     )
     return Checkpoint(path, config, vision_folder=folder, pad_to_square=aspect_ratio == "pad")
+
+
+def _clip_folder(path: Path, raw: dict, vision_tower: str | None) -> tuple[Path, dict]:
+    """The CLIP folder of an original-LLaVA checkpoint (--vision-tower, else mm_vision_tower) and its vision config."""
+    if vision_tower is not None:
+        folder, named_by = checkpoint_folder(vision_tower, "vision tower"), "--vision-tower"
+    else:
+        folder, named_by = Path(str(raw["mm_vision_tower"])), "mm_vision_tower"
+    if not (folder / "config.json").is_file():  # e.g. the hub name in mm_vision_tower, not a local folder
+        raise CheckpointError(
+            f"{path}: the vision tower folder '{folder}' ({named_by}) has no config.json;"
+            " pass --vision-tower PATH to a local CLIP folder"
+        )
+    clip_raw = read_json(folder / "config.json", error=CheckpointError)
+    _check_vision_type(folder, clip_raw)
+    vision_raw = _section(clip_raw, "vision_config", folder / "config.json") if "vision_config" in clip_raw else clip_raw
+    return folder, vision_raw
 
 
 def _only(path: Path, raw: dict, field: str, supported: str) -> None:
@@ -564,6 +634,8 @@ def _normalise(weights: dict[str, torch.Tensor], rules) -> dict[str, torch.Tenso
             new, n = re.subn(pattern, replacement, key, count=1)
             if n:
                 break
+        if new in out:  # e.g. a LLaVA checkpoint holding both vision_tower.* and image_tower.* weights
+            raise CheckpointError(f"two checkpoint weights are the model's {new} (one of them is {key})")
         out[new] = value
     return out
 

@@ -12,8 +12,16 @@ laid out as `config.patch_merge` says (llava/model/anyres.py: base first, then t
 stitched crops, unpadded with an `image_newline` token after each row for
 `spatial_unpad`).
 
-Reproduces transformers' `LlavaForConditionalGeneration` and
-`LlavaNextForConditionalGeneration` with pruning off (tested to 1e-4 in fp32).
+Video-LLaVA (`config.video` set) is another mode: besides the image tower (`vision_tower`) it has a video
+tower (`video_tower`, a CLIP ViT of the same config, run frame by frame, no temporal attention: the
+llava-hf port, VIDEO.md R0). A `<video>` placeholder (-201) becomes one contiguous, frame-major block:
+each frame's [CLS] token (select layer, `video_cls="keep"`, the stock layout; `"drop"` leaves it out, as
+FasterVLM's video branch) then its patches in raster order; images keep their patches without CLS. The
+pre-LLM pruner selects in each frame as in an image (the frame's CLS stays in front of its kept patches);
+in-LLM methods see the whole video as one span whose partitions are its frames.
+
+Reproduces transformers' `LlavaForConditionalGeneration`, `LlavaNextForConditionalGeneration` and
+`VideoLlavaForConditionalGeneration` with pruning off (tested to 1e-4 in fp32).
 Records a `VisualSpan` per image (where its tokens sit, which partition and
 patch each is) and `PruneStats` per forward, so nothing downstream hard-codes 576.
 
@@ -28,15 +36,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from llava.constants import IMAGE_TOKEN_INDEX
+from llava.constants import IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX
 from llava.errors import InputError
 from llava.mm_utils import AnyresImage, select_best_resolution
 from llava.model.anyres import MERGES, anyres_layout, image_token_count, keep_in_layout
 from llava.model.language_model.llava_llama import LLAMA_PRESETS, KVCache, LlamaConfig, LlamaDecoder
 from llava.model.multimodal_encoder.clip_encoder import VISION_PRESETS, CLIPVisionTower, VisionConfig
+from llava.model.multimodal_encoder.languagebind import LanguageBindVideoTower, VideoTowerConfig
 from llava.model.multimodal_projector import build_projector
 from llava.model.llm_pruning import Replay, StagedPruning
 from llava.model.pruning.base import (
+    FRAME_CLS,
     NEWLINE,
     PruneStats,
     PruningMethod,
@@ -49,6 +59,28 @@ from llava.model.pruning.registry import parse_method
 
 
 
+VIDEO_CLS = ("keep", "drop")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Video-LLaVA's video input: `num_frames` frames, each through the video tower on its own (VIDEO.md R0)."""
+
+    num_frames: int = 8
+    cls: str = "keep"  # "keep": each frame is [CLS, patches] (transformers' and Video-LLaVA's layout); "drop": patches
+    # LanguageBind's temporal attention in every video tower layer: the original checkpoint (video_checkpoint.py);
+    # transformers' port has none (its tower is CLIP frame by frame)
+    temporal_attention: bool = False
+
+    def __post_init__(self):
+        if self.cls not in VIDEO_CLS:
+            raise InputError(f"unknown video_cls '{self.cls}' (known: {', '.join(VIDEO_CLS)})")
+
+    def frame_tokens(self, patches: int) -> int:
+        """Tokens one unpruned frame brings to the LLM."""
+        return patches + (self.cls == "keep")
+
+
 @dataclass(frozen=True)
 class LlavaConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -58,6 +90,12 @@ class LlavaConfig:
     # LLaVA-NeXT (anyres): the canvases an image may be cut into, as (height, width) in pixels; None = LLaVA-1.5
     image_grid_pinpoints: tuple[tuple[int, int], ...] | None = None
     patch_merge: str = "spatial_unpad"  # LLaVA-NeXT: how the crops become tokens (anyres.MERGES)
+    video: VideoConfig | None = None  # Video-LLaVA: a video tower of `vision`'s config beside the image tower
+
+    @property
+    def unpruned_video_tokens(self) -> int:
+        """The visual tokens a video brings to the LLM unpruned: frames x (CLS + patches), or patches alone."""
+        return self.video.num_frames * self.video.frame_tokens(self.vision.num_patches)
 
     @property
     def anyres(self) -> bool:
@@ -82,6 +120,9 @@ class LlavaConfig:
 # LLaVA-NeXT's stock canvases (liuhaotian/llava-v1.6-*, llava-hf/llava-v1.6-*): 2x1, 1x2, 2x2, 3x1, 1x3 crops.
 NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 _CLIP_L = VISION_PRESETS["clip-vit-large-patch14-336"]
+# LanguageBind/Video-LLaVA-7B as llava-hf ports it: two CLIP-L/14-224 towers, Vicuna-7B v1.5 with <image> and <video>
+# added to the vocabulary and the embeddings padded to a multiple of 64 (32064 rows).
+_VIDEO_LLAVA_TEXT = dataclasses.replace(LLAMA_PRESETS["vicuna-7b-v1.5"], vocab_size=32064)
 LLAVA_PRESETS = {
     "llava-v1.5-7b": LlavaConfig(_CLIP_L, LLAMA_PRESETS["vicuna-7b-v1.5"]),
     "llava-v1.5-13b": LlavaConfig(_CLIP_L, LLAMA_PRESETS["vicuna-13b-v1.5"]),
@@ -90,6 +131,7 @@ LLAVA_PRESETS = {
     "llava-v1.6-mistral-7b": LlavaConfig(
         _CLIP_L, LLAMA_PRESETS["mistral-7b-instruct-v0.2"], image_grid_pinpoints=NEXT_PINPOINTS
     ),
+    "video-llava-7b": LlavaConfig(VISION_PRESETS["clip-vit-large-patch14"], _VIDEO_LLAVA_TEXT, video=VideoConfig()),
 }
 
 
@@ -101,6 +143,7 @@ class ImageTokens:
     patch_index: torch.Tensor  # (T,) see VisualSpan
     partition: torch.Tensor | None = None  # (T,) see VisualSpan; None for LLaVA-1.5
     partition_grid: tuple[int, int] = (0, 0)
+    frames: int = 0  # a video: its frames, and `partition` is the frame of every token
 
 
 @dataclass
@@ -126,14 +169,18 @@ class LlavaOutput:
 
 
 class LlavaForCausalLM(nn.Module):
-    """Parameter names: transformers' CLIPVisionModel under `vision_tower.`, LlamaModel under
-    `language_model.`, `lm_head`, and the original LLaVA's `mm_projector.{0,2}` (builder.KEY_RULES maps
-    both checkpoint layouts onto these)."""
+    """Parameter names: transformers' CLIPVisionModel under `vision_tower.` (Video-LLaVA's image tower) and
+    `video_tower.`, LlamaModel under `language_model.`, `lm_head`, and the original LLaVA's `mm_projector.{0,2}`
+    (builder.KEY_RULES maps the checkpoint layouts onto these)."""
 
     def __init__(self, config: LlavaConfig):
         super().__init__()
         self.config = config
         self.vision_tower = CLIPVisionTower(config.vision)
+        if config.video is not None:
+            video = config.video
+            self.video_tower = (LanguageBindVideoTower(VideoTowerConfig(config.vision, video.num_frames, True))
+                                if video.temporal_attention else CLIPVisionTower(config.vision))
         self.mm_projector = build_projector(config.projector_type, config.vision.hidden_size, config.text.hidden_size)
         self.language_model = LlamaDecoder(config.text)
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
@@ -162,6 +209,14 @@ class LlavaForCausalLM(nn.Module):
             raise InputError("this LLaVA-NeXT checkpoint has no image_newline, which the spatial_unpad merge needs")
         self.config = dataclasses.replace(self.config, patch_merge=merge)
 
+    def set_video_cls(self, cls: str | None) -> None:
+        """Video-LLaVA: keep ("keep") or drop ("drop") each frame's [CLS] token; None keeps the current choice."""
+        if cls is None:
+            return
+        if self.config.video is None:
+            raise InputError("--video-cls is for Video-LLaVA checkpoints; this model has no video tower")
+        self.config = dataclasses.replace(self.config, video=dataclasses.replace(self.config.video, cls=cls))
+
     @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
@@ -178,18 +233,36 @@ class LlavaForCausalLM(nn.Module):
         """pixel_values (I, 3, S, S) -> per view (an image, or a NeXT base view or crop): projected features
         (T_i, D) and original patch indices (T_i,), as the pre-LLM pruner chose them. `partition_grids`: the
         crop grid of each image whose views these are, in order (NeXT); None: every view is an image."""
+        return self._encode_views(self.vision_tower, pixel_values, partition_grids, with_cls=False)
+
+    def encode_frames(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Video frames (F, 3, S, S), through the video tower one by one -> per frame: projected features (T_f, D)
+        and patch indices (T_f,): with video_cls "keep" the frame's [CLS] (FRAME_CLS) in front of its patches,
+        which the pre-LLM pruner chose as in an image (its budget counts patches only)."""
+        with_cls = self.config.video.cls == "keep"
+        return self._encode_views(self.video_tower, pixel_values, None, with_cls)
+
+    def _encode_views(
+        self, tower: CLIPVisionTower, pixel_values: torch.Tensor, partition_grids: list[tuple[int, int]] | None,
+        with_cls: bool,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         vision = self.config.vision
         pruner = vision_part(self.pruning)
         select = vision.layer_index(self.config.select_layer)
         probe_layers = pruner.attention_layers(vision.num_layers, select) if pruner else ()
-        out = self.vision_tower(pixel_values.to(self.dtype), self.config.select_layer, probe_layers)
+        out = tower(pixel_values.to(self.dtype), self.config.select_layer, probe_layers)
         features = out.features  # (I, P, Dv)
         all_patches = torch.arange(features.shape[1], device=features.device)
+        cls_index = torch.tensor([FRAME_CLS], device=features.device)
         if pruner is None:
+            if with_cls:  # the select layer's tokens as they are: [CLS, patches] (transformers' video features)
+                features, all_patches = torch.cat([out.cls_features[:, None], features], dim=1), torch.cat([cls_index, all_patches])
             return list(self.mm_projector(features)), [all_patches] * features.shape[0]
 
+        cls_features = out.cls_features  # (I, Dv)
         if not pruner.before_projector:
             features = self.mm_projector(features)  # (I, P, D)
+            cls_features = self.mm_projector(cls_features) if with_cls else cls_features  # (I, D)
         views = [
             VisionInputs(
                 features=features[i],
@@ -210,6 +283,9 @@ class LlavaForCausalLM(nn.Module):
             first = last
         chosen = [k.features if k.features is not None else features[i, k.indices] for i, k in enumerate(kept)]
         indices = [k.indices for k in kept]
+        if with_cls:  # each frame's CLS in front of what the pruner kept of its patches
+            chosen = [torch.cat([cls_features[i, None].to(c.dtype), c]) for i, c in enumerate(chosen)]
+            indices = [torch.cat([cls_index, k.to(cls_index.device)]) for k in indices]
         if pruner.before_projector:
             if len({c.shape for c in chosen}) == 1:
                 chosen = list(self.mm_projector(torch.stack(chosen)))  # one projector call for the batch
@@ -234,6 +310,32 @@ class LlavaForCausalLM(nn.Module):
             last = first + views_of_image
             tokens.append(self._lay_out(image, features[first:last], indices[first:last]))
             first = last
+        return tokens
+
+    def video_tokens(self, videos: torch.Tensor | list[torch.Tensor]) -> list[ImageTokens]:
+        """Videos in order, pixel values (V, T, 3, S, S) or a list of (T, 3, S, S) -> the visual tokens of each: its
+        frames' tokens (encode_frames) one frame after another, every token's frame in `partition`."""
+        video = self.config.video
+        if video is None:
+            raise InputError("this model has no video tower (it is not Video-LLaVA): it takes images, not videos")
+        size = self.config.vision.image_size
+        for number, frames in enumerate(videos):
+            if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or tuple(frames.shape[1:]) != (3, size, size):
+                shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+                raise InputError(f"video {number} must be pixel values (frames, 3, {size}, {size}), got {shape}")
+            if frames.shape[0] != video.num_frames:
+                raise InputError(f"video {number} has {frames.shape[0]} frames; this model takes {video.num_frames}")
+        features, indices = self.encode_frames(torch.cat(list(videos)).to(self.device))
+        tokens = []
+        for v in range(len(videos)):
+            frames = range(v * video.num_frames, (v + 1) * video.num_frames)
+            counts = torch.tensor([len(indices[f]) for f in frames], device=self.device)
+            tokens.append(ImageTokens(
+                torch.cat([features[f] for f in frames]),  # (sum T_f, D), frame-major
+                patch_index=torch.cat([indices[f].to(self.device) for f in frames]),
+                partition=torch.arange(video.num_frames, device=self.device).repeat_interleave(counts),
+                frames=video.num_frames,
+            ))
         return tokens
 
     def _lay_out(self, image: AnyresImage, features: list[torch.Tensor], indices: list[torch.Tensor]) -> ImageTokens:
@@ -294,33 +396,45 @@ class LlavaForCausalLM(nn.Module):
 
     # ---- splicing ------------------------------------------------------------------------------
 
-    def prepare_inputs(self, prompts: list[list[int]], images: torch.Tensor | list[AnyresImage] | None) -> MultimodalInputs:
-        """Token ids with -200 placeholders (one list per sample) + images in order (see `image_tokens`) -> a padded batch."""
-        n_placeholders = sum(ids.count(IMAGE_TOKEN_INDEX) for ids in prompts)
-        n_images = 0 if images is None else len(images)
-        if n_placeholders != n_images:
-            raise InputError(f"the prompts have {n_placeholders} <image> placeholder(s) but {n_images} image(s) were given")
+    def prepare_inputs(
+        self,
+        prompts: list[list[int]],
+        images: torch.Tensor | list[AnyresImage] | None,
+        videos: torch.Tensor | list[torch.Tensor] | None = None,
+    ) -> MultimodalInputs:
+        """Token ids with -200 (image) and -201 (video) placeholders, one list per sample, + the images in order (see
+        `image_tokens`) and the videos in order (see `video_tokens`) -> a padded batch."""
+        for kind, marker, given in (("image", IMAGE_TOKEN_INDEX, images), ("video", VIDEO_TOKEN_INDEX, videos)):
+            n_placeholders = sum(ids.count(marker) for ids in prompts)
+            n_given = 0 if given is None else len(given)
+            if n_placeholders != n_given:
+                raise InputError(f"the prompts have {n_placeholders} <{kind}> placeholder(s) but {n_given} {kind}(s) were given")
         if any(len(ids) == 0 for ids in prompts):
             raise InputError("empty prompt")
         vocab = self.config.text.vocab_size
-        bad = sorted({t for ids in prompts for t in ids if t != IMAGE_TOKEN_INDEX and not 0 <= t < vocab})
+        markers = (IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX)
+        bad = sorted({t for ids in prompts for t in ids if t not in markers and not 0 <= t < vocab})
         if bad:
             raise InputError(f"token ids {bad[:5]} are outside the vocabulary of {vocab}")
-        images = self.image_tokens(images) if n_images else []
+        visuals = {
+            IMAGE_TOKEN_INDEX: iter(self.image_tokens(images) if images is not None and len(images) else []),
+            VIDEO_TOKEN_INDEX: iter(self.video_tokens(videos) if videos is not None and len(videos) else []),
+        }
 
         grid = (self.config.vision.grid_size, self.config.vision.grid_size)
         embed = self.language_model.embed_tokens
         sequences, all_spans, stats = [], [], PruneStats()
-        image_iter = iter(images)
         for ids in prompts:
             ids_tensor = torch.tensor(ids, device=self.device)
             text = embed(ids_tensor.clamp(min=0))  # (L, D); placeholder rows are replaced below
             pieces, spans, length, last = [], [], 0, 0
-            for pos in (ids_tensor == IMAGE_TOKEN_INDEX).nonzero()[:, 0].tolist():
-                image = next(image_iter)
+            placeholders = (ids_tensor == IMAGE_TOKEN_INDEX) | (ids_tensor == VIDEO_TOKEN_INDEX)
+            for pos in placeholders.nonzero()[:, 0].tolist():
+                image = next(visuals[ids[pos]])
                 pieces += [text[last:pos], image.features.to(text.dtype)]
                 length += pos - last
-                span = VisualSpan(length, image.features.shape[0], grid, image.patch_index, image.partition, image.partition_grid)
+                span = VisualSpan(length, image.features.shape[0], grid, image.patch_index, image.partition,
+                                  image.partition_grid, image.frames)
                 spans.append(span)
                 length += span.length
                 last = pos + 1
@@ -332,6 +446,8 @@ class LlavaForCausalLM(nn.Module):
             stats.kept_partitions.append([s.kept_partitions() for s in spans])
             stats.partition_grid.append([s.partition_grid for s in spans])
             stats.newline_tokens.append([int(s.newline.sum()) for s in spans])
+            stats.frames.append([s.frames for s in spans])
+            stats.kept_cls.append([s.kept_cls() for s in spans])
 
         width = max(s.shape[0] for s in sequences)
         B, D = len(sequences), sequences[0].shape[1]
@@ -384,8 +500,9 @@ class LlavaForCausalLM(nn.Module):
         images: torch.Tensor | list[AnyresImage] | None = None,
         use_cache: bool = True,
         all_logits: bool = False,
+        videos: torch.Tensor | list[torch.Tensor] | None = None,
     ) -> LlavaOutput:
-        return self.forward_inputs(self.prepare_inputs(prompts, images), use_cache, all_logits)
+        return self.forward_inputs(self.prepare_inputs(prompts, images, videos), use_cache, all_logits)
 
     def decode(self, tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """tokens (B, Q) appended after `cache` -> logits (B, Q, V) and the grown cache."""

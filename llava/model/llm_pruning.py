@@ -127,7 +127,8 @@ class StagedPruning:
             rows = ((self.image[b] == j) & key_mask[b]).nonzero()[:, 0]
             spans.append(VisualSpan(
                 int(rows[0]), len(rows), original.grid, self.patch[b, rows],
-                None if original.partition is None else self.partition[b, rows], original.partition_grid))
+                None if original.partition is None else self.partition[b, rows], original.partition_grid,
+                original.frames))
         return spans
 
     def _decide(self, state: LayerState) -> Decision:
@@ -222,6 +223,7 @@ class StagedPruning:
             "ran": ran,
             "kept": [[span.kept_ids() for span in sample] for sample in spans],
             "kept_partitions": [[span.kept_partitions() for span in sample] for sample in spans],
+            "kept_cls": [[span.kept_cls() for span in sample] for sample in spans],
         })
 
     def keep_mask(self) -> torch.Tensor:
@@ -242,6 +244,7 @@ class StagedPruning:
             return
         stats.kept_in_llm = self.records[-1]["kept"]
         stats.kept_partitions_in_llm = self.records[-1]["kept_partitions"]
+        stats.kept_cls_in_llm = self.records[-1]["kept_cls"]
         stats.kept_stages = [{"layer": r["layer"], "kept": [[sorted(ids) for ids in sample] for sample in r["kept"]]}
                              for r in self.records]
 

@@ -39,6 +39,7 @@ from llava.model.pruning.spec import format_spec
 
 
 NEWLINE = -1  # the partition (and patch) of a LLaVA-NeXT image_newline token
+FRAME_CLS = -2  # the patch index of a video frame's [CLS] token (Video-LLaVA's layout: [CLS, patches] per frame)
 
 
 @dataclass
@@ -49,6 +50,11 @@ class VisualSpan:
     0, `partition_grid` (0, 0)), or LLaVA-NeXT's base view (partition 0) and crops 1 + r * cols + c
     of a `partition_grid` = (rows, cols) crop grid. `partition` and `patch_index` say, per token,
     which partition and which patch of it the token is; image_newline tokens have NEWLINE in both.
+
+    A video (`frames` > 0) is one span of `frames` partitions, one per frame in time order: `partition`
+    is the frame of every token, `patch_index` its raster patch in that frame, FRAME_CLS for the frame's
+    [CLS] token (Video-LLaVA's stock layout puts it in front of the frame's patches; video_cls="drop"
+    leaves it out). A frame's CLS is no patch: `kept_partitions` leaves it out, `kept_cls` lists it.
     """
 
     start: int  # index of the first visual token in the sequence
@@ -57,6 +63,7 @@ class VisualSpan:
     patch_index: torch.Tensor  # (length,) raster index in its partition; -1 for a merged/extra or newline token
     partition: torch.Tensor | None = None  # (length,) partition of every token; None: all in partition 0
     partition_grid: tuple[int, int] = (0, 0)  # (rows, cols) of crops; (0, 0) without crops
+    frames: int = 0  # a video's frames (its partitions); 0 for an image
 
     @property
     def end(self) -> int:
@@ -64,6 +71,8 @@ class VisualSpan:
 
     @property
     def partitions(self) -> int:
+        if self.frames:
+            return self.frames
         return 1 + self.partition_grid[0] * self.partition_grid[1]
 
     @property
@@ -85,6 +94,14 @@ class VisualSpan:
         if keep is not None:
             partition, patch = partition[keep], patch[keep]
         return [sorted(patch[(partition == p) & (patch >= 0)].tolist()) for p in range(self.partitions)]
+
+    def kept_cls(self, keep: torch.Tensor | None = None) -> list[int]:
+        """A video: the frames whose [CLS] token is among the tokens (of those where `keep`), ascending; [] for
+        an image."""
+        partition, patch = self.token_partition, self.patch_index
+        if keep is not None:
+            partition, patch = partition[keep], patch[keep]
+        return sorted(partition[patch == FRAME_CLS].tolist())
 
     def kept_ids(self, keep: torch.Tensor | None = None) -> list[int]:
         """The tokens' patch ids in sequence order, newline tokens left out: the patch index for one
@@ -345,6 +362,10 @@ class PruneStats:
     kept_partitions_in_llm: list[list[list[list[int]]]] | None = None  # in-LLM pruning: `kept_partitions` after it
     kept_stages: list[dict] | None = None  # in-LLM pruning, per stage: {"layer": L, "kept": per sample `kept`}
     seq_lens: list[list[int]] = field(default_factory=list)  # per sample, per layer: real tokens the layer ran on
+    # Videos (a span with frames; the lists above hold it as one more visual, its partitions being its frames):
+    frames: list[list[int]] = field(default_factory=list)  # per sample, per visual: frames (0 for an image)
+    kept_cls: list[list[list[int]]] = field(default_factory=list)  # per visual: frames whose [CLS] token entered
+    kept_cls_in_llm: list[list[list[int]]] | None = None  # in-LLM pruning: `kept_cls` after its last stage
 
     def partition_tokens(self, in_llm: bool = True) -> list[list[list[int]]]:
         """Per sample, per image, per partition: patches kept (after layer k for in-LLM pruning
