@@ -66,13 +66,14 @@ def check_placeholders(prompt_ids: list[int], image_token: int, expected: int, w
 class VllmBackend(Backend):
     """Answers with our vision side and vLLM's language model (see the module docstring)."""
 
-    def __init__(self, pipeline, engine, image_token: int, context_len: int):
+    def __init__(self, pipeline, engine, image_token: int, context_len: int, method: PruningMethod | None = None,
+                 vision_lock: threading.Lock | None = None):
         self.pipeline = pipeline  # a llava.pipeline.LlavaPipeline whose decoder layers are not used
         self.engine = engine  # vllm.LLM
         self.image_token = image_token
         self.context_len = context_len
-        self.default_method = pipeline.model.pruning
-        self._vision_lock = threading.Lock()  # `model.pruning` is set per call around the vision side
+        self.default_method = method or pipeline.model.pruning
+        self._vision_lock = vision_lock or threading.Lock()  # `model.pruning` is set per call around the vision side
 
     @classmethod
     def load(cls, model_path: str, method: str | None = None, *, tensor_parallel_size: int = 1,
@@ -99,6 +100,11 @@ class VllmBackend(Backend):
         pipeline.model.language_model.layers = torch.nn.ModuleList()  # vLLM runs the decoder: free our copy
         engine = _engine(Path(model_path), config, dtype, context, tensor_parallel_size, engine_options, text)
         return cls(pipeline, engine, config.get("image_token_index", config.get("image_token_id")), context)
+
+    def with_method(self, spec: str | None) -> "VllmBackend":
+        """The same model and engine with another default method (checked as a call's `method`)."""
+        return VllmBackend(self.pipeline, self.engine, self.image_token, self.context_len, self._method(spec),
+                           self._vision_lock)
 
     @property
     def method_spec(self) -> str:
