@@ -113,8 +113,11 @@ def read_run_dir(folder: Path) -> dict:
     else:
         why = None
     value = headline_value(scores, folder) if scores is not None and why is None else None
+    metrics = (scores or {}).get("metrics") or {}
+    # video QA (llava/eval/video_qa.py): the GPT judge's Score beside its Accuracy, as FasterVLM's tables
+    judge_score = metrics.get("score") if value is not None and isinstance(metrics.get("judge"), dict) else None
     return {"benchmark": benchmark, "run": run, "value": value, "questions": questions, "complete": why is None,
-            "why": why, "folder": folder}
+            "why": why, "folder": folder, "judge_score": judge_score}
 
 
 def headline_value(scores: dict, run_dir: Path) -> float | None:
@@ -295,7 +298,8 @@ def _cell(entry: dict | None, mixed: bool) -> str:
     if not entry["complete"]:
         return f"-{INCOMPLETE}"
     mark = OTHER_QUESTIONS if mixed else ""
-    return f"{_number(entry['value'])} ({entry['questions']}){mark}"
+    judge_score = f"/{entry['judge_score']:.2f}" if entry.get("judge_score") is not None else ""
+    return f"{_number(entry['value'])}{judge_score} ({entry['questions']}){mark}"
 
 
 def table_cells(rows: list[dict], benchmarks: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -315,6 +319,8 @@ def table_cells(rows: list[dict], benchmarks: list[str]) -> tuple[list[str], lis
 def notes(rows: list[dict], benchmarks: list[str]) -> list[str]:
     """The lines under a table: what the cells say, and every run that is not a score, by folder."""
     lines = ["Cells: headline score (questions it was taken over)."]
+    if any(entry.get("judge_score") is not None for row in rows for entry in row["cells"].values()):
+        lines[0] = "Cells: headline score (questions it was taken over); video QA: the GPT judge's Accuracy/Score."
     for row in rows:
         for benchmark in benchmarks:
             entry = row["cells"].get(benchmark)

@@ -396,7 +396,7 @@ def test_fastv_report_shows_the_judged_accuracy(tmp_path, stub):
     run(make_msvd(tmp_path / "data"), tmp_path / "runs/fastervlm")
     judge_run(tmp_path / "runs/fastervlm", ChatJudge(stub.url, "stub-judge"), progress=False)
     table = report([str(tmp_path / "runs")])
-    assert "MSVD-QA-1K" in table and "25.0/1.25 (4)" in table
+    assert "MSVD-QA-1K" in table and "25.0/1.25 (4)" in table and "the GPT judge's Accuracy/Score" in table
 
 
 # ----------------------------------------------------------------------------- the scripts
