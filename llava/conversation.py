@@ -84,9 +84,12 @@ def conversation_template(conv_mode: str) -> Conversation:
     return conv_templates[conv_mode].copy()
 
 
-def build_prompt(question: str, conv_mode: str = "vicuna_v1", with_image: bool = True) -> str:
-    """One user turn (with `<image>\\n` in front when an image goes with it), ready for the assistant."""
+def build_prompt(question: str, conv_mode: str = "vicuna_v1", with_image: bool = True, with_video: bool = False) -> str:
+    """One user turn (with `<image>\\n` in front when an image goes with it, `<video>\\n` when a video does: both
+    for a prompt with both, image first), ready for the assistant."""
     conv = conversation_template(conv_mode)
+    if with_video and "<video>" not in question:
+        question = "<video>\n" + question
     if with_image and "<image>" not in question:
         question = "<image>\n" + question
     conv.append_message(conv.roles[0], question)

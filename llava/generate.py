@@ -114,8 +114,10 @@ def generate(
     seed: int | None = None,
     use_cache: bool = True,
     context_len: int | None = None,
+    videos: torch.Tensor | list[torch.Tensor] | None = None,
 ) -> GenerationOutput:
-    """Generate for a batch of prompts (token ids with -200 per image) and their images, in order.
+    """Generate for a batch of prompts (token ids with -200 per image, -201 per video) and their images and
+    videos (Video-LLaVA: pixel values (T, 3, S, S) each), in order.
 
     `context_len`: the window, the model's max_position_embeddings by default (never more).
     """
@@ -125,7 +127,7 @@ def generate(
     generator = None
     if temperature > 0:
         generator = torch.Generator(device=device).manual_seed(seed if seed is not None else 0)
-    inputs = model.prepare_inputs(prompts, pixel_values)
+    inputs = model.prepare_inputs(prompts, pixel_values, videos)
     model_context = model.config.text.max_position_embeddings
     context_len = model_context if context_len is None else min(context_len, model_context)
     lengths = inputs.key_mask.sum(dim=1).tolist()  # real tokens per sample, visual tokens included

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_VIDEO_TOKEN, IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX
 from llava.errors import CheckpointError, InputError
 from llava.jsonfile import read_json
 
@@ -281,15 +281,17 @@ class ImageProcessor:
 
 
 def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = IMAGE_TOKEN_INDEX) -> list[int]:
-    """Token ids of `prompt` with `image_token_index` where each `<image>` stands."""
+    """Token ids of `prompt` with `image_token_index` where each `<image>` stands and VIDEO_TOKEN_INDEX where
+    each `<video>` stands (Video-LLaVA)."""
     ids: list[int] = []
-    for number, chunk in enumerate(prompt.split(DEFAULT_IMAGE_TOKEN)):
+    pieces = re.split(f"({re.escape(DEFAULT_IMAGE_TOKEN)}|{re.escape(DEFAULT_VIDEO_TOKEN)})", prompt)
+    for number, chunk in enumerate(pieces[::2]):
         # verbose=False: no transformers warning against the tokenizer's model_max_length, a number that
         # need not be the model's context; generate() checks the whole prompt, visual tokens included.
         chunk_ids = tokenizer(chunk, verbose=False).input_ids
         if number > 0:
             if chunk_ids and chunk_ids[0] == tokenizer.bos_token_id:
                 chunk_ids = chunk_ids[1:]
-            ids.append(image_token_index)
+            ids.append(image_token_index if pieces[2 * number - 1] == DEFAULT_IMAGE_TOKEN else VIDEO_TOKEN_INDEX)
         ids.extend(chunk_ids)
     return ids
