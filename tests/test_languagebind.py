@@ -183,3 +183,154 @@ def test_the_original_tower_keys_map_onto_ours():
         "video_tower.encoder.layers.3.temporal_attn.q_proj.weight"
     assert mapped("model.image_tower.image_tower.embeddings.class_embedding") == "vision_tower.embeddings.class_embedding"
     assert mapped("model.mm_projector.0.weight") is None  # LLaVA's names: builder.KEY_RULES
+
+
+# ---- the original Video-LLaVA folder loads as the llava-hf one (builder + video_checkpoint) ---------------------
+
+ORIGINAL_PREFIXES = (  # our parameter names -> the original Video-LLaVA checkpoint's
+    ("language_model.", "model."), ("mm_projector.", "model.mm_projector."), ("lm_head.", "lm_head."),
+    ("vision_tower.", "model.image_tower.image_tower."), ("video_tower.", "model.video_tower.video_tower."),
+)
+
+
+def _original_name(name):
+    for ours, theirs in ORIGINAL_PREFIXES:
+        if name.startswith(ours):
+            return theirs + name[len(ours):]
+    raise AssertionError(name)
+
+
+def write_original_video_llava(hf_folder, loaded, out, temporal=None, add_time_attn=True):
+    """The weights of `loaded` (our model read from a llava-hf Video-LLaVA folder) in the original layout: config.json
+    naming mm_image_tower / mm_video_tower folders (LanguageBindImage / LanguageBindVideo configs), the towers'
+    weights saved inside the checkpoint under their original names, plus `temporal` (LanguageBind vision_model names
+    of the temporal parts) in the video tower."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    cfg = json.loads((hf_folder / "config.json").read_text())
+    weights = {_original_name(k): v.contiguous() for k, v in loaded.state_dict().items()}
+    weights.update({f"model.video_tower.video_tower.{k}": v for k, v in (temporal or {}).items()})
+    out.mkdir(parents=True)
+    save_file(weights, str(out / "model.safetensors"))
+    vision = dict(cfg["vision_config"], model_type="clip_vision_model")
+    for kind, extra in (("image", {}), ("video", {"add_time_attn": add_time_attn, "num_frames": FRAMES})):
+        folder = out.parent / f"LanguageBind_{kind.capitalize()}"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({
+            "model_type": f"LanguageBind{kind.capitalize()}", "vision_config": {**vision, **extra},
+            "text_config": {"hidden_size": 8},
+        }))
+    text = cfg["text_config"]
+    (out / "config.json").write_text(json.dumps({
+        **text, "model_type": "llava", "architectures": ["LlavaLlamaForCausalLM"],
+        "mm_image_tower": str(out.parent / "LanguageBind_Image"), "mm_video_tower": str(out.parent / "LanguageBind_Video"),
+        "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
+        "mm_hidden_size": vision["hidden_size"], "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+    }))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"):
+        if (hf_folder / name).exists():
+            shutil.copy(hf_folder / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_video_llava(tmp_path_factory):
+    from llava.model.builder import load_pretrained_model
+    from tests.helpers import make_tiny_video_llava
+
+    folder = tmp_path_factory.mktemp("video_llava_hf")
+    make_tiny_video_llava(folder, vision_layers=2)
+    _, model, _, _ = load_pretrained_model(str(folder), dtype=torch.float32)
+    return folder, model
+
+
+def _temporal_weights(model, seed, zero=False):
+    """LanguageBind temporal parts for every layer of `model`'s video tower (random, or the temporal step's output zero)."""
+    vision = model.config.vision
+    raw = {"hidden_size": vision.hidden_size, "intermediate_size": vision.intermediate_size,
+           "num_attention_heads": vision.num_heads, "num_hidden_layers": vision.num_layers,
+           "image_size": vision.image_size, "patch_size": vision.patch_size, "num_channels": 3,
+           "add_time_attn": True, "num_frames": FRAMES}
+    weights = reference.random_weights(raw, torch.Generator().manual_seed(seed))
+    temporal = {k: v for k, v in weights.items() if ".temporal_" in k}
+    if zero:
+        for key in temporal:
+            if key.endswith("temporal_embedding") or ".temporal_attn.out_proj." in key:
+                temporal[key] = torch.zeros_like(temporal[key])
+    return temporal
+
+
+def _video_logits(model, seed=3):
+    from llava.constants import VIDEO_TOKEN_INDEX
+
+    size = model.config.vision.image_size
+    videos = torch.randn(1, FRAMES, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    prompt = [[1, 20, 21, VIDEO_TOKEN_INDEX, 22, 23, 24]]
+    with torch.no_grad():
+        return model(prompt, videos=videos, all_logits=True).logits
+
+
+@pytest.mark.parametrize("temporal, add_time_attn", [("absent", False), ("zeroed", True)])
+def test_the_original_layout_without_working_temporal_parts_loads_as_the_llava_hf_model(hf_video_llava, tmp_path,
+                                                                                       temporal, add_time_attn):
+    from llava.model.builder import load_pretrained_model
+
+    hf_folder, hf_model = hf_video_llava
+    extra = _temporal_weights(hf_model, seed=5, zero=True) if temporal == "zeroed" else None
+    folder = write_original_video_llava(hf_folder, hf_model, tmp_path / "Video-LLaVA-7B", extra, add_time_attn)
+    _, model, _, _ = load_pretrained_model(str(folder), dtype=torch.float32)
+    assert model.config.video.temporal_attention is add_time_attn
+    ours = {k: v for k, v in model.state_dict().items() if ".temporal_" not in k}
+    assert ours.keys() == hf_model.state_dict().keys()
+    for key, value in ours.items():
+        assert torch.equal(value, hf_model.state_dict()[key]), key
+    torch.testing.assert_close(_video_logits(model), _video_logits(hf_model), rtol=1e-5, atol=1e-5)
+
+
+def test_the_original_layout_runs_the_released_temporal_tower(hf_video_llava, tmp_path):
+    """With temporal weights the loaded video tower equals the transcription of the released forward on the
+    checkpoint's weights (features and every layer's spatial [CLS] row), and the answer differs from the -hf model's."""
+    from safetensors.torch import load_file
+
+    from llava.model.builder import load_pretrained_model
+
+    hf_folder, hf_model = hf_video_llava
+    folder = write_original_video_llava(hf_folder, hf_model, tmp_path / "Video-LLaVA-7B", _temporal_weights(hf_model, 7))
+    _, model, _, _ = load_pretrained_model(str(folder), dtype=torch.float32)
+    prefix = "model.video_tower.video_tower."
+    tower_weights = {k[len(prefix):]: v for k, v in load_file(str(folder / "model.safetensors")).items() if k.startswith(prefix)}
+    vision = model.config.vision
+    raw = {"hidden_size": vision.hidden_size, "num_attention_heads": vision.num_heads, "num_hidden_layers": vision.num_layers,
+           "patch_size": vision.patch_size, "layer_norm_eps": vision.layer_norm_eps, "hidden_act": vision.hidden_act,
+           "add_time_attn": True, "num_frames": FRAMES}
+    videos = torch.randn(2, FRAMES, 3, vision.image_size, vision.image_size, generator=torch.Generator().manual_seed(4))
+    layers = tuple(range(vision.num_layers))
+    with torch.no_grad():
+        out = model.video_tower(videos.flatten(0, 1), select_layer=-2, attention_layers=layers)
+        states, attentions = reference.video_vision_model(tower_weights, raw, videos.permute(0, 2, 1, 3, 4))
+    torch.testing.assert_close(out.features, states[-2].flatten(0, 1)[:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.cls_features, states[-2].flatten(0, 1)[:, 0], rtol=1e-5, atol=1e-5)
+    for layer in layers:
+        torch.testing.assert_close(out.probes[layer].cls_attention, attentions[layer][:, :, 0, 1:], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(_video_logits(model), _video_logits(hf_model), atol=1e-3)
+
+
+def test_an_original_checkpoint_missing_a_temporal_weight_or_its_tower_folder_is_refused_by_name(hf_video_llava, tmp_path):
+    import json
+
+    from llava.model.builder import load_pretrained_model
+
+    hf_folder, hf_model = hf_video_llava
+    temporal = _temporal_weights(hf_model, 7)
+    del temporal["encoder.layers.1.temporal_attn.k_proj.bias"]
+    folder = write_original_video_llava(hf_folder, hf_model, tmp_path / "Video-LLaVA-7B", temporal)
+    with pytest.raises(CheckpointError, match=r"missing weights: video_tower\.encoder\.layers\.1\.temporal_attn\.k_proj\.bias"):
+        load_pretrained_model(str(folder), dtype=torch.float32)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "mm_video_tower": "LanguageBind/LanguageBind_Video_merge"}))
+    with pytest.raises(CheckpointError, match=r"'LanguageBind/LanguageBind_Video_merge' \(mm_video_tower\) has no config.json"):
+        load_pretrained_model(str(folder), dtype=torch.float32)

@@ -18,9 +18,11 @@ Two LLaVA layouts are read, and Video-LLaVA's llava-hf port:
 - **llava-hf Video-LLaVA** (`VideoLlavaForConditionalGeneration`, e.g. `LanguageBind/Video-LLaVA-7B-hf`):
   `model_type` `video_llava`, two CLIP towers of one `vision_config` (`image_tower.*`, `video_tower.*`, with
   or without `vision_model.`), the projector and decoder named as LLaVA's; 8 frames a video, each frame's
-  [CLS] kept (`video_cls` may drop it). The original Video-LLaVA layout (LanguageBind towers, temporal
-  attention, `mm_video_tower` in its config) is `_original_video_llava`'s, refused by name until
-  multimodal_encoder/languagebind.py reads it.
+  [CLS] kept (`video_cls` may drop it);
+- **original Video-LLaVA** (`LanguageBind/Video-LLaVA-7B`, llava/model/video_checkpoint.py): an original-LLaVA
+  config naming `mm_image_tower` and `mm_video_tower` folders (LanguageBindImage / LanguageBindVideo configs),
+  the towers' weights saved in the checkpoint as `model.{image,video}_tower.{image,video}_tower.*`; its video
+  tower runs LanguageBind's temporal attention (multimodal_encoder/languagebind.py), which the `-hf` port lacks.
 
 The decoder is Llama or Mistral (Llama's code path; see `text_config_from`).
 

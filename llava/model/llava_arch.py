@@ -14,7 +14,9 @@ stitched crops, unpadded with an `image_newline` token after each row for
 
 Video-LLaVA (`config.video` set) is another mode: besides the image tower (`vision_tower`) it has a video
 tower (`video_tower`, a CLIP ViT of the same config, run frame by frame, no temporal attention: the
-llava-hf port, VIDEO.md R0). A `<video>` placeholder (-201) becomes one contiguous, frame-major block:
+llava-hf port, VIDEO.md R0; with `video.temporal_attention`, the original checkpoint's, LanguageBind's tower with
+temporal attention in every layer, multimodal_encoder/languagebind.py). A `<video>` placeholder (-201) becomes
+one contiguous, frame-major block:
 each frame's [CLS] token (select layer, `video_cls="keep"`, the stock layout; `"drop"` leaves it out, as
 FasterVLM's video branch) then its patches in raster order; images keep their patches without CLS. The
 pre-LLM pruner selects in each frame as in an image (the frame's CLS stays in front of its kept patches);
