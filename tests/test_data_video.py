@@ -35,10 +35,8 @@ def clips():
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    from llava.data.synthetic import main
-
     folder = tmp_path_factory.mktemp("video") / "shapes_video"
-    main(["--split", "test", "--n", "24", "--look", "video", "--out", str(folder)])
+    video_clips.main(["--split", "test", "--n", "24", "--out", str(folder)])
     return folder
 
 
@@ -102,7 +100,8 @@ def _expected(c) -> str:
         steps = [np.sign(b[0] - a[0]) if dx else np.sign(b[1] - a[1]) for a, b in zip(centres, centres[1:])]
         assert set(steps) <= {0, np.sign(dx or dy)}  # it never turns back
         return {(1, 0): "right", (-1, 0): "left", (0, 1): "bottom", (0, -1): "top"}[(np.sign(dx), np.sign(dy))]
-    if m := re.fullmatch(r"What (shape|color) (?:is the shape that )?(appears|disappears) partway through the video\?", q):
+    appear = r"What (shape|color) (?:is the shape that )?(appears|disappears) partway through the video\?"
+    if m := re.fullmatch(appear, q):
         if m[2] == "appears":
             changed = [k for k, s in enumerate(shown) if not s[0] and any(s)]
             assert all(s[k:] == [True] * (8 - k) for s in (shown[j] for j in changed) for k in [s.index(True)])
@@ -252,7 +251,8 @@ def test_written_split_files(written):
         assert c["conversations"][1]["value"] == a["answer"]
     clip = make_clip("test", 7)
     with Image.open(written / "videos" / "test_0000007.gif") as gif:
-        assert [f.convert("RGB").tobytes() for f in ImageSequence.Iterator(gif)] == [f.tobytes() for f in clip.rgb_frames]
+        decoded = [f.convert("RGB").tobytes() for f in ImageSequence.Iterator(gif)]
+    assert decoded == [f.tobytes() for f in clip.rgb_frames]
 
 
 def test_pyav_reads_the_gif_as_pillow_does(written):
@@ -270,9 +270,11 @@ def test_pyav_reads_the_gif_as_pillow_does(written):
 
 
 def test_shapes_video_questions_name_their_clips(written):
-    from llava.eval import shapes
+    from llava.eval.registry import get_benchmark
 
-    questions = list(shapes.load_questions(written / "questions.jsonl", written / "images", "shapes_video"))
+    bench = get_benchmark("shapes_video")
+    assert (bench.folder, bench.image_folder) == ("shapes_video", "videos")
+    questions = list(bench.load_questions(written / bench.question_file, written / bench.image_folder))
     assert len(questions) == 24 and all(q.error is None and q.video.is_file() and q.image is None for q in questions)
     assert {q.fields["category"] for q in questions} == set(VIDEO_QUESTION_TYPES)
     assert all(q.fields["answer_frames"] for q in questions)
@@ -283,7 +285,7 @@ def test_shapes_video_refuses_another_look_and_others_refuse_it(written, tmp_pat
     from llava.eval import shapes
 
     lattice = write_split("test", 2, tmp_path / "shapes")
-    with pytest.raises(InputError, match="holds the lattice look, but shapes_video is the video look.*--look video"):
+    with pytest.raises(InputError, match="holds the lattice look, but shapes_video is the video look.*llava.data.video_clips"):
         shapes.load_questions(lattice / "questions.jsonl", lattice / "images", "shapes_video")
     with pytest.raises(InputError, match="holds the video look, but shapes is the lattice look"):
         shapes.load_questions(written / "questions.jsonl", written / "images", "shapes")

@@ -59,7 +59,8 @@ def test_every_benchmark_has_a_snapshot():
     # val splits: tests/test_eval_scoring.py; the project's own shapes benchmarks: tests/test_eval_shapes.py;
     # the video QA sets (no image): tests/test_video_qa.py
     video = {name for name, bench in BENCHMARKS.items() if bench.folder.startswith("GPT_Zero_Shot_QA/")}
-    assert set(FIRST_QUESTION) == set(BENCHMARKS) - {"vqav2_val", "vizwiz_val", "shapes", "shapes_style", "shapes_hr"} - video
+    assert set(FIRST_QUESTION) == set(BENCHMARKS) - {"vqav2_val", "vizwiz_val", "shapes", "shapes_style", "shapes_hr",
+                                                     "shapes_video"} - video
 
 
 def test_a_question_written_without_its_instruction_gets_it(tmp_path):

@@ -56,8 +56,9 @@ Looks (``LOOKS``): one task, four ways of drawing it, each a stream of seeds of 
 
 A fifth look, ``video`` (``VIDEO_LOOK``; the ``shapes_video`` benchmark), draws clips rather than
 images: `llava.data.video_clips` (shapes and words that move, appear and disappear; questions whose
-answer lives in time). It is not among ``LOOKS``, which ``make_sample`` and the image trainer mix;
-``write_split`` and the command line take it.
+answer lives in time), which builds on this module and has its own command line with the same flags
+(``python -m llava.data.video_clips``). It is not among ``LOOKS``, which this module's functions and
+the image trainer take.
 
 Each sample also records ``patches``: the indices, on the image's grid of 14-px
 patches in raster order (``row * (width // 14) + col``; 24x24 at 336 px), of the
@@ -85,7 +86,7 @@ Usage::
 
     python -m llava.data.synthetic --split test --n 500 --out playground/data/eval/shapes
     python -m llava.data.synthetic --split test --n 600 --look hr --out playground/data/eval/shapes_hr
-    python -m llava.data.synthetic --split test --n 600 --look video --out playground/data/eval/shapes_video
+    python -m llava.data.video_clips --split test --n 600 --out playground/data/eval/shapes_video
 
 writes ``images/*.png``, ``questions.jsonl``, ``annotations.json``,
 ``<split>.json`` (LLaVA's training conversations) and ``meta.json``; see
@@ -108,7 +109,7 @@ from llava.data import drawing
 
 GENERATOR_VERSION = 2  # 2: boxes on a 28-px lattice, smaller shapes (the lattice look is unchanged since)
 LOOKS = ("lattice", "varied", "drawn", "hr")  # see the module docstring; LOOKS.index(look) is its seed stream
-VIDEO_LOOK = "video"  # clips, not images: llava.data.video_clips (written by write_split, not made by make_sample)
+VIDEO_LOOK = "video"  # clips, not images: llava.data.video_clips (which imports this module, never the reverse)
 
 IMAGE_SIZE = 336
 PATCH_SIZE = 14
@@ -685,12 +686,8 @@ def write_split(split: str, n: int, out_dir: str | Path, start: int = 0,
     - ``meta.json``: split, start, n, generator version, look, image size (the
       largest canvas of the look) and patch size.
 
-    The video look writes clips instead: `llava.data.video_clips.write_split`.
+    The video look's clips: `llava.data.video_clips.write_split`.
     """
-    if look == VIDEO_LOOK:
-        from llava.data import video_clips  # imported here: video_clips builds on this module
-
-        return video_clips.write_split(split, n, out_dir, start=start, progress=progress)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     questions, annotations, conversations = [], [], []
@@ -757,10 +754,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", type=int, default=0,
                         help="index of the first sample in the split (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    parser.add_argument("--look", choices=LOOKS + (VIDEO_LOOK,), default="lattice",
+    parser.add_argument("--look", choices=LOOKS, default="lattice",
                         help="lattice: the shapes benchmark; drawn: the held-out style (shapes_style); hr: the "
-                             "high-resolution split (shapes_hr); varied: the training look; video: GIF clips "
-                             "with temporal questions (shapes_video)")
+                             "high-resolution split (shapes_hr); varied: the training look (video clips, "
+                             "shapes_video: python -m llava.data.video_clips)")
     args = parser.parse_args(argv)
     out = write_split(args.split, args.n, args.out, start=args.start, progress=True, look=args.look)
     print(f"wrote {args.n} {args.split} samples ({args.look} look) to {out}")

@@ -52,7 +52,10 @@ brief/spread every two cycles, so any 48 consecutive clips hold each type, varia
 
 Usage::
 
-    python -m llava.data.synthetic --split test --n 600 --look video --out playground/data/eval/shapes_video
+    python -m llava.data.video_clips --split test --n 600 --out playground/data/eval/shapes_video
+
+(the flags of ``python -m llava.data.synthetic``; this module builds on that one, which cannot import
+it back, so the video look has its own entry point)
 
 writes ``videos/<question_id>.gif``, ``questions.jsonl``, ``annotations.json``, ``<split>.json``
 (Video-LLaVA's training conversations) and ``meta.json``; see `write_split`.
@@ -60,6 +63,7 @@ writes ``videos/<question_id>.gif``, ``questions.jsonl``, ``annotations.json``, 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -72,7 +76,7 @@ from PIL import Image, ImageDraw
 from llava.data import drawing
 from llava.data.synthetic import (
     COLOR_JITTER, COLORS, IMAGE_SIZE, LATTICE, PATCH_SIZE, QUESTION_TYPES, SHAPES, SHORT_ANSWER_PROMPT,
-    SIZES, TEXT_BOX_ID, TEXT_PROBABILITY, Plan, _patches_of, _sample_scene, _sample_text, ask, question_id,
+    SIZES, SPLIT_SEED_BASE, TEXT_BOX_ID, TEXT_PROBABILITY, Plan, _patches_of, _sample_scene, _sample_text, ask, question_id,
     sample_seed,
 )
 
@@ -194,7 +198,8 @@ def make_clip(split: str, index: int) -> Clip:
         story = _STORIES[plan.question_type](rng, plan)
         objects, text, text_bbox, text_frames = _lay_out(rng, story, n, sampled)
         question, answer, targets = story.question, story.answer, story.targets
-        if answer != answer_from_boxes(plan.question_type, question, objects, text_frames, sampled):  # a bug, never a redraw
+        # the boxes as drawn answer the question again: a mismatch is a bug, never a redraw
+        if answer != answer_from_boxes(plan.question_type, question, objects, text_frames, sampled):
             raise AssertionError(f"clip {split} {index}: its boxes do not answer {question!r} with {answer!r}")
     else:  # the shapes task, answered by synthetic.ask from boxes that stand still on every frame
         objects, text, text_bbox, text_frames, question, answer, targets = _still(rng, plan, n)
@@ -203,7 +208,8 @@ def make_clip(split: str, index: int) -> Clip:
     answer_patches = []
     for k in answer_frames:
         f = sampled[k]
-        patches = {p for t in targets if objects[t]["boxes"][f] for p in _patches_of(labels[k], t + 1, objects[t]["boxes"][f])}
+        shown = [t for t in targets if objects[t]["boxes"][f] is not None]
+        patches = {p for t in shown for p in _patches_of(labels[k], t + 1, objects[t]["boxes"][f])}
         if plan.question_type in ("ocr", "during_word"):
             patches |= set(_patches_of(labels[k], TEXT_BOX_ID, text_bbox))
         answer_patches.append(sorted(patches))
@@ -330,7 +336,8 @@ def _disappear_story(rng, plan: VideoPlan) -> _Story:
 def _order_story(rng, plan: VideoPlan) -> _Story:
     """2 to 4 objects of different shapes one after another, the asked one (first or last) shown on
     one or two sampled frames (brief) or on four or more."""
-    asked_length = int(rng.integers(1, BRIEF_FRAMES + 1)) if plan.brief else int(rng.integers(SPREAD_FRAMES, SAMPLED_FRAMES))
+    brief, spread = (1, BRIEF_FRAMES + 1), (SPREAD_FRAMES, SAMPLED_FRAMES)
+    asked_length = int(rng.integers(*(brief if plan.brief else spread)))
     rest = SAMPLED_FRAMES - asked_length
     count = int(rng.integers(1, min(3, rest) + 1))  # objects besides the asked one
     cuts = sorted(int(c) for c in rng.choice(np.arange(1, rest), count - 1, replace=False)) if count > 1 else []
@@ -645,3 +652,21 @@ def write_split(split: str, n: int, out_dir: str | Path, start: int = 0, progres
 
 
 ANNOTATIONS = "annotations.json"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m llava.data.video_clips",
+        description="Write a split of the synthetic shapes task's video look (shapes_video): GIF clips and questions.")
+    parser.add_argument("--split", choices=sorted(SPLIT_SEED_BASE), required=True,
+                        help="which split (disjoint seed ranges)")
+    parser.add_argument("--n", type=int, required=True, help="number of clips to write")
+    parser.add_argument("--start", type=int, default=0, help="index of the first clip in the split (default 0)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    args = parser.parse_args(argv)
+    out = write_split(args.split, args.n, args.out, start=args.start, progress=True)
+    print(f"wrote {args.n} {args.split} clips (video look) to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
 Names are those of LLaVA's scripts (`scripts/v1_5/eval/<name>.sh`); `vqav2_val` and
 `vizwiz_val` score locally on the val splits; `aokvqa` (multiple choice) and `aokvqa_da`
-(direct answer) share one file and one script; `shapes`, `shapes_style` and `shapes_hr`
+(direct answer) share one file and one script; `shapes`, `shapes_style`, `shapes_hr` and `shapes_video`
 are the project's own synthetic benchmarks (llava/data/synthetic.py, llava/eval/shapes.py);
 `msvd`, `msrvtt`, `tgif` and `activitynet` are the video QA sets (llava/eval/video_qa.py), with
 FasterVLM's first-1K subsets as `<name>_1k` (`scripts/video/eval/<name>.sh`).
@@ -54,8 +54,8 @@ def _module(name: str, title: str, module, headline: str | None, max_new_tokens:
 
 
 def _shapes(name: str, title: str) -> Benchmark:
-    return Benchmark(name, title, name, shapes.QUESTION_FILE, shapes.IMAGE_FOLDER, shapes.loader(name), shapes.score,
-                     "accuracy", check_inputs=shapes.check_inputs)
+    return Benchmark(name, title, name, shapes.QUESTION_FILE, shapes.media_folder(name), shapes.loader(name),
+                     shapes.score, "accuracy", check_inputs=shapes.check_inputs)
 
 
 def _mmbench(lang: str) -> Benchmark:
@@ -103,6 +103,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         _shapes("shapes", "Shapes"),
         _shapes("shapes_style", "Shapes-style"),
         _shapes("shapes_hr", "Shapes-HR"),
+        _shapes("shapes_video", "Shapes-video"),
         # the video QA sets (Video-LLaVA's layout; the paper's score is the GPT judge, llava/eval/video_judge.py)
         *(_video(name, subset) for name in video_qa.SETS for subset in video_qa.QUESTION_FILES),
     )

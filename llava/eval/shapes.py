@@ -10,7 +10,8 @@ Four benchmarks, one per look of the generator's test split (`LOOKS`):
                   (`Question.video`), its answer in time (motion, appear, disappear, order, during_word,
                   pass) or in every frame (the six types above); `answer_frames` in the question line.
 
-Files (under `<data root>/<folder>/`, written by `python -m llava.data.synthetic --split test --n N --look LOOK --out DIR`):
+Files (under `<data root>/<folder>/`, written by `python -m llava.data.synthetic --split test --n N --look LOOK --out DIR`,
+shapes_video's by `python -m llava.data.video_clips --split test --n N --out DIR`):
     questions.jsonl      question_id, image, text (question + short-answer instruction), category (question type)
     images/              the PNGs (shapes_video: videos/, the GIFs)
     annotations.json     question_id, answer, question_type, patches, ...
@@ -47,7 +48,7 @@ LOOKS = {"shapes": "lattice", "shapes_style": "drawn", "shapes_hr": "hr",
 FOLDER = "shapes"
 QUESTION_FILE = "questions.jsonl"
 IMAGE_FOLDER = "images"
-VIDEO_FOLDER = "videos"  # shapes_video: beside the question file, whatever image folder the runner names
+VIDEO_FOLDER = "videos"  # shapes_video: the clips (the runner passes it where it passes the others' images/)
 ANNOTATIONS = "annotations.json"
 
 
@@ -58,13 +59,12 @@ def build_prompt(question: str) -> str:
 def load_questions(question_file: Path, image_folder: Path, benchmark: str = "shapes"):
     check_generator_version(Path(question_file).parent, benchmark)
     if LOOKS[benchmark] == VIDEO_LOOK:
-        return _video_questions(Path(question_file))
+        return _video_questions(Path(question_file), Path(image_folder))
     return read_llava_questions(question_file, image_folder, build_prompt, keep=("category",))
 
 
-def _video_questions(question_file: Path):
-    """shapes_video's lines: question_id, video (under ``videos/``), text, category, answer_frames."""
-    videos = question_file.parent / VIDEO_FOLDER
+def _video_questions(question_file: Path, videos: Path):
+    """shapes_video's lines: question_id, video (a file name under ``videos``), text, category, answer_frames."""
 
     def make(record: dict) -> Question:
         return Question(
@@ -76,12 +76,19 @@ def _video_questions(question_file: Path):
     return read_jsonl_questions(question_file, make)
 
 
+def media_folder(benchmark: str) -> str:
+    """The folder under the benchmark's that holds its images (its clips for shapes_video)."""
+    return VIDEO_FOLDER if LOOKS[benchmark] == VIDEO_LOOK else IMAGE_FOLDER
+
+
 def loader(benchmark: str):
     """`load_questions` of one of the shapes benchmarks (`LOOKS`)."""
     return partial(load_questions, benchmark=benchmark)
 
 
 def write_command(folder: Path, benchmark: str) -> str:
+    if LOOKS[benchmark] == VIDEO_LOOK:
+        return f"python -m llava.data.video_clips --split test --n 600 --out {folder}"
     return f"python -m llava.data.synthetic --split test --n 600 --look {LOOKS[benchmark]} --out {folder}"
 
 
