@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -284,6 +285,24 @@ def test_an_unreadable_video_is_an_error_line(tmp_path):
     run(data, tmp_path / "out")
     error = lines(tmp_path / "out/answers.jsonl")[2]["metadata"]["error"]
     assert "clip1.mp4" in error and "\n" not in error
+
+
+@dataclass
+class Request:  # the requests of ImageOnlyPipeline below (TorchBackend uses its module's Request): no video field
+    image: object
+    text: str
+
+
+class ImageOnlyPipeline(FakePipeline):
+    """A pipeline whose Request takes no video."""
+
+
+def test_a_pipeline_that_takes_no_video_gives_error_lines(tmp_path):
+    scores = run_benchmark("msvd_1k", ImageOnlyPipeline("tiny-llava"), make_msvd(tmp_path / "data"), tmp_path / "out",
+                           progress=False)
+    assert scores["run"]["errors"] == 4
+    assert lines(tmp_path / "out/answers.jsonl")[0]["metadata"]["error"] == (
+        "ImageOnlyPipeline takes no video (its Request has no video field)")
 
 
 def test_the_judge_through_a_stub_endpoint_records_its_model_and_resumes(tmp_path, stub, monkeypatch):
