@@ -2,7 +2,7 @@
 
     GET  /v1/models              the one model served
     POST /v1/chat/completions    OpenAI's chat format, streaming (SSE) or not
-    GET  /health                 200 once the model is loaded
+    GET  /health                 200 once the model is loaded; requests answered, backend calls made
 
 A request is one user message: text parts and at most one image, sent as a base64 data URL in an `image_url`
 part (the server fetches no URL). The image goes in front of the text, as in LLaVA-1.5's prompts. A top-level
@@ -384,8 +384,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?")[0].rstrip("/")
         model = {"id": self.server.model_id, "object": "model", "created": self.server.created, "owned_by": "llava-fastv"}
-        if path == "/health":
-            self._send_json(200, {"status": "ok"})
+        if path == "/health":  # with how many requests the backend answered in how many calls (batching at work)
+            sizes = list(self.server.batcher.batch_sizes)
+            self._send_json(200, {"status": "ok", "requests_answered": sum(sizes), "backend_calls": len(sizes)})
         elif path == "/v1/models":
             self._send_json(200, {"object": "list", "data": [model]})
         elif path == f"/v1/models/{self.server.model_id}":
