@@ -370,10 +370,12 @@ def test_a_partly_judged_run_has_no_accuracy_and_a_failing_endpoint_is_one_line(
     assert scores["metrics"]["accuracy"] is None and scores["metrics"]["judge"]["not_judged"] == 1
 
 
-def test_judging_a_run_of_another_benchmark_is_refused(tmp_path):
+def test_judging_a_run_of_another_benchmark_or_a_bad_url_is_refused(tmp_path, capsys):
     (tmp_path / "run.json").write_text(json.dumps({"benchmark": "pope"}))
     with pytest.raises(InputError, match="only video QA"):
         judge_run(tmp_path, ChatJudge("http://127.0.0.1:9", "m"), progress=False)
+    assert judge_main([str(tmp_path), "--judge-url", "api.openai.com/v1"]) == 2
+    assert capsys.readouterr().err == "error: --judge-url 'api.openai.com/v1' is no http:// or https:// URL\n"
 
 
 def test_answers_are_matched_by_question_id_not_position_and_resume(tmp_path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import http.client
 import json
 import re
 import time
@@ -203,6 +204,8 @@ class ChatJudge:
 
     def __init__(self, url: str, model: str, api_key: str | None = None, *, timeout: float = 60.0,
                  retries: int = 4, wait: float = 2.0):
+        if not url.startswith(("http://", "https://")):
+            raise InputError(f"--judge-url {url!r} is no http:// or https:// URL")
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model, self.api_key, self.timeout, self.retries, self.wait = model, api_key, timeout, retries, wait
@@ -221,7 +224,7 @@ class ChatJudge:
                 problem = f"HTTP {error.code} {error.reason}"
                 if error.code != 429 and error.code < 500:
                     raise InputError(f"the judge at {self.url} refused the request: {problem}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as error:
                 problem = str(getattr(error, "reason", error))
             if attempt < self.retries:
                 time.sleep(self.wait * 2 ** attempt)
