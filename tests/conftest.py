@@ -49,3 +49,27 @@ def loaded_next(tiny_next_dir):
     from llava.model.builder import load_pretrained_model
 
     return load_pretrained_model(str(tiny_next_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_video_dir(tmp_path_factory):
+    """A random tiny llava-hf Video-LLaVA checkpoint: two CLIP towers (3 layers, 112 px: 64 patches + CLS a frame,
+    8 frames = 520 video tokens), the same Llama, a tokenizer with <image> and <video>."""
+    folder = tmp_path_factory.mktemp("tiny-video-llava")
+    helpers.make_tiny_video_llava(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_video_reference(tiny_video_dir):
+    """transformers' own VideoLlavaForConditionalGeneration loaded from the same folder (fp32)."""
+    from transformers import VideoLlavaForConditionalGeneration
+
+    return VideoLlavaForConditionalGeneration.from_pretrained(tiny_video_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def loaded_video(tiny_video_dir):
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(str(tiny_video_dir))

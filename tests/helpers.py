@@ -282,3 +282,24 @@ def make_tiny_video_llava(folder: Path, seed: int = 0, **config_overrides):
         "resample": 3, "rescale_factor": 1 / 255, "image_processor_type": "CLIPImageProcessor",
     }))
     return model
+
+
+def random_video_frames(n: int = 12, seed: int = 0, size=(130, 90)) -> list[Image.Image]:
+    """`n` random RGB frames of one (width, height), a clip to sample 8 frames from."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def hf_video_input_ids(prompts: list[list[int]], image_id: int, video_id: int, image_tokens: int, video_tokens: int,
+                       pad_id: int = 3):
+    """Our prompts (-200 per image, -201 per video) -> transformers' Video-LLaVA input_ids (each placeholder repeated
+    as its processor expands it) with left padding + mask."""
+    expand = {IMAGE_TOKEN_INDEX: [image_id] * image_tokens, -201: [video_id] * video_tokens}
+    expanded = [sum((expand.get(t, [t]) for t in ids), []) for ids in prompts]
+    width = max(len(e) for e in expanded)
+    input_ids = torch.full((len(expanded), width), pad_id)
+    mask = torch.zeros(len(expanded), width, dtype=torch.long)
+    for b, e in enumerate(expanded):
+        input_ids[b, width - len(e):] = torch.tensor(e)
+        mask[b, width - len(e):] = 1
+    return input_ids, mask
