@@ -7,6 +7,10 @@ budget went. The panels are the model's own input, un-normalised from the pixel 
 patch (y, x) is the square the vision tower read. "Kept" is what `kept_partitions` says: the patches
 that entered the LLM, or survived layer k for FastV; a token that is no patch (PruMerge's extra token)
 has no square and is counted in the title.
+
+A Video-LLaVA video is a strip of its 8 frames in time order, each as the video tower saw it, titled with
+the frame's index in the file and its kept patches ("frame 42" / "16/256 +CLS": 16 of 256 patches kept, and
+the frame's [CLS] token too). FastV ranks the whole video at once, so its frames keep unequal counts.
 """
 
 from __future__ import annotations
@@ -75,15 +79,50 @@ def overlay(views: torch.Tensor, kept_partitions: list[list[int]], partition_gri
     return canvas
 
 
+def frame_titles(frames: list[int], kept_frames: list[list[int]], kept_cls: list[int], patches: int) -> list[tuple[str, str]]:
+    """Per frame of a video: ('frame 42', '16/256 +CLS'); '+CLS' when that frame's [CLS] token entered the LLM."""
+    return [(f"frame {index}", f"{len(kept)}/{patches}" + (" +CLS" if t in kept_cls else ""))
+            for t, (index, kept) in enumerate(zip(frames, kept_frames))]
+
+
+def strip(frames: torch.Tensor, kept_frames: list[list[int]], titles: list[tuple[str, str]], grid: int, mean,
+          std) -> Image.Image:
+    """frames (T, 3, S, S): one video's frames in time order -> the marked frames side by side, two title lines each."""
+    panels = [mark(to_rgb(f, mean, std), kept, grid) for f, kept in zip(frames, kept_frames)]
+    size = panels[0].width
+    canvas = Image.new("RGB", (len(panels) * (size + GAP) - GAP, size + 2 * TITLE_HEIGHT), "white")
+    draw = ImageDraw.Draw(canvas)
+    for n, (panel, lines) in enumerate(zip(panels, titles)):
+        left = n * (size + GAP)
+        canvas.paste(panel, (left, 2 * TITLE_HEIGHT))
+        for row, line in enumerate(lines):
+            draw.text((left + 2, 2 + row * TITLE_HEIGHT), line, fill="black")
+    return canvas
+
+
+def stack(top: Image.Image, bottom: Image.Image) -> Image.Image:
+    """Two overlays one above the other (a prompt with an image and a video)."""
+    canvas = Image.new("RGB", (max(top.width, bottom.width), top.height + GAP + bottom.height), "white")
+    canvas.paste(top, (0, 0))
+    canvas.paste(bottom, (0, top.height + GAP))
+    return canvas
+
+
 def render(pipe, request, answer) -> Image.Image:
-    """The overlay of `answer` (an Answer of `pipe` to `request`, which has an image)."""
-    _, _, images = pipe.encode([request])
+    """The overlay of `answer` (an Answer of `pipe` to `request`, which has an image, a video or both: the image's
+    panels above the video's strip). The image, when there is one, is the prompt's first visual."""
+    _, _, images, videos = pipe.encode([request])
     config, processor = pipe.model.config, pipe.image_processor
-    views = images[0].pixel_values if config.anyres else images[:1]
-    (kept_partitions,), (partition_grid,) = answer.kept_partitions, answer.partition_grid
-    other = sum(1 for i in answer.kept[0] if i < 0)
-    return overlay(views, kept_partitions, tuple(partition_grid), config.vision.grid_size,
-                   processor.image_mean, processor.image_std, other)
+    mean, std, grid = processor.image_mean, processor.image_std, config.vision.grid_size
+    drawn = []
+    if request.image is not None:
+        views = images[0].pixel_values if config.anyres else images[:1]
+        other = sum(1 for i in answer.kept[0] if i < 0)
+        drawn.append(overlay(views, answer.kept_partitions[0], tuple(answer.partition_grid[0]), grid, mean, std, other))
+    if request.video is not None:
+        titles = frame_titles(answer.frames, answer.kept_frames, answer.kept_frame_cls, grid * grid)
+        drawn.append(strip(videos[0], answer.kept_frames, titles, grid, mean, std))
+    return drawn[0] if len(drawn) == 1 else stack(*drawn)
 
 
 def write_overlay(path: str | Path, pipe, request, answer) -> Path:

@@ -43,7 +43,7 @@ def test_the_overlay_marks_exactly_the_kept_patches(capsys, tmp_path, method):
     out = run_with_overlay(capsys, SHIPPED_MODEL, "docs/examples/shapes.png", tmp_path / "overlay.png", method)
     assert out["overlay"] == str(tmp_path / "overlay.png")
     pipe = LlavaPipeline.load(str(SHIPPED_MODEL))
-    _, _, pixels = pipe.encode([Request(Image.open("docs/examples/shapes.png"), "x")])
+    _, _, pixels, _ = pipe.encode([Request(Image.open("docs/examples/shapes.png"), "x")])
     view = to_rgb(pixels[0], pipe.image_processor.image_mean, pipe.image_processor.image_std)
     panel = np.asarray(Image.open(tmp_path / "overlay.png").convert("RGB"))[TITLE_HEIGHT:]
     assert panel.shape == view.shape
@@ -59,7 +59,7 @@ def test_next_gets_a_panel_per_partition_each_marked_by_its_own_kept_set(capsys,
     canvas = np.asarray(Image.open(tmp_path / "next.png").convert("RGB"))
     assert canvas.shape == (112 + TITLE_HEIGHT, 4 * (112 + GAP) - GAP, 3)  # base + 3 crops of 112 px
     pipe = LlavaPipeline.load(str(tiny_next_dir))
-    _, _, images = pipe.encode([Request(Image.open(image), "x")])
+    _, _, images, _ = pipe.encode([Request(Image.open(image), "x")])
     mean, std = pipe.image_processor.image_mean, pipe.image_processor.image_std
     for n, kept in enumerate(out["kept_partitions"][0]):
         panel = canvas[TITLE_HEIGHT:, n * (112 + GAP): n * (112 + GAP) + 112]
@@ -68,7 +68,7 @@ def test_next_gets_a_panel_per_partition_each_marked_by_its_own_kept_set(capsys,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--overlay", "x.png"], "--overlay draws the kept patches on the image: give --image too"),
+    (["--overlay", "x.png"], "--overlay draws the kept patches on the image: give --image (or --video) too"),
     (["--image", "docs/examples/shapes.png", "--overlay", "docs"], "--overlay docs is a folder: name the PNG file"),
 ])
 def test_bad_overlay_options_are_one_line_errors(capsys, args, message):
