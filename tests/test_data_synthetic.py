@@ -288,6 +288,19 @@ def test_cli_writes_a_split(tmp_path, capsys):
     assert "wrote 2 test samples" in capsys.readouterr().out
 
 
+def test_the_scene_model_is_one_module_read_through_synthetic():
+    """The scene model and its questions live in llava.data.scenes; synthetic hands its users the same objects
+    (no second copy that could drift), and the video look builds on scenes without importing synthetic."""
+    from llava.data import scenes, video_clips
+
+    for name in ("COLORS", "SHAPES", "QUESTION_TYPES", "TEMPLATES", "SHORT_ANSWER_PROMPT", "SPLIT_SEED_BASE",
+                 "TEXT_BOX_ID", "LATTICE", "HR_CANVASES", "Plan", "ask", "side_of", "sample_seed", "tokens_on_grid",
+                 "patch_bbox"):
+        assert getattr(synthetic, name) is getattr(scenes, name), name
+    assert video_clips.sample_scene is scenes.sample_scene and not hasattr(video_clips, "synthetic")
+    assert synthetic.VIDEO_LOOK == video_clips.LOOK == "video" and "video" not in synthetic.LOOKS
+
+
 def test_readme_example_matches_the_generator():
     example = json.loads(EXAMPLE_JSON.read_text())
     sample = make_sample(example["split"], example["index"])

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from llava.data import video_clips
-from llava.data.synthetic import COLORS, IMAGE_SIZE, LATTICE, OCR_WORDS, SHAPES, SHORT_ANSWER_PROMPT, patch_bbox
+from llava.data import synthetic, video_clips
+from llava.data.scenes import COLORS, IMAGE_SIZE, LATTICE, OCR_WORDS, SHAPES, SHORT_ANSWER_PROMPT, patch_bbox
 from llava.data.video_clips import (
     BRIEF_FRAMES, FRAME_COUNTS, MIN_TRAVEL, SPREAD_FRAMES, TEMPORAL_TYPES, VIDEO_QUESTION_TYPES, make_clip, video_plan,
 )
@@ -36,7 +36,7 @@ def clips():
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     folder = tmp_path_factory.mktemp("video") / "shapes_video"
-    video_clips.main(["--split", "test", "--n", "24", "--out", str(folder)])
+    synthetic.main(["--look", "video", "--split", "test", "--n", "24", "--out", str(folder)])  # the issue's command
     return folder
 
 
@@ -255,6 +255,20 @@ def test_written_split_files(written):
     assert decoded == [f.tobytes() for f in clip.rgb_frames]
 
 
+def test_write_split_hands_the_video_look_to_video_clips(written, tmp_path):
+    """synthetic.write_split(look="video") writes what the command line wrote: clips under videos/, no images/."""
+    folder = synthetic.write_split("test", 2, tmp_path / "two", start=3, look="video")
+    assert not (folder / "images").exists()
+    assert sorted(p.name for p in (folder / "videos").iterdir()) == ["test_0000003.gif", "test_0000004.gif"]
+    for name in ("test_0000003.gif", "test_0000004.gif"):
+        assert (folder / "videos" / name).read_bytes() == (written / "videos" / name).read_bytes()
+    lines = (written / "questions.jsonl").read_text().splitlines()
+    assert (folder / "questions.jsonl").read_text().splitlines() == lines[3:5]
+    assert json.loads((folder / "meta.json").read_text())["look"] == synthetic.VIDEO_LOOK == "video"
+    with pytest.raises(ValueError, match="unknown look 'clips'"):
+        synthetic.write_split("test", 1, tmp_path / "bad", look="clips")
+
+
 def test_pyav_reads_the_gif_as_pillow_does(written):
     _need(importlib.util.find_spec("av") is not None, "PyAV (av) is not installed")
     import av
@@ -285,7 +299,8 @@ def test_shapes_video_refuses_another_look_and_others_refuse_it(written, tmp_pat
     from llava.eval import shapes
 
     lattice = write_split("test", 2, tmp_path / "shapes")
-    with pytest.raises(InputError, match="holds the lattice look, but shapes_video is the video look.*llava.data.video_clips"):
+    with pytest.raises(InputError, match="holds the lattice look, but shapes_video is the video look.*"
+                       r"python -m llava.data.synthetic --split test --n 600 --look video"):
         shapes.load_questions(lattice / "questions.jsonl", lattice / "images", "shapes_video")
     with pytest.raises(InputError, match="holds the video look, but shapes is the lattice look"):
         shapes.load_questions(written / "questions.jsonl", written / "images", "shapes")

@@ -2,7 +2,7 @@
 
 Real video benchmarks cannot be downloaded here, so the project's small Video-LLaVA is trained and
 scored on clips this module draws. A clip is ``FRAME_COUNTS`` (16, 24 or 32) square 336x336 frames
-of the lattice look (`llava.data.synthetic`: flat shapes and printed words on a muted background, every
+of the lattice look (`llava.data.scenes`: flat shapes and printed words on a muted background, every
 box on the 28-px lattice) in which shapes and words move, appear and disappear. Video-LLaVA reads 8 of
 them, ``np.linspace(0, n - 1, 8).astype(int)`` (`sampled_frames`); every question is answerable from
 those 8 frames alone, and everything that happens is laid out on them: an object visible on sampled
@@ -47,15 +47,12 @@ quantised frames: what any decoder reads back, bit for bit); every frame has fre
 so no two frames are equal and the writer keeps all of them.
 
 Determinism: clip ``index`` of ``split`` is drawn from ``default_rng([SEED_STREAM, seed])`` with the
-split's seed of `synthetic.sample_seed`; the type cycles with the index, its variant every cycle and
+split's seed of `scenes.sample_seed`; the type cycles with the index, its variant every cycle and
 brief/spread every two cycles, so any 48 consecutive clips hold each type, variant and spread once.
 
-Usage::
+Usage (the command line is `llava.data.synthetic`'s, which hands the video look to `write_split` here)::
 
-    python -m llava.data.video_clips --split test --n 600 --out playground/data/eval/shapes_video
-
-(the flags of ``python -m llava.data.synthetic``; this module builds on that one, which cannot import
-it back, so the video look has its own entry point)
+    python -m llava.data.synthetic --look video --split test --n 600 --out playground/data/eval/shapes_video
 
 writes ``videos/<question_id>.gif``, ``questions.jsonl``, ``annotations.json``, ``<split>.json``
 (Video-LLaVA's training conversations) and ``meta.json``; see `write_split`.
@@ -63,7 +60,6 @@ writes ``videos/<question_id>.gif``, ``questions.jsonl``, ``annotations.json``, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -74,10 +70,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from llava.data import drawing
-from llava.data.synthetic import (
-    COLOR_JITTER, COLORS, IMAGE_SIZE, LATTICE, PATCH_SIZE, QUESTION_TYPES, SHAPES, SHORT_ANSWER_PROMPT,
-    SIZES, SPLIT_SEED_BASE, TEXT_BOX_ID, TEXT_PROBABILITY, Plan, _patches_of, _sample_scene, _sample_text, ask, question_id,
-    sample_seed,
+from llava.data.scenes import (
+    COLOR_JITTER, COLORS, IMAGE_SIZE, LATTICE, PATCH_SIZE, QUESTION_TYPES, SHAPES, SHORT_ANSWER_PROMPT, SIZES,
+    TEXT_BOX_ID, TEXT_PROBABILITY, Plan, ask, patches_of, question_id, sample_scene, sample_seed, sample_text,
 )
 
 VIDEO_GENERATOR_VERSION = 1
@@ -92,6 +87,7 @@ MAX_OBJECTS = 5
 BACKGROUND_COLOURS = 224  # of a clip's palette; its objects and word take up to 21 more
 BRIEF_FRAMES = 2  # a brief answer is in at most this many sampled frames
 SPREAD_FRAMES = 4  # a spread one in at least this many
+ANNOTATIONS = "annotations.json"
 SIDES = {("x", 1): "right", ("x", -1): "left", ("y", 1): "bottom", ("y", -1): "top"}  # (axis, sign) -> answer
 
 TEMPORAL_TYPES = ("motion", "appear", "disappear", "order", "during_word", "pass")
@@ -201,7 +197,7 @@ def make_clip(split: str, index: int) -> Clip:
         # the boxes as drawn answer the question again: a mismatch is a bug, never a redraw
         if answer != answer_from_boxes(plan.question_type, question, objects, text_frames, sampled):
             raise AssertionError(f"clip {split} {index}: its boxes do not answer {question!r} with {answer!r}")
-    else:  # the shapes task, answered by synthetic.ask from boxes that stand still on every frame
+    else:  # the shapes task, answered by scenes.ask from boxes that stand still on every frame
         objects, text, text_bbox, text_frames, question, answer, targets = _still(rng, plan, n)
     frames, labels = _render(rng, objects, text, text_bbox, text_frames, sampled)
     answer_frames = _answer_frames(plan, objects, targets, sampled)
@@ -209,9 +205,9 @@ def make_clip(split: str, index: int) -> Clip:
     for k in answer_frames:
         f = sampled[k]
         shown = [t for t in targets if objects[t]["boxes"][f] is not None]
-        patches = {p for t in shown for p in _patches_of(labels[k], t + 1, objects[t]["boxes"][f])}
+        patches = {p for t in shown for p in patches_of(labels[k], t + 1, objects[t]["boxes"][f])}
         if plan.question_type in ("ocr", "during_word"):
-            patches |= set(_patches_of(labels[k], TEXT_BOX_ID, text_bbox))
+            patches |= set(patches_of(labels[k], TEXT_BOX_ID, text_bbox))
         answer_patches.append(sorted(patches))
     return Clip(question_id(split, index), split, index, frames, question, answer, plan.question_type, objects,
                 text, text_bbox, text_frames, targets, sampled, answer_frames, answer_patches)
@@ -229,7 +225,7 @@ def _still(rng, plan: VideoPlan, n: int):
     """A still scene of the ``shapes`` task, shown on every frame, and its ``shapes`` question."""
     image_plan = Plan(plan.question_type, want_yes=plan.variant, count_all=plan.variant)
     while True:
-        scene = _sample_scene(rng, image_plan, TEXT_PROBABILITY, "lattice")
+        scene = sample_scene(rng, image_plan, TEXT_PROBABILITY, "lattice")
         question = ask(rng, image_plan, scene.objects, scene.text)
         if question is not None:
             break
@@ -295,7 +291,7 @@ def _travel(rng, size: str) -> int:
 def _maybe_word(rng, story: _Story) -> _Story:
     """A word shown on a random window with ``TEXT_PROBABILITY``: clutter the question never asks about."""
     if rng.random() < TEXT_PROBABILITY:
-        story.text = _sample_text(rng)
+        story.text = sample_text(rng)
         story.things.append(_Thing(_short_window(rng, (1, SAMPLED_FRAMES))))
     return story
 
@@ -365,7 +361,7 @@ def _during_word_story(rng, plan: VideoPlan) -> _Story:
         part = free[int(rng.integers(len(free)))]
         things.append(_Thing(_short_window(rng, (1, part[1] - part[0] + 1), *part), shape,
                              str(rng.choice(list(COLORS))), _random_size(rng)))
-    text = _sample_text(rng)
+    text = sample_text(rng)
     things.append(_Thing(window))
     question = TEMPLATES["during_number" if text.isdigit() else "during_word"]
     return _Story(things, "x", question, shapes[0], [0], text, word_asked=True)
@@ -468,7 +464,7 @@ def _box_size(story: _Story, thing: _Thing) -> tuple[int, int]:
 
 
 def _box(story: _Story, thing: _Thing, lane: int, cell: int) -> list[int]:
-    """The box of a thing in block (lane, cell), centred in its whole cells as ``synthetic._place`` centres it."""
+    """The box of a thing in block (lane, cell), centred in its whole cells as ``scenes._place`` centres it."""
     width, height = _box_size(story, thing)
     col, row = (cell, lane) if story.axis == "x" else (lane, cell)
     inset_x, inset_y = (-(-width // LATTICE) * LATTICE - width) // 2, (-(-height // LATTICE) * LATTICE - height) // 2
@@ -649,24 +645,3 @@ def write_split(split: str, n: int, out_dir: str | Path, start: int = 0, progres
             json.dump(obj, f, indent=1)
             f.write("\n")
     return out_dir
-
-
-ANNOTATIONS = "annotations.json"
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m llava.data.video_clips",
-        description="Write a split of the synthetic shapes task's video look (shapes_video): GIF clips and questions.")
-    parser.add_argument("--split", choices=sorted(SPLIT_SEED_BASE), required=True,
-                        help="which split (disjoint seed ranges)")
-    parser.add_argument("--n", type=int, required=True, help="number of clips to write")
-    parser.add_argument("--start", type=int, default=0, help="index of the first clip in the split (default 0)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    args = parser.parse_args(argv)
-    out = write_split(args.split, args.n, args.out, start=args.start, progress=True)
-    print(f"wrote {args.n} {args.split} clips (video look) to {out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,7 @@ Four benchmarks, one per look of the generator's test split (`LOOKS`):
                   pass) or in every frame (the six types above); `answer_frames` in the question line.
 
 Files (under `<data root>/<folder>/`, written by `python -m llava.data.synthetic --split test --n N --look LOOK --out DIR`,
-shapes_video's by `python -m llava.data.video_clips --split test --n N --out DIR`):
+LOOK video for shapes_video):
     questions.jsonl      question_id, image, text (question + short-answer instruction), category (question type)
     images/              the PNGs (shapes_video: videos/, the GIFs)
     annotations.json     question_id, answer, question_type, patches, ...
@@ -87,8 +87,6 @@ def loader(benchmark: str):
 
 
 def write_command(folder: Path, benchmark: str) -> str:
-    if LOOKS[benchmark] == VIDEO_LOOK:
-        return f"python -m llava.data.video_clips --split test --n 600 --out {folder}"
     return f"python -m llava.data.synthetic --split test --n 600 --look {LOOKS[benchmark]} --out {folder}"
 
 
