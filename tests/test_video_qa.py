@@ -464,3 +464,22 @@ def test_the_script_runs_the_1k_subset_then_the_judge(tmp_path, stub):
     assert wrong.returncode == 2 and "SUBSET=2k is neither 1k nor full" in wrong.stderr
     usage = bash("scripts/video/eval/msvd.sh", env=script_env(tmp_path))
     assert usage.returncode == 2 and "usage: bash scripts/video/eval/msvd.sh BUDGET" in usage.stderr
+
+
+def test_a_run_through_the_real_pipeline_on_a_tiny_video_llava(tmp_path):
+    from llava.pipeline import LlavaPipeline
+    from tests.helpers import make_tiny_video_llava
+
+    model = tmp_path / "tiny-video-llava"
+    make_tiny_video_llava(model)
+    scores = run_benchmark(
+        "msvd_1k", lambda: LlavaPipeline.load(str(model), method="fastervlm:keep=16", conv_mode="llava_v1"),
+        make_msvd(tmp_path / "data"), tmp_path / "out", model_path=str(model), method="fastervlm:keep=16",
+        conv_mode="llava_v1", max_new_tokens=3, progress=False)
+    answers = lines(tmp_path / "out/answers.jsonl")
+    assert (scores["run"]["answered"], scores["run"]["errors"]) == (3, 1)
+    first = answers[0]["metadata"]
+    # 8 frames read; FasterVLM keeps 16 of each frame's 64 patches (the frame's [CLS] kept too: video_cls=keep)
+    assert first["frames"] == [0, 1, 2, 3, 5, 6, 7, 9] and first["kept_frame_tokens"] == [16] * 8
+    assert first["visual_tokens"] == [8 * (16 + 1)]
+    assert answers[3]["metadata"]["error"].startswith("video not found")
