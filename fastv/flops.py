@@ -7,6 +7,9 @@ softmax, RoPE and the pruning scores' single query rows are left out: under 1% a
 - vision tower, per view, per layer run (up to the select layer, or a later layer a method probes; a
   probe-only last layer runs its query row and keys alone), N = 1 + P tokens of width D, MLP width Dm:
   8 N D^2 (q, k, v, o) + 4 N^2 D (scores and values) + 4 N D Dm; plus the patch embedding 2 P (3 p^2) D;
+  a Video-LLaVA video is its T frames through the video tower (T views), and LanguageBind's tower (the original
+  checkpoint's, with temporal attention) adds per layer run the temporal attention of each of the N token
+  positions over the T frames: 8 T N D^2 + 4 N T^2 D;
 - projector: 2 T Dv D per linear layer of its input (T = the tokens projected: every patch, or for a
   method that selects before the projector the tokens it kept);
 - LLM prefill, per layer l over n_l real tokens (`PruneStats.seq_lens`: FastV's layers from k on run on
@@ -86,6 +89,12 @@ def vision_flops(vision, views: int, layers_run: int, probe_only_layer: bool) ->
     return views * (embedding + layers_run * per_layer + probe)
 
 
+def temporal_flops(vision, frames: int, layers_run: int) -> float:
+    """LanguageBind's temporal attention in `layers_run` layers: each of the N = 1 + P token positions over `frames`."""
+    n, d = vision.num_patches + 1, vision.hidden_size
+    return layers_run * (8 * frames * n * d * d + 4 * n * frames * frames * d)
+
+
 def projector_flops(projector_type: str, vision_dim: int, text_dim: int, tokens: int) -> float:
     extra = 0 if projector_type == "linear" else int(projector_type[3:].split("x")[0]) - 1  # mlp<N>x_gelu
     return 2 * tokens * (vision_dim * text_dim + extra * text_dim * text_dim)
@@ -107,11 +116,12 @@ def llm_flops(text, seq_lens: list[int]) -> tuple[float, float]:
     return prefill, decode
 
 
-def count(config, method, seq_lens: list[int], views: int, projected_tokens: int, formula: str = "measured") -> Flops:
+def count(config, method, seq_lens: list[int], views: int, projected_tokens: int, formula: str = "measured",
+          video: bool = False) -> Flops:
     """FLOPs of one sample: `config` a LlavaConfig, `method` the attached pruning method, `seq_lens` the
-    sample's PruneStats.seq_lens, `views` the vision tower's views (1, or NeXT's 1 + crops), and
-    `projected_tokens` the tokens that went through the projector. `formula` "paper": every part in
-    multiply-adds, the LLM by the paper's F (the module's docstring)."""
+    sample's PruneStats.seq_lens, `views` the vision tower's views (1, NeXT's 1 + crops, or a video's frames
+    with `video`), and `projected_tokens` the tokens that went through the projector. `formula` "paper": every
+    part in multiply-adds, the LLM by the paper's F (the module's docstring)."""
     from llava.model.pruning.base import vision_part
 
     vision = config.vision
@@ -121,6 +131,8 @@ def count(config, method, seq_lens: list[int], views: int, projected_tokens: int
     last = max([select, *probed])
     probe_only = last > select  # the model runs only its probe (clip_encoder.CLIPVisionTower.forward)
     vision_count = vision_flops(vision, views, last + 1 - probe_only, probe_only)
+    if video and config.video.temporal_attention:  # the probe-only layer runs its temporal step in full
+        vision_count += temporal_flops(vision, views, last + 1)
     projector_count = projector_flops(config.projector_type, vision.hidden_size, config.text.hidden_size, projected_tokens)
     if formula == "paper":  # every part in multiply-adds: 2 FLOPs each
         prefill, decode = paper_llm_flops(seq_lens, config.text.hidden_size, config.text.intermediate_size)

@@ -13,14 +13,16 @@ SYSTEM_TOKENS = 35  # LLaVA-1.5's vicuna_v1 system prompt and "USER:", before th
 TEXT_TOKENS = SYSTEM_TOKENS + 20  # and a short question after it
 
 
-def check_prompt_fits(config, text_tokens: int, image_size: tuple[int, int], new_tokens: int) -> None:
+def check_prompt_fits(config, text_tokens: int, image_size: tuple[int, int] | None, new_tokens: int) -> None:
     """InputError unless `text_tokens` non-image tokens, the image's visual tokens unpruned (what every method
     is compared with) and `new_tokens` new ones fit the model's context, as generation requires (a prompt of
-    L tokens gets at most context - L new ones). `fastv bench` and `fastv flops` check this before any work."""
+    L tokens gets at most context - L new ones). `fastv bench` and `fastv flops` check this before any work.
+    `image_size` None: a Video-LLaVA video instead of the image."""
     from llava.errors import InputError
 
-    visual = config.unpruned_image_tokens(image_size)
+    visual = config.unpruned_image_tokens(image_size) if image_size is not None else config.unpruned_video_tokens
     context = config.text.max_position_embeddings
     if text_tokens + visual + new_tokens > context:
-        raise InputError(f"--text-tokens {text_tokens}: {text_tokens} text tokens, the image's {visual} visual tokens "
+        what = "image" if image_size is not None else "video"
+        raise InputError(f"--text-tokens {text_tokens}: {text_tokens} text tokens, the {what}'s {visual} visual tokens "
                          f"(unpruned) and {new_tokens} new token(s) do not fit the model's context of {context} tokens")

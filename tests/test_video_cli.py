@@ -200,3 +200,125 @@ def test_the_real_command_prints_one_line_and_exits_2(tiny_llava_dir, clip):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [f"error: --video needs a Video-LLaVA checkpoint; {tiny_llava_dir} is an image"
                                         " model (no video tower)"]
+
+
+# `fastv bench` and `fastv flops` on Video-LLaVA
+
+
+def test_the_transformers_fastv_reference_on_video_keeps_what_ours_keeps(video_llava):
+    """FastV the released HF way (hooks on VideoLlavaForConditionalGeneration's decoder, eager attention) ranks the
+    2 x 520 video tokens as ours does: the same next-token logits."""
+    import torch
+    from transformers import VideoLlavaForConditionalGeneration
+
+    from fastv.bench.contestants import StageClock, _hf_fastv_hooks, make_inputs
+    from llava.model.builder import load_pretrained_model
+
+    model = load_pretrained_model(str(video_llava))[1]
+    hf = VideoLlavaForConditionalGeneration.from_pretrained(video_llava, attn_implementation="eager").eval()
+    video_token = hf.config.video_token_index
+    prompts, videos, hf_inputs = make_inputs(model, 2, 20, video_token, torch.device("cpu"), torch.float32)
+    assert prompts[0].count(-201) == 1 and int((hf_inputs["input_ids"][0] == video_token).sum()) == 520
+    assert not (hf_inputs["input_ids"] == hf.config.image_token_index).any()
+    k, keep = 2, 130
+    hooks = _hf_fastv_hooks(hf, (k, keep), hf_inputs["input_ids"], video_token, StageClock(torch.device("cpu")))
+    try:
+        with torch.no_grad():
+            theirs = hf(**hf_inputs, use_cache=False, output_attentions=True, logits_to_keep=1).logits[:, -1]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    model.set_pruning(f"fastv:k={k},keep={keep}")
+    with torch.no_grad():
+        ours = model(prompts, None, videos=videos).logits[:, -1]
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_bench_times_videos_against_transformers_video_llava(video_llava, tmp_path):
+    from fastv import bench
+    from fastv.bench.output import REFERENCE
+
+    result = bench.main(model_path=str(video_llava), methods=["none", "fastv:k=2,ratio=0.5", "fastervlm:keep=16"],
+                        new_tokens=2, repeats=1, warmup=0, references="sdpa", json_out=str(tmp_path / "video.json"),
+                        progress=False)
+    rows = {row["method"]: row for row in result["rows"]}
+    prompt = 55  # --text-tokens' default, the <video> placeholder not counted
+    assert result["visual"] == "video" and "55 text tokens + the video" in (tmp_path / "video.md").read_text()
+    assert rows["ours, none"]["visual_tokens"] == rows[REFERENCE]["visual_tokens"] == 520
+    assert rows["ours, none"]["tokens_per_layer_mean"] == prompt + 520
+    fastv = rows["ours, fastv:ratio=0.5"]
+    assert fastv["kept_after_layer_k"] == 260
+    assert fastv["tokens_per_layer_mean"] == pytest.approx((2 * (prompt + 520) + (prompt + 260)) / 3)  # 3 layers, K=2
+    assert rows["ours, fastervlm:keep=16"]["visual_tokens"] == 8 * 17  # per frame: [CLS] + 16 patches
+
+
+def test_a_random_weight_video_preset_is_transformers_video_llava(monkeypatch):
+    """A Video-LLaVA preset with random weights: ours and transformers' VideoLlavaForConditionalGeneration share
+    the weights and give the same logits on the bench's video inputs."""
+    import dataclasses
+
+    import torch
+
+    from fastv.bench import contestants
+    from llava.model.llava_arch import LlavaConfig, VideoConfig
+
+    base = contestants.bench_presets()["bench-video-llava"]
+    assert base.unpruned_video_tokens == 8 * 257 and base.vision.image_size == 224
+    vision = dataclasses.replace(base.vision, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                                 image_size=56)
+    text = dataclasses.replace(base.text, vocab_size=400, hidden_size=64, intermediate_size=96, num_layers=2,
+                               num_heads=4, num_kv_heads=4, head_dim=16)
+    monkeypatch.setattr(contestants, "bench_presets", lambda: {"tiny-video": LlavaConfig(vision, text, video=VideoConfig())})
+    ours, hf, video_token = contestants.random_models("tiny-video", torch.device("cpu"), torch.float32)
+    assert video_token == 398 and hf.config.image_token_index == 399 and hf.config.video_seq_length == 8 * 17
+    assert ours.lm_head.weight.data_ptr() == hf.lm_head.weight.data_ptr()
+    prompts, videos, hf_inputs = contestants.make_inputs(ours, 2, 12, video_token, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        theirs = hf(**hf_inputs, logits_to_keep=1).logits[:, -1]
+        mine = ours(prompts, None, videos=videos).logits[:, -1]
+    torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_video_default_methods_are_fastvs_claim_and_fastervlms_reductions_per_frame():
+    from fastv.flops_table import video_methods
+    from llava.model.llava_arch import LLAVA_PRESETS
+
+    assert video_methods(LLAVA_PRESETS["video-llava-7b"]) == [  # round(256 (1 - r)): VIDEO.md R1
+        "none", "fastv:k=2,ratio=0.5", "fastervlm:keep=192", "fastervlm:keep=128", "fastervlm:keep=64",
+        "fastervlm:keep=26", "fastervlm:keep=13"]
+
+
+def test_temporal_attention_flops_worked_by_hand():
+    from fastv.flops import temporal_flops
+    from llava.model.multimodal_encoder.clip_encoder import VisionConfig
+
+    vision = VisionConfig(hidden_size=2, intermediate_size=4, num_layers=1, num_heads=1, image_size=14, patch_size=14)
+    # N = 1 patch + CLS = 2 positions, D = 2, T = 3 frames, 1 layer: 8 T N D^2 + 4 N T^2 D = 192 + 144
+    assert temporal_flops(vision, frames=3, layers_run=1) == 336
+
+
+def test_flops_of_a_video_count_each_frame_through_the_tower(capsys, video_llava, clip, tmp_path):
+    from fastv import flops_table
+
+    picture = tmp_path / "still.png"
+    helpers.random_images(1, seed=3, sizes=[(112, 112)])[0].save(picture)
+    image = flops_table.main(model_path=str(video_llava), image=str(picture), methods=["none"])["rows"][0]
+    video = flops_table.main(model_path=str(video_llava), video=str(clip),
+                             methods=["none", "fastervlm:keep=16", "fastv:k=2,ratio=0.5"])
+    capsys.readouterr()
+    none, fastervlm, fastv = video["rows"]
+    assert video["prompt"] == "55 text tokens + video (8 frames of 130x90)"
+    assert none["vision"] == 8 * image["vision"]  # the same tower config, run once per frame
+    assert none["projected_tokens"] == 520 and fastervlm["projected_tokens"] == 8 * 17
+    assert none["seq_lens"] == [55 + 520] * 3 and fastv["seq_lens"] == [575, 575, 55 + 260]
+    assert fastervlm["seq_lens"] == [55 + 136] * 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--video", "a.gif"], "--video needs a Video-LLaVA model"),
+    (["--video", "a.gif", "--image", "b.png"], "give --image or --video"),
+])
+def test_flops_video_refusals_are_one_line(capsys, tiny_llava_dir, extra, message):
+    assert main(["flops", "--model-path", str(tiny_llava_dir), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -3,6 +3,7 @@
     fastv bench --preset llava-v1.5-13b --random-weights --device cuda --dtype float16 --json results/X/bench.json
     fastv bench --model-path checkpoints/llava-v1.6-vicuna-7b --methods none hired:rate=0.2 --json bench.json
     fastv bench --preset bench-v1.5 --random-weights --json bench.json     (a small random LLaVA, for CPUs)
+    fastv bench --preset video-llava-7b --random-weights --device cuda --json results/X/video.json   (Video-LLaVA)
 
 Every contestant generates `--new-tokens` tokens (no stop at EOS) for the same batch: the same prompt (`--text-tokens`
 non-image tokens around one image) with a different random image per sample, so that every sample keeps its own
@@ -10,7 +11,10 @@ tokens. The contestants are ours with each method of `--methods`, and (`--refere
 `LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration` with SDPA, unpruned, and, for each FastV method,
 FastV the way its released HF code requires: eager attention in every layer, attention outputs on, the top image
 tokens of layer K-1's last row kept from layer K on, and no KV cache (each new token re-runs and re-selects over the
-whole sequence), with as many image tokens as ours keeps. A `--preset` with `--random-weights` is built on the
+whole sequence), with as many image tokens as ours keeps. On Video-LLaVA (`video-llava-7b`, the CPU-sized `bench-video-llava`, or a
+checkpoint with a video tower) every sample is a video of 8 random frames instead of an image, the reference is
+`VideoLlavaForConditionalGeneration`, and the default methods are FastV's video claim (K=2, R=50% over the whole
+video: "up to 25%" latency reduction, its README) and FasterVLM at 25/50/75/90/95% of each frame's patches. A `--preset` with `--random-weights` is built on the
 meta device and materialised on the target device (transformers' random init, shared with ours: one copy of the
 weights, never an fp32 copy on the host); a forward costs the same whatever the weights.
 
@@ -63,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-weights", action="store_true",
                         help="with --preset: random weights (a forward costs the same whatever the weights)")
     parser.add_argument("--methods", nargs="+",
-                        help=f"method specs [default: {' '.join(DEFAULT_METHODS)}; NeXT: {' '.join(NEXT_METHODS)}]")
+                        help=f"method specs [default: {' '.join(DEFAULT_METHODS)}; NeXT: {' '.join(NEXT_METHODS)}; "
+                             "Video-LLaVA: none fastv:k=2,ratio=0.5 and fastervlm at 25/50/75/90/95%% of each frame's patches]")
     parser.add_argument("--batch", type=int, default=1, help="samples per generation, each with its own image")
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated per sample (no stop at EOS)")
     parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS,
@@ -151,10 +156,16 @@ def main(
         model_path = model_or_shipped(model_path)
     config = model_config(preset, model_path)
     side = bench_image_side(config)
-    check_prompt_fits(config, text_tokens, (side, side), new_tokens)
+    check_prompt_fits(config, text_tokens, None if config.video is not None else (side, side), new_tokens)
     torch_dtype = getattr(torch, dtype) if dtype else default_dtype(dev)
     ours, hf, image_token, model_name = models(preset, model_path, dev, torch_dtype, quant, references)
-    methods = list(methods or (NEXT_METHODS if ours.config.anyres else DEFAULT_METHODS))
+    if ours.config.video is not None:
+        from fastv.flops_table import video_methods
+
+        defaults = video_methods(ours.config)
+    else:
+        defaults = NEXT_METHODS if ours.config.anyres else DEFAULT_METHODS
+    methods = list(methods or defaults)
     for spec in methods:
         ours.set_pruning(spec)  # every method validated against the model before anything is timed
     prompts, images, hf_inputs = make_inputs(ours, batch, text_tokens, image_token if hf is not None else None, dev,
@@ -168,7 +179,8 @@ def main(
             zip(runs.items(), [c.spec for c in contestants])]
     add_ratios(rows)
     result = {"machine": machine(dev), "torch": torch.__version__, "model": model_name, "dtype": str(torch_dtype).split(".")[1],
-              "batch": batch, "new_tokens": new_tokens, "text_tokens": text_tokens, "repeats": repeats, "warmup": warmup,
+              "visual": "video" if ours.config.video is not None else "image", "batch": batch, "new_tokens": new_tokens,
+              "text_tokens": text_tokens, "repeats": repeats, "warmup": warmup,
               "rows": rows}
     write_result(json_out, result, to_markdown(result))
     if json_out:

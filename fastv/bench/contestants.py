@@ -1,7 +1,12 @@
 """The contestants of `fastv bench` and what they run on: ours with a pruning method, through the pruned KV cache,
 and transformers' LLaVA as a user would otherwise run it (SDPA, unpruned; or FastV the way its released HF code
 does it, by the hooks here); the models they share (a checkpoint, or a preset with random weights) and the
-inputs they are given. Each contestant's `run()` generates once and returns a Run (fastv/bench/timing.py)."""
+inputs they are given. Each contestant's `run()` generates once and returns a Run (fastv/bench/timing.py).
+
+On a Video-LLaVA model (a `video-llava-7b` / `bench-video-llava` preset, or a checkpoint with a video tower) every
+sample is a video instead of an image: 8 random frames at the tower's size, one `<video>` placeholder, and
+transformers' reference is `VideoLlavaForConditionalGeneration` (its video tower, 8 x 257 video tokens with each
+frame's [CLS]); FastV's HF-way reference ranks the video tokens as the image ones."""
 
 from __future__ import annotations
 
@@ -17,16 +22,20 @@ from llava.generate import synchronized_time
 
 def bench_presets() -> dict:
     """Small random LLaVAs for timing on a CPU: a CLIP-B-sized tower at 336 px (576 patches) and a 4-layer Llama of
-    width 1024; `-v1.6` is the LLaVA-NeXT of the same parts (stock pinpoints, image_newline)."""
+    width 1024; `-v1.6` is the LLaVA-NeXT of the same parts (stock pinpoints, image_newline). `bench-video-llava`:
+    Video-LLaVA's token counts (224 px, 256 patches + [CLS] per frame, 8 frames: 2056 video tokens) on a 6-layer
+    tower of width 512 and the same 4-layer Llama, so a CPU runs it in minutes."""
     from llava.model.language_model.llava_llama import LlamaConfig
-    from llava.model.llava_arch import NEXT_PINPOINTS, LlavaConfig
+    from llava.model.llava_arch import NEXT_PINPOINTS, LlavaConfig, VideoConfig
     from llava.model.multimodal_encoder.clip_encoder import VisionConfig
 
     vision = VisionConfig(hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12)
     text = LlamaConfig(vocab_size=32064, hidden_size=1024, intermediate_size=2816, num_layers=4, num_heads=16,
                        num_kv_heads=16, head_dim=64)
+    frame_tower = VisionConfig(hidden_size=512, intermediate_size=2048, num_layers=6, num_heads=8, image_size=224)
     return {"bench-v1.5": LlavaConfig(vision, text),
-            "bench-v1.6": LlavaConfig(vision, text, image_grid_pinpoints=NEXT_PINPOINTS)}
+            "bench-v1.6": LlavaConfig(vision, text, image_grid_pinpoints=NEXT_PINPOINTS),
+            "bench-video-llava": LlavaConfig(frame_tower, text, video=VideoConfig())}
 
 
 class Ours:
@@ -36,6 +45,7 @@ class Ours:
         from llava.model.pruning.base import llm_parts, vision_part
 
         self.model, self.prompts, self.images, self.new_tokens, self.clock = model, prompts, images, new_tokens, clock
+        self.video = model.config.video is not None  # Video-LLaVA: `images` are the samples' videos
         self.method = model.set_pruning(spec)
         self.name = f"ours, {self.method.spec}"
         self.spec = self.method.spec
@@ -54,7 +64,8 @@ class Ours:
         hooks = [model.language_model.register_forward_hook(lambda _m, _a, out: caches.append(out.cache))]
         try:
             with PeakMemory(model.device) as memory:
-                out = generate(model, self.prompts, self.images, max_new_tokens=self.new_tokens, eos_token_id=None)
+                visuals = {"videos": self.images} if self.video else {"pixel_values": self.images}
+                out = generate(model, self.prompts, max_new_tokens=self.new_tokens, eos_token_id=None, **visuals)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -206,8 +217,15 @@ def random_models(preset: str, device: torch.device, dtype: torch.dtype):
     config = {**LLAVA_PRESETS, **bench_presets()}[preset]
     raw = hf_config(config, image_token_index=config.text.vocab_size - 1)
     raw["text_config"]["pad_token_id"] = 0
-    hf_class = transformers.LlavaNextForConditionalGeneration if config.anyres else transformers.LlavaForConditionalGeneration
-    hf_config_object = (transformers.LlavaNextConfig if config.anyres else transformers.LlavaConfig)(**raw)
+    if config.video is not None:  # VideoLlavaConfig: <video> next to <image>, the frames' tokens with their [CLS]
+        for key in ("architectures", "model_type", "image_seq_length"):
+            raw.pop(key)
+        raw.update(video_token_index=config.text.vocab_size - 2, video_seq_length=config.unpruned_video_tokens)
+        hf_class, hf_config_object = transformers.VideoLlavaForConditionalGeneration, transformers.VideoLlavaConfig(**raw)
+    else:
+        hf_class = (transformers.LlavaNextForConditionalGeneration if config.anyres
+                    else transformers.LlavaForConditionalGeneration)
+        hf_config_object = (transformers.LlavaNextConfig if config.anyres else transformers.LlavaConfig)(**raw)
     torch.manual_seed(0)
     with torch.device(device):
         hf = hf_class._from_config(hf_config_object, torch_dtype=dtype, attn_implementation="sdpa")
@@ -220,11 +238,11 @@ def random_models(preset: str, device: torch.device, dtype: torch.dtype):
     ours.load_state_dict(weights, assign=True)  # the same tensors: one copy of the weights
     ours.language_model.inv_freq = rope_inverse_frequencies(config.text).to(device)
     ours.eval().requires_grad_(False)
-    return ours, hf, raw["image_token_index"]
+    return ours, hf, raw["video_token_index"] if config.video is not None else raw["image_token_index"]
 
 
 def checkpoint_models(model_path: str, device: torch.device, dtype: torch.dtype, quant: str | None, references: bool):
-    """(ours, transformers' reference or None, image token id) of a checkpoint folder."""
+    """(ours, transformers' reference or None, image token id (Video-LLaVA: the video token's)) of a checkpoint folder."""
     import transformers
 
     from llava.errors import CheckpointError
@@ -235,15 +253,23 @@ def checkpoint_models(model_path: str, device: torch.device, dtype: torch.dtype,
                                           load_8bit=quant == "8bit")
     raw = read_json(read_checkpoint(model_path).folder / "config.json", error=CheckpointError)
     image_token = raw.get("image_token_index", raw.get("image_token_id"))
+    if ours.config.video is not None:
+        image_token = raw.get("video_token_index", raw.get("video_token_id"))
     hf = None
     if references and image_token is not None:  # a llava-hf folder; an original-layout one has no transformers class
-        hf_class = transformers.LlavaNextForConditionalGeneration if ours.config.anyres else transformers.LlavaForConditionalGeneration
+        if ours.config.video is not None:
+            hf_class = transformers.VideoLlavaForConditionalGeneration
+        elif ours.config.anyres:
+            hf_class = transformers.LlavaNextForConditionalGeneration
+        else:
+            hf_class = transformers.LlavaForConditionalGeneration
         hf = hf_class.from_pretrained(model_path, dtype=dtype, attn_implementation="sdpa").to(device).eval()
     return ours, hf, image_token
 
 
 def make_inputs(model, batch: int, text_tokens: int, image_token: int | None, device: torch.device, dtype: torch.dtype):
-    """(our prompts and images, transformers' inputs or None): one prompt, a different random image per sample."""
+    """(our prompts and images, transformers' inputs or None): one prompt, a different random image per sample.
+    Video-LLaVA: a different random video per sample, and `images` are the videos' pixel values (T, 3, S, S) each."""
     import numpy as np
     from PIL import Image
 
@@ -255,6 +281,10 @@ def make_inputs(model, batch: int, text_tokens: int, image_token: int | None, de
     before = min(SYSTEM_TOKENS, text_tokens - 1)  # at least one token after the image: the query FastV ranks by
     words = [3 + (7 * i) % (vocab - 4) for i in range(text_tokens)]  # fixed ids, clear of BOS/EOS/pad and the image id
     words = [w if w != image_token else w - 1 for w in words]
+    if config.video is not None:  # clear of <image> too: Video-LLaVA's two ids are neighbours (32000, 32001)
+        near = {image_token - 1, image_token, image_token + 1} if image_token is not None else set()
+        words = [image_token - 2 if w in near else w for w in words]
+        return _video_inputs(config, batch, [1] + words[1:before], words[before:], image_token, device, dtype)
     prompt = [1] + words[1:before] + [IMAGE_TOKEN_INDEX] + words[before:]
     processor = ImageProcessor(image_size=config.vision.image_size, image_grid_pinpoints=config.image_grid_pinpoints)
     side = bench_image_side(config)
@@ -277,16 +307,40 @@ def make_inputs(model, batch: int, text_tokens: int, image_token: int | None, de
     return [prompt] * batch, images, hf_inputs
 
 
+def _video_inputs(config, batch: int, before: list[int], after: list[int], video_token: int | None,
+                  device: torch.device, dtype: torch.dtype):
+    """make_inputs for Video-LLaVA: one prompt around `<video>`, `config.video.num_frames` random frames per sample."""
+    import numpy as np
+    from PIL import Image
+
+    from llava.constants import VIDEO_TOKEN_INDEX
+    from llava.mm_utils import ImageProcessor
+    from llava.video import preprocess_frames
+
+    side, frames = config.vision.image_size, config.video.num_frames
+    processor = ImageProcessor(image_size=side)
+    videos = []
+    for seed in range(batch):
+        rng = np.random.default_rng(seed)
+        clip = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(frames)]
+        videos.append(preprocess_frames(clip, processor).to(device, dtype))  # (T, 3, S, S)
+    hf_inputs = None
+    if video_token is not None:
+        ids = torch.tensor([before + [video_token] * config.unpruned_video_tokens + after] * batch, device=device)
+        hf_inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": torch.stack(videos)}
+    return [before + [VIDEO_TOKEN_INDEX] + after] * batch, videos, hf_inputs
+
+
 def line_up(ours, hf, methods: list[str], prompts, images, hf_inputs, new_tokens: int, image_token: int | None,
             references: str, clock: StageClock) -> list:
     """Ours with each method, then (with `hf`) transformers unpruned and, with `references` "all", FastV the HF way
     beside each of our FastV rows, keeping as many image tokens as ours does; every stage hooked onto `clock`."""
-    clock.hook_module(ours.vision_tower, "vision")
+    clock.hook_module(ours.video_tower if ours.config.video is not None else ours.vision_tower, "vision")
     clock.hook_module(ours.language_model, "llm")
     contestants = [Ours(ours, spec, prompts, images, new_tokens, clock) for spec in methods]
     if hf is None:
         return contestants
-    clock.hook_module(hf.model.vision_tower, "vision")
+    clock.hook_module(hf.model.video_tower if ours.config.video is not None else hf.model.vision_tower, "vision")
     clock.hook_module(hf.model.language_model, "llm")
     contestants.append(Transformers(hf, hf_inputs, new_tokens, clock, image_token))
     if references == "all":

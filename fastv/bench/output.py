@@ -58,7 +58,7 @@ def to_markdown(result: dict) -> str:
     ratio = lambda r, key: "" if r.get(key) is None else f"{r[key]:.3f}"
     mib = lambda b: "" if b is None else f"{b / 2**20:.0f}"
     lines = [
-        f"{result['model']}, batch {result['batch']}, {result['dtype']}, {result['text_tokens']} text tokens + the image, "
+        f"{result['model']}, batch {result['batch']}, {result['dtype']}, {result['text_tokens']} text tokens + the {result.get('visual', 'image')}, "
         f"{result['new_tokens']} new tokens; median of {result['repeats']} on {result['machine']} (torch {result['torch']})",
         "",
         "| method | visual tokens | kept after layer k | tokens per layer (mean) | vision (ms) | pruning (ms) "
