@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed)")
     parser.add_argument("--conv-mode", default="vicuna_v1", help="conversation template")
-    parser.add_argument("--device", default="cpu", help="torch backend: cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps: where our model runs (vllm backend: its vision side)"
+                                         " [default: cpu; vllm backend: cuda where there is one]")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                         help="weights' dtype (default: float32 on CPU, float16 on CUDA)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="requests answered by one backend call, at most")
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(model_path: str | None = None, method: str = "none", backend: str = "torch", host: str = "127.0.0.1",
-         port: int = 8000, conv_mode: str = "vicuna_v1", device: str = "cpu", dtype: str | None = None,
+         port: int = 8000, conv_mode: str = "vicuna_v1", device: str | None = None, dtype: str | None = None,
          max_batch_size: int = 8, batch_wait_ms: float = 10.0, max_new_tokens: int = 128,
          max_tokens_limit: int = 1024, max_image_mb: float = 20.0, max_image_pixels: int = 4096 * 4096,
          tensor_parallel_size: int = 1, max_model_len: int | None = None, quiet: bool = False) -> None:
@@ -79,9 +80,10 @@ def main(model_path: str | None = None, method: str = "none", backend: str = "to
                     max_tokens=max_tokens_limit, default_max_tokens=max_new_tokens, max_batch_size=max_batch_size,
                     batch_wait_s=batch_wait_ms / 1000)
     model_path = model_or_shipped(model_path)
-    answerer, tokenizer = load_backend(backend, model_path, method, conv_mode=conv_mode, device=device, dtype=dtype,
-                                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
-    count_tokens = None if tokenizer is None else (lambda text: len(tokenizer(text, add_special_tokens=False).input_ids))
+    answerer = load_backend(backend, model_path, method, conv_mode=conv_mode, device=device, dtype=dtype,
+                            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
+    tokenizer = answerer.pipeline.tokenizer  # both backends' (the vLLM one decodes with ours too)
+    count_tokens = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
     try:
         server = ChatServer((host, port), answerer, limits=limits, count_tokens=count_tokens, log=not quiet)
     except OSError as error:
@@ -97,24 +99,21 @@ def main(model_path: str | None = None, method: str = "none", backend: str = "to
         server.server_close()
 
 
-def load_backend(backend: str, model_path: str, method: str, *, conv_mode: str, device: str, dtype: str | None,
+def load_backend(backend: str, model_path: str, method: str, *, conv_mode: str, device: str | None, dtype: str | None,
                  tensor_parallel_size: int, max_model_len: int | None):
-    """(the Backend, its tokenizer or None). The vLLM module is imported only when asked for."""
+    """The TorchBackend or VllmBackend serving `model_path`; the vLLM module is imported only when asked for."""
     import torch
 
     torch_dtype = None if dtype is None else getattr(torch, dtype)
     if backend == "vllm":
-        try:
-            from llava.serve.vllm_backend import VllmBackend
-        except ImportError as error:
-            raise InputError(f"--backend vllm needs vLLM ({error}); install it with `bash setup.sh --vllm`") from error
-        answerer = VllmBackend.load(model_path, method, tensor_parallel_size=tensor_parallel_size, dtype=torch_dtype,
-                                    max_model_len=max_model_len, conv_mode=conv_mode)
-        return answerer, getattr(answerer, "tokenizer", None)
+        from llava.serve.vllm_backend import VllmBackend  # an InputError from load where vLLM is not installed
+
+        return VllmBackend.load(model_path, method, tensor_parallel_size=tensor_parallel_size, dtype=torch_dtype,
+                                max_model_len=max_model_len, conv_mode=conv_mode, device=device)
     from llava.device import resolve_device
     from llava.eval.backend import TorchBackend
     from llava.pipeline import LlavaPipeline
 
+    device = device or "cpu"
     resolve_device(device)
-    pipe = LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device, dtype=torch_dtype)
-    return TorchBackend(pipe), pipe.tokenizer
+    return TorchBackend(LlavaPipeline.load(model_path, method=method, conv_mode=conv_mode, device=device, dtype=torch_dtype))

@@ -17,7 +17,9 @@ import io
 import json
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,47 +67,73 @@ EXAMPLE_URL = data_url(EXAMPLE.read_bytes())
 # ----------------------------------------------------------------------------- the server, launched
 
 
-@pytest.fixture(scope="module")
-def server():
-    """`fastv serve` on a free port of 127.0.0.1 -> its base URL; stopped after the module."""
+def launch(*options: str):
+    """Run `fastv serve` on a free port of 127.0.0.1 with these options; yield its base URL, then stop it."""
     command = [sys.executable, "-m", "fastv.cli", "serve", "--port", "0", "--quiet", "--max-batch-size", "8",
                "--batch-wait-ms", "50", "--max-image-mb", str(MAX_IMAGE_MB), "--max-image-pixels",
-               str(MAX_IMAGE_PIXELS), "--max-tokens-limit", "64", "--max-new-tokens", "16"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = process.stdout.readline()  # printed once the model is loaded and the port bound
-    if "http://" not in line:
+               str(MAX_IMAGE_PIXELS), "--max-tokens-limit", "64", "--max-new-tokens", "16", *options]
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log")  # its output: vLLM logs on stdout too
+    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+    line = wait_for_url(process, Path(log.name))
+    if line is None:
         process.kill()
-        pytest.fail(f"fastv serve did not start: {line}{process.stderr.read()}")
+        pytest.fail(f"fastv serve did not start: {Path(log.name).read_text()[-3000:]}")
     yield line.split(" on ")[-1].strip()
     process.terminate()
-    process.wait(timeout=30)
+    process.wait(timeout=60)
+    log.close()
+
+
+def wait_for_url(process: subprocess.Popen, log: Path, timeout: float = 600) -> str | None:
+    """The line `fastv serve` prints once the model is loaded and the port bound; None if it exits first."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("fastv serve:") and " on http://" in line:
+                return line
+        time.sleep(0.2)
+    return None
 
 
 @pytest.fixture(scope="module")
-def client(server):
+def server():
+    """`fastv serve` (torch backend) -> its base URL; stopped after the module."""
+    yield from launch()
+
+
+def openai_client(url: str):
     try:
         import openai
     except ImportError:
         openai = None
     _need(openai is not None, "the openai client is not installed (pip install -e '.[test]')")
-    return openai.OpenAI(base_url=server, api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def cli_answers():
+def client(server):
+    return openai_client(server)
+
+
+def pipeline_answers(methods: list[str]) -> dict:
     """(method, question) -> what `fastv run` answers on the example, one question at a time through LlavaPipeline
     loaded with the method: (answer, visual tokens, prompt tokens, canonical spec)."""
     from llava.pipeline import LlavaPipeline, Request
     from llava.mm_utils import load_image
 
     image, answers = load_image(EXAMPLE), {}
-    for method in METHODS:
+    for method in methods:
         pipe = LlavaPipeline.load(str(SHIPPED_MODEL), method=method)
         for question in QUESTIONS:
             (answer,) = pipe.answer([Request(image, question)], max_new_tokens=16)
             prompt_tokens = len(answer.prompt_ids) - 1 + sum(answer.visual_tokens)
             answers[method, question] = (answer.text, answer.visual_tokens, prompt_tokens, pipe.method_spec)
     return answers
+
+
+@pytest.fixture(scope="module")
+def cli_answers():
+    return pipeline_answers(METHODS)
 
 
 def health(server: str) -> dict:
@@ -150,7 +178,7 @@ def test_a_streamed_request_sends_the_cli_answer_and_the_pruning_in_its_last_chu
 
 @needs_model
 def test_concurrent_requests_with_their_own_methods_each_answer_as_the_cli(client, server, cli_answers):
-    asked = [(method, question) for method in METHODS for question in QUESTIONS] * 2
+    asked = list(cli_answers) * 2  # every (method, question) twice
     before = health(server)
     with concurrent.futures.ThreadPoolExecutor(len(asked)) as pool:
         responses = list(pool.map(lambda pair: ask(client, pair[1], pair[0]), asked))
