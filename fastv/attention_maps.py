@@ -29,7 +29,7 @@ def analyse(pipe, picture, prompt: str, max_new_tokens: int, overlay_layer: int)
     from llava.pipeline import Request
 
     model = pipe.model
-    _, (prompt_ids,), images = pipe.encode([Request(image=picture, text=prompt)])
+    _, (prompt_ids,), images, _ = pipe.encode([Request(image=picture, text=prompt)])
     answer = generate(model, [prompt_ids], images, max_new_tokens=max_new_tokens,
                       eos_token_id=pipe.tokenizer.eos_token_id, context_len=pipe.context_len).tokens[0]
     answer = [t for t in answer if t != pipe.tokenizer.eos_token_id]
