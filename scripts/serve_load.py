@@ -74,7 +74,8 @@ def main() -> int:
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "server": url if args.url else f"fastv serve --backend {args.backend} --max-batch-size {args.max_batch_size}"
                                        + (f" --model-path {args.model_path}" if args.model_path else ""),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_1min_after": round(os.getloadavg()[0], 2)},  # other work on the machine skews timings
         "cases": len(cases), "methods": methods, "clients": args.clients, "max_tokens": args.max_tokens,
         "time_limit_s": args.time_limit, **result,
         "backend_calls": calls, "mean_batch": None if not calls else round(result["answered"] / calls, 2),
