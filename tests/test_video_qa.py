@@ -378,6 +378,24 @@ def test_judging_a_run_of_another_benchmark_or_a_bad_url_is_refused(tmp_path, ca
     assert capsys.readouterr().err == "error: --judge-url 'api.openai.com/v1' is no http:// or https:// URL\n"
 
 
+@pytest.mark.parametrize("url, message", [
+    ("http://127.0.0.1:notaport/v1", "no valid URL .*Port could not be cast"),
+    ("http://127.0.0.1:99999/v1", "no valid URL .*out of range"),
+    ("http:///v1", "no valid URL \\(no host name"),
+    ("http://exa mple.com/v1", "no valid URL \\(no host name, or spaces"),
+])
+def test_a_judge_url_that_names_no_server_is_refused_before_any_request(url, message):
+    # refused when the judge is made: a request to it would only be retried as if the failure were transient
+    with pytest.raises(InputError, match=message):
+        ChatJudge(url, "m")
+
+
+def test_a_timeout_that_is_no_positive_number_of_seconds_is_one_line(tmp_path, capsys):
+    for timeout in ("-1", "0", "nan", "inf"):
+        assert judge_main([str(tmp_path), "--judge-url", "http://127.0.0.1:9/v1", "--timeout", timeout]) == 2
+        assert capsys.readouterr().err == f"error: --timeout must be a positive number of seconds, got {float(timeout)}\n"
+
+
 def test_answers_are_matched_by_question_id_not_position_and_resume(tmp_path):
     data = make_msvd(tmp_path / "data")
     run(data, tmp_path / "out")

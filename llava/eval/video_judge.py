@@ -30,9 +30,11 @@ import ast
 import hashlib
 import http.client
 import json
+import math
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,12 +202,23 @@ class ChatJudge:
     """An OpenAI-compatible chat endpoint: `ask(messages)` -> (reply text, the model name the endpoint reports).
 
     Transient failures (no connection, HTTP 429 and 5xx) are tried again `retries` times, waiting
-    `wait`, 2 `wait`, 4 `wait`, ... seconds; what still fails, and any other HTTP error, is an InputError."""
+    `wait`, 2 `wait`, 4 `wait`, ... seconds; what still fails, and any other HTTP error, is an InputError.
+    A URL that cannot name a server (no host, a port that is no number, spaces) and a timeout that is not a
+    positive number of seconds are InputErrors here, before any request (never retried as if transient)."""
 
     def __init__(self, url: str, model: str, api_key: str | None = None, *, timeout: float = 60.0,
                  retries: int = 4, wait: float = 2.0):
         if not url.startswith(("http://", "https://")):
             raise InputError(f"--judge-url {url!r} is no http:// or https:// URL")
+        parts = urllib.parse.urlsplit(url)
+        try:
+            parts.port  # a port that is no number, or out of range, raises here
+        except ValueError as error:
+            raise InputError(f"--judge-url {url!r} is no valid URL ({error})") from None
+        if not parts.hostname or any(c.isspace() or not c.isprintable() for c in url):
+            raise InputError(f"--judge-url {url!r} is no valid URL (no host name, or spaces in it)")
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise InputError(f"--timeout must be a positive number of seconds, got {timeout}")
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model, self.api_key, self.timeout, self.retries, self.wait = model, api_key, timeout, retries, wait
