@@ -12,6 +12,9 @@ Reproduces Video-LLaVA's video input (VIDEO.md, R0.1) without torchvision or dec
   -- what transformers' CLIPImageProcessor does to each frame, and what its VideoLlavaVideoProcessor
   does to the 8 frames it is handed. No random flip (Video-LLaVA's evaluation flips with p = 0.5; the
   HF port does not). No pad to a square (that is LLaVA-1.5's image rule, not the video tower's).
+  Video-LLaVA's own code (LanguageBind's processing_video.py) resizes differently: pytorchvideo's
+  ShortSideScale, bilinear without antialiasing, on the normalised frames; so on the original checkpoint
+  the pixel values are the HF port's, not the release's (close, not equal).
 Every bad input (missing, unreadable, not a video, no frames, fewer than 8) is one-line InputError.
 """
 

@@ -175,8 +175,9 @@ def judge_scores(questions: list[Question], answers: dict, output_dir: Path) -> 
 
 
 def write_judge_input(questions: list[Question], answers: dict, path: Path) -> None:
-    """Every question as a line of Video-LLaVA's merge.jsonl: {id, question, answer, pred} (pred "" for an
-    error line: upstream's judge then counts it, as we do)."""
+    """Every readable question as a line of Video-LLaVA's merge.jsonl: {id, question, answer, pred} (pred "" for
+    an error line: upstream's judge then counts it, as we do). A malformed question entry has no line (it has no
+    question or answer to show), though our scores count it wrong."""
     with open(path, "w", encoding="utf-8") as file:
         for question in questions:
             if question.error is None:
