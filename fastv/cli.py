@@ -3,6 +3,7 @@
     fastv run --model-path P --image IMG --prompt TEXT [--method SPEC] [--json]   (fastv/run.py)
     fastv methods                       list the registered pruning methods and their parameters (fastv/methods.py)
     fastv bench [...]                   TTFT, decode, memory, KV cache: every method beside transformers (fastv/bench/)
+    fastv bench-vllm [...]              answers per second of the vLLM backend against ours, batch 1/8/32 (fastv/bench_vllm.py)
     fastv sweep --out DIR [...]         accuracy of every method at several budgets on one benchmark (fastv/sweep.py)
     fastv report RUN_DIRS... [--out T]  the paper-style table of evaluation runs (fastv/report.py)
     fastv flops [--preset NAME] [...]   analytic FLOPs of every method from real sequence lengths (fastv/flops_table.py)
@@ -20,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastv import analyze, attention, bench, demo, flops_table, methods, report, run, serve, sweep
+from fastv import analyze, attention, bench, bench_vllm, demo, flops_table, methods, report, run, serve, sweep
 from llava.errors import CheckpointError, InputError, print_error
 
 COMMANDS = {  # subcommand -> what runs it, given the parsed options
@@ -28,6 +29,7 @@ COMMANDS = {  # subcommand -> what runs it, given the parsed options
     "methods": methods.main,
     "bench": bench.main,
     "bench-prefill": bench.main,
+    "bench-vllm": bench_vllm.main,
     "sweep": sweep.main,
     "report": lambda **options: print(report.report(**options)),
     "flops": flops_table.main,
@@ -45,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the pruning methods and their parameters")
     bench.add_arguments(sub.add_parser("bench", aliases=["bench-prefill"], help=bench.__doc__.splitlines()[0],
                                        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    bench_vllm.add_arguments(sub.add_parser("bench-vllm", help=bench_vllm.__doc__.splitlines()[0], description=bench_vllm.__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
     sweep.add_arguments(sub.add_parser("sweep", help=sweep.__doc__.splitlines()[0]))
     report.add_arguments(sub.add_parser("report", help="the paper-style table of evaluation runs (Markdown and CSV)"))
     flops_table.add_arguments(sub.add_parser("flops", help=flops_table.__doc__.splitlines()[0]))
