@@ -183,6 +183,17 @@ def test_a_video_layout_other_than_video_llavas_is_refused(tiny_video_dir, tmp_p
         load_pretrained_model(str(folder))
 
 
+def test_an_unknown_video_cls_is_refused_before_any_weight_is_read(tiny_video_dir, monkeypatch):
+    import llava.model.builder as builder
+
+    def no_weights(files):
+        raise AssertionError("the weights were read before video_cls was checked")
+
+    monkeypatch.setattr(builder, "read_weights", no_weights)
+    with pytest.raises(InputError, match="unknown video_cls 'first' \\(known: keep, drop\\)"):
+        load_pretrained_model(str(tiny_video_dir), video_cls="first")
+
+
 def test_video_options_and_inputs_are_refused_in_one_line(tiny_llava_dir, loaded_video, loaded):
     with pytest.raises(InputError, match="--video-cls is for Video-LLaVA"):
         load_pretrained_model(str(tiny_llava_dir), video_cls="drop")

@@ -115,6 +115,8 @@ def load_pretrained_model(
     pinpoints = anyres_options(checkpoint, patch_merge, image_grid)  # checked before any weight is read
     if video_cls is not None and checkpoint.config.video is None:
         raise InputError(f"--video-cls is for Video-LLaVA checkpoints; {checkpoint.folder} has no video tower")
+    if video_cls is not None:  # an unknown value is refused by VideoConfig here, before any weight is read
+        dataclasses.replace(checkpoint.config.video, cls=video_cls)
     base_files = weight_files(checkpoint_folder(model_base)) if model_base is not None else []
     files, clip_files = checkpoint.resolve_weight_files()
     tokenizer = load_tokenizer(checkpoint.folder)  # before the weights: a bad tokenizer fails in seconds, not minutes
