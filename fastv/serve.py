@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest image file accepted, in MB of 2**20 bytes (decoded from its data URL)")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
                         help="largest image accepted, width x height in pixels (read before decoding)")
+    parser.add_argument("--max-waiting", type=int, default=256,
+                        help="requests waiting for the model, at most; more are answered 503 (try again later)")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend: GPUs the LLM is split over")
     parser.add_argument("--max-model-len", type=int, help="vllm backend: context length (default: the model's)")
     parser.add_argument("--quiet", action="store_true", help="no line per request on stderr")
@@ -52,7 +54,7 @@ def main(model_path: str | None = None, method: str = "none", backend: str = "to
          port: int = 8000, conv_mode: str = "vicuna_v1", device: str | None = None, dtype: str | None = None,
          max_batch_size: int = 8, batch_wait_ms: float = 10.0, max_new_tokens: int = 128,
          max_tokens_limit: int = 1024, max_image_mb: float = 20.0, max_image_pixels: int = 4096 * 4096,
-         tensor_parallel_size: int = 1, max_model_len: int | None = None, quiet: bool = False) -> None:
+         max_waiting: int = 256, tensor_parallel_size: int = 1, max_model_len: int | None = None, quiet: bool = False) -> None:
     """Load the model behind the backend, then serve until interrupted. Every option is checked first."""
     from llava.conversation import conversation_template
     from llava.generate import check_generation_options
@@ -66,6 +68,7 @@ def main(model_path: str | None = None, method: str = "none", backend: str = "to
     check_at_least("--max-batch-size", max_batch_size, 1)
     check_at_least("--max-tokens-limit", max_tokens_limit, 1)
     check_at_least("--max-image-pixels", max_image_pixels, 1)
+    check_at_least("--max-waiting", max_waiting, 1)
     check_at_least("--tensor-parallel-size", tensor_parallel_size, 1)
     check_generation_options(max_new_tokens, 0.0)
     if max_new_tokens > max_tokens_limit:
@@ -78,7 +81,7 @@ def main(model_path: str | None = None, method: str = "none", backend: str = "to
         raise InputError("--tensor-parallel-size and --max-model-len are options of --backend vllm")
     limits = Limits(max_image_bytes=int(max_image_mb * 2**20), max_image_pixels=max_image_pixels,
                     max_tokens=max_tokens_limit, default_max_tokens=max_new_tokens, max_batch_size=max_batch_size,
-                    batch_wait_s=batch_wait_ms / 1000)
+                    max_waiting=max_waiting, batch_wait_s=batch_wait_ms / 1000)
     model_path = model_or_shipped(model_path)
     answerer = load_backend(backend, model_path, method, conv_mode=conv_mode, device=device, dtype=dtype,
                             tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)

@@ -29,7 +29,7 @@ import pytest
 from fastv.shipped import SHIPPED_MODEL
 from llava.errors import InputError
 from llava.eval.backend import Backend, BackendInfo, Prompt, Reply
-from llava.serve.server import Batcher, ChatRequest, Limits, RequestError, parse_chat_request
+from llava.serve.server import Batcher, ChatRequest, ChatServer, Limits, RequestError, parse_chat_request
 from tests.test_demo import _need
 
 REPO = Path(__file__).resolve().parents[1]
@@ -321,14 +321,16 @@ def test_bad_serve_options_are_one_line_errors_before_loading(arguments, message
 
 class RecordingBackend(Backend):
     """Answers each prompt with its text and the method it ran under; refuses a prompt saying 'refuse', fails on
-    one saying 'crash'; the first call waits for `release`, so that requests can queue behind it."""
+    one saying 'crash'; the first call says it has begun (`entered`) and waits for `release`, so that requests
+    can queue behind it."""
 
     def __init__(self):
         self.calls: list[tuple[str | None, list[str]]] = []
-        self.release = threading.Event()
+        self.entered, self.release = threading.Event(), threading.Event()
 
     def answer(self, prompts, *, max_new_tokens, temperature, seed, method=None):
         if not self.calls:
+            self.entered.set()
             self.release.wait(timeout=30)
         self.calls.append((method, [p.text for p in prompts]))
         if any(p.text == "refuse" for p in prompts):
@@ -349,8 +351,7 @@ def test_the_batcher_groups_waiting_requests_by_method_and_options_in_arrival_or
     backend = RecordingBackend()
     batcher = Batcher(backend, "none", max_batch_size=3, batch_wait_s=0.0)
     first = batcher.submit(chat("a"))
-    while batcher.waiting.qsize():  # the batcher has taken the first request and waits in the backend
-        threading.Event().wait(0.01)
+    backend.entered.wait(timeout=30)  # the batcher has taken the first request and waits in the backend
     waiting = [chat("b", "fastervlm:keep=36"), chat("c"), chat("d", "fastervlm:keep=36"), chat("e", max_tokens=4),
                chat("f", "fastervlm:keep=36"), chat("g")]
     futures = [batcher.submit(request) for request in waiting]
@@ -367,8 +368,7 @@ def test_a_refused_group_is_asked_again_one_by_one_and_a_crash_reaches_its_reque
     backend = RecordingBackend()
     batcher = Batcher(backend, "none", max_batch_size=8, batch_wait_s=0.0)
     first = batcher.submit(chat("a"))
-    while batcher.waiting.qsize():
-        threading.Event().wait(0.01)
+    backend.entered.wait(timeout=30)
     futures = [batcher.submit(chat(text)) for text in ["b", "refuse", "c"]]
     backend.release.set()
     assert first.result(timeout=30).text == "a/None"
@@ -380,6 +380,29 @@ def test_a_refused_group_is_asked_again_one_by_one_and_a_crash_reaches_its_reque
     assert batcher.submit(chat("d")).result(timeout=30).text == "d/None"  # still serving
     batcher.stop()
     assert backend.calls[1:4] == [(None, ["b", "refuse", "c"]), (None, ["b"]), (None, ["refuse"])]
+
+
+def test_a_full_queue_is_answered_503_and_the_waiting_requests_are_served():
+    backend = RecordingBackend()
+    server = ChatServer(("127.0.0.1", 0), backend, limits=Limits(max_waiting=1, batch_wait_s=0.0), log=False)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    body = lambda text: json.dumps({"messages": user(text), "max_tokens": 8}).encode()  # noqa: E731
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post, server.url, body("a"))
+            backend.entered.wait(timeout=30)  # "a" is in the backend
+            second = pool.submit(post, server.url, body("b"))
+            while server.batcher.waiting.qsize() < 1:  # "b" waits
+                time.sleep(0.01)
+            status, answer = post(server.url, body("c"))
+            assert status == 503 and answer["error"]["code"] == "overloaded"
+            assert answer["error"]["message"] == "the server's queue is full (1 waiting, its --max-waiting); try again later"
+            backend.release.set()
+            assert [f.result(timeout=30)[1]["choices"][0]["message"]["content"] for f in (first, second)] == \
+                ["a/None", "b/None"]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def parse(body: dict, limits: Limits = Limits()) -> ChatRequest:

@@ -76,8 +76,11 @@ class Backend(ABC):
     """What answers the runner's questions (see the module docstring)."""
 
     @abstractmethod
-    def answer(self, prompts: list[Prompt], *, max_new_tokens: int, temperature: float, seed: int) -> list[Reply]:
-        """One Reply per prompt, in order; InputError for a batch holding a prompt it cannot answer."""
+    def answer(self, prompts: list[Prompt], *, max_new_tokens: int, temperature: float, seed: int,
+               method: str | None = None) -> list[Reply]:
+        """One Reply per prompt, in order; InputError for a batch holding a prompt it cannot answer. `method`: a
+        pruning spec for this call instead of the backend's own (fastv serve's per-request method); InputError
+        when it cannot run it."""
 
     @abstractmethod
     def describe(self) -> BackendInfo:

@@ -63,6 +63,7 @@ class Limits:
     max_tokens: int = 1024  # the most new tokens a request may ask for (`max_tokens`)
     default_max_tokens: int = 128  # a request that does not say
     max_batch_size: int = 8  # requests per backend call
+    max_waiting: int = 256  # requests waiting for the backend; more are answered 503 (try again later)
     batch_wait_s: float = 0.01  # how long the first waiting request waits for others to join its batch
 
 
@@ -100,7 +101,7 @@ def parse_chat_request(body: bytes, *, model_id: str, default_method: str, limit
     if model is not None and model != model_id:
         raise RequestError(f"model '{model}' is not served here; this server serves '{model_id}'", 404, "model_not_found")
     for field, default in UNSUPPORTED.items():
-        if request.get(field, default) not in (default, None):
+        if request.get(field, default) not in (default, None, []):
             raise RequestError(f"'{field}' is not supported by this server (leave it out)", code="unsupported_parameter")
 
     method = request.get("pruning")
@@ -114,7 +115,8 @@ def parse_chat_request(body: bytes, *, model_id: str, default_method: str, limit
     except InputError as error:
         raise RequestError(str(error), code="invalid_method") from error
 
-    max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
+    max_tokens = request.get("max_completion_tokens")  # OpenAI's newer name of max_tokens
+    max_tokens = request.get("max_tokens") if max_tokens is None else max_tokens
     max_tokens = limits.default_max_tokens if max_tokens is None else max_tokens
     temperature = request.get("temperature")
     temperature = 0.0 if temperature is None else temperature
@@ -375,6 +377,15 @@ class ChatServer(ThreadingHTTPServer):
         super().server_close()
         self.batcher.stop()
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away before its answer was sent is one line in the log, not a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            if self.log:
+                print(f"{client_address[0]}:{client_address[1]} went away ({type(error).__name__})", file=sys.stderr)
+        else:
+            super().handle_error(request, client_address)
+
 
 class Handler(BaseHTTPRequestHandler):
     server: ChatServer
@@ -401,6 +412,10 @@ class Handler(BaseHTTPRequestHandler):
                 raise RequestError(f"no such path: POST {path} (this server answers /v1/chat/completions)", 404, "not_found")
             request = parse_chat_request(self._read_body(), model_id=self.server.model_id,
                                          default_method=self.server.default_method, limits=self.server.limits)
+            waiting = self.server.batcher.waiting.qsize()
+            if waiting >= self.server.limits.max_waiting:
+                raise RequestError(f"the server's queue is full ({waiting} waiting, its --max-waiting); try again later",
+                                   503, "overloaded")
             reply = self.server.batcher.submit(request).result()
         except InputError as error:
             self._send_error(error)
@@ -434,7 +449,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is not read
             raise RequestError(f"the request body is {int(length) / 2**20:.1f} MB; the limit is {most / 2**20:.1f} MB "
                                "(an image of the server's --max-image-mb in base64, and the text)", 413, "too_large")
-        return self.rfile.read(int(length))
+        try:
+            return self.rfile.read(int(length))
+        except TimeoutError as error:
+            self.close_connection = True
+            raise RequestError(f"the request body did not arrive within {self.timeout} s", 408, "timeout") from error
 
     def _send_error(self, error: InputError) -> None:
         status, code = (error.status, error.code) if isinstance(error, RequestError) else (400, "invalid_request")
