@@ -87,6 +87,31 @@ def sample_prompt(sample, conv_mode: str = "vicuna_v1", instruction: bool = True
     return build_prompt(question, conv_mode)
 
 
+def conversation_ids(tokenizer, prompt: str, answer: str, extra: list[tuple[str, str]], bare, name: str):
+    """A training conversation -> (ids, label_index, prompt ids, first target ids).
+
+    `prompt` (its first user turn, ready for the assistant) is answered by
+    `answer`; each (question, answer) of `extra` is one more vicuna_v1 turn,
+    asked without the short-answer instruction where `bare[k]`. The loss is on
+    every answer and its `</s>` (`label_index`: their positions in `ids`).
+    """
+    prompt_ids = tokenizer_image_token(prompt, tokenizer)
+    full = tokenizer_image_token(prompt + " " + answer, tokenizer)
+    if full[: len(prompt_ids)] != prompt_ids:
+        raise RuntimeError(f"{name}: the answer's tokens change the prompt's tokenization")
+    target = full[len(prompt_ids):] + [tokenizer.eos_token_id]
+    ids, label_index = prompt_ids + target, list(range(len(prompt_ids), len(prompt_ids) + len(target)))
+    for k, (question, answer) in enumerate(extra):
+        user = question if bare[k] else f"{question}\n{synthetic.SHORT_ANSWER_PROMPT}"
+        turn = tokenizer_image_token(f"USER: {user} ASSISTANT:", tokenizer)
+        turn_full = tokenizer_image_token(f"USER: {user} ASSISTANT: {answer}", tokenizer)
+        turn, answer_ids = turn[1:], turn_full[len(turn):] + [tokenizer.eos_token_id]  # no BOS mid-text
+        ids += turn
+        label_index += range(len(ids), len(ids) + len(answer_ids))
+        ids += answer_ids
+    return ids, label_index, prompt_ids, target
+
+
 # ---- views and their labels ----------------------------------------------------------------------
 
 
@@ -163,20 +188,8 @@ class Encoder:
         rng = np.random.default_rng([11, synthetic.sample_seed(sample.split, sample.index)])
         bare = rng.random(1 + self.extra_turns) < self.bare_rate  # turns asked without the instruction
         prompt = sample_prompt(sample, training_conv_mode(sample), instruction=not bare[0])
-        prompt_ids = tokenizer_image_token(prompt, self.tokenizer)
-        full = tokenizer_image_token(prompt + " " + sample.answer, self.tokenizer)
-        if full[: len(prompt_ids)] != prompt_ids:
-            raise RuntimeError(f"{sample.question_id}: the answer's tokens change the prompt's tokenization")
-        target = full[len(prompt_ids):] + [self.tokenizer.eos_token_id]
-        ids, label_index = prompt_ids + target, list(range(len(prompt_ids), len(prompt_ids) + len(target)))
-        for k, (question, answer) in enumerate(self.extra_questions(sample)):
-            user = question if bare[k + 1] else f"{question}\n{synthetic.SHORT_ANSWER_PROMPT}"
-            turn = tokenizer_image_token(f"USER: {user} ASSISTANT:", self.tokenizer)
-            turn_full = tokenizer_image_token(f"USER: {user} ASSISTANT: {answer}", self.tokenizer)
-            turn, answer_ids = turn[1:], turn_full[len(turn):] + [self.tokenizer.eos_token_id]  # no BOS mid-text
-            ids += turn
-            label_index += range(len(ids), len(ids) + len(answer_ids))
-            ids += answer_ids
+        ids, label_index, prompt_ids, target = conversation_ids(
+            self.tokenizer, prompt, sample.answer, self.extra_questions(sample), bare[1:], sample.question_id)
         return {"prompt": prompt_ids, "target": target, "ids": ids, "label_index": label_index,
                 "image": self.image(sample), **self.labels(sample),
                 "type": sample.question_type, "answer": sample.answer}

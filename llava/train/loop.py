@@ -28,6 +28,7 @@ from llava.train.losses import aux_losses, lm_loss
 from llava.train.model import AuxHeads, TrainableLlava, capture_attention_input, initialize
 
 AUX_LOSSES = ("cls", "patch", "where", "ocr", "text", "align", "ground", "copy", "object_copy")
+TRAIN_LOOKS = synthetic.LOOKS + (synthetic.VIDEO_LOOK,)
 HR_PINPOINTS = tuple((height, width) for width, height in synthetic.HR_CANVASES)  # (height, width), as the config
 
 
@@ -100,11 +101,12 @@ def parse_args(argv=None):
                         "decoder, and a fresh image_newline")
     g.add_argument("--export-only", action="store_true", help="load OUT/last.pt and only --export it")
     g = p.add_argument_group("data")
-    g.add_argument("--looks", type=_weights_arg(synthetic.LOOKS, "looks"), default={"lattice": 1.0},
+    g.add_argument("--looks", type=_weights_arg(TRAIN_LOOKS, "looks"), default={"lattice": 1.0},
                    metavar="LOOK=W,...",
-                   help=f"the mix of the generator's looks ({', '.join(synthetic.LOOKS)}) among the training "
-                        "images, e.g. lattice=1,varied=1 (drawn is the held-out style: never train on it)")
-    g.add_argument("--eval-looks", nargs="+", choices=synthetic.LOOKS,
+                   help=f"the mix of the generator's looks ({', '.join(TRAIN_LOOKS)}) among the training "
+                        "samples, e.g. lattice=1,varied=1 (drawn is the held-out style: never train on it; video: "
+                        "shapes_video clips, with --video)")
+    g.add_argument("--eval-looks", nargs="+", choices=TRAIN_LOOKS,
                    help="validation splits evaluated during the run (default: the training looks)")
     g.add_argument("--extra-turns", type=int, default=3,
                    help="more questions about each training image, as further vicuna_v1 turns with the loss on "
@@ -167,6 +169,13 @@ def parse_args(argv=None):
     g.add_argument("--next", action="store_true",
                    help="LLaVA-NeXT: anyres over the hr look's canvases as image_grid_pinpoints, the stock "
                         "spatial_unpad merge with image_newline")
+    g.add_argument("--video", action="store_true",
+                   help="Video-LLaVA (llava/train/video.py): from --init-from's LLaVA-1.5 model, a video tower "
+                        "beside the image tower and a <video> token; trains the projector and decoder on the "
+                        "looks' mix, where video is shapes_video clips (the auxiliary heads are off)")
+    g.add_argument("--video-token-drop", type=float, default=0.0,
+                   help="with --video: probability that a training frame keeps only its CLS, object and text "
+                        "tokens and a random share of the rest (as --token-drop for image views)")
     g.add_argument("--patch-size", type=int, default=28, help="ViT patch (336 / 28 = 12x12 = 144 tokens)")
     g.add_argument("--vision-width", type=int, default=128)
     g.add_argument("--vision-layers", type=int, default=6)
@@ -225,6 +234,16 @@ def save_checkpoint(path: Path, model, heads, optimizer, step: int, samples: int
 def build_model(args, tokenizer, log) -> tuple[TrainableLlava, int, dict | None]:
     """The model to train, the train sample its data starts at, and the heads' state to start from (or None)."""
     init = args.init_from
+    if args.video:
+        from llava.train.video import freeze_towers, video_model
+
+        if init is None or not init.is_dir():
+            raise SystemExit("--video needs --init-from an exported LLaVA-1.5 model folder")
+        model = video_model(init, tokenizer)
+        freeze_towers(model)
+        log(f"initialised a Video-LLaVA from the exported model {init}: both towers from its vision tower "
+            f"(frozen), a <video> token, {model.config.text.max_position_embeddings} positions")
+        return model, 0, None
     if init is not None and init.is_dir():  # an exported model: its weights, fresh heads
         from llava.model.builder import load_pretrained_model
 
@@ -257,11 +276,19 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     log = Logger(args.out / "train.log")
-    tokenizer = build_tokenizer()
+    if args.video:
+        from llava.train import video as video_recipe
+
+        tokenizer = video_recipe.video_tokenizer()
+    else:
+        if synthetic.VIDEO_LOOK in args.looks or synthetic.VIDEO_LOOK in (args.eval_looks or ()):
+            raise SystemExit("the video look is for --video runs")
+        tokenizer = build_tokenizer()
     model, first_sample, heads_state = build_model(args, tokenizer, log)
     config = model.config
     model.token_drop = args.token_drop
-    weights = {name: getattr(args, f"{name}_aux_weight") for name in AUX_LOSSES}
+    model.video_token_drop = args.video_token_drop
+    weights = {name: 0.0 if args.video else getattr(args, f"{name}_aux_weight") for name in AUX_LOSSES}
     if weights["ground"] > 0 or weights["copy"] > 0 or weights["object_copy"] > 0:
         capture_attention_input(model, args.ground_layer)
     heads = AuxHeads(config.vision.hidden_size, config.vision.grid_size)
@@ -299,18 +326,26 @@ def main(argv=None) -> dict:
 
     processor = processor_of(config)
     make_encoder = lambda: Encoder(processor, config.vision.patch_size, args.extra_turns, args.bare_rate, args.turn_weights)
-    data = TrainSamples(first_sample + step * args.batch_size, (args.steps - step) * args.batch_size, make_encoder,
-                        args.looks, args.text_rate)
+    first, count = first_sample + step * args.batch_size, (args.steps - step) * args.batch_size
+    if args.video:
+        data = video_recipe.VideoSamples(first, count, processor, config.vision.patch_size, args.looks,
+                                         args.extra_turns, args.bare_rate, args.text_rate, args.turn_weights)
+    else:
+        data = TrainSamples(first, count, make_encoder, args.looks, args.text_rate)
     loader = torch.utils.data.DataLoader(
-        data, batch_size=args.batch_size, shuffle=False, num_workers=args.workers, collate_fn=collate,
+        data, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+        collate_fn=video_recipe.video_collate if args.video else collate,
         worker_init_fn=_worker_init if args.workers else None, prefetch_factor=4 if args.workers else None,
         persistent_workers=False,
     )
     encoder = Encoder(processor, config.vision.patch_size)
+    encoder.tokenizer = tokenizer
     eval_looks = args.eval_looks or list(args.looks)
 
     def validate() -> dict:
-        return {look: evaluate(model, encoder, look, args.eval_samples) for look in eval_looks}
+        return {look: video_recipe.evaluate_video(model, tokenizer, processor, args.eval_samples)
+                if look == synthetic.VIDEO_LOOK else evaluate(model, encoder, look, args.eval_samples)
+                for look in eval_looks}
 
     vision = None
     if args.vision_minutes and step == 0:
@@ -334,9 +369,13 @@ def main(argv=None) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.foreground = batch["foreground"]
+        model.frame_foreground = batch.get("frame_foreground")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss_lm = lm_loss(model, batch["ids"], batch["label_index"], batch["images"])
-            aux, parts = aux_losses(heads, model, batch, weights, args.ground_layer, args.ground_head, tokenizer)
+            loss_lm = lm_loss(model, batch["ids"], batch["label_index"], batch["images"], batch.get("videos"))
+            if args.video:  # the towers are frozen: no auxiliary head has anything to train
+                aux, parts = 0.0, {}
+            else:
+                aux, parts = aux_losses(heads, model, batch, weights, args.ground_layer, args.ground_head, tokenizer)
             loss = loss_lm + aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -44,7 +44,8 @@ from llava.train.data import CLS_LABELS, DIGIT_SLOTS, NO_COLOR, NUM_COLORS, NUM_
 from llava.train.model import AuxHeads, TrainableLlava
 
 
-def lm_loss(model: LlavaForCausalLM, seqs: list[list[int]], label_index: list[list[int]], images) -> torch.Tensor:
+def lm_loss(model: LlavaForCausalLM, seqs: list[list[int]], label_index: list[list[int]], images,
+            videos=None) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens `seqs[b][i]` for i in `label_index[b]` (all after the image).
 
     The same computation as `model(..., all_logits=True)` (no pruning during
@@ -52,7 +53,7 @@ def lm_loss(model: LlavaForCausalLM, seqs: list[list[int]], label_index: list[li
     token. The batch is left-padded, so token i of a sequence of L ids (the
     image placeholder counted once) sits at N - L + i and is predicted at N - L + i - 1.
     """
-    inputs = model.prepare_inputs(seqs, images)
+    inputs = model.prepare_inputs(seqs, images, videos)
     hidden = model.language_model(inputs.embeds, inputs.key_mask, inputs.positions, None, None, False).hidden
     N = hidden.shape[1]
     rows = torch.tensor([b for b, index in enumerate(label_index) for _ in index])

@@ -30,15 +30,39 @@ class TrainableLlava(LlavaForCausalLM):
 
     token_drop: float = 0.0
     foreground: torch.Tensor | None = None
+    video_token_drop: float = 0.0
+    frame_foreground: torch.Tensor | None = None
     last_inputs = None  # the last training forward's MultimodalInputs (spans say where each image went)
     aux_outputs = None  # (final CLS (V, Dv), select-layer patches (V, P, Dv), projected (V, P, D)) of its views
     attention_input = None  # set by capture_attention_input
 
-    def prepare_inputs(self, prompts, images):
-        inputs = super().prepare_inputs(prompts, images)
+    def prepare_inputs(self, prompts, images, videos=None):
+        inputs = super().prepare_inputs(prompts, images, videos)
         if self.training:
             self.last_inputs = inputs
         return inputs
+
+    def encode_frames(self, pixel_values):
+        """Video-LLaVA's frames; in training with `video_token_drop` > 0, each frame keeps, with that probability,
+        its [CLS], its `frame_foreground` patches ((frames, P) bool, set by the loop) and a random share u**3 (u
+        uniform: a quarter on average) of the rest, in order (as `token_drop` does for an image view). A whole
+        video is 8 x 145 tokens: most training videos come out a third as long, which is what makes the
+        recipe fit an hour on a CPU, and the decoder sees videos of every length between."""
+        features, indices = super().encode_frames(pixel_values)
+        if not self.training or self.video_token_drop <= 0:
+            return features, indices
+        kept_features, kept_indices = [], []
+        for tokens, index, always in zip(features, indices, self.frame_foreground):
+            if torch.rand(()) < self.video_token_drop:
+                patch = index.clamp(min=0)
+                fixed = (index < 0) | always.to(index.device)[patch]  # CLS and the foreground
+                rest = (~fixed).nonzero().flatten()
+                count = round(float(torch.rand(())) ** 3 * len(rest))
+                keep = torch.cat([fixed.nonzero().flatten(), rest[torch.randperm(len(rest))[:count]]]).sort().values
+                tokens, index = tokens[keep], index[keep]
+            kept_features.append(tokens)
+            kept_indices.append(index)
+        return kept_features, kept_indices
 
     def encode_images(self, pixel_values, partition_grids=None):
         if not self.training:
