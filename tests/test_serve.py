@@ -405,6 +405,22 @@ def test_a_full_queue_is_answered_503_and_the_waiting_requests_are_served():
         server.server_close()
 
 
+@needs_model
+def test_the_torch_backend_runs_a_call_with_its_method_and_restores_its_own():
+    from llava.eval.backend import TorchBackend
+    from llava.mm_utils import load_image
+    from llava.pipeline import LlavaPipeline
+
+    backend = TorchBackend(LlavaPipeline.load(str(SHIPPED_MODEL), method="uniform:keep=64"))
+    prompts = [Prompt(QUESTIONS[0], load_image(EXAMPLE))]
+    generation = dict(max_new_tokens=4, temperature=0.0, seed=0)
+    assert backend.answer(prompts, **generation, method="fastervlm:keep=36")[0].metadata["visual_tokens"] == [36]
+    assert backend.pipeline.method_spec == "uniform:keep=64"
+    with pytest.raises(InputError, match="keep=500"):
+        backend.answer(prompts, **generation, method="fastervlm:keep=500")
+    assert backend.answer(prompts, **generation)[0].metadata["visual_tokens"] == [64]
+
+
 def parse(body: dict, limits: Limits = Limits()) -> ChatRequest:
     return parse_chat_request(json.dumps(body).encode(), model_id="m", default_method="none", limits=limits)
 
