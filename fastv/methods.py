@@ -1,12 +1,12 @@
 """`fastv methods`: the registered pruning methods, each with what it does, where it acts, what it reads, how it
-treats positions, and its parameters and defaults (the names and keys a method spec, `name:key=value,...`, is
+treats positions, how its budget counts on a video, and its parameters and defaults (the names and keys a method spec, `name:key=value,...`, is
 written in; `a+b` chains one pre-LLM method with in-LLM ones)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-COLUMNS = ("method", "acts", "attention", "question", "positions")
+COLUMNS = ("method", "acts", "attention", "question", "positions", "video")
 
 
 def rows() -> list[dict]:
@@ -29,6 +29,7 @@ def rows() -> list[dict]:
             "attention": "yes" if cls.reads_attention else "no",
             "question": "yes" if cls.reads_question else "no",
             "positions": ("renumbered" if cls.renumbers else "kept") if in_llm else "-",
+            "video": cls.video,
             "summary": cls.summary,
             "parameters": ", ".join(params) or "(none)",
         })
@@ -51,7 +52,10 @@ def main() -> None:
     print("in LLM = inside the decoder, before the layers a stage names. attention: ranks by attention probabilities")
     print("(CLIP's or the LLM's). question: its choice depends on the question's tokens. positions (in-LLM): kept")
     print("tokens keep their position ids, or are renumbered 0, 1, ... after each stage. Chains: 'a+b', one pre-LLM")
-    print("method first, then in-LLM methods, each counting its budget on what the earlier left.")
+    print("method first, then in-LLM methods, each counting its budget on what the earlier left. video (Video-LLaVA):")
+    print("per frame = each frame chosen as an image, keep counts patches per frame (8 x keep in all; the frames' [CLS]")
+    print("by --video-cls); over the span = one choice over the whole video, keep counts tokens of the span (the frames'")
+    print("[CLS] included when kept) and ratio is a fraction of it; refused = it does not apply to videos.")
     print()
     for r in table:
         print(f"{r['method']:10s} {r['summary']}")

@@ -195,7 +195,9 @@ class LlavaForCausalLM(nn.Module):
         if not isinstance(method, PruningMethod):
             method = parse_method(method)
         config = self.config
-        method.check_model(config.vision.num_layers, config.text.num_layers, config.tokens_per_image, config.anyres)
+        video_tokens = config.unpruned_video_tokens if config.video is not None else 0
+        method.check_model(config.vision.num_layers, config.text.num_layers, config.tokens_per_image, config.anyres,
+                           video_tokens)
         self.pruning = method
         return method
 
@@ -235,19 +237,20 @@ class LlavaForCausalLM(nn.Module):
         """pixel_values (I, 3, S, S) -> per view (an image, or a NeXT base view or crop): projected features
         (T_i, D) and original patch indices (T_i,), as the pre-LLM pruner chose them. `partition_grids`: the
         crop grid of each image whose views these are, in order (NeXT); None: every view is an image."""
-        return self._encode_views(self.vision_tower, pixel_values, partition_grids, with_cls=False)
+        return self._encode_views(self.vision_tower, pixel_values, partition_grids)
 
     def encode_frames(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Video frames (F, 3, S, S), through the video tower one by one -> per frame: projected features (T_f, D)
         and patch indices (T_f,): with video_cls "keep" the frame's [CLS] (FRAME_CLS) in front of its patches,
         which the pre-LLM pruner chose as in an image (its budget counts patches only)."""
-        with_cls = self.config.video.cls == "keep"
-        return self._encode_views(self.video_tower, pixel_values, None, with_cls)
+        self.pruning.check_video()
+        return self._encode_views(self.video_tower, pixel_values, None, video_cls=self.config.video.cls)
 
     def _encode_views(
         self, tower: CLIPVisionTower, pixel_values: torch.Tensor, partition_grids: list[tuple[int, int]] | None,
-        with_cls: bool,
+        video_cls: str | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        with_cls = video_cls == "keep"  # a video's frames (video_cls) under "keep": each frame's CLS in front
         vision = self.config.vision
         pruner = vision_part(self.pruning)
         select = vision.layer_index(self.config.select_layer)
@@ -275,6 +278,7 @@ class LlavaForCausalLM(nn.Module):
                 pixel_values=pixel_values[i],
                 cls_query={layer: probe.cls_query[i] for layer, probe in out.probes.items()},
                 cls_feature=out.cls_features[i],
+                video_cls=video_cls,
             )
             for i in range(features.shape[0])
         ]

@@ -22,6 +22,12 @@ image, on every model: a budget of none (`keep=0`, `fastv:ratio=1`, a HiRED rate
 run with an empty image span (which LLaVA-NeXT's layout cannot pack, and which is the
 text-only prompt, not a pruning budget).
 
+Videos (Video-LLaVA, VIDEO.md R1/R2): a pre-LLM method selects in every frame as in an image (each frame is a
+view; `keep` counts patches per frame, the frame's [CLS] left to the model's `video_cls`); an in-LLM method sees
+the whole video as one span whose partitions are its frames and chooses over it globally (`keep` counts tokens
+of the span, the frames' [CLS] tokens included when they entered; `ratio` is a fraction of the span). A method
+that cannot apply to a video refuses it by name when one is encoded (`video_refusal`).
+
 Where this file sits among the others, and one request's path through them: docs/ARCHITECTURE.md.
 """
 
@@ -129,6 +135,9 @@ class VisionInputs:
     pixel_values: torch.Tensor | None = None  # (3, S, S) the image as the vision tower saw it
     cls_query: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (D,) that layer's CLS query
     cls_feature: torch.Tensor | None = None  # (D,) the select layer's CLS feature, before the projector
+    # A Video-LLaVA frame: the model's video_cls ("keep": the model puts the frame's [CLS] in front of what `select`
+    # keeps; "drop": it does not); None for an image view
+    video_cls: str | None = None
 
 
 @dataclass
@@ -173,6 +182,10 @@ class PruningMethod(ABC):
     reads_attention: ClassVar[bool] = False  # ranks by attention probabilities (CLIP's or the LLM's)
     reads_question: ClassVar[bool] = False  # its choice depends on the question's tokens
     renumbers: ClassVar[bool] = False  # in-LLM: kept tokens get positions 0, 1, ... (else keep their own)
+    # On a video: how its budget counts ("per frame": pre-LLM, each frame chosen as an image; "over the span": in-LLM,
+    # one choice over the whole video), and why it does not apply to one (None: it does; refused by name)
+    video: ClassVar[str] = "-"
+    video_refusal: ClassVar[str | None] = None
 
     def __init__(self, args: MethodArgs):
         self.args = args
@@ -185,13 +198,23 @@ class PruningMethod(ABC):
     def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
         """Check the arguments against a model (`anyres`: LLaVA-NeXT); raise InputError naming the problem."""
 
-    def check_model(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
-        """`validate`, then the rule every method shares: a budget that keeps no token of an image is refused."""
-        self.validate(vision_layers, llm_layers, tokens_per_image, anyres)
+    def check_model(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False,
+                    video_tokens: int = 0) -> None:
+        """`validate`, then the rule every method shares: a budget that keeps no token of an image is refused.
+        `video_tokens`: on Video-LLaVA, the tokens an unpruned video brings to the LLM; a method whose budget counts
+        over the span is validated against the larger span (each span is checked again when it runs), and must keep
+        a token of an image."""
+        span = max(tokens_per_image, video_tokens) if self.video == "over the span" else tokens_per_image
+        self.validate(vision_layers, llm_layers, span, anyres)
         budget = self.budget(tokens_per_image)
         if budget is not None and budget < 1:
             raise InputError(f"{self.spec} keeps no visual token of a {tokens_per_image}-patch image;"
                              " every method keeps at least one")
+
+    def check_video(self) -> None:
+        """Refuse a video, naming the method, when it does not apply to one (the model calls it per video)."""
+        if self.video_refusal is not None:
+            raise InputError(f"method '{self.name}' does not apply to videos: {self.video_refusal}")
 
     def budget(self, tokens_per_image: int) -> int | None:
         """Visual tokens per image this method promises to keep (None when adaptive)."""
@@ -214,6 +237,7 @@ PACKINGS = ("merge", "no_newline", "concat", "own")
 class VisionPruner(PruningMethod):
     before_projector: ClassVar[bool] = True
     packing: ClassVar[str] = "merge"
+    video = "per frame"
 
     def attention_layers(self, vision_layers: int, select_layer: int) -> tuple[int, ...]:
         """0-based CLIP layers whose CLS probe this method needs; `select_layer` is 0-based too."""
@@ -315,6 +339,7 @@ class LayerPruner(PruningMethod):
 
     acts = "in LLM"
     reads_attention = True
+    video = "over the span"
     mode: str = "inplace"  # "mask": every row stays and the dropped keys are masked (FastV's option)
     reselect_every_step: bool = False
     reads_keys: ClassVar[bool] = True  # its stages read the previous layer's queries and keys

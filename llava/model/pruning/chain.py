@@ -47,10 +47,21 @@ class Chain(PruningMethod):
     def acts(self) -> str:
         return " + ".join(p.acts for p in self.parts)
 
-    def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
+    @property
+    def video(self) -> str:
+        return " + ".join(p.video for p in self.parts)
+
+    def check_video(self) -> None:
+        for part in self.parts:
+            part.check_video()
+
+    def check_model(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False,
+                    video_tokens: int = 0) -> None:
+        """Each part against what the earlier ones left of an image; `video_tokens` (Video-LLaVA) passes on as the
+        bound of a video's span: a pre-LLM part only lowers it, and each span is checked again when it runs."""
         tokens = tokens_per_image
         for part in self.parts:
-            part.check_model(vision_layers, llm_layers, tokens, anyres)
+            part.check_model(vision_layers, llm_layers, tokens, anyres, video_tokens)
             budget = part.budget(tokens)
             tokens = tokens if budget is None else budget
 

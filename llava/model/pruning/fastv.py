@@ -14,6 +14,10 @@ crop, as the v1_6 scripts' budget), so an image keeps keep x partitions tokens,
 chosen by score over the whole image, or all of them when unpadding left it
 fewer; `ratio` applies to its non-newline tokens.
 
+Video (Video-LLaVA, VIDEO.md R2): the whole video is one span of N tokens (its frames' [CLS] tokens included
+under video_cls=keep, ranked like any token) and one global top-`keep`, or round(N (1 - R)), is chosen over it,
+with no per-frame quota: a frame may lose every token. `keep` counts tokens of the span, not per frame.
+
 FastV is one stage of the in-LLM seam (base.LayerPruner), before layer k, with
 original position ids kept. The model computes the attention row (one query,
 O(N d)) and gathers the kept tokens; this file holds only the rule. Batches: each sample is scored on its own
@@ -44,7 +48,7 @@ from llava.model.pruning.registry import register
 @dataclass(frozen=True)
 class FastVArgs(MethodArgs):
     k: int = 2  # prune before decoder layer k, scoring with layer k-1's attention
-    keep: int | None = None  # image tokens kept per image
+    keep: int | None = None  # image tokens kept per image (NeXT: per partition; a video: over its span)
     ratio: float | None = None  # fraction of image tokens dropped (FastV's R); kept = round(L * (1 - R))
     mode: Literal["inplace", "mask"] = "inplace"
     reselect_every_step: bool = False  # no KV cache: re-prune at every decoding step, as the released code
@@ -110,8 +114,9 @@ class FastV(LayerPruner):
         for number, span in enumerate(spans):
             newline = span.newline
             candidates = (~newline).nonzero()[:, 0]
-            keep = self.kept_count(len(candidates), span.partitions)
-            if span.partitions > 1:  # spatial_unpad may leave fewer than keep x partitions tokens
+            views = 1 if span.frames else span.partitions  # a video's keep counts over its span, not per frame
+            keep = self.kept_count(len(candidates), views)
+            if views > 1:  # spatial_unpad may leave fewer than keep x partitions tokens
                 keep = min(keep, len(candidates))
             check_budget(keep, len(candidates), f"image {number} of the sample")
             chosen = candidates[top_k_indices(scores[span.start : span.end][candidates], keep)]

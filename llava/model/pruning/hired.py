@@ -64,6 +64,9 @@ class HiRED(VisionPruner):
     summary = "pre-LLM: a budget shared by the crops by layer-0 [CLS] attention, spent by the select layer's (NeXT)"
     reads_attention = True
     packing = "no_newline"
+    video = "refused"
+    video_refusal = ("HiRED divides a LLaVA-NeXT image's budget across its crops by [CLS] attention, and a Video-LLaVA"
+                     " frame has no crops (fastervlm keeps the top patches per frame)")
 
     def attention_layers(self, vision_layers: int, select_layer: int) -> tuple[int, ...]:
         return tuple(sorted({0, select_layer}))

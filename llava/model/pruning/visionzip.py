@@ -49,6 +49,11 @@ newline tokens. `packing=stock` is refused on LLaVA-1.5, whose one view has noth
 
 Bookkeeping (VisualSpan): every token carries its view as its partition; a [CLS] token has patch index -1, a
 contextual token its target patch's index (as on LLaVA-1.5), a dominant patch its own.
+
+Video-LLaVA: each frame selects its own D + C as an image, entering as [CLS, dominant patches, contextual tokens].
+Its [CLS] is the frame's own (FRAME_CLS in the bookkeeping): under video_cls=keep the model already puts it in front
+of what `select` keeps, so `select` leaves it out; under video_cls=drop `select` keeps it, as the release keeps an
+image's. A frame brings D + C tokens either way.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from llava.errors import InputError
-from llava.model.pruning.base import NEWLINE, Kept, MethodArgs, VisionInputs, VisionPruner, top_k_indices
+from llava.model.pruning.base import FRAME_CLS, NEWLINE, Kept, MethodArgs, VisionInputs, VisionPruner, top_k_indices
 from llava.model.pruning.registry import register
 
 CLS = -1  # kept index of the [CLS] token, which is no patch
@@ -179,6 +184,10 @@ class VisionZip(VisionPruner):
         cls = inputs.cls_feature[None].float()  # (1, Dv)
         out = torch.cat([cls, features[dominant].float(), merged]).to(features.dtype)  # (D + C, Dv)
         indices = torch.cat([dominant.new_full((1,), CLS), dominant, remaining[targets]])
+        if inputs.video_cls == "keep":  # a video frame whose [CLS] the model puts in front itself
+            return Kept(indices=indices[1:], features=out[1:])
+        if inputs.video_cls == "drop":  # the frame's own [CLS], as the model would mark it
+            indices[0] = FRAME_CLS
         return Kept(indices=indices, features=out)
 
     def pack(self, indices: list[torch.Tensor], merged: torch.Tensor, stitched: torch.Tensor) -> torch.Tensor:
