@@ -11,6 +11,7 @@ from llava.paths import REPO_ROOT
 
 SHIPPED_MODEL = REPO_ROOT / "models" / "llava-shapes-tiny"
 SHIPPED_NEXT_MODEL = REPO_ROOT / "models" / "llava-next-shapes-tiny"
+SHIPPED_VIDEO_MODEL = REPO_ROOT / "models" / "llava-video-shapes-tiny"  # Video-LLaVA, on shapes_video (issue 28)
 EXAMPLE_IMAGE = REPO_ROOT / "docs" / "examples" / "shapes.png"
 
 

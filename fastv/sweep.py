@@ -2,6 +2,7 @@
 
     fastv sweep --limit 300 --batch-size 32 --out results/X/shapes-sweep
     fastv sweep --benchmark shapes_hr --limit 300 --out results/X/shapes-hr-sweep     (the shipped LLaVA-NeXT)
+    fastv sweep --benchmark shapes_video --limit 300 --out results/X/shapes-video-sweep  (the shipped Video-LLaVA)
 
 Loads the model once and switches methods with `set_pruning`; every (method,
 budget) gets its own run directory under `--out` (answers, scores, run.json), so
@@ -30,6 +31,19 @@ may carry fixed parameters (`hired:split=paper`). `--baseline-model` adds a
 second model's unpruned row (by default on shapes_hr: the shipped LLaVA-1.5, its
 single 336-px view of the same images), so the value of high resolution shows.
 Every option is checked before a model is loaded.
+
+Videos (a Video-LLaVA checkpoint on a video benchmark: shapes_video, the video QA sets): a share is of a frame's
+P patches, and methods are matched on the video tokens the LLM runs on once pruned, as FasterVLM's video table
+matches FastV to FasterVLM (its 1024 tokens: FastV over the span, FasterVLM 8 x 128). A per-frame (pre-LLM)
+method keeps L = round(share * P) patches in each of the F frames: F * (L + 1) tokens with each frame's [CLS]
+(video_cls keep, the stock layout; F * L under drop). An in-LLM method, which chooses once over the whole span
+of F * (P + 1) tokens, gets the budget whose tokens after its last stage come nearest that count (`video_spec`:
+FastV keep = F * (L + 1), DART's keep and PyramidDrop's lambda solved), at its stage layers scaled as above: a
+global budget may give the frames holding the answer more than L each, a per-frame one cannot. Its layers
+before the first stage still see every token; the per-run table's per-layer and FLOPs columns say what that
+costs. Defaults: `VIDEO_METHODS` (HiRED refuses videos) at `VIDEO_SHARES`; the sweep writes the split of
+shapes_video (videos/) as it writes the image looks'. scripts/kept_recall.py --look video measures, at the
+same budgets, how much of the answer's patches on the frames holding it each method kept.
 """
 
 from __future__ import annotations
@@ -39,7 +53,7 @@ import json
 import math
 from pathlib import Path
 
-from fastv.shipped import SHIPPED_NEXT_MODEL, model_or_shipped
+from fastv.shipped import SHIPPED_NEXT_MODEL, SHIPPED_VIDEO_MODEL, model_or_shipped
 from llava.paths import recorded_path
 
 DEFAULT_SHARES = (1.0, 0.5, 0.25, 0.1, 0.05)
@@ -51,20 +65,27 @@ NEXT_METHODS = ("none", "fastervlm", "hired", "hired:split=paper", "prumerge", "
 # DART (the release's retain count); the sweep counts their share on the unpruned run's mean image tokens.
 WHOLE_IMAGE_ON_NEXT = ("dart",)
 NOMINAL_TOKENS = 576  # the patches a method name is checked against before the model is loaded
+# Video-LLaVA on a video benchmark: the methods that apply to a video (HiRED refuses one), per-frame ones first
+VIDEO_METHODS = ("none", "fastervlm", "random", "uniform", "visionzip", "vispruner", "divprune", "prumerge",
+                 "prumerge+", "fastv", "dart", "pdrop", "sparsevlm")
+VIDEO_SHARES = (0.5, 0.25, 0.1, 0.05)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", help="checkpoint folder (default: the shipped model of the benchmark: "
-                                             "LLaVA-NeXT for shapes_hr, else LLaVA-1.5)")
+                                             "LLaVA-NeXT for shapes_hr, Video-LLaVA for a video benchmark, else "
+                                             "LLaVA-1.5)")
     parser.add_argument("--benchmark", default="shapes", help="benchmark name (see llava/eval/registry.py)")
     parser.add_argument("--data-root", default="playground/data/eval", help="benchmark data root")
     parser.add_argument("--out", required=True, help="folder for the run directories, sweep.{json,md,png}")
     parser.add_argument("--methods", nargs="+",
                         help="method names, optionally with fixed parameters (hired:split=paper) [default: every "
-                             f"registered method; on LLaVA-NeXT: {' '.join(NEXT_METHODS)}]")
+                             f"registered method; on LLaVA-NeXT: {' '.join(NEXT_METHODS)}; on a video benchmark: "
+                             f"{' '.join(VIDEO_METHODS)}]")
     parser.add_argument("--shares", nargs="+", type=float,
                         help=f"fractions of the visual tokens KEPT per image [default: {' '.join(map(str, DEFAULT_SHARES))}; "
-                             f"on LLaVA-NeXT: {' '.join(map(str, NEXT_SHARES))}]")
+                             f"on LLaVA-NeXT: {' '.join(map(str, NEXT_SHARES))}; on a video benchmark, of each "
+                             f"frame's patches, matched as the module docstring says: {' '.join(map(str, VIDEO_SHARES))}]")
     parser.add_argument("--baseline-model",
                         help="also run this model unpruned as a row ('none': no such row) [default on shapes_hr: the "
                              "shipped LLaVA-1.5]")
@@ -148,11 +169,13 @@ def visual_per_layer(method, tokens: int, llm_layers: int) -> float | None:
     return total / llm_layers
 
 
-def in_llm_spec(base: str, fixed: str, target: float, tokens: int, llm_layers: int) -> str | None:
+def in_llm_spec(base: str, fixed: str, target: float, tokens: int, llm_layers: int,
+                after_last_stage: bool = False) -> str | None:
     """The spec of in-LLM method `base` whose visual tokens per layer come nearest `target`: its stage layers scaled
     from the release's (`scaled_layers`) unless `fixed` names them (`fastv:k=3`), its `keep` (every value) or
     `lambda` (0.01 .. 1 by 0.01) solved. None when even the nearest is more than 5% (and one token) off: its layers
-    before the first stage see every token."""
+    before the first stage see every token. `after_last_stage` (videos, `video_spec`): match the tokens it keeps
+    after its last stage instead (`budget`), always the nearest (DART keeps 4 + 8 x quota tokens)."""
     from llava.errors import InputError
     from llava.model.pruning.registry import parse_method
 
@@ -170,12 +193,44 @@ def in_llm_spec(base: str, fixed: str, target: float, tokens: int, llm_layers: i
             method.check_model(24, llm_layers, tokens)
         except InputError:
             continue
-        reached = visual_per_layer(method, tokens, llm_layers)
+        reached = method.budget(tokens) if after_last_stage else visual_per_layer(method, tokens, llm_layers)
         if reached is not None and (best is None or abs(reached - target) < best[0]):
             best = (abs(reached - target), method.spec)
-    if best is None or best[0] > max(1.0, 0.05 * target):
+    if best is None or (not after_last_stage and best[0] > max(1.0, 0.05 * target)):
         return None
     return best[1]
+
+
+def video_tokens(share: float, patches: int, frames: int, cls: bool) -> int:
+    """The video tokens the LLM runs on once a per-frame method kept `share` of each frame's `patches`: each of the
+    `frames` frames' round(share x patches) patches, and its [CLS] when the model keeps it (`cls`)."""
+    return frames * (round(share * patches) + cls)
+
+
+def video_spec(name: str, share: float, patches: int, frames: int, cls: bool, llm_layers: int) -> str | None:
+    """The spec of method `name` at `share` of a video's patches (module docstring, "Videos"): a per-frame method's
+    as on an image of `patches` (`method_spec`: keep = round(share x patches) per frame; VisionZip's D + C, which
+    count the frame's [CLS], one more under video_cls keep); an in-LLM method's
+    (one choice over the span of frames x (patches + cls) tokens) whose tokens after its last stage come nearest
+    `video_tokens(share, ...)`; None for a method with fixed budgets (`fixed_budget_specs`)."""
+    base, _, fixed = name.partition(":")
+    if base == "visionzip":  # a frame brings its D + C tokens, its own [CLS] among them: L + cls, as the others
+        keep = round(share * patches) + cls
+        dominant = max(1, round(keep * 54 / 64))
+        return f"visionzip:dominant={dominant},contextual={keep - dominant}" + (f",{fixed}" if fixed else "")
+    if base not in IN_LLM_BUDGETS:
+        return method_spec(name, share, patches, llm_layers)
+    span = frames * (patches + cls)
+    return in_llm_spec(base, fixed, video_tokens(share, patches, frames, cls), span, llm_layers, after_last_stage=True)
+
+
+def is_video_benchmark(benchmark: str) -> bool:
+    """shapes_video and the video QA sets (msvd, msrvtt, tgif, activitynet, their _1k subsets): a video per question."""
+    from llava.data.synthetic import VIDEO_LOOK
+    from llava.eval import video_qa
+    from llava.eval.shapes import LOOKS as SHAPES_LOOKS
+
+    return SHAPES_LOOKS.get(benchmark) == VIDEO_LOOK or benchmark.removesuffix("_1k") in video_qa.SETS
 
 
 def _fixed_keys(fixed: str) -> set[str]:
@@ -224,33 +279,41 @@ def check_options(out, names, shares, limit, max_new_tokens, batch_size, device,
     check_output_dir("--out", out)
 
 
-def check_budgets(names, shares, config) -> None:
+def check_budgets(names, shares, config, video: bool = False) -> None:
     """Every method at every share, as the model will be asked to run it (`set_pruning`'s check against the
     checkpoint's config), before the first run: a share too small to keep one of the model's tokens is said
-    now, not after the sweep's earlier runs."""
+    now, not after the sweep's earlier runs. `video`: the shares of a video's frames (`video_spec`)."""
     from llava.errors import InputError
     from llava.model.pruning.registry import parse_method
 
     tokens = config.tokens_per_image
-    per = "per partition" if config.anyres else "per image"
+    per = "per partition" if config.anyres else "per frame" if video else "per image"
     layers = config.text.num_layers
+    span = config.unpruned_video_tokens if video else 0
     for name in names:
         if name.partition(":")[0] in FIXED_BUDGETS:  # its own budgets, whatever the shares
             runs = [(None, spec) for spec in fixed_budget_specs(name, layers)]
+        elif video:
+            runs = [(share, video_spec(name, share, tokens, config.video.num_frames, config.video.cls == "keep",
+                                       layers)) for share in shares]
         else:
             runs = [(share, method_spec(name, share, tokens, layers)) for share in shares]
         for share, spec in runs:
             if spec is None:  # an in-LLM method that cannot reach the share: its cell says n/a
                 continue
             try:
-                parse_method(spec).check_model(config.vision.num_layers, layers, tokens, config.anyres)
+                method = parse_method(spec)
+                method.check_model(config.vision.num_layers, layers, tokens, config.anyres, span)
+                if video:
+                    method.check_video()
             except InputError as error:
                 given = name if share is None else f"--shares {share:g} with {name}"
                 raise InputError(f"{given} on the model's {tokens} visual tokens {per} is {spec}: {error}") from None
 
 
-def generate_questions(folder: Path, question_file: str, n_questions: int, look: str) -> None:
-    """Write a shapes test split of `n_questions` in `look` into `folder` unless it holds questions already.
+def generate_questions(folder: Path, question_file: str, n_questions: int, look: str, media: str = "images") -> None:
+    """Write a shapes test split of `n_questions` in `look` into `folder` unless it holds questions already
+    (`media`: the folder of its images, or of its clips: shapes_video's videos/).
     The split is written into a scratch folder beside it and moved in with the question file last, so that
     a run killed while writing leaves no question file and the next sweep writes the split again; a question
     file with no line (left by an earlier version given no questions) is written again too."""
@@ -265,9 +328,9 @@ def generate_questions(folder: Path, question_file: str, n_questions: int, look:
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-writing-") as scratch:
         write_split("test", n_questions, scratch, look=look)
         written = Path(scratch)
-        (folder / "images").mkdir(exist_ok=True)
-        for image in (written / "images").iterdir():
-            image.replace(folder / "images" / image.name)
+        (folder / media).mkdir(exist_ok=True)
+        for image in (written / media).iterdir():
+            image.replace(folder / media / image.name)
         for file in sorted(p for p in written.iterdir() if p.is_file() and p.name != question_file):
             file.replace(folder / file.name)
         (written / question_file).replace(questions)  # last: the split is complete once this file exists
@@ -276,6 +339,8 @@ def generate_questions(folder: Path, question_file: str, n_questions: int, look:
 def default_model(benchmark: str, model_path: str | None) -> str:
     if model_path is None and benchmark == "shapes_hr":
         return model_or_shipped(None, SHIPPED_NEXT_MODEL)
+    if model_path is None and is_video_benchmark(benchmark):
+        return model_or_shipped(None, SHIPPED_VIDEO_MODEL)
     return model_or_shipped(model_path)
 
 
@@ -293,8 +358,10 @@ def main(
     batch_size: int = 16,
     device: str = "cpu",
 ) -> dict:
+    from llava.errors import InputError
     from llava.eval.registry import get_benchmark
     from llava.eval.shapes import LOOKS as SHAPES_LOOKS
+    from llava.eval.shapes import media_folder
     from llava.model.builder import read_checkpoint
     from llava.model.pruning.registry import available_methods
     from llava.pipeline import LlavaPipeline
@@ -304,16 +371,21 @@ def main(
     model_path = default_model(benchmark, model_path)
     config = read_checkpoint(model_path).config
     anyres = config.anyres
-    names = methods or (list(NEXT_METHODS) if anyres else available_methods())
-    shares = list(shares or (NEXT_SHARES if anyres else DEFAULT_SHARES))
-    check_budgets(names, shares, config)
+    video = is_video_benchmark(benchmark)
+    if video and config.video is None:
+        raise InputError(f"{benchmark} asks about videos, and {recorded_path(model_path)} has no video tower: "
+                         "give a Video-LLaVA checkpoint (--model-path)")
+    names = methods or (list(NEXT_METHODS) if anyres else list(VIDEO_METHODS) if video else available_methods())
+    shares = list(shares or (NEXT_SHARES if anyres else VIDEO_SHARES if video else DEFAULT_SHARES))
+    check_budgets(names, shares, config, video)
     if baseline_model is None and benchmark == "shapes_hr":
         baseline_model = model_or_shipped(None)
     baseline_model = None if baseline_model == "none" else baseline_model
     if baseline_model is not None:
         read_checkpoint(baseline_model)  # a bad folder fails now, not after the sweep
     if benchmark in SHAPES_LOOKS:
-        generate_questions(Path(data_root) / bench.folder, bench.question_file, n_questions, SHAPES_LOOKS[benchmark])
+        generate_questions(Path(data_root) / bench.folder, bench.question_file, n_questions, SHAPES_LOOKS[benchmark],
+                           media_folder(benchmark))
 
     options = dict(data_root=data_root, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
     pipe = LlavaPipeline.load(model_path, device=device)
@@ -336,7 +408,8 @@ def main(
                 continue
             image_tokens = round(unpruned["visual_tokens"])
         for share in shares:
-            spec = method_spec(name, share, image_tokens, llm_layers)
+            spec = (video_spec(name, share, tokens, config.video.num_frames, config.video.cls == "keep", llm_layers)
+                    if video else method_spec(name, share, image_tokens, llm_layers))
             if spec is None:  # an in-LLM method whose first layers alone exceed the share
                 unreachable.append({"method": name, "share": share})
                 continue
@@ -357,6 +430,9 @@ def main(
     result = {"model": recorded_path(model_path), "benchmark": benchmark, "anyres": anyres, "tokens_per_image": tokens,
               "llm_layers": llm_layers, "baseline_model": recorded_path(baseline_model), "runs": runs,
               "unreachable": unreachable, "left_out": left_out}
+    if video:  # a share is of each frame's patches; the tokens a run matched: video_tokens
+        result["video"] = {"frames": config.video.num_frames, "patches": tokens, "cls": config.video.cls == "keep",
+                           "span": config.unpruned_video_tokens}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     table = to_markdown(result)
@@ -406,6 +482,9 @@ def to_markdown(result: dict) -> str:
     tokens = result["tokens_per_image"]
     per = "per partition (base view and crops alike)" if result.get("anyres") else "per image"
     header = " | ".join(f"{s:.0%} ({round(s * tokens)})" for s in shares)
+    video = result.get("video")
+    if video:  # each share's column: the video tokens the LLM runs on once pruned (video_tokens)
+        header = " | ".join(f"{s:.0%} ({video_tokens(s, tokens, video['frames'], video['cls'])})" for s in shares)
     counts = sorted({r.get("questions") for r in runs}, key=str)
     over = (f"over {counts[0]} questions each" if len(counts) == 1
             else f"over different numbers of questions ({', '.join(map(str, counts))}: see the per-type table)")
@@ -418,6 +497,13 @@ def to_markdown(result: dict) -> str:
         f"| method | {header} |" + (" adaptive or fixed budgets (visual tokens per layer) |" if adaptive else ""),
         "|---|" + "---:|" * (len(shares) + bool(adaptive)),
     ]
+    if video:
+        cls = " + its [CLS]" if video["cls"] else ""
+        lines[0] = (f"Accuracy (%) on {result['benchmark']}, by method and share of each frame's {tokens} patches, matched"
+                    f" as the video tokens the LLM runs on once pruned (in brackets): a per-frame method keeps"
+                    f" round(share x {tokens}) patches{cls} in each of the {video['frames']} frames, an in-LLM method"
+                    f" that many over the whole span of {video['span']} tokens after its last stage (its first layers"
+                    f" see them all: the per-layer and FLOPs columns below), {over}")
     blank = " |" * (len(shares) - 1 + bool(adaptive))
     for r in runs:
         if r["spec"] == "none":
