@@ -24,7 +24,6 @@ import base64
 import binascii
 import io
 import json
-import math
 import queue
 import re
 import sys
