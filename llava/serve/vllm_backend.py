@@ -19,7 +19,8 @@ llava-hf checkpoint folder (config.json of model_type llava or llava_next); one 
 shipped models) is given one in a scratch folder of links, never written into the checkpoint.
 
 On a CPU the engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0 unless set: a separate engine process
-takes minutes to start on two cores), in eager mode, with a KV cache of at most 4 GiB. Install: `bash setup.sh
+takes minutes to start on two cores; then no core is reserved for one, VLLM_CPU_NUM_OF_RESERVED_CPU=0 unless set),
+in eager mode, with a KV cache of at most 4 GiB. Install: `bash setup.sh
 --vllm` (docs/running.md, "vLLM backend").
 """
 
@@ -261,6 +262,10 @@ def _engine(folder: Path, config: dict, dtype: torch.dtype, context: int, tensor
             options: dict, text) -> "vllm.LLM":  # noqa: F821
     """vLLM's engine over the checkpoint's language model, taking image embeddings (its vision tower not loaded)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0":
+        # vLLM's CPU worker keeps a core free for a scheduler process; in this process there is none (it would halve
+        # the threads of a 2-core machine)
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     try:
         from vllm import LLM
     except ImportError as error:
