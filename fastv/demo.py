@@ -11,6 +11,11 @@ unpruned model (fastv/attention_maps.py). It binds to 127.0.0.1 unless `--host` 
 not an image or is larger than `--max-upload-mb`, an empty question or budget, or a value the page does not
 offer (sent to its HTTP API) gets a one-line message on the page, never a stack trace: the page's values
 reach the handler as sent (Gradio decodes and checks none of them), and the handler checks each itself.
+
+With a Video-LLaVA checkpoint (`--model-path` a folder with a video tower) the page also takes a video: upload a
+clip (any container PyAV decodes: mp4, webm, avi, mkv, gif, ...), ask, and see the pruned and unpruned answers
+with the strip of the 8 sampled frames, each frame's kept patches outlined and its count in its title. The budget
+is patches kept per frame, except FastV's, which counts tokens over the whole video (VIDEO.md R2).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from llava.errors import CheckpointError, InputError
 
 MAX_UPLOAD_MB = 20
 METHODS = ("fastv", "fastervlm", "hired", "prumerge", "prumerge+", "random", "uniform", "none")
+VIDEO_METHODS = ("fastv", "fastervlm", "random", "uniform", "none")  # per frame, or (FastV) over the whole video
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,14 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port [default: 7860]")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind [default: 127.0.0.1, this machine only]")
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
-                        help=f"largest image file accepted, in MB of 2**20 bytes [default: {MAX_UPLOAD_MB}]")
+                        help=f"largest image or video file accepted, in MB of 2**20 bytes [default: {MAX_UPLOAD_MB}]")
 
 
-def method_spec(method: str, budget, layer: int) -> str:
-    """The page's choices -> a spec: `budget` is tokens kept per image (per partition on NeXT), HiRED's rate
-    as a fraction; PruMerge and none take none (their budget field may be empty)."""
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; the page offers {', '.join(METHODS)}")
+def method_spec(method: str, budget, layer: int, offered: tuple[str, ...] = METHODS) -> str:
+    """The page's choices -> a spec: `budget` is tokens kept per image (per partition on NeXT; per frame of a
+    video, FastV's over the whole video), HiRED's rate as a fraction; PruMerge and none take none (their budget
+    field may be empty). `offered`: the methods the page offers for this input."""
+    if method not in offered:
+        raise InputError(f"unknown method {method!r}; the page offers {', '.join(offered)}")
     if method in ("none", "prumerge", "prumerge+"):
         return method
     budget = _number(budget, "budget")
@@ -59,6 +66,7 @@ class Demo:
         from llava.pipeline import LlavaPipeline
 
         self.pipe = LlavaPipeline.load(model_or_shipped(model_path))
+        self.video = self.pipe.model.config.video is not None  # Video-LLaVA: the page takes videos too
         self.max_upload_mb = max_upload_mb
         self.lock = threading.Lock()
         self.folder = Path(tempfile.mkdtemp(prefix="fastv-demo-"))
@@ -100,19 +108,57 @@ class Demo:
         answers = _describe(pruned, shown, layer), _describe(full, "unpruned", layer)
         return (*answers, picture_kept, str(out / "heatmaps.png"))
 
+    def ask_video(self, video, question, method, budget, layer):
+        """-> (message, pruned answer, unpruned answer, the frames' strip); as `ask`, for a video (Video-LLaVA)."""
+        try:
+            return ("", *self._ask_video(video, question, method, budget, layer))
+        except (InputError, CheckpointError, OSError) as error:
+            return f"**Error:** {error}", "", "", None
+
+    def _ask_video(self, video, question, method, budget, layer):
+        from fastv.overlay import render
+        from llava.pipeline import Request
+        from llava.video import read_video
+
+        if not self.video:
+            raise InputError(f"{self.pipe.model_id} is an image model: start the demo with a Video-LLaVA checkpoint"
+                             " (--model-path) for videos")
+        path = self._uploaded_path(video, "video")
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("type a question")
+        layer = _whole_number(layer, "FastV layer K", 1, max(self.pipe.model.config.text.num_layers - 1, 1))
+        spec = method_spec(method, budget, layer, VIDEO_METHODS)
+        request = Request(image=None, text=question.strip(), video=read_video(path))  # InputError: not a video, < 8 frames
+        model = self.pipe.model
+        with self.lock:
+            try:
+                model.set_pruning(spec)
+                shown = self.pipe.method_spec
+                (pruned,) = self.pipe.answer([request], max_new_tokens=32)
+                frames_kept = render(self.pipe, request, pruned)
+                model.set_pruning("none")
+                (full,) = self.pipe.answer([request], max_new_tokens=32)
+            finally:
+                model.set_pruning("none")
+        return _describe(pruned, shown, layer), _describe(full, "unpruned", layer), frames_kept
+
+    def _uploaded_path(self, upload, what: str) -> str:
+        """The uploaded file's path (Gradio's file record {"path": ...}, or a path), its size checked on disk."""
+        path = upload.get("path") if isinstance(upload, dict) else upload
+        if not path:
+            raise InputError(f"upload an {what} or pick the example first" if what == "image" else f"upload a {what} first")
+        if not isinstance(path, str):
+            raise InputError(f"the {what} must be an uploaded file, got {path!r}")
+        size_mb = Path(path).stat().st_size / 2**20
+        if size_mb > self.max_upload_mb:
+            raise InputError(f"the {what} is {size_mb:.1f} MB; the limit is {self.max_upload_mb:g} MB")
+        return path
+
     def _read_upload(self, image):
         """The uploaded picture, its size checked on disk before a byte of it is decoded."""
         from llava.mm_utils import load_image
 
-        path = image.get("path") if isinstance(image, dict) else image
-        if not path:
-            raise InputError("upload an image or pick the example first")
-        if not isinstance(path, str):
-            raise InputError(f"the image must be an uploaded file, got {path!r}")
-        size_mb = Path(path).stat().st_size / 2**20
-        if size_mb > self.max_upload_mb:
-            raise InputError(f"the image is {size_mb:.1f} MB; the limit is {self.max_upload_mb:g} MB")
-        return load_image(path)  # InputError for a file that is not an image (an empty file, a text file)
+        return load_image(self._uploaded_path(image, "image"))  # InputError for a file that is not an image
 
 
 def _number(value, name: str) -> float:
@@ -137,10 +183,15 @@ def _whole_number(value, name: str, low: int, high: int) -> int:
 
 
 def _describe(answer, name: str, layer: int) -> str:
-    """The answer, then what went in: '(fastv:keep=20: 144 visual tokens, 20 kept after layer 2, time to first token 38 ms)'."""
+    """The answer, then what went in: '(fastv:keep=20: 144 visual tokens, 20 kept after layer 2, time to first token 38 ms)';
+    a video adds the patches kept per frame: '...; patches per frame: 16, 16, ...)'."""
     visual, kept = sum(answer.visual_tokens), sum(len(k) for k in answer.kept)
     after = f", {kept} kept after layer {layer}" if name.startswith("fastv") and kept != visual else ""
-    return f"{answer.text}\n\n({name}: {visual} visual tokens{after}, time to first token {answer.prefill_s * 1000:.0f} ms)"
+    frames = ""
+    if answer.kept_frames is not None:
+        frames = f"; patches per frame: {', '.join(str(len(k)) for k in answer.kept_frames)}"
+    return (f"{answer.text}\n\n({name}: {visual} visual tokens{after}, time to first token "
+            f"{answer.prefill_s * 1000:.0f} ms{frames})")
 
 
 def build(demo: Demo):
@@ -171,7 +222,36 @@ def build(demo: Demo):
         # failure there shows only "Error" on the page and a traceback in the log; the handler checks them.
         ask.click(demo.ask, inputs=[image, question, method, budget, layer],
                   outputs=[message, pruned, full, overlay, maps], preprocess=False, api_name="ask")
+        if demo.video:
+            video_section(demo, layers)
     return page
+
+
+def video_section(demo: Demo, layers: int) -> None:
+    """Video-LLaVA: a video upload, its question and method, the answers and the strip of the sampled frames."""
+    import gradio as gr
+
+    from llava.video import NUM_FRAMES
+
+    gr.Markdown(f"## A video\nUpload a clip (mp4, webm, avi, mkv, gif, ...): {NUM_FRAMES} frames are sampled as "
+                "Video-LLaVA samples them.")
+    with gr.Row():
+        with gr.Column():
+            video = gr.File(label="video", elem_id="video", file_types=[".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif"])
+            question = gr.Textbox(label="question", value="What happens in the video?", elem_id="video-question")
+            method = gr.Dropdown(list(VIDEO_METHODS), value="fastervlm", label="method", elem_id="video-method")
+            budget = gr.Number(value=64, label="budget: patches kept per frame; FastV: tokens kept over the whole video",
+                               elem_id="video-budget")
+            layer = gr.Slider(1, max(layers - 1, 1), value=min(2, max(layers - 1, 1)), step=1, label="FastV layer K",
+                              elem_id="video-layer")
+            ask = gr.Button("Ask about the video", variant="primary", elem_id="ask-video")
+        with gr.Column():
+            message = gr.Markdown(elem_id="video-message")
+            pruned = gr.Textbox(label="pruned answer", elem_id="video-pruned-answer", lines=3)
+            full = gr.Textbox(label="unpruned answer", elem_id="video-full-answer", lines=3)
+            frames = gr.Image(label="the sampled frames: kept patches outlined, dropped ones dimmed", elem_id="video-frames")
+    ask.click(demo.ask_video, inputs=[video, question, method, budget, layer], outputs=[message, pruned, full, frames],
+              preprocess=False, api_name="ask_video")
 
 
 def main(model_path: str | None = None, port: int = 7860, host: str = "127.0.0.1",

@@ -194,3 +194,122 @@ def test_the_page_in_headless_chromium(server, tmp_path):
         assert "not an image or corrupt" in browser.find_element(By.CSS_SELECTOR, "#message").text
     finally:
         browser.quit()
+
+
+# Video-LLaVA: the page's video input (a tiny random Video-LLaVA saved by transformers)
+
+
+def _gif(path: Path, frames: int) -> Path:
+    """An animated GIF of `frames` random 130x90 frames."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(frames)
+    images = [Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)) for _ in range(frames)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_llava_dir(tmp_path_factory):
+    from tests import helpers
+
+    folder = tmp_path_factory.mktemp("demo-video-llava")
+    helpers.make_tiny_video_llava(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def video_demo(video_llava_dir):
+    from fastv.demo import Demo
+
+    return Demo(str(video_llava_dir))
+
+
+def test_the_video_handler_answers_with_the_strip_of_frames(video_demo, tmp_path):
+    from fastv.overlay import GAP, TITLE_HEIGHT
+
+    clip = _gif(tmp_path / "clip.gif", 12)
+    message, pruned, full, strip = video_demo.ask_video(str(clip), "what happens ?", "fastervlm", 16, 2)
+    assert message == ""
+    assert "(fastervlm:keep=16: 136 visual tokens, time to first token" in pruned  # 8 x ([CLS] + 16 patches)
+    assert pruned.endswith("patches per frame: 16, 16, 16, 16, 16, 16, 16, 16)")
+    assert "(unpruned: 520 visual tokens" in full and full.endswith("patches per frame: 64, 64, 64, 64, 64, 64, 64, 64)")
+    assert strip.size == (8 * (112 + GAP) - GAP, 112 + 2 * TITLE_HEIGHT)
+    message, pruned, *_ = video_demo.ask_video({"path": str(clip)}, "what happens ?", "fastv", 100, 2)
+    assert message == "" and "(fastv:keep=100: 520 visual tokens, 100 kept after layer 2" in pruned  # over the video
+    assert video_demo.pipe.method_spec == "none"  # the shared model is left unpruned
+
+
+def test_bad_video_uploads_and_choices_get_a_message(video_demo, demo, tmp_path):
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("a text file renamed .mp4\n")
+    short, clip = _gif(tmp_path / "short.gif", 5), _gif(tmp_path / "clip.gif", 9)
+    cases = [
+        (video_demo.ask_video(None, "what ?", "fastervlm", 16, 2), "**Error:** upload a video first"),
+        (video_demo.ask_video(str(notes), "what ?", "fastervlm", 16, 2), "not a video or corrupt"),
+        (video_demo.ask_video(str(short), "what ?", "fastervlm", 16, 2), "it has 5 frames, fewer than 8"),
+        (video_demo.ask_video(str(clip), "what ?", "hired", 0.2, 2),
+         "**Error:** unknown method 'hired'; the page offers fastv, fastervlm, random, uniform, none"),
+        (video_demo.ask_video(str(clip), " ", "fastervlm", 16, 2), "**Error:** type a question"),
+        (demo.ask_video(str(clip), "what ?", "fastervlm", 16, 2), "is an image model: start the demo with a Video-LLaVA"),
+    ]
+    for (message, *outputs), part in cases:
+        assert part in message and "\n" not in message, message
+        assert outputs == ["", "", None]
+
+
+def test_the_video_input_in_headless_chromium(video_llava_dir, tmp_path):
+    """`fastv demo` on a Video-LLaVA checkpoint: upload a GIF in the page's video section, ask, read the answer, see
+    the strip of frames (screenshot in test-artifacts/demo-video.png)."""
+    _need(importlib.util.find_spec("gradio") is not None, "gradio (the demo extra) is not installed")
+    _need(importlib.util.find_spec("selenium") is not None, "selenium is not installed")
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    _need(bool(chromium and driver_path),
+          "Debian's chromium and chromium-driver are not installed (.ci/run installs them with apt-get)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    clip = _gif(tmp_path / "clip.gif", 12)
+    port, log = _free_port(), tmp_path / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "fastv.cli", "demo", "--model-path", str(video_llava_dir),
+                                    "--port", str(port)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2200"):
+        options.add_argument(argument)
+    browser = None
+    try:
+        deadline = time.monotonic() + 600  # the model loads, then Gradio starts (slow on a busy 2-core machine)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the demo did not start: " + log.read_text()
+                time.sleep(0.5)
+        browser = webdriver.Chrome(service=Service(driver_path), options=options)
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#video input[type=file]"))
+        browser.find_element(By.CSS_SELECTOR, "#video input[type=file]").send_keys(str(clip))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#video [aria-label='clip.gif']"))  # listed: uploaded
+        browser.find_element(By.CSS_SELECTOR, "#ask-video").click()
+        answer = lambda: browser.find_element(By.CSS_SELECTOR, "#video-pruned-answer textarea").get_attribute("value")
+        wait.until(lambda b: answer())
+        assert "fastervlm:keep=64: 520 visual tokens" in answer() and "patches per frame: 64, 64" in answer()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#video-frames img"))
+        artifacts = REPO / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        browser.save_screenshot(str(artifacts / "demo-video.png"))
+        assert "Traceback" not in log.read_text(), log.read_text()
+    finally:
+        if browser is not None:
+            browser.quit()
+        process.terminate()
+        process.wait(timeout=30)
