@@ -56,8 +56,8 @@ def main(model_path: list[str], preset: list[str], batches: list[int], keep_shar
     prompts = shapes_prompts(max(batches))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-vllm-") as scratch:
-        folders = [(Path(p).name, Path(p)) for p in model_path]
-        folders += [(name, save_preset(name, Path(scratch) / name)) for name in preset]
+        folders = [(name, save_preset(name, Path(scratch) / name)) for name in preset]
+        folders += [(Path(p).name, Path(p)) for p in model_path]
         for name, folder in folders:
             rows += bench_model(name, folder, prompts, batches, keep_shares, new_tokens)
     result = {"new_tokens": new_tokens, "machine": machine(), "rows": rows}
@@ -86,6 +86,10 @@ def save_preset(name: str, folder: Path) -> Path:
     hf.save_pretrained(folder)
     for file in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
         shutil.copy(Path(SHIPPED[0]) / file, folder / file)
+    # vLLM finds the image placeholder through the tokenizer's <image> token: the config must name the same id
+    config = json.loads((folder / "config.json").read_text())
+    config["image_token_index"] = json.loads((Path(SHIPPED[0]) / "config.json").read_text())["image_token_index"]
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder
 
 
