@@ -322,3 +322,22 @@ def test_flops_video_refusals_are_one_line(capsys, tiny_llava_dir, extra, messag
     assert main(["flops", "--model-path", str(tiny_llava_dir), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_the_video_latency_script_on_a_checkpoint(video_llava, tmp_path):
+    """scripts/latency/video_llava.sh on CPU with a tiny Video-LLaVA folder: FasterVLM's reductions of its 64 patches
+    per frame, the FastV rows (K within its 3 layers), transformers' row, and the FLOPs beside them."""
+    import os
+
+    env = {**os.environ, "DEVICE": "cpu", "REPEATS": "1", "NEW_TOKENS": "2", "OUT": str(tmp_path),
+           "FASTV": str(REPO / ".venv/bin/fastv"), "FASTV_METHODS": "fastv:k=2,ratio=0.5 fastv:k=1,ratio=0.5"}
+    done = subprocess.run(["bash", "scripts/latency/video_llava.sh", str(video_llava)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    bench = json.loads((tmp_path / "video-llava-bench.json").read_text())
+    assert [row["spec"] for row in bench["rows"]] == [  # round(64 (1 - r)) for r = 25/50/75/90/95%
+        "none", "fastv:ratio=0.5", "fastv:k=1,ratio=0.5", "fastervlm:keep=48", "fastervlm:keep=32",
+        "fastervlm:keep=16", "fastervlm:keep=6", "fastervlm:keep=3", None]
+    assert bench["rows"][-1]["method"] == "transformers (sdpa), unpruned" and bench["visual"] == "video"
+    flops = json.loads((tmp_path / "flops-video-llava.json").read_text())
+    assert [row["visual_tokens"] for row in flops["rows"]] == [520, 520, 520, 8 * 49, 8 * 33, 8 * 17, 8 * 7, 8 * 4]

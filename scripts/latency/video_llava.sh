@@ -10,7 +10,8 @@
 #     Video-LLaVA's 8 x 257 video tokens on a 6-layer tower and a 4-layer Llama, so it finishes in minutes)
 #   env: DEVICE (cuda), DTYPE (float16 on CUDA, float32 on CPU), NEW_TOKENS (16 on CUDA, 8 on CPU),
 #        REPEATS (10 on CUDA, 2 on CPU), REFERENCES (all on CUDA: transformers SDPA and FastV the released HF way;
-#        sdpa on CPU, where the HF way's cache-less decoding of 2000+ tokens takes too long), OUT (results/<machine>-<date>)
+#        sdpa on CPU, where the HF way's cache-less decoding of 2000+ tokens takes too long), OUT (results/<machine>-<date>),
+#        FASTV_METHODS (the FastV rows, "fastv:k=2,ratio=0.5 fastv:k=3,ratio=0.5"; K < the LLM's layers)
 # Rows: ours none; FastV K=2 R=50% over the whole video span (VIDEO.md R2; the claim) and K=3 keep 50% (fastv_kvcache's
 # defaults); FasterVLM keep=192/128/64/26/13 patches per frame (25/50/75/90/95% of 256 dropped, VIDEO.md R1); each
 # frame's [CLS] kept (the stock layout). On bench-video-llava's 4 layers K=2 and K=3 prune half and a quarter of the
@@ -31,19 +32,20 @@ if [ -d "$MODEL" ]; then
 else
     patches=256  # both presets: 224 px, patch 14
 fi
+read -r -a fastv <<< "${FASTV_METHODS:-fastv:k=2,ratio=0.5 fastv:k=3,ratio=0.5}"
 fastervlm=()
 for reduction in 25 50 75 90 95; do  # round(P (1 - r)) patches kept per frame
     fastervlm+=("fastervlm:keep=$(( (patches * (100 - reduction) + 50) / 100 ))")
 done
 "$FASTV" bench $(model_args "$MODEL") --device "$DEVICE" --dtype "$dtype" --batch 1 --new-tokens "$new" \
     --repeats "$repeats" --references "$references" --json "$OUT/video-llava-bench.json" \
-    --methods none fastv:k=2,ratio=0.5 fastv:k=3,ratio=0.5 "${fastervlm[@]}"
+    --methods none "${fastv[@]}" "${fastervlm[@]}"
 if [ ! -d "$MODEL" ]; then  # the 7B preset's FLOPs (no weights: the stand-in's sequence lengths at the real widths)
     "$FASTV" flops --preset video-llava-7b --out "$OUT/flops-video-llava-7b.json" \
-        --methods none fastv:k=2,ratio=0.5 fastv:k=3,ratio=0.5 "${fastervlm[@]}"
+        --methods none "${fastv[@]}" "${fastervlm[@]}"
     "$FASTV" flops --preset video-llava-7b --formula paper --out "$OUT/flops-video-llava-7b-paper.json" \
-        --methods none fastv:k=2,ratio=0.5 fastv:k=3,ratio=0.5 "${fastervlm[@]}"
+        --methods none "${fastv[@]}" "${fastervlm[@]}"
 else
     "$FASTV" flops --model-path "$MODEL" --out "$OUT/flops-video-llava.json" \
-        --methods none fastv:k=2,ratio=0.5 fastv:k=3,ratio=0.5 "${fastervlm[@]}"
+        --methods none "${fastv[@]}" "${fastervlm[@]}"
 fi
