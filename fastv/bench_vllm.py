@@ -54,14 +54,18 @@ def main(model_path: list[str], preset: list[str], batches: list[int], keep_shar
     if any(not 0 < share <= 1 for share in keep_shares):
         raise InputError(f"--keep-shares are shares of an image's tokens, in (0, 1]: got {keep_shares}")
     prompts = shapes_prompts(max(batches))
-    rows = []
+    result = {"new_tokens": new_tokens, "machine": machine(), "rows": []}
+
+    def record(row: dict) -> None:  # every row as it comes: a long run stopped early keeps what it measured
+        result["rows"].append(row)
+        write_result(out, result, table(result["rows"]), echo=False)
+
     with tempfile.TemporaryDirectory(prefix="bench-vllm-") as scratch:
-        folders = [(name, save_preset(name, Path(scratch) / name)) for name in preset]
-        folders += [(Path(p).name, Path(p)) for p in model_path]
-        for name, folder in folders:
-            rows += bench_model(name, folder, prompts, batches, keep_shares, new_tokens)
-    result = {"new_tokens": new_tokens, "machine": machine(), "rows": rows}
-    write_result(out, result, table(rows))
+        for name in [Path(p).name for p in model_path] + preset:
+            folder = Path(next((p for p in model_path if Path(p).name == name), None) or save_preset(
+                name, Path(scratch) / name))
+            bench_model(name, folder, prompts, batches, keep_shares, new_tokens, record)
+    print(table(result["rows"]))
     return result
 
 
@@ -94,7 +98,8 @@ def save_preset(name: str, folder: Path) -> Path:
 
 
 def bench_model(name: str, folder: Path, prompts: list, batches: list[int], keep_shares: list[float],
-                new_tokens: int) -> list[dict]:
+                new_tokens: int, record) -> None:
+    """Both backends on one model, every method and batch; each pair of rows (ours, vllm) goes to `record`."""
     from llava.pipeline import LlavaPipeline
     from llava.serve.vllm_backend import VllmBackend
 
@@ -106,21 +111,20 @@ def bench_model(name: str, folder: Path, prompts: list, batches: list[int], keep
            "vllm": lambda batch, method: run_vllm(engine, batch, method, new_tokens)}
     for backend in run.values():  # untimed: first-call costs
         backend(prompts[:1], "none")
-    rows = []
     for method in methods:
         for batch in batches:
-            timed = {}
+            pair = []
             for backend, call in run.items():
                 seconds, visual = call(prompts[:batch], method)
-                timed[backend] = batch / seconds
-                rows.append({"model": name, "method": method, "batch": batch, "backend": backend,
+                pair.append({"model": name, "method": method, "batch": batch, "backend": backend,
                              "seconds": round(seconds, 4), "answers_per_s": round(batch / seconds, 3),
                              "tokens_per_s": round(batch * new_tokens / seconds, 1), "visual_tokens_mean": visual})
-            rows[-1]["vllm_over_ours"] = round(timed["vllm"] / timed["ours"], 2)
-            print(f"{name} {method} batch {batch}: ours {timed['ours']:.2f}, vllm {timed['vllm']:.2f} answers/s",
-                  flush=True)
+            pair[1]["vllm_over_ours"] = round(pair[1]["answers_per_s"] / pair[0]["answers_per_s"], 2)
+            for row in pair:
+                record(row)
+            print(f"{name} {method} batch {batch}: ours {pair[0]['answers_per_s']:.2f}, vllm "
+                  f"{pair[1]['answers_per_s']:.2f} answers/s", flush=True)
     del engine
-    return rows
 
 
 def run_ours(pipeline, prompts: list, method: str, new_tokens: int) -> tuple[float, float]:
