@@ -341,3 +341,14 @@ def test_the_video_latency_script_on_a_checkpoint(video_llava, tmp_path):
     assert bench["rows"][-1]["method"] == "transformers (sdpa), unpruned" and bench["visual"] == "video"
     flops = json.loads((tmp_path / "flops-video-llava.json").read_text())
     assert [row["visual_tokens"] for row in flops["rows"]] == [520, 520, 520, 8 * 49, 8 * 33, 8 * 17, 8 * 7, 8 * 4]
+
+
+def test_an_image_and_a_video_in_one_prompt_and_their_overlay(capsys, video_llava, clip, tmp_path):
+    picture, out = tmp_path / "still.png", tmp_path / "both.png"
+    helpers.random_images(1, seed=4, sizes=[(120, 100)])[0].save(picture)
+    result = run_json(capsys, video_llava, clip, "fastervlm:keep=16", "--image", str(picture), "--overlay", str(out))
+    assert result["prompt_ids"].index(-200) < result["prompt_ids"].index(-201)  # <image> first, then <video>
+    assert result["visual_tokens"] == [16, 8 * 17]  # the image's patches (no [CLS]), then the video's frames
+    assert result["kept_partitions"][1] == result["kept_frames"] and len(result["kept_partitions"][0][0]) == 16
+    canvas = np.asarray(Image.open(out).convert("RGB"))  # the image's panel above the frames' strip
+    assert canvas.shape == ((112 + TITLE_HEIGHT) + GAP + (112 + 2 * TITLE_HEIGHT), 8 * (112 + GAP) - GAP, 3)
