@@ -19,8 +19,9 @@ from llava.conversation import conv_templates
 from llava.errors import InputError
 
 METHOD_HELP = (
-    "pruning method spec, name:key=value,... e.g. 'fastervlm:keep=58' (keep = visual tokens kept per image), "
-    "'fastv:k=2,keep=144' or 'fastv:k=2,ratio=0.75' (ratio = fraction of image tokens DROPPED), "
+    "pruning method spec, name:key=value,... e.g. 'fastervlm:keep=58' (keep = visual tokens kept per image; per frame"
+    " of a video), 'fastv:k=2,keep=144' or 'fastv:k=2,ratio=0.75' (ratio = fraction of image tokens DROPPED; a video's"
+    " FastV budget is over the whole video), "
     "'random:keep=64,seed=0', 'none'. See `fastv methods`."
 )
 
