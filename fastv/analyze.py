@@ -67,7 +67,7 @@ def maps(pipe, pairs) -> tuple[torch.Tensor, torch.Tensor]:
     grid = model.config.vision.grid_size
     text, cls = [], []
     for picture, prompt in pairs:
-        _, ids, images = pipe.encode([Request(image=picture, text=prompt)])
+        _, ids, images, _ = pipe.encode([Request(image=picture, text=prompt)])
         with torch.inference_mode():
             inputs = model.prepare_inputs(ids, images)
             out = model.forward_inputs(inputs, use_cache=False, attention_layers=layers, attention_rows="last")

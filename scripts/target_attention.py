@@ -51,7 +51,7 @@ def attention_rows(pipe: LlavaPipeline, samples: list, batch_size: int = 32) -> 
     uniform = uniform_objects = 0.0
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
-        _, ids, pixels = pipe.encode([Request(s.image, s.prompt) for s in batch])
+        _, ids, pixels, _ = pipe.encode([Request(s.image, s.prompt) for s in batch])
         inputs = model.prepare_inputs(ids, pixels)
         targets, foreground = [], []  # per sample: the target's tokens, every object's (and the target's) tokens
         for s in batch:

@@ -32,7 +32,7 @@ def test_the_maps_are_transformers_eager_attentions(analysed):
     from tests.helpers import hf_input_ids
 
     pipe, result = analysed
-    _, (prompt_ids,), pixels = pipe.encode([Request(Image.open(IMAGE), PROMPT)])
+    _, (prompt_ids,), pixels, _ = pipe.encode([Request(Image.open(IMAGE), PROMPT)])
     reference = LlavaForConditionalGeneration.from_pretrained(str(SHIPPED_MODEL), dtype=torch.float32,
                                                               attn_implementation="eager").eval()
     ids, mask = hf_input_ids([prompt_ids], 144, reference.config.image_token_index)
@@ -54,7 +54,7 @@ def test_the_last_prompt_row_at_layer_k_minus_1_ranks_as_fastv(analysed):
     expected = top_k_indices(result["maps"][1][last, start:end], 36).tolist()  # layer k-1 = 1 for k = 2
     pipe.model.set_pruning("fastv:k=2,keep=36")
     try:
-        _, ids, pixels = pipe.encode([Request(Image.open(IMAGE), PROMPT)])
+        _, ids, pixels, _ = pipe.encode([Request(Image.open(IMAGE), PROMPT)])
         kept = pipe.model(ids, pixels).stats.kept_in_llm[0][0]
     finally:
         pipe.model.set_pruning("none")

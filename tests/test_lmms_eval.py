@@ -149,7 +149,7 @@ def test_a_leading_space_is_scored_as_the_model_generates_it(model, monkeypatch)
     alone = legacy(" " + greedy, add_special_tokens=False)["input_ids"]
     assert legacy.convert_ids_to_tokens(alone) == ["▁", "▁" + greedy]  # the case this test is about
     ((loss, is_greedy),) = model.loglikelihood([instance("loglikelihood", 0, " " + greedy)])
-    (text,), (prompt,), images = model.pipeline.encode([Request(DOCS[0].image, DOCS[0].prompt)])
+    (text,), (prompt,), images, _ = model.pipeline.encode([Request(DOCS[0].image, DOCS[0].prompt)])
     logits = model.pipeline.model([prompt], images).logits[0, -1].float()
     assert is_greedy
     assert loss == pytest.approx(-float(logits.log_softmax(dim=-1)[alone[1]]), abs=1e-4)

@@ -283,7 +283,7 @@ class LlavaFastV(lmms):
     def score_continuations(self, request: Request, continuations: list[str]) -> list[tuple[float, bool]]:
         """Per continuation: (log p(continuation | request), whether greedy decoding gives exactly its tokens)."""
         pipe, model = self.pipeline, self.pipeline.model
-        (prompt_text,), (prompt,), images = pipe.encode([request])
+        (prompt_text,), (prompt,), images, _ = pipe.encode([request])
         reselect = getattr(model.pruning, "reselect_every_step", False)  # re-pruned at every step, no cache
         prefill = None if reselect else model([prompt], images)
         scores = []

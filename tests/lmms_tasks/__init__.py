@@ -84,7 +84,7 @@ def direct_logprobs(pipe, request: Request, continuations: list[str]) -> list[fl
     and without a cache: the question prefilled (the pruning decided there), then each further token by a
     fresh forward over the grown sequence with the prefill's keep set replayed. The continuation's tokens
     are those the whole text adds after the prompt (the tokens the model generates for it)."""
-    (text,), (prompt,), images = pipe.encode([request])
+    (text,), (prompt,), images, _ = pipe.encode([request])
     out = pipe.model.forward_inputs(pipe.model.prepare_inputs([prompt], images))
     replay = out.replay  # the in-LLM decisions of the prefill, replayed over the grown sequence
     totals = []
