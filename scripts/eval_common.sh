@@ -34,6 +34,10 @@
 #                                                  checkpoint (the checkpoint's own, stock NeXT: spatial_unpad)
 #   IMAGE_GRID           672x672 (v1_6)            LLaVA-NeXT canvas, WIDTHxHEIGHT in pixels, or auto (the best of the
 #                                                  checkpoint's image_grid_pinpoints, as stock NeXT)
+#   VIDEO_CLS            keep (video)              Video-LLaVA: keep each frame's [CLS] (8 x 257 = 2056 video tokens
+#                                                  unpruned, the stock layout) or drop it (8 x 256 = 2048; FasterVLM's
+#                                                  video rows: VIDEO_CLS=drop, 8·L tokens at keep=L); drop runs get
+#                                                  their own run dir: <method>_<budget>_video_cls_drop
 #   The v1_6 defaults are the protocol of the method's paper: FasterVLM's (spatial, 672x672) for most methods;
 #   stock LLaVA-NeXT (checkpoint, auto) for hired, prumerge and prumerge+, as HiRED ran them.
 #   A run under another protocol gets its own run dir: <method>_<budget>_<merge>_<grid>.
@@ -105,6 +109,11 @@ llava_eval() {
         [[ $grid == auto ]] || anyres+=(--image-grid "$grid")
         [[ $merge == "$merge_default" && $grid == "$grid_default" ]] || label="${label}_${merge}_${grid}"
     fi
+    local video=()
+    if [[ -n ${VIDEO_CLS:-} ]]; then
+        video=(--video-cls "$VIDEO_CLS")
+        [[ $VIDEO_CLS == keep ]] || label="${label}_video_cls_${VIDEO_CLS}"
+    fi
     local output_dir="${OUTPUT_ROOT:-outputs/eval}/$(basename "$model")/$label/$bench"
     LLAVA_EVAL_OUTPUT_DIR=$output_dir  # for a script that works on the run after it (scripts/video/eval: the judge)
 
@@ -125,11 +134,11 @@ llava_eval() {
     # torchrun (torch's own launcher, run through this python); each process takes cuda:LOCAL_RANK
     (( nproc > 1 )) && launcher=("$python" -m torch.distributed.run --standalone --nproc_per_node "$nproc")
 
-    echo "[$bench] model=$model method=$spec ${anyres[*]} ${backend[*]} processes=$nproc -> $output_dir" >&2
+    echo "[$bench] model=$model method=$spec ${anyres[*]} ${video[*]} ${backend[*]} processes=$nproc -> $output_dir" >&2
     # shellcheck disable=SC2086  # EVAL_ARGS is a list of options
     "${launcher[@]}" -m llava.eval.run --benchmark "$bench" --model-path "$model" --method "$spec" \
         --data-root "${DATA_ROOT:-playground/data/eval}" --output-dir "$output_dir" \
-        --conv-mode "${CONV_MODE:-$conv_default}" "${anyres[@]}" "${backend[@]}" ${EVAL_ARGS:-} "$@"
+        --conv-mode "${CONV_MODE:-$conv_default}" "${anyres[@]}" "${video[@]}" "${backend[@]}" ${EVAL_ARGS:-} "$@"
 }
 
 # After llava_eval on a video QA set: Video-LLaVA's GPT judge over the run (python -m llava.eval.judge_run,

@@ -68,7 +68,7 @@ class BackendInfo:
 
     model_id: str | None
     method_spec: str | None
-    layout: dict | None  # {"patch_merge", "image_grid"} as `runfolder.answer_layout` records them
+    layout: dict | None  # {"patch_merge", "image_grid"[, "video_cls"]} as `runfolder.answer_layout` records them
     llm: dict | None  # {"hidden_size", "intermediate_size", "num_layers"}: what FLOPs are counted from
 
 
@@ -121,6 +121,8 @@ class TorchBackend(Backend):
             layout = {"patch_merge": None, "image_grid": None}
             if config.anyres:
                 layout = {"patch_merge": config.patch_merge, "image_grid": canvases(processor.image_grid_pinpoints)}
+            if getattr(config, "video", None) is not None:
+                layout["video_cls"] = config.video.cls
         text = getattr(config, "text", None)
         llm = None if text is None else {
             "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size, "num_layers": text.num_layers}

@@ -28,7 +28,7 @@ def check_run_options(batch_size: int, limit: int | None) -> None:
 
 
 def check_backend_options(backend: str, tensor_parallel_size: int, *, pipeline: str, vision_tower: str | None,
-                          quantization: str) -> None:
+                          quantization: str, video_cls: str | None = None) -> None:
     """`--backend vllm` with what it cannot take, or `--tensor-parallel-size` without it, is an InputError."""
     check_at_least("--tensor-parallel-size", tensor_parallel_size, 1)
     if backend != "vllm":
@@ -36,7 +36,8 @@ def check_backend_options(backend: str, tensor_parallel_size: int, *, pipeline: 
             raise InputError("--tensor-parallel-size is for --backend vllm")
         return
     refused = [name for name, given in (("--pipeline", pipeline != DEFAULT_PIPELINE), ("--vision-tower", vision_tower),
-                                        (f"--load-{quantization}", quantization != "none")) if given]
+                                        (f"--load-{quantization}", quantization != "none"),
+                                        ("--video-cls", video_cls)) if given]
     if refused:
         raise InputError(f"--backend vllm takes a llava-hf checkpoint as it is: {', '.join(refused)} is for --backend torch")
 
@@ -54,8 +55,12 @@ def resolve_device_and_dtype(device: str | None, dtype: str, local_rank: int):
     return resolved, default_dtype(resolved) if dtype == "auto" else getattr(torch, dtype)
 
 
-def default_output_dir(model_path: str | None, method: str, benchmark: str) -> Path:
+def default_output_dir(model_path: str | None, method: str, benchmark: str, video_cls: str | None = None) -> Path:
+    """outputs/eval/<model>/<method>/<benchmark>; <method>_video_cls_drop for Video-LLaVA without the frames' [CLS]
+    (keep, the stock layout, is every checkpoint's default and shares the default's directory)."""
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", canonical_method(method).replace("=", ""))
+    if video_cls is not None and video_cls != "keep":
+        label = f"{label}_video_cls_{video_cls}"
     return Path("outputs/eval") / (Path(model_path).name if model_path else "model") / label / benchmark
 
 
@@ -100,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-grid", metavar="WxH",
                         help="LLaVA-NeXT: cut every image into this canvas in pixels, e.g. 672x672 [default: the best"
                              " of the checkpoint's image_grid_pinpoints]")
+    parser.add_argument("--video-cls", choices=("keep", "drop"),
+                        help="Video-LLaVA: keep each frame's [CLS] token (8 x 257 = 2056 video tokens unpruned, the "
+                             "stock layout) or drop it (8 x 256 = 2048, FasterVLM's video rows) [default: keep]")
     parser.add_argument("--load-8bit", action="store_true", help="8-bit weights through bitsandbytes (CUDA)")
     parser.add_argument("--load-4bit", action="store_true", help="4-bit weights through bitsandbytes (CUDA)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

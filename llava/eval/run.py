@@ -10,7 +10,8 @@ The output directory holds:
                     question order at the end
     run.json        the run's settings and what happened (model, weights digest, method spec, budget,
                     dtype, device, quantization, mean visual tokens entering the LLM, versions,
-                    seed, LLaVA-NeXT layout, questions, question_set digest, answered, errors, missing;
+                    seed, LLaVA-NeXT layout, Video-LLaVA's video_cls, questions, question_set digest, answered,
+                    errors, missing;
                     `started`: when the first invocation began answering, `resumed`: when each later
                     one did, `finished`: when the answers were last scored, null while a run answers)
     scores.json     the benchmark's metrics, its headline number, the unreadable question lines
@@ -25,8 +26,8 @@ the context, unreadable question line) gets an answer line with `text` "" and
 in answers.jsonl are not asked again (error lines neither, unless
 `--retry-errors`; an error line never replaces an answer); when every question is
 answered, no model is loaded and the run only scores again. A directory holding
-answers made with another model, weights, method, generation setting or image layout is refused,
-each compared as the model uses it (an omitted option by its default), and scoring again never
+answers made with another model, weights, method, generation setting, image layout or video_cls is
+refused, each compared as the model uses it (an omitted option by its default), and scoring again never
 rewrites what run.json says the answers were made with.
 
 Several processes (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK): each answers every
@@ -89,6 +90,7 @@ def run_benchmark(
     vision_tower: str | None = None,
     patch_merge: str | None = None,
     image_grid: str | None = None,
+    video_cls: str | None = None,
     dtype: str | None = None,
     device: str | None = None,
     quantization: str | None = None,
@@ -108,7 +110,7 @@ def run_benchmark(
     with other values is not resumed (None: not known, not checked). `patch_merge`
     and `image_grid` are LLaVA-NeXT's options as given to the pipeline (None: the
     checkpoint's), resolved to the layout the model uses (`runfolder.answer_layout`), recorded and checked the
-    same way. Returns scores.json's content on rank 0, None on the other ranks.
+    same way; so is Video-LLaVA's `video_cls` ("keep" or "drop" each frame's [CLS]; None: the checkpoint's, keep). Returns scores.json's content on rank 0, None on the other ranks.
     """
     from llava.generate import check_generation_options
 
@@ -118,6 +120,7 @@ def run_benchmark(
     omitted = {name: default for name, value, default in (
         ("max_new_tokens", max_new_tokens, f"{bench.name}'s default"),
         ("patch_merge", patch_merge, "the checkpoint's"), ("image_grid", image_grid, "the checkpoint's pinpoints"),
+        ("video_cls", video_cls, "the checkpoint's, keep"),
     ) if value is None}
     max_new_tokens = bench.max_new_tokens if max_new_tokens is None else max_new_tokens
     check_generation_options(max_new_tokens, temperature, seed=seed)
@@ -128,7 +131,7 @@ def run_benchmark(
     known_layout = None if is_loader(pipeline) else as_backend(pipeline).describe().layout
     settings = run_settings(
         bench.name, model_path, vision_tower, method or previous.get("method"),
-        answer_layout(known_layout, model_path, vision_tower, patch_merge, image_grid),
+        answer_layout(known_layout, model_path, vision_tower, patch_merge, image_grid, video_cls),
         conv_mode=conv_mode, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, dtype=dtype,
         device=device, quantization=quantization,
     )
@@ -248,16 +251,18 @@ def main(argv=None) -> int:
         barrier = dist.barrier
     try:
         get_benchmark(args.benchmark)
-        output_dir = Path(args.output_dir or default_output_dir(args.model_path, args.method, args.benchmark))
+        output_dir = Path(args.output_dir or default_output_dir(args.model_path, args.method, args.benchmark,
+                                                                args.video_cls))
         method = args.method or read_run(output_dir).get("method") or "none"
         device, dtype = resolve_device_and_dtype(args.device, args.dtype, local_rank)
 
         # Passed only when given, so that a --pipeline without them keeps working for LLaVA-1.5.
         anyres_options = {k: v for k, v in (("patch_merge", args.patch_merge), ("image_grid", args.image_grid)) if v}
+        video_options = {"video_cls": args.video_cls} if args.video_cls else {}
 
         quantization = "8bit" if args.load_8bit else "4bit" if args.load_4bit else "none"
         check_backend_options(args.backend, args.tensor_parallel_size, pipeline=args.pipeline,
-                              vision_tower=args.vision_tower, quantization=quantization)
+                              vision_tower=args.vision_tower, quantization=quantization, video_cls=args.video_cls)
         if args.backend == "vllm":
             from llava.model.pruning.registry import parse_method
             from llava.serve.vllm_backend import check_servable
@@ -275,7 +280,7 @@ def main(argv=None) -> int:
             return import_object(args.pipeline)(
                 args.model_path, method=method, conv_mode=args.conv_mode, device=str(device), dtype=dtype,
                 vision_tower=args.vision_tower, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
-                **anyres_options,
+                **anyres_options, **video_options,
             )
 
         run_benchmark(
@@ -284,6 +289,7 @@ def main(argv=None) -> int:
             temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, limit=args.limit,
             retry_errors=args.retry_errors, question_file=args.question_file, image_folder=args.image_folder,
             vision_tower=args.vision_tower, patch_merge=args.patch_merge, image_grid=args.image_grid,
+            video_cls=args.video_cls,
             dtype=str(dtype).removeprefix("torch."), device=device.type,
             quantization=quantization, rank=rank, world_size=world_size, barrier=barrier,
             progress=not args.no_progress,

@@ -34,12 +34,12 @@ SHARDS = "answers.rank*.jsonl"
 # Settings that change the answers: a directory holding answers made with other values is not resumed. Each is
 # recorded and compared as the model uses it (an omitted option as its default resolves), in both directions.
 ANSWER_SETTINGS = ("benchmark", "model_id", "weights", "method", "conv_mode", "max_new_tokens", "temperature", "seed",
-                   "patch_merge", "image_grid")
+                   "patch_merge", "image_grid", "video_cls")
 SAME_RUN_SETTINGS = ANSWER_SETTINGS + ("dtype", "device", "quantization")  # checked when something is left to answer
 # The command-line option behind each setting, for the refusal's message.
 OPTIONS = {"benchmark": "--benchmark", "model_id": "--model-path", "weights": "--model-path", "method": "--method",
            "conv_mode": "--conv-mode", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
-           "seed": "--seed", "patch_merge": "--patch-merge", "image_grid": "--image-grid", "dtype": "--dtype",
+           "seed": "--seed", "patch_merge": "--patch-merge", "image_grid": "--image-grid", "video_cls": "--video-cls", "dtype": "--dtype",
            "device": "--device", "quantization": "--load-8bit / --load-4bit"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 FINGERPRINT_BYTES = 1 << 20  # read from each end of every weights file
@@ -162,9 +162,10 @@ def loaded_weight_files(model_path: str | None, vision_tower: str | None = None)
 
 
 def answer_layout(loaded: dict | None, model_path: str | None, vision_tower: str | None, patch_merge: str | None,
-                  image_grid: str | None) -> dict:
-    """{"patch_merge", "image_grid"}: how LLaVA-NeXT turns each image into tokens for these answers, the
-    merge and the canvases the images are cut by (`canvases`); both None for LLaVA-1.5.
+                  image_grid: str | None, video_cls: str | None = None) -> dict:
+    """{"patch_merge", "image_grid", "video_cls"}: how LLaVA-NeXT turns each image into tokens for these answers,
+    the merge and the canvases the images are cut by (`canvases`), both None for LLaVA-1.5; whether Video-LLaVA
+    keeps each frame's [CLS] ("keep", "drop"; None for an image model).
 
     What the model uses, not what was typed: a loaded backend says it itself (`loaded`, its
     `BackendInfo.layout`); otherwise the options are resolved against the checkpoint's config as the loader
@@ -173,18 +174,24 @@ def answer_layout(loaded: dict | None, model_path: str | None, vision_tower: str
     --model-path, a test's fake model), the options as given (None: not known, not compared).
     """
     if loaded is not None:
-        return loaded
+        return {"video_cls": video_cls, **loaded}
     if model_path and (Path(model_path) / "config.json").is_file():
         from llava.model.builder import anyres_options, read_checkpoint
 
         checkpoint = read_checkpoint(model_path, vision_tower)
         pinpoints = anyres_options(checkpoint, patch_merge, image_grid)  # refuses options LLaVA-1.5 has not
+        video = checkpoint.config.video
+        if video_cls is not None and video is None:
+            raise InputError(f"--video-cls is for Video-LLaVA checkpoints; {model_path} has no video tower")
+        cls = None if video is None else video_cls or video.cls
         if pinpoints is None:
-            return {"patch_merge": None, "image_grid": None}
-        return {"patch_merge": patch_merge or checkpoint.config.patch_merge, "image_grid": canvases(pinpoints)}
+            return {"patch_merge": None, "image_grid": None, "video_cls": cls}
+        return {"patch_merge": patch_merge or checkpoint.config.patch_merge, "image_grid": canvases(pinpoints),
+                "video_cls": cls}
     from llava.mm_utils import parse_image_grid
 
-    return {"patch_merge": patch_merge, "image_grid": canvases([parse_image_grid(image_grid, 1)]) if image_grid else None}
+    return {"patch_merge": patch_merge, "image_grid": canvases([parse_image_grid(image_grid, 1)]) if image_grid else None,
+            "video_cls": video_cls}
 
 
 def canvases(pinpoints) -> str | list[str]:
