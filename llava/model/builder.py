@@ -300,7 +300,9 @@ def read_checkpoint(model_path: str, vision_tower: str | None = None) -> Checkpo
         config = _llava_hf_config(path, raw, llava_next)
         if video_llava:
             config = dataclasses.replace(config, video=_video_config(path, raw, config))
-        return Checkpoint(path, config, vision_folder=None, pad_to_square=True)
+        # An image is padded to a square as LLaVA's evaluation does (image_aspect_ratio 'pad'), except on
+        # Video-LLaVA: transformers' VideoLlavaImageProcessor resizes and centre-crops without padding.
+        return Checkpoint(path, config, vision_folder=None, pad_to_square=not video_llava)
     if "mm_video_tower" in raw or "mm_image_tower" in raw:
         return _original_video_llava(path, raw, vision_tower)
     if "mm_vision_tower" in raw or vision_tower is not None:
