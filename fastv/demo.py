@@ -128,7 +128,8 @@ class Demo:
             raise InputError("type a question")
         layer = _whole_number(layer, "FastV layer K", 1, max(self.pipe.model.config.text.num_layers - 1, 1))
         spec = method_spec(method, budget, layer, VIDEO_METHODS)
-        request = Request(image=None, text=question.strip(), video=read_video(path))  # InputError: not a video, < 8 frames
+        clip = read_video(path, self.pipe.model.config.video.num_frames)  # InputError: not a video, too few frames
+        request = Request(image=None, text=question.strip(), video=clip)
         model = self.pipe.model
         with self.lock:
             try:

@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", help="llava-hf or original LLaVA checkpoint folder (default: the shipped model)")
     parser.add_argument("--image", help="image file (leave the option out for a text-only prompt)")
     parser.add_argument("--video", action="append", metavar="FILE",
-                        help="Video-LLaVA: a video file (any container PyAV decodes: mp4, avi, webm, mkv, gif, ...), 8 frames"
-                             " sampled; one per prompt")
+                        help="Video-LLaVA: a video file (any container PyAV decodes: mp4, avi, webm, mkv, gif, ...), its frames"
+                             " sampled (8: the checkpoint's num_frames); one per prompt")
     parser.add_argument("--frames-sampling", metavar="linspace|arange",
                         help="--video: which 8 frames of n: linspace = Video-LLaVA's linspace(0, n-1, 8), arange ="
                              " transformers' arange(0, n, n/8) [default: linspace]")
@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              " FasterVLM's video branch) [default: keep]")
     parser.add_argument("--prompt", required=True, help="the question, without <image> or <video>")
     parser.add_argument("--method", default="none", help=METHOD_HELP)
-    parser.add_argument("--conv-mode", default="vicuna_v1", help=f"conversation template ({', '.join(conv_templates)})")
+    parser.add_argument("--conv-mode", help=f"conversation template ({', '.join(conv_templates)}) [default: llava_v1 on a"
+                        " Video-LLaVA checkpoint, as its evaluation; vicuna_v1 otherwise, as LLaVA-1.5's]")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated at most")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, >= 0 (0 = greedy)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked against this machine)")
@@ -69,7 +70,7 @@ def main(
     image: str | None,
     prompt: str,
     method: str = "none",
-    conv_mode: str = "vicuna_v1",
+    conv_mode: str | None = None,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     device: str = "cpu",
@@ -89,8 +90,10 @@ def main(
     `patch_merge` and `image_grid`, against the checkpoint's config, before its weights). `overlay`: also
     write the kept-token overlay there (fastv/overlay.py). `backend` "vllm": vLLM generates from our pruned image
     features (llava/serve/vllm_backend.py), over `tensor_parallel_size` GPUs. `video` (Video-LLaVA): a video file
-    whose 8 frames, sampled by `frames_sampling`, go in front of the question (after the image, if one is given
-    too); `video_cls` "drop" leaves each frame's [CLS] token out."""
+    whose frames, sampled by `frames_sampling`, go in front of the question (after the image, if one is given
+    too), as many as the checkpoint's video tower takes (config.video.num_frames); `video_cls` "drop" leaves each
+    frame's [CLS] token out. `conv_mode` None: Video-LLaVA's template (llava_v1) on a Video-LLaVA checkpoint,
+    LLaVA-1.5's (vicuna_v1) otherwise."""
     from llava.conversation import conversation_template
     from llava.generate import check_generation_options
     from llava.mm_utils import load_image
@@ -107,7 +110,8 @@ def main(
             raise InputError("--backend vllm takes a llava-hf checkpoint as it is: --vision-tower is for --backend torch")
     elif tensor_parallel_size != 1:
         raise InputError("--tensor-parallel-size is for --backend vllm")
-    conversation_template(conv_mode)
+    if conv_mode is not None:
+        conversation_template(conv_mode)
     resolve_device(device)
     check_generation_options(max_new_tokens, temperature)
     if not prompt.strip():
@@ -122,14 +126,17 @@ def main(
     if overlay is not None:
         check_output_file("--overlay", overlay, what="the PNG file")
     model_path = model_or_shipped(model_path)
+    from llava.model.builder import read_checkpoint
+
+    video_config = read_checkpoint(model_path, vision_tower).config.video  # None: an image model
+    conv_mode = conv_mode or ("llava_v1" if video_config is not None else "vicuna_v1")
     clip = None
     if video is not None:
-        from llava.model.builder import read_checkpoint
         from llava.video import read_video
 
-        if read_checkpoint(model_path, vision_tower).config.video is None:
+        if video_config is None:
             raise InputError(f"--video needs a Video-LLaVA checkpoint; {model_path} is an image model (no video tower)")
-        clip = read_video(video, sampling=frames_sampling or "linspace")  # decoded before the weights load
+        clip = read_video(video, video_config.num_frames, sampling=frames_sampling or "linspace")  # before the weights
     picture = load_image(image) if image is not None else None  # --image "" is a missing image, not no image
     if backend == "vllm":
         from llava.eval.backend import Prompt
@@ -146,7 +153,7 @@ def main(
                                   video_cls=video_cls)
         (answer,) = pipe.answer([Request(image=picture, text=prompt, video=clip)], max_new_tokens=max_new_tokens,
                                 temperature=temperature)
-    result = {"method": parsed.spec, "backend": backend, **dataclasses.asdict(answer)}
+    result = {"method": parsed.spec, "backend": backend, "conv_mode": conv_mode, **dataclasses.asdict(answer)}
     result["answer"] = result.pop("text")
     if clip is not None:
         result["total_frames"], result["frames_sampling"] = clip.total_frames, frames_sampling or "linspace"

@@ -70,6 +70,7 @@ class BackendInfo:
     method_spec: str | None
     layout: dict | None  # {"patch_merge", "image_grid"[, "video_cls"]} as `runfolder.answer_layout` records them
     llm: dict | None  # {"hidden_size", "intermediate_size", "num_layers"}: what FLOPs are counted from
+    num_frames: int | None = None  # Video-LLaVA: the frames a video is read as (config.video.num_frames)
 
 
 class Backend(ABC):
@@ -126,8 +127,9 @@ class TorchBackend(Backend):
         text = getattr(config, "text", None)
         llm = None if text is None else {
             "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size, "num_layers": text.num_layers}
+        video = getattr(config, "video", None)
         return BackendInfo(getattr(self.pipeline, "model_id", None), getattr(self.pipeline, "method_spec", None),
-                           layout, llm)
+                           layout, llm, num_frames=None if video is None else video.num_frames)
 
 
 def answer_metadata(answer) -> dict:
@@ -165,7 +167,8 @@ def answer_questions(questions: list[Question], backend: Backend | None, writer:
                      max_new_tokens: int, temperature: float, seed: int, progress: bool) -> None:
     """Ask `questions` in batches; every question ends as one line in `writer` (an answer or an error).
     `backend` may be None when every question is malformed (nothing reaches a model)."""
-    model_id = backend.describe().model_id if backend is not None else None
+    described = backend.describe() if backend is not None else None
+    model_id, num_frames = (described.model_id, described.num_frames) if described is not None else (None, None)
     bar = _progress(len(questions), progress)
     for start in range(0, len(questions), batch_size):
         ready = []
@@ -174,7 +177,7 @@ def answer_questions(questions: list[Question], backend: Backend | None, writer:
                 if question.error:
                     raise InputError(question.error)
                 image = open_image(question) if question.has_image else None
-                video = open_video(question) if question.video is not None else None
+                video = open_video(question, num_frames) if question.video is not None else None
                 ready.append((question, Prompt(question.text, image, video)))
             except InputError as error:
                 writer.write(error_line(question, str(error), model_id))

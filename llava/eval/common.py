@@ -321,17 +321,18 @@ def open_image(question: Question) -> Image.Image:
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")  # Video-LLaVA's four, in its order, then two
 
 
-def open_video(question: Question):
-    """The question's video (`llava.video.Video`: 8 frames, Video-LLaVA's sampling), the file as named or
-    the first of it with one of `VIDEO_EXTENSIONS` that exists; a missing, unreadable or too short video
-    is an InputError naming it, which the runner writes as that question's error line."""
-    from llava.video import read_video
+def open_video(question: Question, num_frames: int | None = None):
+    """The question's video (`llava.video.Video`: `num_frames` frames, the model's config.video.num_frames; None:
+    Video-LLaVA's 8; Video-LLaVA's sampling), the file as named or the first of it with one of `VIDEO_EXTENSIONS`
+    that exists; a missing, unreadable or too short video is an InputError naming it, which the runner writes as
+    that question's error line."""
+    from llava.video import NUM_FRAMES, read_video
 
     path = question.video
     found = next((p for p in (path, *(path.with_name(path.name + e) for e in VIDEO_EXTENSIONS)) if p.is_file()), None)
     if found is None:
         raise InputError(f"video not found: {path} (as named, or with {', '.join(VIDEO_EXTENSIONS)})")
-    return read_video(found)
+    return read_video(found, num_frames or NUM_FRAMES)
 
 
 # ----------------------------------------------------------------------------- VQA answers

@@ -1,0 +1,81 @@
+"""What a Video-LLaVA checkpoint sets by itself: `fastv run`'s conversation template (Video-LLaVA's llava_v1, as
+its evaluation scripts, unless --conv-mode is given; vicuna_v1 on an image model) and the number of frames read
+from a video, in `fastv run` and the eval runner (the checkpoint's config.video.num_frames, not a fixed 8: here a
+4-frame original-layout folder, the frame indices worked by hand)."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastv.cli import main
+from llava.conversation import build_prompt
+from tests.test_languagebind import write_original_video_llava
+
+PROMPT = "what happens ?"
+
+
+def write_gif(path, frames: int):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)) for _ in range(frames)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
+    return path
+
+
+def run_json(capsys, *args) -> dict:
+    assert main(["run", "--prompt", PROMPT, "--max-new-tokens", "1", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_gif(tmp_path_factory.mktemp("clip") / "clip.gif", 12)
+
+
+@pytest.fixture(scope="module")
+def four_frames(tiny_video_dir, loaded_video, tmp_path_factory):
+    """The tiny Video-LLaVA in the original layout, its video tower taking 4 frames (no temporal attention)."""
+    folder = write_original_video_llava(tiny_video_dir, loaded_video[1], tmp_path_factory.mktemp("orig") / "VL-4",
+                                        add_time_attn=False)
+    tower = folder.parent / "LanguageBind_Video/config.json"
+    config = json.loads(tower.read_text())
+    config["vision_config"]["num_frames"] = 4
+    tower.write_text(json.dumps(config))
+    return folder
+
+
+def test_a_video_llava_checkpoint_defaults_to_llava_v1_unless_told(capsys, tiny_video_dir, clip):
+    result = run_json(capsys, "--model-path", str(tiny_video_dir), "--video", str(clip))
+    assert result["conv_mode"] == "llava_v1"
+    assert result["prompt"] == build_prompt(PROMPT, "llava_v1", with_image=False, with_video=True)
+    told = run_json(capsys, "--model-path", str(tiny_video_dir), "--video", str(clip), "--conv-mode", "vicuna_v1")
+    assert told["conv_mode"] == "vicuna_v1"
+    assert told["prompt"] == build_prompt(PROMPT, "vicuna_v1", with_image=False, with_video=True)
+    assert told["prompt"] != result["prompt"]
+
+
+def test_an_image_model_keeps_vicuna_v1():
+    from fastv.run import main as run
+
+    result = run(None, None, PROMPT, max_new_tokens=1)  # the shipped LLaVA-1.5, a text-only prompt
+    assert result["conv_mode"] == "vicuna_v1"
+    assert result["prompt"] == build_prompt(PROMPT, "vicuna_v1", with_image=False)
+
+
+def test_fastv_run_reads_the_checkpoints_number_of_frames(capsys, four_frames, clip):
+    result = run_json(capsys, "--model-path", str(four_frames), "--video", str(clip), "--method", "fastervlm:keep=16")
+    assert result["frames"] == [0, 3, 7, 11]  # linspace(0, 11, 4) = 0, 3.67, 7.33, 11, truncated
+    assert result["visual_tokens"] == [4 * (16 + 1)] and len(result["kept_frames"]) == 4
+
+
+def test_the_eval_runner_reads_the_checkpoints_number_of_frames(four_frames, tmp_path):
+    from llava.eval.run import run_benchmark
+    from llava.pipeline import LlavaPipeline
+    from tests.test_video_qa import make_msvd
+
+    scores = run_benchmark("msvd_1k", lambda: LlavaPipeline.load(str(four_frames), conv_mode="llava_v1"),
+                           make_msvd(tmp_path / "data"), tmp_path / "out", model_path=str(four_frames),
+                           conv_mode="llava_v1", max_new_tokens=1, limit=1, progress=False)
+    assert (scores["run"]["answered"], scores["run"]["errors"]) == (1, 0)
+    first = json.loads((tmp_path / "out/answers.jsonl").read_text().splitlines()[0])["metadata"]
+    assert first["frames"] == [0, 3, 6, 9]  # the 10-frame GIF: linspace(0, 9, 4) = 0, 3, 6, 9
