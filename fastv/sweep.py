@@ -522,7 +522,9 @@ def to_markdown(result: dict) -> str:
     for item in result.get("left_out", []):
         lines += ["", f"Left out: {item['method']} ({item['why']})."]
     types = sorted({t for r in runs for t in r["types"]})
-    lines += ["", "Per run (kept: visual tokens per image after the last stage, mean, newline tokens not counted; per layer:"
+    kept_unit = ("per video after the last stage (every frame's, [CLS] included), mean" if video else
+                 "per image after the last stage, mean, newline tokens not counted")
+    lines += ["", f"Per run (kept: visual tokens {kept_unit}; per layer:"
                   " visual tokens each decoder layer ran on, mean over layers and questions; FLOPs: LLM prefill"
                   " multiply-adds by the FastV paper's formula over the measured per-layer lengths, over the unpruned"
                   " run's; \"-\": the run had no question of that type):", "",
