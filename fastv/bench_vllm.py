@@ -74,6 +74,9 @@ def shapes_prompts(n: int) -> list:
 
     from llava.eval.backend import Prompt
 
+    from fastv.sweep import generate_questions
+
+    generate_questions(SHAPES, "questions.jsonl", max(n, 32), "lattice")  # a fresh clone has no benchmark data
     lines = (SHAPES / "questions.jsonl").read_text().splitlines()
     questions = [json.loads(line) for line in lines[:n]]
     return [Prompt(q["text"], Image.open(SHAPES / "images" / q["image"]).convert("RGB")) for q in questions]

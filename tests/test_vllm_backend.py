@@ -26,7 +26,6 @@ from llava.serve.vllm_backend import VllmBackend, check_placeholders, vllm_folde
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"llava": REPO / "models/llava-shapes-tiny", "next": REPO / "models/llava-next-shapes-tiny"}
-SHAPES = REPO / "playground/data/eval/shapes"
 METHODS = {  # none + pre-LLM methods; prumerge keeps an adaptive number
     "llava": ("none", "fastervlm:keep=36", "random:keep=50,seed=0", "uniform:keep=64", "prumerge"),
     "next": ("none", "fastervlm:keep=36", "hired:rate=0.2,alpha=0.5", "pool:keep=16", "prumerge"),
@@ -117,14 +116,24 @@ def backends():
     return {name: (VllmBackend.load(str(path)), LlavaPipeline.load(str(path))) for name, path in MODELS.items()}
 
 
-def shapes_prompts(n: int, sizes: bool) -> list[Prompt]:
+@pytest.fixture(scope="module")
+def eval_root(tmp_path_factory) -> Path:
+    """A data root holding a 32-question shapes test split, written here: a fresh clone has no benchmark data."""
+    from fastv.sweep import generate_questions
+
+    root = tmp_path_factory.mktemp("eval")
+    generate_questions(root / "shapes", "questions.jsonl", 32, "lattice")
+    return root
+
+
+def shapes_prompts(eval_root: Path, n: int, sizes: bool) -> list[Prompt]:
     """The first `n` shapes questions; with `sizes`, every other image cropped to another aspect (NeXT: another
     crop grid, so other token counts)."""
     prompts = []
-    lines = SHAPES.joinpath("questions.jsonl").read_text().splitlines()[:n]
+    lines = (eval_root / "shapes/questions.jsonl").read_text().splitlines()[:n]
     for i, line in enumerate(lines):
         question = json.loads(line)
-        image = Image.open(SHAPES / "images" / question["image"]).convert("RGB")
+        image = Image.open(eval_root / "shapes/images" / question["image"]).convert("RGB")
         if sizes and i % 2:
             image = image.crop((0, 0, image.width, image.height // (2 + i % 3)))
         prompts.append(Prompt(question["text"], image))
@@ -139,9 +148,9 @@ def ours(pipeline, prompts: list[Prompt], method: str):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_answers_and_metadata_equal_ours_single_and_in_a_batch_of_mixed_token_counts(backends, model):
+def test_answers_and_metadata_equal_ours_single_and_in_a_batch_of_mixed_token_counts(backends, eval_root, model):
     engine, pipeline = backends[model]
-    prompts = shapes_prompts(6, sizes=model == "next")
+    prompts = shapes_prompts(eval_root, 6, sizes=model == "next")
     for method in METHODS[model]:
         expected = ours(pipeline, prompts, method)
         batch = engine.answer(prompts, method=method, **GENERATION)
@@ -155,11 +164,11 @@ def test_answers_and_metadata_equal_ours_single_and_in_a_batch_of_mixed_token_co
     assert engine.describe().method_spec == "none"  # a call's method does not stay
 
 
-def test_a_text_only_prompt_and_a_prompt_that_fills_the_window(backends):
+def test_a_text_only_prompt_and_a_prompt_that_fills_the_window(backends, eval_root):
     engine, pipeline = backends["llava"]
     prompts = [Prompt("What is a star?", None)]
     assert engine.answer(prompts, **GENERATION) == ours(pipeline, prompts, "none")
-    long = [Prompt("word " * 2000, shapes_prompts(1, False)[0].image)]
+    long = [Prompt("word " * 2000, shapes_prompts(eval_root, 1, False)[0].image)]
     with pytest.raises(InputError, match="longer than the context of 1024") as theirs:
         engine.answer(long, **GENERATION)
     with pytest.raises(InputError) as mine:
@@ -167,9 +176,9 @@ def test_a_text_only_prompt_and_a_prompt_that_fills_the_window(backends):
     assert str(theirs.value) == str(mine.value)
 
 
-def test_two_placeholders_for_one_image_are_refused(backends):
+def test_two_placeholders_for_one_image_are_refused(backends, eval_root):
     engine, _ = backends["llava"]
-    image = shapes_prompts(1, False)[0].image
+    image = shapes_prompts(eval_root, 1, False)[0].image
     with pytest.raises(InputError, match="holds 2 image placeholder"):
         engine.answer([Prompt("<image>\n<image>\nWhat is it?", image)], **GENERATION)
     with pytest.raises(InputError, match="prunes inside the LLM"):
@@ -177,13 +186,13 @@ def test_two_placeholders_for_one_image_are_refused(backends):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_the_eval_runner_writes_the_same_answers_file_with_either_backend(backends, model, tmp_path):
+def test_the_eval_runner_writes_the_same_answers_file_with_either_backend(backends, eval_root, model, tmp_path):
     from llava.eval.run import run_benchmark
 
     engine, pipeline = backends[model]
     pipeline.model.set_pruning("fastervlm:keep=36")
     for name, backend in (("torch", pipeline), ("vllm", engine.with_method("fastervlm:keep=36"))):
-        run_benchmark("shapes", backend, REPO / "playground/data/eval", tmp_path / name, model_path=str(MODELS[model]),
+        run_benchmark("shapes", backend, eval_root, tmp_path / name, model_path=str(MODELS[model]),
                       method="fastervlm:keep=36", limit=30, batch_size=8, max_new_tokens=8, progress=False)
     torch_lines = (tmp_path / "torch/answers.jsonl").read_text()
     assert len(torch_lines.splitlines()) == 30
@@ -192,7 +201,7 @@ def test_the_eval_runner_writes_the_same_answers_file_with_either_backend(backen
     assert scores[0] == scores[1]
 
 
-def test_fastv_run_and_the_runner_command_reach_the_vllm_backend(backends, monkeypatch, tmp_path, capsys):
+def test_fastv_run_and_the_runner_command_reach_the_vllm_backend(backends, eval_root, monkeypatch, tmp_path, capsys):
     from fastv import cli
     from llava.eval import run
 
@@ -204,7 +213,7 @@ def test_fastv_run_and_the_runner_command_reach_the_vllm_backend(backends, monke
         return engine.with_method(method)
 
     monkeypatch.setattr(VllmBackend, "load", staticmethod(load))
-    image = SHAPES / "images/test_0000000.png"
+    image = eval_root / "shapes/images/test_0000000.png"
     assert cli.main(["run", "--image", str(image), "--prompt", "What color is the diamond?", "--method",
                      "fastervlm:keep=36", "--backend", "vllm", "--json"]) == 0
     via_vllm = json.loads(capsys.readouterr().out)
@@ -214,7 +223,7 @@ def test_fastv_run_and_the_runner_command_reach_the_vllm_backend(backends, monke
     assert via_vllm["backend"] == "vllm" and via_vllm["answer"] == via_torch["answer"]
     assert via_vllm["visual_tokens"] == via_torch["visual_tokens"] == [36]
     assert run.main(["--benchmark", "shapes", "--model-path", str(MODELS["llava"]), "--method", "prumerge",
-                     "--backend", "vllm", "--tensor-parallel-size", "1", "--limit", "3", "--output-dir",
+                     "--backend", "vllm", "--tensor-parallel-size", "1", "--limit", "3", "--data-root", str(eval_root), "--output-dir",
                      str(tmp_path / "run"), "--no-progress"]) == 0
     assert len((tmp_path / "run/answers.jsonl").read_text().splitlines()) == 3
     assert loaded == [("llava-shapes-tiny", "fastervlm:keep=36", 1), ("llava-shapes-tiny", "prumerge", 1)]
