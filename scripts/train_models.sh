@@ -3,7 +3,7 @@
 #
 #   bash scripts/train_models.sh llava-shapes-tiny        # LLaVA-1.5, 57 min on the project's 2-core CPU
 #   bash scripts/train_models.sh llava-next-shapes-tiny   # LLaVA-NeXT from the shipped LLaVA-1.5, 40 min
-#   bash scripts/train_models.sh llava-video-shapes-tiny  # Video-LLaVA from the shipped LLaVA-1.5, 85 min
+#   bash scripts/train_models.sh llava-video-shapes-tiny  # Video-LLaVA from the shipped LLaVA-1.5, 80 min
 #
 # Writes runs/<name>/ (train.log, last.pt, export/); copy runs/<name>/export/* into models/<name>/ to ship it.
 # llava-shapes-tiny starts from its generator-v2 predecessor, the model shipped at commit 6033306 (restored from git).
@@ -25,9 +25,9 @@ case "${1:-}" in
             --lr 5e-4 --warmup 50 --extra-turns 5 --eval-every 150 --eval-samples 66 --eval-looks hr \
             --out runs/llava-next-shapes-tiny --export runs/llava-next-shapes-tiny/export ;;
     llava-video-shapes-tiny)
-        "$PY" -m llava.train --video --init-from models/llava-shapes-tiny --max-minutes "${MAX_MINUTES:-85}" \
-            --steps 100000 --seed 0 --looks video=2,lattice=1 --lr 5e-4 --warmup 20 --extra-turns 5 \
-            --token-drop 0.5 --video-token-drop 0.9 --log-every 10 --eval-every 100 --eval-samples 24 \
+        "$PY" -m llava.train --video --init-from models/llava-shapes-tiny --max-minutes "${MAX_MINUTES:-80}" \
+            --steps 100000 --seed 0 --looks video=3,lattice=1 --lr 5e-4 --warmup 20 --extra-turns 4 \
+            --token-drop 0.5 --video-token-drop 0.9 --log-every 5 --eval-every 50 --eval-samples 24 \
             --eval-looks video lattice --out runs/llava-video-shapes-tiny --export runs/llava-video-shapes-tiny/export ;;
     *) echo "usage: bash scripts/train_models.sh llava-shapes-tiny|llava-next-shapes-tiny|llava-video-shapes-tiny" >&2; exit 2 ;;
 esac
