@@ -1,7 +1,12 @@
+import os
+
 import pytest
 import torch
 
 from tests import helpers
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker, so two workers share two cores
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
