@@ -72,18 +72,26 @@ def decode_image(source, name: str) -> Image.Image:
         raise InputError(f"cannot read image {name}: not an image or corrupt ({error})") from error
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """The image file at `path`, as `decode_image` reads it; a path that is no image file is an InputError saying why."""
+def local_file(path: str | Path, kind: str) -> Path:
+    """`path` as a local file of `kind` ("image", "video"); an empty path, a URL, a folder or a missing file is an
+    InputError naming it."""
     text = str(path)
     if not text.strip():
-        raise InputError("the image path is empty")
+        raise InputError(f"the {kind} path is empty")
     if "://" in text:
-        raise InputError(f"image {text}: URLs are not fetched; download the image and pass the local file")
+        raise InputError(f"{kind} {text}: URLs are not fetched; download the {kind} and pass the local file")
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"image {path} is a folder, not an image file")
+        raise InputError(f"{kind} {path} is a folder, not an {kind} file" if kind[0] in "aeiou"
+                         else f"{kind} {path} is a folder, not a {kind} file")
     if not path.is_file():
-        raise InputError(f"image not found: {path}")
+        raise InputError(f"{kind} not found: {path}")
+    return path
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """The image file at `path`, as `decode_image` reads it; a path that is no image file is an InputError saying why."""
+    path = local_file(path, "image")
     return decode_image(path, str(path))
 
 

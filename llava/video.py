@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from llava.errors import InputError
-from llava.mm_utils import MAX_IMAGE_PIXELS
+from llava.mm_utils import MAX_IMAGE_PIXELS, local_file
 
 NUM_FRAMES = 8  # Video-LLaVA's frames per video (transformers: "should have exactly 8 frames")
 SAMPLINGS = ("linspace", "arange")
@@ -93,16 +93,7 @@ def read_video(source, num_frames: int = NUM_FRAMES, sampling: str = "linspace")
     if isinstance(source, (bytes, bytearray, memoryview)):
         name, opener, path = "<bytes>", lambda: io.BytesIO(bytes(source)), None
     else:
-        text = str(source)
-        if not text.strip():
-            raise InputError("the video path is empty")
-        if "://" in text:
-            raise InputError(f"video {text}: URLs are not fetched; download the video and pass the local file")
-        path = Path(source)
-        if path.is_dir():
-            raise InputError(f"video {path} is a folder, not a video file")
-        if not path.is_file():
-            raise InputError(f"video not found: {path}")
+        path = local_file(source, "video")
         name, opener = str(path), lambda: str(path)
     _check_sampling(num_frames, sampling)
 
