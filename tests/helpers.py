@@ -303,3 +303,21 @@ def hf_video_input_ids(prompts: list[list[int]], image_id: int, video_id: int, i
         input_ids[b, width - len(e):] = torch.tensor(e)
         mask[b, width - len(e):] = 1
     return input_ids, mask
+
+
+def panel_state(panel: np.ndarray, view: np.ndarray, grid: int) -> list[str]:
+    """An overlay panel read back (fastv/overlay.py draws it), per patch: 'kept' if its inside equals the view, 'dimmed' if it equals the dimmed view."""
+    from fastv.overlay import DIM
+
+    patch = view.shape[0] // grid
+    states = []
+    for index in range(grid * grid):
+        y, x = divmod(index, grid)
+        inside = (slice(y * patch + 1, (y + 1) * patch - 1), slice(x * patch + 1, (x + 1) * patch - 1))
+        if np.array_equal(panel[inside], view[inside]):
+            states.append("kept")
+        elif np.array_equal(panel[inside], (view[inside] * DIM).astype(np.uint8)):
+            states.append("dimmed")
+        else:
+            states.append("?")
+    return states

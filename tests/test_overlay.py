@@ -9,26 +9,10 @@ import pytest
 from PIL import Image
 
 from fastv.cli import main
-from fastv.overlay import DIM, GAP, TITLE_HEIGHT, to_rgb
+from fastv.overlay import GAP, TITLE_HEIGHT, to_rgb
 from fastv.shipped import SHIPPED_MODEL
 from llava.pipeline import LlavaPipeline, Request
 from tests import helpers
-
-
-def panel_state(panel: np.ndarray, view: np.ndarray, grid: int) -> list[str]:
-    """Per patch: 'kept' if its inside equals the view, 'dimmed' if it equals the dimmed view."""
-    patch = view.shape[0] // grid
-    states = []
-    for index in range(grid * grid):
-        y, x = divmod(index, grid)
-        inside = (slice(y * patch + 1, (y + 1) * patch - 1), slice(x * patch + 1, (x + 1) * patch - 1))
-        if np.array_equal(panel[inside], view[inside]):
-            states.append("kept")
-        elif np.array_equal(panel[inside], (view[inside] * DIM).astype(np.uint8)):
-            states.append("dimmed")
-        else:
-            states.append("?")
-    return states
 
 
 def run_with_overlay(capsys, model_path, image, out, method, *extra):
@@ -47,7 +31,7 @@ def test_the_overlay_marks_exactly_the_kept_patches(capsys, tmp_path, method):
     view = to_rgb(pixels[0], pipe.image_processor.image_mean, pipe.image_processor.image_std)
     panel = np.asarray(Image.open(tmp_path / "overlay.png").convert("RGB"))[TITLE_HEIGHT:]
     assert panel.shape == view.shape
-    states = panel_state(panel, view, 12)
+    states = helpers.panel_state(panel, view, 12)
     kept = out["kept_partitions"][0][0]
     assert [i for i, s in enumerate(states) if s == "kept"] == kept and states.count("dimmed") == 144 - len(kept)
 
@@ -63,7 +47,7 @@ def test_next_gets_a_panel_per_partition_each_marked_by_its_own_kept_set(capsys,
     mean, std = pipe.image_processor.image_mean, pipe.image_processor.image_std
     for n, kept in enumerate(out["kept_partitions"][0]):
         panel = canvas[TITLE_HEIGHT:, n * (112 + GAP): n * (112 + GAP) + 112]
-        states = panel_state(panel, to_rgb(images[0].pixel_values[n], mean, std), 8)
+        states = helpers.panel_state(panel, to_rgb(images[0].pixel_values[n], mean, std), 8)
         assert [i for i, s in enumerate(states) if s == "kept"] == kept
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fastv.cli import main
-from fastv.overlay import DIM, GAP, TITLE_HEIGHT, frame_titles, to_rgb
+from fastv.overlay import GAP, TITLE_HEIGHT, frame_titles, to_rgb
 from llava.pipeline import LlavaPipeline, Request
 from llava.video import read_video
 from tests import helpers
@@ -106,22 +106,6 @@ def test_unpruned_text_output_names_the_frames_and_per_frame_counts(capsys, vide
     assert "patches kept per frame: 64, 64, 64, 64, 64, 64, 64, 64 (of 64); frames whose [CLS] is kept: 8 of 8" in out
 
 
-def frame_state(panel: np.ndarray, view: np.ndarray, grid: int) -> list[str]:
-    """Per patch: 'kept' if its inside equals the frame, 'dimmed' if it equals the dimmed frame."""
-    patch = view.shape[0] // grid
-    states = []
-    for index in range(grid * grid):
-        y, x = divmod(index, grid)
-        inside = (slice(y * patch + 1, (y + 1) * patch - 1), slice(x * patch + 1, (x + 1) * patch - 1))
-        if np.array_equal(panel[inside], view[inside]):
-            states.append("kept")
-        elif np.array_equal(panel[inside], (view[inside] * DIM).astype(np.uint8)):
-            states.append("dimmed")
-        else:
-            states.append("?")
-    return states
-
-
 @pytest.mark.parametrize("method", ["fastv:k=2,ratio=0.5", "fastervlm:keep=10"])
 def test_the_overlay_strip_marks_exactly_each_frames_kept_patches(capsys, video_llava, clip, tmp_path, method):
     out = tmp_path / "strip.png"
@@ -134,7 +118,7 @@ def test_the_overlay_strip_marks_exactly_each_frames_kept_patches(capsys, video_
     mean, std = pipe.image_processor.image_mean, pipe.image_processor.image_std
     for t, kept in enumerate(result["kept_frames"]):
         panel = canvas[2 * TITLE_HEIGHT:, t * (112 + GAP): t * (112 + GAP) + 112]
-        states = frame_state(panel, to_rgb(videos[0][t], mean, std), 8)
+        states = helpers.panel_state(panel, to_rgb(videos[0][t], mean, std), 8)
         assert [i for i, s in enumerate(states) if s == "kept"] == kept
         assert states.count("dimmed") == PATCHES - len(kept)
 
