@@ -15,7 +15,7 @@ import json
 
 from fastv.paths import check_output_file
 from fastv.shipped import model_or_shipped
-from llava.conversation import conv_templates
+from llava.conversation import conv_templates, default_conv_mode
 from llava.errors import InputError
 
 METHOD_HELP = (
@@ -129,7 +129,7 @@ def main(
     from llava.model.builder import read_checkpoint
 
     video_config = read_checkpoint(model_path, vision_tower).config.video  # None: an image model
-    conv_mode = conv_mode or ("llava_v1" if video_config is not None else "vicuna_v1")
+    conv_mode = conv_mode or default_conv_mode(video_config is not None)
     clip = None
     if video is not None:
         from llava.video import read_video

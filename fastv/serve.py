@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(pre-LLM methods only; needs `bash setup.sh --vllm`)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed)")
-    parser.add_argument("--conv-mode", default="vicuna_v1", help="conversation template")
+    parser.add_argument("--conv-mode", help="conversation template [default: llava_v1 on a Video-LLaVA checkpoint, "
+                                                "as its evaluation; vicuna_v1 otherwise]")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps: where our model runs (vllm backend: its vision side)"
                                          " [default: cpu; vllm backend: cuda where there is one]")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(model_path: str | None = None, method: str = "none", backend: str = "torch", host: str = "127.0.0.1",
-         port: int = 8000, conv_mode: str = "vicuna_v1", device: str | None = None, dtype: str | None = None,
+         port: int = 8000, conv_mode: str | None = None, device: str | None = None, dtype: str | None = None,
          max_batch_size: int = 8, batch_wait_ms: float = 10.0, max_new_tokens: int = 128,
          max_tokens_limit: int = 1024, max_image_mb: float = 20.0, max_image_pixels: int = 4096 * 4096,
          max_waiting: int = 256, tensor_parallel_size: int = 1, max_model_len: int | None = None, quiet: bool = False) -> None:
@@ -62,7 +63,8 @@ def main(model_path: str | None = None, method: str = "none", backend: str = "to
     from llava.serve.server import ChatServer, Limits
 
     parse_method(method)
-    conversation_template(conv_mode)
+    if conv_mode is not None:
+        conversation_template(conv_mode)
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be in 0..65535, got {port}")
     check_at_least("--max-batch-size", max_batch_size, 1)
@@ -102,7 +104,7 @@ def main(model_path: str | None = None, method: str = "none", backend: str = "to
         server.server_close()
 
 
-def load_backend(backend: str, model_path: str, method: str, *, conv_mode: str, device: str | None, dtype: str | None,
+def load_backend(backend: str, model_path: str, method: str, *, conv_mode: str | None, device: str | None, dtype: str | None,
                  tensor_parallel_size: int, max_model_len: int | None):
     """The TorchBackend or VllmBackend serving `model_path`; the vLLM module is imported only when asked for."""
     import torch

@@ -77,6 +77,12 @@ conv_templates["v1"] = conv_templates["vicuna_v1"]
 default_conversation = conv_templates["vicuna_v1"]
 
 
+def default_conv_mode(video_model: bool) -> str:
+    """The template a checkpoint runs with when none is named: Video-LLaVA's evaluation template (llava_v1) on a
+    model with a video tower, LLaVA-1.5's (vicuna_v1) otherwise."""
+    return "llava_v1" if video_model else "vicuna_v1"
+
+
 def conversation_template(conv_mode: str) -> Conversation:
     """A fresh copy of the template named `conv_mode`; InputError naming the mode when there is none."""
     if conv_mode not in conv_templates:

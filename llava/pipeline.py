@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from llava.constants import IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX
-from llava.conversation import build_prompt
+from llava.conversation import build_prompt, conversation_template, default_conv_mode
 from llava.errors import InputError
 from llava.generate import generate
 from llava.mm_utils import AnyresImage, tokenizer_image_token
@@ -65,7 +65,7 @@ class LlavaPipeline:
         cls,
         model_path: str,
         method: str | None = None,
-        conv_mode: str = "vicuna_v1",
+        conv_mode: str | None = None,
         device: str = "cpu",
         dtype: torch.dtype | None = None,
         vision_tower: str | None = None,
@@ -75,12 +75,16 @@ class LlavaPipeline:
         image_grid: str | None = None,
         video_cls: str | None = None,
     ) -> "LlavaPipeline":
-        """`patch_merge` and `image_grid`: LLaVA-NeXT's options; `video_cls`: Video-LLaVA's (see load_pretrained_model)."""
+        """`patch_merge` and `image_grid`: LLaVA-NeXT's options; `video_cls`: Video-LLaVA's (see load_pretrained_model).
+        `conv_mode` None: the checkpoint's template (`default_conv_mode`: llava_v1 on Video-LLaVA, else vicuna_v1)."""
+        if conv_mode is not None:
+            conversation_template(conv_mode)
         tokenizer, model, image_processor, context_len = load_pretrained_model(
             model_path, device=device, dtype=dtype, pruning=method, vision_tower=vision_tower,
             load_8bit=load_8bit, load_4bit=load_4bit, patch_merge=patch_merge, image_grid=image_grid,
             video_cls=video_cls,
         )
+        conv_mode = conv_mode or default_conv_mode(model.config.video is not None)
         return cls(tokenizer, model, image_processor, context_len, Path(model_path).name, conv_mode)
 
     @property

@@ -1,5 +1,6 @@
-"""What a Video-LLaVA checkpoint sets by itself: `fastv run`'s conversation template (Video-LLaVA's llava_v1, as
-its evaluation scripts, unless --conv-mode is given; vicuna_v1 on an image model) and the number of frames read
+"""What a Video-LLaVA checkpoint sets by itself: the conversation template of `fastv run`, the pipeline (the demo)
+and `fastv serve` (Video-LLaVA's llava_v1, as its evaluation scripts, unless one is named; vicuna_v1 on an image
+model) and the number of frames read
 from a video, in `fastv run` and the eval runner (the checkpoint's config.video.num_frames, not a fixed 8: here a
 4-frame original-layout folder, the frame indices worked by hand)."""
 import json
@@ -52,6 +53,21 @@ def test_a_video_llava_checkpoint_defaults_to_llava_v1_unless_told(capsys, tiny_
     assert told["conv_mode"] == "vicuna_v1"
     assert told["prompt"] == build_prompt(PROMPT, "vicuna_v1", with_image=False, with_video=True)
     assert told["prompt"] != result["prompt"]
+
+
+def test_the_pipeline_and_fastv_serve_take_the_checkpoints_template(tiny_video_dir):
+    """The demo and `fastv serve` load through LlavaPipeline.load (serve through load_backend): with no template
+    named, a Video-LLaVA checkpoint gets llava_v1 and an image model vicuna_v1, as `fastv run`."""
+    from fastv.serve import load_backend
+    from fastv.shipped import SHIPPED_MODEL
+    from llava.pipeline import LlavaPipeline
+
+    assert LlavaPipeline.load(str(tiny_video_dir)).conv_mode == "llava_v1"
+    assert LlavaPipeline.load(str(tiny_video_dir), conv_mode="vicuna_v1").conv_mode == "vicuna_v1"
+    assert LlavaPipeline.load(str(SHIPPED_MODEL)).conv_mode == "vicuna_v1"
+    backend = load_backend("torch", str(tiny_video_dir), "none", conv_mode=None, device=None, dtype=None,
+                           tensor_parallel_size=1, max_model_len=None)
+    assert backend.pipeline.conv_mode == "llava_v1"
 
 
 def test_an_image_model_keeps_vicuna_v1():

@@ -78,7 +78,7 @@ class VllmBackend(Backend):
 
     @classmethod
     def load(cls, model_path: str, method: str | None = None, *, tensor_parallel_size: int = 1,
-             dtype: torch.dtype | str | None = None, max_model_len: int | None = None, conv_mode: str = "vicuna_v1",
+             dtype: torch.dtype | str | None = None, max_model_len: int | None = None, conv_mode: str | None = None,
              device: str | None = None, patch_merge: str | None = None, image_grid: str | None = None,
              **engine_options) -> "VllmBackend":
         """Our model (vision side) on `device` (default: cuda when there is CUDA, else cpu) and a vLLM engine over the
