@@ -70,6 +70,14 @@ from llava.eval.runfolder import (
 )
 
 
+def answering_conv_mode(answerer, given: str | None) -> str:
+    """The conversation template `answerer` answers with (run_benchmark's docstring says which)."""
+    own = None if is_loader(answerer) else getattr(getattr(answerer, "pipeline", answerer), "conv_mode", None)
+    if own is not None and given is not None and own != given:
+        raise InputError(f"conv_mode={given!r} was given, but the pipeline answers with {own!r}")
+    return own or given or "vicuna_v1"
+
+
 def run_benchmark(
     benchmark: str,
     pipeline,
@@ -78,7 +86,7 @@ def run_benchmark(
     *,
     model_path: str | None = None,
     method: str | None = None,
-    conv_mode: str = "vicuna_v1",
+    conv_mode: str | None = None,
     max_new_tokens: int | None = None,
     temperature: float = 0.0,
     seed: int = 0,
@@ -103,7 +111,9 @@ def run_benchmark(
 
     `pipeline` is what answers: a `llava.eval.backend.Backend`, a pipeline object (docs/PIPELINE_API.md,
     run by a `TorchBackend`), or a function of no arguments returning either, called only if there is
-    something to answer. `method=None` means the method
+    something to answer. `conv_mode` is recorded as the template the answers are made with: a pipeline's (or a
+    backend's pipeline's) own when it has one (a different `conv_mode` given is refused), else the one given (a
+    loader's caller passes it to both), else vicuna_v1. `method=None` means the method
     recorded in the directory's run.json, else "none". `vision_tower`, `dtype`
     (e.g. "float16"), `device` (its type: "cuda", "cpu") and `quantization`
     ("8bit", "4bit" or "none") are recorded, and a directory holding answers made
@@ -129,6 +139,7 @@ def run_benchmark(
     bench.check_inputs(questions, Path(data_root) / bench.folder)  # what scoring reads, before any answer
     previous = read_run(output_dir)
     known_layout = None if is_loader(pipeline) else as_backend(pipeline).describe().layout
+    conv_mode = answering_conv_mode(pipeline, conv_mode)
     settings = run_settings(
         bench.name, model_path, vision_tower, method or previous.get("method"),
         answer_layout(known_layout, model_path, vision_tower, patch_merge, image_grid, video_cls),
