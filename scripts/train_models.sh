@@ -26,8 +26,8 @@ case "${1:-}" in
             --out runs/llava-next-shapes-tiny --export runs/llava-next-shapes-tiny/export ;;
     llava-video-shapes-tiny)
         "$PY" -m llava.train --video --init-from models/llava-shapes-tiny --max-minutes "${MAX_MINUTES:-80}" \
-            --steps 100000 --seed 0 --looks video=3,lattice=1 --lr 5e-4 --warmup 20 --extra-turns 4 \
-            --token-drop 0.5 --video-token-drop 0.9 --log-every 5 --eval-every 50 --eval-samples 24 \
+            --steps 100000 --seed 0 --looks video=3,lattice=1 --lr 8e-4 --warmup 50 --extra-turns 5 \
+            --token-drop 0.5 --video-token-drop 1.0 --log-every 10 --eval-every 200 --eval-samples 48 \
             --eval-looks video lattice --out runs/llava-video-shapes-tiny --export runs/llava-video-shapes-tiny/export ;;
     *) echo "usage: bash scripts/train_models.sh llava-shapes-tiny|llava-next-shapes-tiny|llava-video-shapes-tiny" >&2; exit 2 ;;
 esac
