@@ -14,7 +14,7 @@ import dataclasses
 import json
 
 from fastv.paths import check_output_file
-from fastv.shipped import model_or_shipped
+from fastv.shipped import SHIPPED_MODEL, SHIPPED_VIDEO_MODEL, model_or_shipped
 from llava.conversation import conv_templates, default_conv_mode
 from llava.errors import InputError
 
@@ -27,7 +27,8 @@ METHOD_HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-path", help="llava-hf or original LLaVA checkpoint folder (default: the shipped model)")
+    parser.add_argument("--model-path", help="llava-hf or original LLaVA checkpoint folder (default: the shipped "
+                        "LLaVA-1.5, or with --video the shipped Video-LLaVA)")
     parser.add_argument("--image", help="image file (leave the option out for a text-only prompt)")
     parser.add_argument("--video", action="append", metavar="FILE",
                         help="Video-LLaVA: a video file (any container PyAV decodes: mp4, avi, webm, mkv, gif, ...), its frames"
@@ -125,7 +126,7 @@ def main(
         raise InputError("--overlay draws the kept patches on the image: give --image (or --video) too")
     if overlay is not None:
         check_output_file("--overlay", overlay, what="the PNG file")
-    model_path = model_or_shipped(model_path)
+    model_path = model_or_shipped(model_path, SHIPPED_VIDEO_MODEL if video is not None else SHIPPED_MODEL)
     from llava.model.builder import read_checkpoint
 
     video_config = read_checkpoint(model_path, vision_tower).config.video  # None: an image model

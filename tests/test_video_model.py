@@ -9,6 +9,7 @@ decoder on clips and images with the towers frozen, and exports a folder both lo
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -22,9 +23,10 @@ from tests.helpers import hf_video_input_ids
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_VIDEO_MODEL = ROOT / "models" / "llava-video-shapes-tiny"
 EXAMPLE_CLIP = ROOT / "docs" / "examples" / "shapes-video.gif"
-# shapes_video test clip 9 (test_0000009, an order clip), as `python -m llava.data.synthetic --look video` writes it
-QUESTION = "What shape is shown first?"
-ANSWER = "square"
+# shapes_video test clip 58 (test_0000058, a during_word clip: the word is on sampled frames 1 and 2, the cross with
+# it), as `python -m llava.data.synthetic --look video --split test --n 600` writes it
+QUESTION = "What shape is shown while the word is visible?"
+ANSWER = "cross"
 TINY_15 = ["--patch-size", "56", "--vision-width", "32", "--vision-layers", "2", "--vision-heads", "2",
            "--text-width", "32", "--text-intermediate", "64", "--text-layers", "2", "--text-heads", "2",
            "--batch-size", "4", "--warmup", "1", "--lr", "3e-3", "--workers", "0", "--threads", "1",
@@ -66,6 +68,25 @@ def test_shipped_video_model_answers_a_temporal_question_about_the_example_clip(
     answer = pipe.answer([Request(None, f"{QUESTION}\n{SHORT_ANSWER_PROMPT}", video=video)], max_new_tokens=8)[0]
     assert answer.text.strip().lower().rstrip(".") == ANSWER
     assert answer.visual_tokens == [8 * 145]  # the whole video entered the LLM: 8 frames of [CLS, 144 patches]
+
+
+@pytest.mark.parametrize("method, tokens", [("fastervlm:keep=36", 8 * 37), ("fastv:k=2,keep=296", 8 * 145)])
+def test_readmes_fastv_run_video_example(method, tokens, capsys, tmp_path):
+    """README's example: `fastv run --video docs/examples/shapes-video.gif` (no --model-path: the shipped Video-LLaVA)
+    answers the temporal question at a quarter of the video's patches, per frame (FasterVLM) and over the whole
+    video (FastV, matched on the tokens after layer K), and draws the strip of kept patches."""
+    import json
+
+    from fastv.cli import main
+    from PIL import Image
+
+    strip = tmp_path / "strip.png"
+    assert main(["run", "--video", str(EXAMPLE_CLIP), "--prompt", f"{QUESTION}\n{SHORT_ANSWER_PROMPT}", "--method",
+                 method, "--max-new-tokens", "8", "--json", "--overlay", str(strip)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["answer"].strip().lower().rstrip(".") == ANSWER
+    assert result["visual_tokens"] == [tokens] and len(result["kept_frames"]) == 8
+    assert Image.open(strip).width > Image.open(strip).height  # the 8 frames side by side
 
 
 def test_video_recipe_builds_trains_and_exports_a_video_llava(tmp_path):
