@@ -559,7 +559,8 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.4))
-    for name in dict.fromkeys(r["method"] for r in result["runs"]):
+    colors = plt.get_cmap("tab10").colors
+    for line, name in enumerate(dict.fromkeys(r["method"] for r in result["runs"])):
         runs = [r for r in result["runs"] if r["method"] == name and r["accuracy"] is not None]
         if not runs:
             continue
@@ -570,8 +571,11 @@ def plot(result: dict, path: Path) -> None:
             continue
         points = sorted((r["visual_per_layer"] if r.get("visual_per_layer") is not None else r["kept_tokens"],
                          r["accuracy"]) for r in runs)
-        axis.plot([t for t, _ in points], [a for _, a in points], marker="o" if len(points) > 1 else "*",
-                  markersize=5 if len(points) > 1 else 10, linestyle="-" if len(points) > 1 else "", label=name)
+        second_round = line >= len(colors)  # past ten lines the colours repeat: another marker and dashes tell them apart
+        axis.plot([t for t, _ in points], [a for _, a in points], color=colors[line % len(colors)],
+                  marker=("s" if second_round else "o") if len(points) > 1 else "*",
+                  markersize=5 if len(points) > 1 else 10,
+                  linestyle=("--" if second_round else "-") if len(points) > 1 else "", label=name)
     axis.set_xscale("log")
     axis.set_xlabel("visual tokens per decoder layer (mean over layers and images)")
     axis.set_ylabel("accuracy (%)")
