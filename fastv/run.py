@@ -175,7 +175,8 @@ def main(
         else:
             per = f"{config.tokens_per_image} per image"
         if clip is not None:
-            per += f"; the video: {config.unpruned_video_tokens} unpruned"
+            video_tokens = f"{config.unpruned_video_tokens} in the video unpruned"
+            per = video_tokens if picture is None else f"{per}; {video_tokens}"
         print(f"visual tokens entering the LLM: {visual} (of {per})")
         if clip is not None:
             print(f"video frames read: {', '.join(map(str, answer.frames))} (of {clip.total_frames},"

@@ -101,7 +101,7 @@ def test_unpruned_text_output_names_the_frames_and_per_frame_counts(capsys, vide
     assert main(["run", "--model-path", str(video_llava), "--video", str(clip), "--prompt", "what happens ?",
                  "--max-new-tokens", "2"]) == 0
     out = capsys.readouterr().out
-    assert "visual tokens entering the LLM: 520 (of 64 per image; the video: 520 unpruned)" in out
+    assert "visual tokens entering the LLM: 520 (of 520 in the video unpruned)" in out
     assert "video frames read: 0, 1, 3, 4, 6, 7, 9, 11 (of 12, linspace)" in out
     assert "patches kept per frame: 64, 64, 64, 64, 64, 64, 64, 64 (of 64); frames whose [CLS] is kept: 8 of 8" in out
 

@@ -1,5 +1,5 @@
-"""Words about a video say video: FastV's over-budget refusal on Video-LLaVA names the video span (its keep counts
-over the whole video), at attach time and when a chain's pruned span runs short; `fastv sweep`'s per-run table says
+"""Words about a video say video: an in-LLM method's over-budget refusal on Video-LLaVA (FastV's, DART's) names the
+video span (its keep counts over the whole video), at attach time and when a chain's pruned span runs short; `fastv sweep`'s per-run table says
 its kept column is per video on a video benchmark (every frame's tokens, [CLS] included), per image otherwise."""
 import pytest
 
@@ -7,14 +7,15 @@ from fastv import sweep
 from llava.errors import InputError
 
 
-def test_fastv_over_a_video_span_is_refused_naming_the_video(loaded_video):
+@pytest.mark.parametrize("method", ["fastv", "dart"])
+def test_an_in_llm_keep_over_a_video_span_is_refused_naming_the_video(method, loaded_video):
     _, model, _, _ = loaded_video  # the tiny Video-LLaVA: 8 frames x (64 patches + [CLS]) = 520 video tokens
     with pytest.raises(InputError) as error:
-        model.set_pruning("fastv:k=1,keep=600")
-    assert str(error.value) == ("keep=600 is larger than the 520 visual tokens in a video (fastv's keep counts over"
+        model.set_pruning(f"{method}:k=1,keep=600")
+    assert str(error.value) == (f"keep=600 is larger than the 520 visual tokens in a video ({method}'s keep counts over"
                                 " the whole video, not per frame)")
     assert "image" not in str(error.value)
-    model.set_pruning("fastv:k=1,keep=300")  # more than an image's 64, within the video's 520
+    model.set_pruning(f"{method}:k=1,keep=300")  # more than an image's 64, within the video's 520
     model.set_pruning("none")
 
 

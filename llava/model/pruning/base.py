@@ -205,6 +205,9 @@ class PruningMethod(ABC):
         over the span is validated against the larger span (each span is checked again when it runs), and must keep
         a token of an image."""
         span = max(tokens_per_image, video_tokens) if self.video == "over the span" else tokens_per_image
+        keep = getattr(self.args, "keep", None)
+        if span > tokens_per_image and isinstance(keep, int):  # named as a video's: validate would say "image"
+            check_budget(keep, span, f"a video ({self.name}'s keep counts over the whole video, not per frame)")
         self.validate(vision_layers, llm_layers, span, anyres)
         budget = self.budget(tokens_per_image)
         if budget is not None and budget < 1:

@@ -85,14 +85,6 @@ class FastV(LayerPruner):
     def reselect_every_step(self) -> bool:
         return self.args.reselect_every_step
 
-    def check_model(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False,
-                    video_tokens: int = 0) -> None:
-        """As every method's; on Video-LLaVA a keep larger than a video's span is refused naming the video (the span
-        is larger than an image: `validate` sees it)."""
-        if self.args.keep is not None and video_tokens > tokens_per_image:
-            check_budget(self.args.keep, video_tokens, "a video (fastv's keep counts over the whole video, not per frame)")
-        super().check_model(vision_layers, llm_layers, tokens_per_image, anyres, video_tokens)
-
     def validate(self, vision_layers: int, llm_layers: int, tokens_per_image: int, anyres: bool = False) -> None:
         if not 1 <= self.args.k <= llm_layers - 1:
             raise InputError(f"fastv:k={self.args.k} is outside 1..{llm_layers - 1} for this {llm_layers}-layer LLM")
