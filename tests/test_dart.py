@@ -297,7 +297,7 @@ def test_arguments_that_do_not_fit_the_model_are_refused_in_one_line(loaded, spe
 
 def test_an_image_too_small_for_one_pick_per_pivot_is_refused():
     method = parse_method("dart:keep=8")
-    with pytest.raises(InputError, match="keeps no token beyond the pivots of a 10-token image"):
+    with pytest.raises(InputError, match="keeps no token beyond the pivots of 10 visual tokens"):
         method.check_model(3, 3, 10)
     method.check_model(3, 3, 12)  # 12 - 4 = 8: one pick per pivot
     method.check_model(3, 3, 10, anyres=True)  # NeXT: keep counts over the whole span, clamped to it

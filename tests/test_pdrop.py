@@ -357,7 +357,7 @@ def test_layers_the_model_lacks_and_empty_stages_are_refused_in_one_line(loaded)
     assert "pdrop:layers=1,3 is outside 1..2 for this 3-layer LLM" in str(error.value)
     with pytest.raises(InputError) as error:
         model.set_pruning(pdrop("pdrop:layers=1,2,lambda=0.1"))  # int(64 * 0.1) = 6, int(64 * 0.01) = 0
-    assert str(error.value) == ("pdrop:layers=1,2,lambda=0.1 keeps int(64 * 0.1^2) = 0 tokens of a 64-token image"
+    assert str(error.value) == ("pdrop:layers=1,2,lambda=0.1 keeps int(64 * 0.1^2) = 0 tokens of 64 visual tokens"
                                 " before layer 2; every method keeps at least one (raise lambda or use fewer layers)")
     assert "\n" not in str(error.value) and model.pruning.name == "none"
     model.set_pruning("pdrop:layers=1,2").check_model(24, 32, 576)  # the same method fits a 32-layer LLM

@@ -108,7 +108,7 @@ class DART(LayerPruner):
             return
         check_budget(self.args.keep, tokens_per_image, "each image")
         if self.quota(tokens_per_image) < 1:
-            raise InputError(f"{self.spec} keeps no token beyond the pivots of a {tokens_per_image}-token image:"
+            raise InputError(f"{self.spec} keeps no token beyond the pivots of {tokens_per_image} visual tokens:"
                              f" it needs {3 * self.args.pivots} tokens or more")
 
     def quota(self, length: int) -> int:

@@ -102,7 +102,7 @@ class PyramidDrop(LayerPruner):
         if counts[-1] < 1:
             stage = next(s for s, n in enumerate(counts) if n < 1)
             raise InputError(f"{self.spec} keeps int({tokens_per_image} * {self.args.lambda_}^{stage + 1}) = 0 tokens"
-                             f" of a {tokens_per_image}-token image before layer {layers[stage]};"
+                             f" of {tokens_per_image} visual tokens before layer {layers[stage]};"
                              " every method keeps at least one (raise lambda or use fewer layers)")
 
     def cut(self, view: StageView) -> list[SpanCut]:
