@@ -82,31 +82,20 @@ class Demo:
 
     def _ask(self, image, question, method, budget, layer):
         from fastv.attention_maps import analyse, draw
-        from fastv.overlay import render
         from llava.pipeline import Request
 
         picture = self._read_upload(image)
-        if not isinstance(question, str) or not question.strip():
-            raise InputError("type a question")
-        layer = _whole_number(layer, "FastV layer K", 1, max(self.pipe.model.config.text.num_layers - 1, 1))
+        text, layer = self._question_and_layer(question, layer)
         spec = method_spec(method, budget, layer)
-        request = Request(image=picture, text=question.strip())
-        model = self.pipe.model
-        with self.lock:
-            try:
-                model.set_pruning(spec)
-                shown = self.pipe.method_spec
-                (pruned,) = self.pipe.answer([request], max_new_tokens=32)
-                picture_kept = render(self.pipe, request, pruned)
-                model.set_pruning("none")
-                (full,) = self.pipe.answer([request], max_new_tokens=32)
-                result = analyse(self.pipe, picture, request.text, max_new_tokens=8, overlay_layer=max(layer - 1, 0))
-                out = Path(tempfile.mkdtemp(dir=self.folder))
-                draw(self.pipe, result, out)
-            finally:
-                model.set_pruning("none")
-        answers = _describe(pruned, shown, layer), _describe(full, "unpruned", layer)
-        return (*answers, picture_kept, str(out / "heatmaps.png"))
+        request = Request(image=picture, text=text)
+
+        def heatmaps():  # FastV's view of the unpruned answer, drawn while the model is still ours
+            out = Path(tempfile.mkdtemp(dir=self.folder))
+            draw(self.pipe, analyse(self.pipe, picture, request.text, max_new_tokens=8,
+                                    overlay_layer=max(layer - 1, 0)), out)
+            return str(out / "heatmaps.png")
+
+        return self._pruned_and_unpruned(request, spec, layer, then=heatmaps)
 
     def ask_video(self, video, question, method, budget, layer):
         """-> (message, pruned answer, unpruned answer, the frames' strip); as `ask`, for a video (Video-LLaVA)."""
@@ -116,7 +105,6 @@ class Demo:
             return f"**Error:** {error}", "", "", None
 
     def _ask_video(self, video, question, method, budget, layer):
-        from fastv.overlay import render
         from llava.pipeline import Request
         from llava.video import read_video
 
@@ -124,24 +112,37 @@ class Demo:
             raise InputError(f"{self.pipe.model_id} is an image model: start the demo with a Video-LLaVA checkpoint"
                              " (--model-path) for videos")
         path = self._uploaded_path(video, "video")
-        if not isinstance(question, str) or not question.strip():
-            raise InputError("type a question")
-        layer = _whole_number(layer, "FastV layer K", 1, max(self.pipe.model.config.text.num_layers - 1, 1))
+        text, layer = self._question_and_layer(question, layer)
         spec = method_spec(method, budget, layer, VIDEO_METHODS)
         clip = read_video(path, self.pipe.model.config.video.num_frames)  # InputError: not a video, too few frames
-        request = Request(image=None, text=question.strip(), video=clip)
+        request = Request(image=None, text=text, video=clip)
+        return self._pruned_and_unpruned(request, spec, layer)[:3]
+
+    def _question_and_layer(self, question, layer) -> tuple[str, int]:
+        """The typed question, stripped, and the FastV layer K as a checked whole number."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("type a question")
+        last = max(self.pipe.model.config.text.num_layers - 1, 1)
+        return question.strip(), _whole_number(layer, "FastV layer K", 1, last)
+
+    def _pruned_and_unpruned(self, request, spec, layer, then=None):
+        """-> (the pruned answer described, the unpruned one, the kept-token overlay, what `then()` returned): both
+        answers on the shared model under the lock, which is left unpruned whatever happens."""
+        from fastv.overlay import render
+
         model = self.pipe.model
         with self.lock:
             try:
                 model.set_pruning(spec)
                 shown = self.pipe.method_spec
                 (pruned,) = self.pipe.answer([request], max_new_tokens=32)
-                frames_kept = render(self.pipe, request, pruned)
+                overlay = render(self.pipe, request, pruned)
                 model.set_pruning("none")
                 (full,) = self.pipe.answer([request], max_new_tokens=32)
+                extra = then() if then is not None else None
             finally:
                 model.set_pruning("none")
-        return _describe(pruned, shown, layer), _describe(full, "unpruned", layer), frames_kept
+        return _describe(pruned, shown, layer), _describe(full, "unpruned", layer), overlay, extra
 
     def _uploaded_path(self, upload, what: str) -> str:
         """The uploaded file's path (Gradio's file record {"path": ...}, or a path), its size checked on disk."""
