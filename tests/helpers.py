@@ -290,6 +290,14 @@ def random_video_frames(n: int = 12, seed: int = 0, size=(130, 90)) -> list[Imag
     return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
 
 
+def write_random_gif(path: Path, frames: int = 12, seed: int = 0, size=(130, 90), frame_ms: int = 100) -> Path:
+    """An animated GIF of `random_video_frames(frames, seed, size)`, written by Pillow (its folder made)."""
+    images = random_video_frames(frames, seed, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+    return path
+
+
 def hf_video_input_ids(prompts: list[list[int]], image_id: int, video_id: int, image_tokens: int, video_tokens: int,
                        pad_id: int = 3):
     """Our prompts (-200 per image, -201 per video) -> transformers' Video-LLaVA input_ids (each placeholder repeated

@@ -199,31 +199,17 @@ def test_the_page_in_headless_chromium(server, tmp_path):
 # Video-LLaVA: the page's video input (a tiny random Video-LLaVA saved by transformers)
 
 
-def _gif(path: Path, frames: int) -> Path:
-    """An animated GIF of `frames` random 130x90 frames."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(frames)
-    images = [Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)) for _ in range(frames)]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
-    return path
-
-
 @pytest.fixture(scope="module")
-def video_llava_dir(tmp_path_factory):
-    from tests import helpers
-
-    folder = tmp_path_factory.mktemp("demo-video-llava")
-    helpers.make_tiny_video_llava(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def video_demo(video_llava_dir):
+def video_demo(tiny_video_dir):
     from fastv.demo import Demo
 
-    return Demo(str(video_llava_dir))
+    return Demo(str(tiny_video_dir))
+
+
+def _gif(path: Path, frames: int) -> Path:
+    from tests.helpers import write_random_gif
+
+    return write_random_gif(path, frames, seed=frames)
 
 
 def test_the_video_handler_answers_with_the_strip_of_frames(video_demo, tmp_path):
@@ -259,7 +245,7 @@ def test_bad_video_uploads_and_choices_get_a_message(video_demo, demo, tmp_path)
         assert outputs == ["", "", None]
 
 
-def test_the_video_input_in_headless_chromium(video_llava_dir, tmp_path):
+def test_the_video_input_in_headless_chromium(tiny_video_dir, tmp_path):
     """`fastv demo` on a Video-LLaVA checkpoint: upload a GIF in the page's video section, ask, read the answer, see
     the strip of frames (screenshot in test-artifacts/demo-video.png)."""
     _need(importlib.util.find_spec("gradio") is not None, "gradio (the demo extra) is not installed")
@@ -275,7 +261,7 @@ def test_the_video_input_in_headless_chromium(video_llava_dir, tmp_path):
     clip = _gif(tmp_path / "clip.gif", 12)
     port, log = _free_port(), tmp_path / "server.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "fastv.cli", "demo", "--model-path", str(video_llava_dir),
+        process = subprocess.Popen([sys.executable, "-m", "fastv.cli", "demo", "--model-path", str(tiny_video_dir),
                                     "--port", str(port)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
                                    env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     options = webdriver.ChromeOptions()

@@ -22,21 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 PATCHES = 64  # the tiny towers: 112 px, patch 14 -> an 8x8 grid per frame
 
 
-@pytest.fixture(scope="module")
-def video_llava(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-video-llava-cli")
-    helpers.make_tiny_video_llava(folder)
-    return folder
-
-
-def write_gif(path: Path, frames: int, seed: int = 0) -> Path:
-    """An animated GIF of `frames` random 130x90 frames (PyAV decodes a GIF to Pillow's pixels)."""
-    rng = np.random.default_rng(seed)
-    images = [Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)) for _ in range(frames)]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
-    return path
-
-
 def encode(path: Path, container: str, codec: str, frames: int) -> Path:
     """A clip of `frames` random 64x48 frames written by PyAV (0: the stream with no frame in it)."""
     import av
@@ -58,7 +43,7 @@ def encode(path: Path, container: str, codec: str, frames: int) -> Path:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    return write_gif(tmp_path_factory.mktemp("clips") / "clip.gif", 12)
+    return helpers.write_random_gif(tmp_path_factory.mktemp("clips") / "clip.gif", 12)
 
 
 def run_json(capsys, model, video, method, *extra) -> dict:
@@ -67,8 +52,8 @@ def run_json(capsys, model, video, method, *extra) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_fastervlm_keeps_its_budget_in_every_frame_read(capsys, video_llava, clip):
-    result = run_json(capsys, video_llava, clip, "fastervlm:keep=16")
+def test_fastervlm_keeps_its_budget_in_every_frame_read(capsys, tiny_video_dir, clip):
+    result = run_json(capsys, tiny_video_dir, clip, "fastervlm:keep=16")
     # linspace(0, 11, 8) = 0, 1.57, 3.14, 4.71, 6.29, 7.86, 9.43, 11 -> truncated
     assert result["frames"] == [0, 1, 3, 4, 6, 7, 9, 11] and result["total_frames"] == 12
     assert result["prompt_ids"].count(-201) == 1 and result["prompt_ids"].count(-200) == 0
@@ -79,15 +64,15 @@ def test_fastervlm_keeps_its_budget_in_every_frame_read(capsys, video_llava, cli
     assert result["kept_partitions"] == [result["kept_frames"]]
 
 
-def test_arange_sampling_and_cls_dropped(capsys, video_llava, clip):
-    result = run_json(capsys, video_llava, clip, "fastervlm:keep=16", "--frames-sampling", "arange", "--video-cls", "drop")
+def test_arange_sampling_and_cls_dropped(capsys, tiny_video_dir, clip):
+    result = run_json(capsys, tiny_video_dir, clip, "fastervlm:keep=16", "--frames-sampling", "arange", "--video-cls", "drop")
     # arange(0, 12, 12/8) = 0, 1.5, 3, 4.5, 6, 7.5, 9, 10.5 -> truncated
     assert result["frames"] == [0, 1, 3, 4, 6, 7, 9, 10] and result["frames_sampling"] == "arange"
     assert result["visual_tokens"] == [8 * 16] and result["kept_frame_cls"] == []
 
 
-def test_fastv_ranks_the_whole_video_span_and_reports_what_survived_per_frame(capsys, video_llava, clip):
-    result = run_json(capsys, video_llava, clip, "fastv:k=2,ratio=0.5")
+def test_fastv_ranks_the_whole_video_span_and_reports_what_survived_per_frame(capsys, tiny_video_dir, clip):
+    result = run_json(capsys, tiny_video_dir, clip, "fastv:k=2,ratio=0.5")
     assert result["visual_tokens"] == [8 * (1 + PATCHES)]  # all 520 enter the LLM; FastV drops inside it
     kept = result["kept"][0]
     assert len(kept) == 520 // 2  # one global budget over the span, [CLS] tokens ranked like any token
@@ -97,8 +82,8 @@ def test_fastv_ranks_the_whole_video_span_and_reports_what_survived_per_frame(ca
     assert len(result["kept_frame_cls"]) == kept.count(-2)
 
 
-def test_unpruned_text_output_names_the_frames_and_per_frame_counts(capsys, video_llava, clip):
-    assert main(["run", "--model-path", str(video_llava), "--video", str(clip), "--prompt", "what happens ?",
+def test_unpruned_text_output_names_the_frames_and_per_frame_counts(capsys, tiny_video_dir, clip):
+    assert main(["run", "--model-path", str(tiny_video_dir), "--video", str(clip), "--prompt", "what happens ?",
                  "--max-new-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert "visual tokens entering the LLM: 520 (of 520 in the video unpruned)" in out
@@ -107,13 +92,13 @@ def test_unpruned_text_output_names_the_frames_and_per_frame_counts(capsys, vide
 
 
 @pytest.mark.parametrize("method", ["fastv:k=2,ratio=0.5", "fastervlm:keep=10"])
-def test_the_overlay_strip_marks_exactly_each_frames_kept_patches(capsys, video_llava, clip, tmp_path, method):
+def test_the_overlay_strip_marks_exactly_each_frames_kept_patches(capsys, tiny_video_dir, clip, tmp_path, method):
     out = tmp_path / "strip.png"
-    result = run_json(capsys, video_llava, clip, method, "--overlay", str(out))
+    result = run_json(capsys, tiny_video_dir, clip, method, "--overlay", str(out))
     assert result["overlay"] == str(out)
     canvas = np.asarray(Image.open(out).convert("RGB"))
     assert canvas.shape == (112 + 2 * TITLE_HEIGHT, 8 * (112 + GAP) - GAP, 3)
-    pipe = LlavaPipeline.load(str(video_llava))
+    pipe = LlavaPipeline.load(str(tiny_video_dir))
     _, _, _, videos = pipe.encode([Request(None, "x", video=read_video(clip))])
     mean, std = pipe.image_processor.image_mean, pipe.image_processor.image_std
     for t, kept in enumerate(result["kept_frames"]):
@@ -146,18 +131,18 @@ def test_a_video_for_an_image_model_is_refused_before_loading(capsys, tiny_llava
     (("avi", "mpeg4", 0), "it has no frames"),  # an AVI keeps its video stream with no frame in it
     (("mp4", "libx264", 5), "it has 5 frames, fewer than 8: Video-LLaVA samples 8 distinct frames"),
 ])
-def test_unreadable_empty_and_short_videos_are_one_line_errors(capsys, video_llava, tmp_path, content, message):
+def test_unreadable_empty_and_short_videos_are_one_line_errors(capsys, tiny_video_dir, tmp_path, content, message):
     path = tmp_path / "clip.mp4"
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         path = encode(tmp_path / f"clip.{content[0]}", *content)
-    err = one_line_error(capsys, ["--model-path", str(video_llava), "--video", str(path)])
+    err = one_line_error(capsys, ["--model-path", str(tiny_video_dir), "--video", str(path)])
     assert message in err and str(path) in err
 
 
-def test_an_mp4_runs_as_a_gif_does(capsys, video_llava, tmp_path):
-    result = run_json(capsys, video_llava, encode(tmp_path / "clip.mp4", "mp4", "libx264", 30), "uniform:keep=16")
+def test_an_mp4_runs_as_a_gif_does(capsys, tiny_video_dir, tmp_path):
+    result = run_json(capsys, tiny_video_dir, encode(tmp_path / "clip.mp4", "mp4", "libx264", 30), "uniform:keep=16")
     assert result["frames"] == [0, 4, 8, 12, 16, 20, 24, 29]  # linspace(0, 29, 8): steps of 4.14, truncated
     assert [len(k) for k in result["kept_frames"]] == [16] * 8
 
@@ -169,12 +154,12 @@ def test_an_mp4_runs_as_a_gif_does(capsys, video_llava, tmp_path):
     (["--video", "a.gif", "--video-cls", "maybe"], "unknown --video-cls 'maybe'; choose one of keep, drop"),
     (["--video", "a.gif", "--backend", "vllm"], "--video runs on --backend torch"),
 ])
-def test_bad_video_options_are_one_line_errors(capsys, video_llava, extra, message):
-    assert message in one_line_error(capsys, ["--model-path", str(video_llava), *extra])
+def test_bad_video_options_are_one_line_errors(capsys, tiny_video_dir, extra, message):
+    assert message in one_line_error(capsys, ["--model-path", str(tiny_video_dir), *extra])
 
 
-def test_a_video_placeholder_in_the_prompt_is_refused(capsys, video_llava, clip):
-    assert main(["run", "--model-path", str(video_llava), "--video", str(clip), "--prompt", "<video> what ?"]) == 2
+def test_a_video_placeholder_in_the_prompt_is_refused(capsys, tiny_video_dir, clip):
+    assert main(["run", "--model-path", str(tiny_video_dir), "--video", str(clip), "--prompt", "<video> what ?"]) == 2
     assert "write the prompt without '<video>'" in capsys.readouterr().err
 
 
@@ -189,7 +174,7 @@ def test_the_real_command_prints_one_line_and_exits_2(tiny_llava_dir, clip):
 # `fastv bench` and `fastv flops` on Video-LLaVA
 
 
-def test_the_transformers_fastv_reference_on_video_keeps_what_ours_keeps(video_llava):
+def test_the_transformers_fastv_reference_on_video_keeps_what_ours_keeps(tiny_video_dir):
     """FastV the released HF way (hooks on VideoLlavaForConditionalGeneration's decoder, eager attention) ranks the
     2 x 520 video tokens as ours does: the same next-token logits."""
     import torch
@@ -198,8 +183,8 @@ def test_the_transformers_fastv_reference_on_video_keeps_what_ours_keeps(video_l
     from fastv.bench.contestants import StageClock, _hf_fastv_hooks, make_inputs
     from llava.model.builder import load_pretrained_model
 
-    model = load_pretrained_model(str(video_llava))[1]
-    hf = VideoLlavaForConditionalGeneration.from_pretrained(video_llava, attn_implementation="eager").eval()
+    model = load_pretrained_model(str(tiny_video_dir))[1]
+    hf = VideoLlavaForConditionalGeneration.from_pretrained(tiny_video_dir, attn_implementation="eager").eval()
     video_token = hf.config.video_token_index
     prompts, videos, hf_inputs = make_inputs(model, 2, 20, video_token, torch.device("cpu"), torch.float32)
     assert prompts[0].count(-201) == 1 and int((hf_inputs["input_ids"][0] == video_token).sum()) == 520
@@ -218,11 +203,11 @@ def test_the_transformers_fastv_reference_on_video_keeps_what_ours_keeps(video_l
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_bench_times_videos_against_transformers_video_llava(video_llava, tmp_path):
+def test_bench_times_videos_against_transformers_video_llava(tiny_video_dir, tmp_path):
     from fastv import bench
     from fastv.bench.output import REFERENCE
 
-    result = bench.main(model_path=str(video_llava), methods=["none", "fastv:k=2,ratio=0.5", "fastervlm:keep=16"],
+    result = bench.main(model_path=str(tiny_video_dir), methods=["none", "fastv:k=2,ratio=0.5", "fastervlm:keep=16"],
                         new_tokens=2, repeats=1, warmup=0, references="sdpa", json_out=str(tmp_path / "video.json"),
                         progress=False)
     rows = {row["method"]: row for row in result["rows"]}
@@ -281,13 +266,13 @@ def test_temporal_attention_flops_worked_by_hand():
     assert temporal_flops(vision, frames=3, layers_run=1) == 336
 
 
-def test_flops_of_a_video_count_each_frame_through_the_tower(capsys, video_llava, clip, tmp_path):
+def test_flops_of_a_video_count_each_frame_through_the_tower(capsys, tiny_video_dir, clip, tmp_path):
     from fastv import flops_table
 
     picture = tmp_path / "still.png"
     helpers.random_images(1, seed=3, sizes=[(112, 112)])[0].save(picture)
-    image = flops_table.main(model_path=str(video_llava), image=str(picture), methods=["none"])["rows"][0]
-    video = flops_table.main(model_path=str(video_llava), video=str(clip),
+    image = flops_table.main(model_path=str(tiny_video_dir), image=str(picture), methods=["none"])["rows"][0]
+    video = flops_table.main(model_path=str(tiny_video_dir), video=str(clip),
                              methods=["none", "fastervlm:keep=16", "fastv:k=2,ratio=0.5"])
     capsys.readouterr()
     none, fastervlm, fastv = video["rows"]
@@ -308,14 +293,14 @@ def test_flops_video_refusals_are_one_line(capsys, tiny_llava_dir, extra, messag
     assert message in err and err.count("\n") == 1
 
 
-def test_the_video_latency_script_on_a_checkpoint(video_llava, tmp_path):
+def test_the_video_latency_script_on_a_checkpoint(tiny_video_dir, tmp_path):
     """scripts/latency/video_llava.sh on CPU with a tiny Video-LLaVA folder: FasterVLM's reductions of its 64 patches
     per frame, the FastV rows (K within its 3 layers), transformers' row, and the FLOPs beside them."""
     import os
 
     env = {**os.environ, "DEVICE": "cpu", "REPEATS": "1", "NEW_TOKENS": "2", "OUT": str(tmp_path),
            "FASTV": str(REPO / ".venv/bin/fastv"), "FASTV_METHODS": "fastv:k=2,ratio=0.5 fastv:k=1,ratio=0.5"}
-    done = subprocess.run(["bash", "scripts/latency/video_llava.sh", str(video_llava)], cwd=REPO, env=env,
+    done = subprocess.run(["bash", "scripts/latency/video_llava.sh", str(tiny_video_dir)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     bench = json.loads((tmp_path / "video-llava-bench.json").read_text())
@@ -327,10 +312,10 @@ def test_the_video_latency_script_on_a_checkpoint(video_llava, tmp_path):
     assert [row["visual_tokens"] for row in flops["rows"]] == [520, 520, 520, 8 * 49, 8 * 33, 8 * 17, 8 * 7, 8 * 4]
 
 
-def test_an_image_and_a_video_in_one_prompt_and_their_overlay(capsys, video_llava, clip, tmp_path):
+def test_an_image_and_a_video_in_one_prompt_and_their_overlay(capsys, tiny_video_dir, clip, tmp_path):
     picture, out = tmp_path / "still.png", tmp_path / "both.png"
     helpers.random_images(1, seed=4, sizes=[(120, 100)])[0].save(picture)
-    result = run_json(capsys, video_llava, clip, "fastervlm:keep=16", "--image", str(picture), "--overlay", str(out))
+    result = run_json(capsys, tiny_video_dir, clip, "fastervlm:keep=16", "--image", str(picture), "--overlay", str(out))
     assert result["prompt_ids"].index(-200) < result["prompt_ids"].index(-201)  # <image> first, then <video>
     assert result["visual_tokens"] == [16, 8 * 17]  # the image's patches (no [CLS]), then the video's frames
     assert result["kept_partitions"][1] == result["kept_frames"] and len(result["kept_partitions"][0][0]) == 16

@@ -5,22 +5,14 @@ from a video, in `fastv run` and the eval runner (the checkpoint's config.video.
 4-frame original-layout folder, the frame indices worked by hand)."""
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from fastv.cli import main
 from llava.conversation import build_prompt
+from tests.helpers import write_random_gif
 from tests.test_languagebind import write_original_video_llava
 
 PROMPT = "what happens ?"
-
-
-def write_gif(path, frames: int):
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)) for _ in range(frames)]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
-    return path
 
 
 def run_json(capsys, *args) -> dict:
@@ -30,7 +22,7 @@ def run_json(capsys, *args) -> dict:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    return write_gif(tmp_path_factory.mktemp("clip") / "clip.gif", 12)
+    return write_random_gif(tmp_path_factory.mktemp("clip") / "clip.gif", 12)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from llava.errors import InputError
 from llava.eval.common import Question
@@ -28,19 +27,13 @@ from llava.eval.judge_run import judge_run, main as judge_main
 from llava.eval.video_judge import SYSTEM_PROMPT, ChatJudge, Verdict, messages, parse_reply, read_cached, tally, write_cached
 from llava.eval.video_qa import offline_match, score
 from tests.eval_fakes import FakePipeline
+from tests.helpers import write_random_gif
 
 REPO = Path(__file__).resolve().parents[1]
 MSVD = "GPT_Zero_Shot_QA/MSVD_Zero_Shot_QA"
 
 
 # ----------------------------------------------------------------------------- tiny video sets
-
-
-def write_gif(path: Path, frames: int = 10, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    images = [Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)) for _ in range(frames)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
 
 
 def write_mp4(path: Path, frames: int = 12, seed: int = 1) -> None:
@@ -68,7 +61,7 @@ QUESTIONS = [
 
 def make_msvd(root: Path, suffix: str = "_1k", questions=QUESTIONS) -> Path:
     folder = root / MSVD
-    write_gif(folder / "videos/clip0.gif")
+    write_random_gif(folder / "videos/clip0.gif", 10, size=(48, 32), frame_ms=40)
     write_mp4(folder / "videos/clip1.mp4")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"test_q{suffix}.json").write_text(json.dumps(
@@ -484,12 +477,10 @@ def test_the_script_runs_the_1k_subset_then_the_judge(tmp_path, stub):
     assert usage.returncode == 2 and "usage: bash scripts/video/eval/msvd.sh BUDGET" in usage.stderr
 
 
-def test_a_run_through_the_real_pipeline_on_a_tiny_video_llava(tmp_path):
+def test_a_run_through_the_real_pipeline_on_a_tiny_video_llava(tiny_video_dir, tmp_path):
     from llava.pipeline import LlavaPipeline
-    from tests.helpers import make_tiny_video_llava
 
-    model = tmp_path / "tiny-video-llava"
-    make_tiny_video_llava(model)
+    model = tiny_video_dir
     scores = run_benchmark(
         "msvd_1k", lambda: LlavaPipeline.load(str(model), method="fastervlm:keep=16", conv_mode="llava_v1"),
         make_msvd(tmp_path / "data"), tmp_path / "out", model_path=str(model), method="fastervlm:keep=16",
