@@ -1,6 +1,7 @@
 """Words about a video say video: an in-LLM method's over-budget refusal on Video-LLaVA (FastV's, DART's) names the
-video span (its keep counts over the whole video), at attach time and when a chain's pruned span runs short; `fastv sweep`'s per-run table says
-its kept column is per video on a video benchmark (every frame's tokens, [CLS] included), per image otherwise."""
+video span (its keep counts over the whole video), at attach time and when a chain's pruned span runs short;
+`fastv sweep`'s per-run table says its kept column is per video on a video benchmark (every frame's tokens, [CLS]
+included), per image otherwise."""
 import pytest
 
 from fastv import sweep
