@@ -91,7 +91,8 @@ def test_readmes_fastv_run_video_example(method, tokens, capsys, tmp_path):
 
 def test_video_recipe_builds_trains_and_exports_a_video_llava(tmp_path):
     """--video --init-from a LLaVA-1.5 folder: both towers are its vision tower (and stay so: frozen), the decoder
-    trains, `<video>` is one more token, and the export is VideoLlavaForConditionalGeneration's."""
+    trains (with the frame loss), `<video>` is one more token, and the export is VideoLlavaForConditionalGeneration's
+    (the frame head is not in it)."""
     from safetensors.torch import load_file
 
     from llava.data import video_clips
@@ -101,8 +102,9 @@ def test_video_recipe_builds_trains_and_exports_a_video_llava(tmp_path):
     image_model, video_model = tmp_path / "llava15", tmp_path / "video"
     loop.main(TINY_15 + ["--steps", "1", "--out", str(tmp_path / "run15"), "--export", str(image_model)])
     summary = loop.main(TINY_15 + ["--video", "--init-from", str(image_model), "--steps", "2", "--looks",
-                                   "video=3,lattice=1", "--video-token-drop", "0.5", "--eval-looks", "video",
-                                   "--out", str(tmp_path / "run"), "--export", str(video_model)])
+                                   "video=3,lattice=1", "--video-token-drop", "0.5", "--frame-aux-weight", "0.5",
+                                   "--eval-looks", "video", "--out", str(tmp_path / "run"), "--export", str(video_model)])
+    assert " frame " in (tmp_path / "run" / "train.log").read_text()  # the frame loss trained and was logged
     assert summary["step"] == 2 and set(summary["validation"]["video"]) == {"color", "shape", "overall"}  # clips 0, 1
 
     before, after = load_file(str(image_model / "model.safetensors")), load_file(str(video_model / "model.safetensors"))
@@ -163,3 +165,44 @@ def test_video_token_drop_keeps_every_frames_cls_and_foreground_in_order():
     model.eval()
     model.video_token_drop = 1.0
     assert all(len(i) == 1 + patches for i in model.encode_frames(pixels)[1])  # evaluation keeps every token
+
+
+def test_frame_loss_reads_each_video_tokens_frame_from_the_captured_layer():
+    """The frame loss labels every video token of the last training forward with its frame, from the layer that
+    `capture_decoder_hidden` hooks: hidden states that spell each token's frame out give a loss near 0, the same
+    states shifted by one frame a large one; a batch without a video gives none."""
+    import dataclasses
+
+    from llava.model.llava_arch import VideoConfig
+    from llava.train import loop
+    from llava.train.losses import frame_loss, lm_loss
+    from llava.train.model import AuxHeads, TrainableLlava, capture_decoder_hidden, initialize
+
+    args = loop.parse_args(TINY_15)
+    torch.manual_seed(0)
+    model = TrainableLlava(dataclasses.replace(loop.model_config(args, 755), video=VideoConfig()))
+    initialize(model)
+    model.train()
+    capture_decoder_hidden(model, 0)
+    D, frames, per_frame = model.config.text.hidden_size, 8, 1 + model.config.vision.num_patches  # 37 tokens a frame
+    heads = AuxHeads(model.config.vision.hidden_size, model.config.vision.grid_size, D, frames)
+    with torch.no_grad():  # LayerNorm, then logit f reads hidden dim f (a spike normalises to sqrt(D - 1))
+        heads.frame[1].weight.copy_(4 * torch.eye(frames, D))
+        heads.frame[1].bias.zero_()
+    short, long = [1, 5, -201, 6], [1, 5, 7, 8, -201, 6]  # the short prompt is left-padded by 2
+    lm_loss(model, [short, long], [[3], [5]], None, torch.randn(2, frames, 3, 336, 336))
+    assert model.decoder_hidden.shape == (2, 5 + frames * per_frame, D)  # the long prompt's 5 text tokens
+
+    def planted(shift):
+        hidden = torch.zeros_like(model.decoder_hidden)
+        for b, start in ((0, 2 + 2), (1, 4)):  # short: 2 pads, then BOS and one token; long: its 4 tokens
+            for t in range(frames * per_frame):
+                hidden[b, start + t, (t // per_frame + shift) % frames] = 30.0
+        return hidden
+
+    model.decoder_hidden = planted(0)
+    assert frame_loss(heads, model).item() < 1e-3
+    model.decoder_hidden = planted(1)
+    assert frame_loss(heads, model).item() > 10
+    lm_loss(model, [[1, 5, 6]], [[2]], None, None)
+    assert frame_loss(heads, model) is None

@@ -24,8 +24,8 @@ from llava.model.llava_arch import LlavaConfig
 from llava.model.multimodal_encoder.clip_encoder import VisionConfig
 from llava.train.data import Encoder, TrainSamples, collate, parse_weights, sample_prompt
 from llava.train.export import export_hf
-from llava.train.losses import aux_losses, lm_loss
-from llava.train.model import AuxHeads, TrainableLlava, capture_attention_input, initialize
+from llava.train.losses import aux_losses, frame_loss, lm_loss
+from llava.train.model import AuxHeads, TrainableLlava, capture_attention_input, capture_decoder_hidden, initialize
 
 AUX_LOSSES = ("cls", "patch", "where", "ocr", "text", "align", "ground", "copy", "object_copy")
 TRAIN_LOOKS = synthetic.LOOKS + (synthetic.VIDEO_LOOK,)
@@ -172,10 +172,15 @@ def parse_args(argv=None):
     g.add_argument("--video", action="store_true",
                    help="Video-LLaVA (llava/train/video.py): from --init-from's LLaVA-1.5 model, a video tower "
                         "beside the image tower and a <video> token; trains the projector and decoder on the "
-                        "looks' mix, where video is shapes_video clips (the auxiliary heads are off)")
+                        "looks' mix, where video is shapes_video clips (the vision heads are off; --frame-aux-weight adds "
+                        "the frame loss)")
     g.add_argument("--video-token-drop", type=float, default=0.0,
                    help="with --video: probability that a training frame keeps only its CLS, object and text "
                         "tokens and a random share of the rest (as --token-drop for image views)")
+    g.add_argument("--frame-aux-weight", type=float, default=0.0,
+                   help="with --video: weight of the frame loss (after decoder layer --frame-aux-layer, every video "
+                        "token names its frame; llava/train/losses.py; 0: off)")
+    g.add_argument("--frame-aux-layer", type=int, default=1, help="decoder layer whose output the frame head reads")
     g.add_argument("--patch-size", type=int, default=28, help="ViT patch (336 / 28 = 12x12 = 144 tokens)")
     g.add_argument("--vision-width", type=int, default=128)
     g.add_argument("--vision-layers", type=int, default=6)
@@ -291,7 +296,11 @@ def main(argv=None) -> dict:
     weights = {name: 0.0 if args.video else getattr(args, f"{name}_aux_weight") for name in AUX_LOSSES}
     if weights["ground"] > 0 or weights["copy"] > 0 or weights["object_copy"] > 0:
         capture_attention_input(model, args.ground_layer)
-    heads = AuxHeads(config.vision.hidden_size, config.vision.grid_size)
+    frame_head = args.video and args.frame_aux_weight > 0
+    if frame_head:
+        capture_decoder_hidden(model, args.frame_aux_layer)
+    heads = AuxHeads(config.vision.hidden_size, config.vision.grid_size, config.text.hidden_size,
+                     config.video.num_frames if frame_head else 0)
     if heads_state is not None:
         missing = heads.load_state_dict(heads_state, strict=False).missing_keys
         if missing:
@@ -372,8 +381,9 @@ def main(argv=None) -> dict:
         model.frame_foreground = batch.get("frame_foreground")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             loss_lm = lm_loss(model, batch["ids"], batch["label_index"], batch["images"], batch.get("videos"))
-            if args.video:  # the towers are frozen: no auxiliary head has anything to train
-                aux, parts = 0.0, {}
+            if args.video:  # the towers are frozen: only the frame head (on the decoder) has anything to train
+                frame = frame_loss(heads, model) if frame_head else None
+                aux, parts = (0.0, {}) if frame is None else (args.frame_aux_weight * frame, {"frame": frame.item()})
             else:
                 aux, parts = aux_losses(heads, model, batch, weights, args.ground_layer, args.ground_head, tokenizer)
             loss = loss_lm + aux

@@ -28,6 +28,16 @@ and crops for LLaVA-NeXT) and per patch of its grid (`llava.train.data`):
 - **Copy losses** on that head: what it carries from one text-box token reads,
   through the LM head, as the word; from one object token, as its colour, shape
   and side words.
+
+The video recipe's one auxiliary loss (its towers are frozen, so the heads above
+have nothing to train):
+
+- **Frame loss** (`frame_loss`): after one decoder layer, every video token
+  names the frame it came from. In the llava-hf Video-LLaVA the frames go
+  through the tower one by one and nothing but the token's place in the
+  sequence says which frame it is; a temporal answer (what moved where, what
+  appeared, what came first) needs that, and without this loss the decoder did
+  not work it out in 80 minutes (llava-video-shapes-tiny's card).
 """
 
 from __future__ import annotations
@@ -201,3 +211,18 @@ def copy_losses(model: TrainableLlava, batch: dict, layer: int, head: int, token
     if object_losses:
         losses["object_copy"] = sum(object_losses)
     return losses
+
+
+def frame_loss(heads: AuxHeads, model: TrainableLlava) -> torch.Tensor | None:
+    """Cross-entropy of the frame head on the captured decoder hidden states (`capture_decoder_hidden`) of every
+    video token of the last training forward, against the token's frame; None when the batch has no video."""
+    hidden, spans = model.decoder_hidden, model.last_inputs.spans
+    rows, labels = [], []
+    for b, sample in enumerate(spans):
+        for span in sample:
+            if span.frames:
+                rows.append(hidden[b, span.start:span.end])
+                labels.append(span.partition)
+    if not rows:
+        return None
+    return F.cross_entropy(heads.frame(torch.cat(rows)).float(), torch.cat(labels).to(hidden.device))

@@ -35,6 +35,7 @@ class TrainableLlava(LlavaForCausalLM):
     last_inputs = None  # the last training forward's MultimodalInputs (spans say where each image went)
     aux_outputs = None  # (final CLS (V, Dv), select-layer patches (V, P, Dv), projected (V, P, D)) of its views
     attention_input = None  # set by capture_attention_input
+    decoder_hidden = None  # set by capture_decoder_hidden
 
     def prepare_inputs(self, prompts, images, videos=None):
         inputs = super().prepare_inputs(prompts, images, videos)
@@ -93,8 +94,13 @@ class TrainableLlava(LlavaForCausalLM):
 
 
 class AuxHeads(nn.Module):
-    def __init__(self, width: int, grid: int):
+    """The auxiliary heads on the vision tower's outputs; with `frames` > 0 (the video recipe), also the frame
+    head on the decoder's hidden states (`decoder_width` wide), which names the frame of each video token."""
+
+    def __init__(self, width: int, grid: int, decoder_width: int = 0, frames: int = 0):
         super().__init__()
+        if frames:
+            self.frame = nn.Sequential(nn.LayerNorm(decoder_width), nn.Linear(decoder_width, frames))
         self.cls = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, CLS_LABELS + 5))
         self.patch = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, NUM_COLORS + 1 + NUM_SHAPES))
         self.ocr = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, OCR_COLUMNS * (len(OCR_CHARS) + 1)))
@@ -129,3 +135,12 @@ def capture_attention_input(model: TrainableLlava, layer: int) -> None:
             model.attention_input = args[:3]
 
     model.language_model.layers[layer].self_attn.register_forward_pre_hook(hook)
+
+
+def capture_decoder_hidden(model: TrainableLlava, layer: int) -> None:
+    """Keep decoder layer `layer`'s output hidden states (B, N, D) as `model.decoder_hidden`, for the frame loss."""
+    def hook(_module, _args, output):
+        if model.training:
+            model.decoder_hidden = output[0]
+
+    model.language_model.layers[layer].register_forward_hook(hook)

@@ -15,7 +15,9 @@ on images and videos together:
   questions its boxes answer (`clip_questions`), each checked by the generator's own `answer_from_boxes`.
 - **What trains**: the projector and the decoder. Both towers stay as initialised (the image model's tower
   already reads every shape, colour, word and position of a frame; the temporal questions are the decoder's
-  to learn from the frames' order), which also keeps image answers and makes a step cheaper.
+  to learn from the frames' order), which also keeps image answers and makes a step cheaper. With
+  `--frame-aux-weight`, the frame loss (`llava.train.losses.frame_loss`) also asks an early decoder layer to
+  name each video token's frame, the one thing a temporal answer needs that no frame's tokens carry.
 """
 
 from __future__ import annotations
