@@ -152,6 +152,27 @@ def test_a_retrained_model_in_the_same_folder_is_not_mixed_into_a_run(data, tmp_
         run("pope", data, tmp_path / "out", model_path=str(model))
 
 
+def test_the_weights_digest_reads_the_whole_file(data, tmp_path):
+    """Two trainings of the shipped video model share their file's first and last MiB (frozen towers at both
+    ends): only the middle tells them apart. A run.json digest of that older form is not compared."""
+    from llava.eval.runfolder import weights_fingerprint
+
+    ends = b"\1" * (1 << 20)
+    first, second = tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors"
+    for file, middle in ((first, b"decoder, first training"), (second, b"decoder, other training")):
+        file.parent.mkdir()
+        file.write_bytes(ends + middle + ends)
+    assert weights_fingerprint([first]) != weights_fingerprint([second])
+    assert weights_fingerprint([first]).startswith("sha256:")
+
+    run("pope", data, tmp_path / "out", limit=1, model_path=str(first.parent))
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    record["weights"] = "ff768c0e843c2caf"  # as an older version wrote it
+    (tmp_path / "out" / "run.json").write_text(json.dumps(record))
+    first.write_bytes(second.read_bytes())
+    run("pope", data, tmp_path / "out", limit=2, model_path=str(first.parent))  # not known: resumed
+
+
 def test_limit_and_unknown_benchmark(data, tmp_path):
     scores = run("pope", data, tmp_path / "out", limit=2)
     assert scores["run"]["questions"] == 2 and len(lines(tmp_path / "out/answers.jsonl")) == 2

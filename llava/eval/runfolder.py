@@ -16,6 +16,7 @@ so a result file names the same model on every clone; a path is never one of the
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -42,7 +43,7 @@ OPTIONS = {"benchmark": "--benchmark", "model_id": "--model-path", "weights": "-
            "seed": "--seed", "patch_merge": "--patch-merge", "image_grid": "--image-grid", "video_cls": "--video-cls", "dtype": "--dtype",
            "device": "--device", "quantization": "--load-8bit / --load-4bit"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-FINGERPRINT_BYTES = 1 << 20  # read from each end of every weights file
+WEIGHTS_DIGEST = "sha256:"  # the prefix of a whole-file weights digest; older run.json files hold 16 bare hex digits
 
 
 # ----------------------------------------------------------------------------- the folder and its records
@@ -131,21 +132,33 @@ def weights_fingerprint(files: list[Path]) -> str | None:
     """A short digest of the weight files a run loads, so that answers of other weights saved
     under the same folder name (a retrained model, another CLIP folder) are not resumed.
 
-    Hashes each file's name, size and first and last MiB (the header and the data
-    at both ends: retraining changes them, and a 14 GB checkpoint is not read in
-    full). None when there are no files to hash.
+    Hashes each file's name and its whole content ("sha256:" and 16 hex digits). The digest
+    this replaced read only each file's first and last MiB, which two trainings of the shipped
+    video model share (its frozen towers sit at both ends of the safetensors file); a 14 GB
+    checkpoint takes seconds to read once it is in the page cache, and one process reads each
+    file once (`_file_digest`). None when there are no files to hash.
     """
     if not files:
         return None
     digest = hashlib.sha256()
     for file in files:
-        size = file.stat().st_size
-        digest.update(f"{file.name}:{size}:".encode())
-        with file.open("rb") as handle:
-            digest.update(handle.read(FINGERPRINT_BYTES))
-            handle.seek(max(size - FINGERPRINT_BYTES, 0))
-            digest.update(handle.read(FINGERPRINT_BYTES))
-    return digest.hexdigest()[:16]
+        digest.update(f"{file.name}:{_file_digest(file.resolve(), *_stamp(file))}:".encode())
+    return WEIGHTS_DIGEST + digest.hexdigest()[:16]
+
+
+def _stamp(file: Path) -> tuple[int, int, int, int]:
+    stat = file.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(file: Path, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """The sha256 of one file, cached on its path, inode, size and times (a sweep's runs load the same files)."""
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def loaded_weight_files(model_path: str | None, vision_tower: str | None = None) -> list[Path]:
@@ -216,7 +229,7 @@ def check_same_run(previous: dict, settings: dict, output_dir: Path, names=SAME_
 
     Both sides are the values the model uses (`settings` holds an omitted option's resolved default), so
     a setting is compared whether this invocation gave it or not; None is "not known" (an older run.json,
-    a run without a checkpoint to read) and is not compared. `omitted`: {name: whose default it is} for the
+    a run without a checkpoint to read, an older form of the weights digest) and is not compared. `omitted`: {name: whose default it is} for the
     options this invocation left out, said in the message (their defaults are what differ).
     """
     for name in names:
@@ -248,6 +261,8 @@ def comparable_setting(name: str, value):
         return next((known for known, t in conv_templates.items() if t is template), value)
     if name == "image_grid" and isinstance(value, str):
         return re.sub(r"\s+", "", value).lower()
+    if name == "weights" and isinstance(value, str) and not value.startswith(WEIGHTS_DIGEST):
+        return None  # an older run.json's digest (each file's ends only): this version cannot compute it again
     return value
 
 
