@@ -317,3 +317,12 @@ def test_shapes_video_scores_every_type(written):
     result = shapes.score(questions, answers, written, written)
     assert result["accuracy"] == 50.0 and result["questions"] == 24
     assert result["types"] == {t: (100.0 if t in TEMPORAL_TYPES else 0.0) for t in VIDEO_QUESTION_TYPES}
+    brief = {t: sum(1 for a in annotations if a["question_type"] == t and len(a["answer_frames"]) <= 2)
+             for t in VIDEO_QUESTION_TYPES}
+    spread = {t: sum(1 for a in annotations if a["question_type"] == t) - brief[t] for t in VIDEO_QUESTION_TYPES}
+    assert result["answer_frames_questions"] == {"brief": {t: n for t, n in brief.items() if n},
+                                                 "spread": {t: n for t, n in spread.items() if n}}
+    assert set(result["answer_frames_questions"]["brief"]) <= set(TEMPORAL_TYPES)  # a still answer is on all 8
+    assert result["answer_frames"]["brief"] == {t: 100.0 for t in result["answer_frames_questions"]["brief"]}
+    assert result["answer_frames"]["spread"] == {t: (100.0 if t in TEMPORAL_TYPES else 0.0)
+                                                 for t in result["answer_frames_questions"]["spread"]}

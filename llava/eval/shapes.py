@@ -25,12 +25,15 @@ generator writes both files in one order), never by another question's. A
 question no annotation grades (an unreadable line, an id the annotations lack
 or hold fewer times) is counted wrong, in no type, and `not_in_annotations`
 counts it.
+`answer_frames` (shapes_video): accuracy per type on brief answers (in 1 or 2 of the 8 sampled
+frames) and on spread ones (3 or more: the generator's 4 to 8), `answer_frames_questions` their counts.
 `color_word_answers`: the share of colour questions answered with a colour word
 (right or wrong), so that a model answering "What color ..." with yes/no shows.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -50,6 +53,7 @@ QUESTION_FILE = "questions.jsonl"
 IMAGE_FOLDER = "images"
 VIDEO_FOLDER = "videos"  # shapes_video: the clips (the runner passes it where it passes the others' images/)
 ANNOTATIONS = "annotations.json"
+BRIEF, SPREAD = "brief", "spread"  # shapes_video answers in 1-2 sampled frames, in 3 or more
 
 
 def build_prompt(question: str) -> str:
@@ -152,7 +156,7 @@ def check_inputs(questions: list[Question], folder: Path) -> None:
 
 def score(questions: list[Question], answers: dict, folder: Path, output_dir: Path) -> dict:
     truth = read_annotations(folder)
-    graded, color_words, seen = [], [], {}
+    graded, color_words, seen, by_frames = [], [], {}, {}
     for question in questions:
         nth = seen[question.question_id] = seen.get(question.question_id, -1) + 1
         annotations = truth.get(question.question_id, [])
@@ -162,6 +166,9 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
         annotation = annotations[nth]
         prediction = answer_text(answers.get(question.key))
         graded.append((annotation["question_type"], is_correct(prediction, annotation["answer"])))
+        if "answer_frames" in annotation:  # shapes_video: brief (1-2 of the 8 frames) or spread
+            span = BRIEF if len(annotation["answer_frames"]) <= 2 else SPREAD
+            by_frames.setdefault(span, []).append((annotation["question_type"], graded[-1][1]))
         if annotation["question_type"] == "color":
             color_words.append(normalize(prediction) in COLORS)
     result = accuracy_by(graded)
@@ -169,4 +176,8 @@ def score(questions: list[Question], answers: dict, folder: Path, output_dir: Pa
     result["not_in_annotations"] = sum(group is None for group, _ in graded)
     if color_words:
         result["color_word_answers"] = 100.0 * sum(color_words) / len(color_words)
+    if by_frames:
+        spans = {span: accuracy_by(pairs) for span, pairs in sorted(by_frames.items())}
+        result["answer_frames"] = {span: by["groups"] for span, by in spans.items()}
+        result["answer_frames_questions"] = {span: dict(Counter(t for t, _ in by_frames[span])) for span in spans}
     return result
