@@ -101,6 +101,11 @@ def test_video_recipe_builds_trains_and_exports_a_video_llava(tmp_path):
     torch.set_num_threads(1)
     image_model, video_model = tmp_path / "llava15", tmp_path / "video"
     loop.main(TINY_15 + ["--steps", "1", "--out", str(tmp_path / "run15"), "--export", str(image_model)])
+    with pytest.raises(SystemExit, match="--frame-aux-weight is for --video runs"):
+        loop.main(TINY_15 + ["--frame-aux-weight", "1", "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="--frame-aux-layer 2: the decoder has layers 0 to 1"):
+        loop.main(TINY_15 + ["--video", "--init-from", str(image_model), "--frame-aux-weight", "1", "--frame-aux-layer",
+                             "2", "--out", str(tmp_path / "bad")])
     summary = loop.main(TINY_15 + ["--video", "--init-from", str(image_model), "--steps", "2", "--looks",
                                    "video=3,lattice=1", "--video-token-drop", "0.5", "--frame-aux-weight", "0.5",
                                    "--eval-looks", "video", "--out", str(tmp_path / "run"), "--export", str(video_model)])

@@ -229,8 +229,9 @@ def check_same_run(previous: dict, settings: dict, output_dir: Path, names=SAME_
 
     Both sides are the values the model uses (`settings` holds an omitted option's resolved default), so
     a setting is compared whether this invocation gave it or not; None is "not known" (an older run.json,
-    a run without a checkpoint to read, an older form of the weights digest) and is not compared. `omitted`: {name: whose default it is} for the
-    options this invocation left out, said in the message (their defaults are what differ).
+    a run without a checkpoint to read, an older form of the weights digest) and is not compared.
+    `omitted`: {name: whose default it is} for the options this invocation left out, said in the message
+    (their defaults are what differ).
     """
     for name in names:
         before, now = comparable_setting(name, previous.get(name)), comparable_setting(name, settings.get(name))

@@ -296,7 +296,11 @@ def main(argv=None) -> dict:
     weights = {name: 0.0 if args.video else getattr(args, f"{name}_aux_weight") for name in AUX_LOSSES}
     if weights["ground"] > 0 or weights["copy"] > 0 or weights["object_copy"] > 0:
         capture_attention_input(model, args.ground_layer)
-    frame_head = args.video and args.frame_aux_weight > 0
+    frame_head = args.frame_aux_weight > 0
+    if frame_head and not args.video:
+        raise SystemExit("--frame-aux-weight is for --video runs (the frame loss names a video token's frame)")
+    if frame_head and not 0 <= args.frame_aux_layer < config.text.num_layers:
+        raise SystemExit(f"--frame-aux-layer {args.frame_aux_layer}: the decoder has layers 0 to {config.text.num_layers - 1}")
     if frame_head:
         capture_decoder_hidden(model, args.frame_aux_layer)
     heads = AuxHeads(config.vision.hidden_size, config.vision.grid_size, config.text.hidden_size,
