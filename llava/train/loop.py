@@ -288,6 +288,8 @@ def main(argv=None) -> dict:
     else:
         if synthetic.VIDEO_LOOK in args.looks or synthetic.VIDEO_LOOK in (args.eval_looks or ()):
             raise SystemExit("the video look is for --video runs")
+        if args.frame_aux_weight > 0:
+            raise SystemExit("--frame-aux-weight is for --video runs (the frame loss names a video token's frame)")
         tokenizer = build_tokenizer()
     model, first_sample, heads_state = build_model(args, tokenizer, log)
     config = model.config
@@ -296,9 +298,7 @@ def main(argv=None) -> dict:
     weights = {name: 0.0 if args.video else getattr(args, f"{name}_aux_weight") for name in AUX_LOSSES}
     if weights["ground"] > 0 or weights["copy"] > 0 or weights["object_copy"] > 0:
         capture_attention_input(model, args.ground_layer)
-    frame_head = args.frame_aux_weight > 0
-    if frame_head and not args.video:
-        raise SystemExit("--frame-aux-weight is for --video runs (the frame loss names a video token's frame)")
+    frame_head = args.frame_aux_weight > 0  # a --video run: checked with the looks
     if frame_head and not 0 <= args.frame_aux_layer < config.text.num_layers:
         raise SystemExit(f"--frame-aux-layer {args.frame_aux_layer}: the decoder has layers 0 to {config.text.num_layers - 1}")
     if frame_head:
